@@ -1,0 +1,212 @@
+"""Building blocks as small modules, one class per `Op`, looked up in `BLOCKS` by op name.
+
+Every block class takes `(in_channels, spec: BlockSpec)`. Layouts follow the papers and, where it
+ships the model, torchvision's implementation, so parameter counts match exactly:
+MobileNetV2/MnasNet/EfficientNet/MobileNetV3 for `MBConv`, ShuffleNetV2 for `ShuffleUnit`,
+GhostNet for `GhostBottleneck`, MobileNetV1 for `DSConv`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from search_spaces.registry import Registry
+from search_spaces.spec import Activation, BlockSpec, Op, SEStyle
+
+BLOCKS: Registry[type[nn.Module]] = Registry("block")
+
+
+def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+    """Round to the nearest multiple of `divisor`, never going more than 10% below `value`
+    (the rule of the MobileNet papers' reference code)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def make_activation(activation: Activation | None) -> nn.Module:
+    if activation is None:
+        return nn.Identity()
+    return {
+        Activation.RELU: nn.ReLU,
+        Activation.RELU6: nn.ReLU6,
+        Activation.HSWISH: nn.Hardswish,
+        Activation.SWISH: nn.SiLU,
+    }[activation]()
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias, 'same' padding for odd kernels) + BatchNorm + optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        activation: Activation | None = Activation.RELU,
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            make_activation(activation),
+        )
+        self.out_channels = out_channels
+
+
+def se_squeeze_channels(style: SEStyle, ratio: float, block_in: int, mid: int) -> int:
+    """Bottleneck width of squeeze-excite, with each paper's base and rounding."""
+    if style is SEStyle.EFFICIENTNET:
+        return max(1, int(block_in * ratio))
+    if style is SEStyle.MOBILENETV3:
+        return make_divisible(mid * ratio, 8)
+    return make_divisible(mid * ratio, 4)
+
+
+class SqueezeExcite(nn.Module):
+    """Global pool -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> gate, rescaling channels."""
+
+    def __init__(self, channels: int, squeeze: int, inner: Activation, hard_gate: bool) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.act = make_activation(inner)
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Hardsigmoid() if hard_gate else nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.act(self.reduce(scale))))
+
+    @classmethod
+    def for_block(cls, spec: BlockSpec, block_in: int, mid: int) -> nn.Module:
+        if not spec.se_ratio:
+            return nn.Identity()
+        squeeze = se_squeeze_channels(spec.se_style, spec.se_ratio, block_in, mid)
+        if spec.se_style is SEStyle.EFFICIENTNET:
+            return cls(mid, squeeze, spec.activation, hard_gate=False)
+        return cls(mid, squeeze, Activation.RELU, hard_gate=True)
+
+
+@BLOCKS.register(Op.MBCONV.value)
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand (skipped when mid == in), depthwise kxk, SE, linear 1x1 project."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        mid = spec.mid(in_channels)
+        self.expand = (
+            ConvBNAct(in_channels, mid, 1, activation=spec.activation) if mid != in_channels else nn.Identity()
+        )
+        self.depthwise = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, activation=spec.activation)
+        self.se = SqueezeExcite.for_block(spec, in_channels, mid)
+        self.project = ConvBNAct(mid, spec.out_channels, 1, activation=None)
+        self.residual = spec.has_residual(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        return out + x if self.residual else out
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+@BLOCKS.register(Op.SHUFFLE.value)
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit. Stride 1: split channels in half, transform one half, concat, shuffle.
+    Stride 2: both branches see the whole input and each halves the resolution.
+    `expand_ratio` widens the branch's inner 1x1 (1.0 = the paper's unit)."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        branch_out = spec.out_channels // 2
+        branch_in = in_channels if spec.stride == 2 else branch_out
+        mid = spec.mid(in_channels)
+        self.stride = spec.stride
+        if spec.stride == 2:
+            self.branch1: nn.Module = nn.Sequential(
+                ConvBNAct(in_channels, in_channels, spec.kernel, 2, groups=in_channels, activation=None),
+                ConvBNAct(in_channels, branch_out, 1, activation=spec.activation),
+            )
+        else:
+            self.branch1 = nn.Identity()
+        self.branch2 = nn.Sequential(
+            ConvBNAct(branch_in, mid, 1, activation=spec.activation),
+            ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, activation=None),
+            SqueezeExcite.for_block(spec, branch_in, mid),
+            ConvBNAct(mid, branch_out, 1, activation=spec.activation),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            kept, transformed = x.chunk(2, dim=1)
+            out = torch.cat((kept, self.branch2(transformed)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class GhostModule(nn.Module):
+    """Half the output from a 1x1 conv, the other half from a cheap 3x3 depthwise conv of it."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: Activation | None) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        primary = math.ceil(out_channels / 2)
+        self.primary = ConvBNAct(in_channels, primary, 1, activation=activation)
+        self.cheap = ConvBNAct(primary, primary, 3, groups=primary, activation=activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        primary = self.primary(x)
+        return torch.cat((primary, self.cheap(primary)), dim=1)[:, : self.out_channels]
+
+
+@BLOCKS.register(Op.GHOST.value)
+class GhostBottleneck(nn.Module):
+    """Ghost module (expand, with activation) -> depthwise kxk when strided -> SE -> Ghost module
+    (project, linear). The shortcut is identity when shapes match, else depthwise kxk + 1x1."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        mid = spec.mid(in_channels)
+        self.expand = GhostModule(in_channels, mid, spec.activation)
+        self.depthwise = (
+            ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, activation=None)
+            if spec.stride > 1
+            else nn.Identity()
+        )
+        self.se = SqueezeExcite.for_block(spec, in_channels, mid)
+        self.project = GhostModule(mid, spec.out_channels, None)
+        if spec.has_residual(in_channels):
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(
+                ConvBNAct(in_channels, in_channels, spec.kernel, spec.stride, groups=in_channels, activation=None),
+                ConvBNAct(in_channels, spec.out_channels, 1, activation=None),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.se(self.depthwise(self.expand(x)))) + self.shortcut(x)
+
+
+@BLOCKS.register(Op.DSCONV.value)
+class DSConv(nn.Sequential):
+    """MobileNetV1: depthwise kxk + BN + act, pointwise 1x1 + BN + act; no shortcut."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__(
+            ConvBNAct(in_channels, in_channels, spec.kernel, spec.stride, groups=in_channels, activation=spec.activation),
+            ConvBNAct(in_channels, spec.out_channels, 1, activation=spec.activation),
+        )
+
+
+def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:
+    return BLOCKS.get(spec.op.value)(in_channels, spec)

@@ -1,0 +1,129 @@
+"""`build_model(spec)`: one pure function from an `ArchSpec` to a module, plus the per-layer shapes
+that latency tables key on (computed from the spec alone, without building anything)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from search_spaces.blocks import ConvBNAct, build_block, make_activation
+from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, StemSpec
+
+
+def conv_output_size(size: int, stride: int) -> int:
+    """Spatial size after a 'same'-padded odd-kernel conv (or 3x3/s2/p1 max-pool)."""
+    return (size - 1) // stride + 1
+
+
+class Stem(nn.Sequential):
+    def __init__(self, spec: StemSpec, in_channels: int) -> None:
+        layers: list[nn.Module] = [
+            ConvBNAct(in_channels, spec.out_channels, spec.kernel, spec.stride, activation=spec.activation)
+        ]
+        if spec.pool:
+            layers.append(nn.MaxPool2d(3, 2, 1))
+        super().__init__(*layers)
+
+
+class Head(nn.Module):
+    """Optional 1x1 conv, global average pool, optional hidden linear, dropout, classifier."""
+
+    def __init__(self, spec: HeadSpec, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        channels = in_channels
+        self.conv: nn.Module = nn.Identity()
+        if spec.conv_channels:
+            self.conv = ConvBNAct(in_channels, spec.conv_channels, 1, activation=spec.activation)
+            channels = spec.conv_channels
+        self.hidden: nn.Module = nn.Identity()
+        if spec.hidden_channels:
+            self.hidden = nn.Sequential(nn.Linear(channels, spec.hidden_channels), make_activation(spec.activation))
+            channels = spec.hidden_channels
+        self.dropout = nn.Dropout(spec.dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).mean((2, 3))
+        return self.classifier(self.dropout(self.hidden(x)))
+
+
+class Network(nn.Module):
+    def __init__(self, spec: ArchSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.stem = build_stem(spec)
+        channels = spec.stem.out_channels
+        blocks = []
+        for block in spec.blocks:
+            blocks.append(build_block(block, channels))
+            channels = block.out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = build_head(spec)
+        _initialise(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_stem(spec: ArchSpec) -> nn.Module:
+    return Stem(spec.stem, spec.in_channels)
+
+
+def build_head(spec: ArchSpec) -> nn.Module:
+    return Head(spec.head, spec.blocks[-1].out_channels, spec.num_classes)
+
+
+def build_model(spec: ArchSpec) -> Network:
+    return Network(spec)
+
+
+def _initialise(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation: He (fan-out) convs, unit BN, small linear weights."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerShape:
+    """Where a layer sits and what it sees: the input shape (C, H, W) is what a LUT keys on."""
+
+    name: str  # "stem", "blocks.3", "head"
+    kind: str  # "stem" | "block" | "head"
+    in_channels: int
+    in_size: int
+    out_channels: int
+    out_size: int
+    block: BlockSpec | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.in_channels, self.in_size, self.in_size)
+
+
+def layer_shapes(spec: ArchSpec) -> list[LayerShape]:
+    size = spec.resolution
+    stem_out = conv_output_size(size, spec.stem.stride)
+    if spec.stem.pool:
+        stem_out = conv_output_size(stem_out, 2)
+    shapes = [LayerShape("stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out)]
+    channels, size = spec.stem.out_channels, stem_out
+    for index, block in enumerate(spec.blocks):
+        out_size = conv_output_size(size, block.stride)
+        shapes.append(LayerShape(f"blocks.{index}", "block", channels, size, block.out_channels, out_size, block))
+        channels, size = block.out_channels, out_size
+    shapes.append(LayerShape("head", "head", channels, size, spec.num_classes, 1))
+    return shapes

@@ -1,0 +1,418 @@
+"""`ArchSpec`: the one data type every part of the system passes around.
+
+An architecture is plain data: a stem, a list of blocks, a head, the input resolution and the
+number of classes. Nothing here builds a module (see `build.py`); everything here validates,
+serialises to JSON, hashes stably, and prints as compact per-block strings in timm's spirit
+(`mb_k5_e6_c40_s2_se0.25_relu`).
+
+Validation errors are `SpecError`s that name the field path, the bad value and what is allowed:
+`SpecError: blocks[3].kernel=4 not in {3, 5, 7}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+
+class SpecError(ValueError):
+    """An architecture or block specification is invalid; the message names the field."""
+
+
+class Op(str, Enum):
+    """Block types; each maps to one module class in the block registry."""
+
+    MBCONV = "mbconv"  # inverted residual with linear bottleneck (MobileNetV2, MnasNet, EfficientNet)
+    SHUFFLE = "shuffle"  # ShuffleNetV2 unit (channel split, shuffle; stride-2 variant)
+    GHOST = "ghost"  # Ghost bottleneck (GhostNet)
+    DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
+
+
+class Activation(str, Enum):
+    RELU = "relu"
+    RELU6 = "relu6"
+    HSWISH = "hswish"
+    SWISH = "swish"
+
+
+class SEStyle(str, Enum):
+    """How squeeze-excite sizes its bottleneck and gates, as each paper does.
+
+    - `efficientnet` (MnasNet, EfficientNet): squeeze = max(1, int(block_in * ratio)), sigmoid gate,
+      the block's activation inside.
+    - `mobilenetv3`: squeeze = make_divisible(mid * ratio, 8), hard-sigmoid gate, ReLU inside.
+    - `ghostnet`: squeeze = make_divisible(mid * ratio, 4), hard-sigmoid gate, ReLU inside.
+    """
+
+    EFFICIENTNET = "efficientnet"
+    MOBILENETV3 = "mobilenetv3"
+    GHOSTNET = "ghostnet"
+
+
+KERNELS = (3, 5, 7)
+STRIDES = (1, 2)
+STEM_KERNELS = (1, 3, 5, 7)
+
+
+def _enum_value(enum: type[Enum], value: Any, path: str) -> Enum:
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise SpecError(f"{path}={value!r} not in {{{allowed}}}") from None
+
+
+def _check_int(value: Any, path: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{path}={value!r} must be an integer >= {minimum}")
+    if value < minimum:
+        raise SpecError(f"{path}={value!r} must be >= {minimum}")
+
+
+def _check_choice(value: Any, allowed: tuple, path: str) -> None:
+    if isinstance(value, bool) or value not in allowed:
+        raise SpecError(f"{path}={value!r} not in {{{', '.join(map(str, allowed))}}}")
+
+
+def _check_number(value: Any, path: str, *, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SpecError(f"{path}={value!r} must be a number")
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise SpecError(f"{path}={value!r} must be in {bracket}{low}, {high}]")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSpec:
+    """One block. `mid_channels` overrides `round(in_channels * expand_ratio)` when a model needs
+    exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models)."""
+
+    op: Op
+    out_channels: int
+    stride: int = 1
+    kernel: int = 3
+    expand_ratio: float = 1.0
+    mid_channels: int | None = None
+    se_ratio: float = 0.0
+    se_style: SEStyle = SEStyle.EFFICIENTNET
+    activation: Activation = Activation.RELU
+
+    def __post_init__(self) -> None:
+        self.validate("block")
+
+    def validate(self, path: str) -> None:
+        object.__setattr__(self, "op", _enum_value(Op, self.op, f"{path}.op"))
+        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
+        object.__setattr__(self, "se_style", _enum_value(SEStyle, self.se_style, f"{path}.se_style"))
+        _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
+        _check_choice(self.stride, STRIDES, f"{path}.stride")
+        _check_choice(self.kernel, KERNELS, f"{path}.kernel")
+        _check_number(self.expand_ratio, f"{path}.expand_ratio", low=0.0, high=16.0, low_open=True)
+        if self.mid_channels is not None:
+            _check_int(self.mid_channels, f"{path}.mid_channels", minimum=1)
+        _check_number(self.se_ratio, f"{path}.se_ratio", low=0.0, high=1.0)
+        # 6 and 6.0 must serialise (and hash) identically
+        object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
+        object.__setattr__(self, "se_ratio", float(self.se_ratio))
+        if self.op is Op.DSCONV:
+            # MobileNetV1's block has no expansion and no SE: one canonical form, one hash.
+            for name, plain in (("expand_ratio", 1.0), ("mid_channels", None), ("se_ratio", 0.0)):
+                if getattr(self, name) != plain:
+                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op 'dsconv'")
+        if self.op is Op.SHUFFLE and self.out_channels % 2:
+            raise SpecError(f"{path}.out_channels={self.out_channels} must be even for op 'shuffle' (channel split)")
+
+    def mid(self, in_channels: int) -> int:
+        """Channels of the block's inner (expanded) tensor for a given input width."""
+        if self.mid_channels is not None:
+            return self.mid_channels
+        base = self.out_channels // 2 if self.op is Op.SHUFFLE else in_channels
+        return max(1, int(round(base * self.expand_ratio)))
+
+    def has_residual(self, in_channels: int) -> bool:
+        """Identity shortcut: only when shapes match, and never for MobileNetV1 blocks."""
+        return self.op in (Op.MBCONV, Op.GHOST) and self.stride == 1 and in_channels == self.out_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("op", "activation", "se_style"):
+            out[key] = out[key].value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str = "block") -> BlockSpec:
+        return _from_dict(cls, data, path)
+
+    def to_string(self) -> str:
+        return block_to_string(self)
+
+    @classmethod
+    def from_string(cls, text: str) -> BlockSpec:
+        return block_from_string(text)
+
+
+@dataclass(frozen=True, slots=True)
+class StemSpec:
+    """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet)."""
+
+    out_channels: int = 32
+    kernel: int = 3
+    stride: int = 2
+    activation: Activation = Activation.RELU
+    pool: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate("stem")
+
+    def validate(self, path: str) -> None:
+        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
+        _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
+        _check_choice(self.kernel, STEM_KERNELS, f"{path}.kernel")
+        _check_choice(self.stride, STRIDES, f"{path}.stride")
+        if not isinstance(self.pool, bool):
+            raise SpecError(f"{path}.pool={self.pool!r} must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+
+
+@dataclass(frozen=True, slots=True)
+class HeadSpec:
+    """1x1 conv + BN + act (optional), global average pool, optional hidden linear + act
+    (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier."""
+
+    conv_channels: int | None = 1280
+    hidden_channels: int | None = None
+    activation: Activation = Activation.RELU
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.validate("head")
+
+    def validate(self, path: str) -> None:
+        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
+        if self.conv_channels is not None:
+            _check_int(self.conv_channels, f"{path}.conv_channels", minimum=1)
+        if self.hidden_channels is not None:
+            _check_int(self.hidden_channels, f"{path}.hidden_channels", minimum=1)
+        _check_number(self.dropout, f"{path}.dropout", low=0.0, high=0.95)
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ArchSpec:
+    """A whole network. `name` is a label and is not part of the content hash."""
+
+    stem: StemSpec
+    blocks: tuple[BlockSpec, ...]
+    head: HeadSpec
+    resolution: int = 224
+    num_classes: int = 1000
+    in_channels: int = 3
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        for part, kind in (("stem", StemSpec), ("head", HeadSpec)):
+            if not isinstance(getattr(self, part), kind):
+                raise SpecError(f"{part} must be a {kind.__name__}, got {type(getattr(self, part)).__name__}")
+        self.stem.validate("stem")
+        self.head.validate("head")
+        if not isinstance(self.blocks, tuple) or not self.blocks:
+            raise SpecError("blocks must be a non-empty list of blocks")
+        for index, block in enumerate(self.blocks):
+            if not isinstance(block, BlockSpec):
+                raise SpecError(f"blocks[{index}] must be a BlockSpec, got {type(block).__name__}")
+            block.validate(f"blocks[{index}]")
+        _check_int(self.resolution, "resolution", minimum=8)
+        _check_int(self.num_classes, "num_classes", minimum=2)
+        _check_int(self.in_channels, "in_channels", minimum=1)
+        self._check_block_shapes()
+
+    def _check_block_shapes(self) -> None:
+        """Rules that need the input width: a stride-1 ShuffleNet unit keeps its width."""
+        channels = self.stem.out_channels
+        for index, block in enumerate(self.blocks):
+            if block.op is Op.SHUFFLE and block.stride == 1 and channels != block.out_channels:
+                raise SpecError(
+                    f"blocks[{index}].out_channels={block.out_channels} must equal its input width {channels} "
+                    "for a stride-1 'shuffle' unit (use stride 2 to change width)"
+                )
+            channels = block.out_channels
+        size = self.resolution
+        for stride in self.strides():
+            size = (size - 1) // stride + 1
+        if size < 1:
+            raise SpecError(f"resolution={self.resolution} is too small for {len(self.strides())} strided layers")
+
+    def strides(self) -> list[int]:
+        strides = [self.stem.stride] + ([2] if self.stem.pool else [])
+        return strides + [block.stride for block in self.blocks]
+
+    @property
+    def final_channels(self) -> int:
+        return self.head.hidden_channels or self.head.conv_channels or self.blocks[-1].out_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "resolution": self.resolution,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "stem": self.stem.to_dict(),
+            "blocks": [block.to_dict() for block in self.blocks],
+            "head": self.head.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        if not isinstance(data, dict):
+            raise SpecError(f"an architecture must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise SpecError(f"schema_version={version!r} not in {{{SCHEMA_VERSION}}}")
+        known = {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "blocks", "head"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown field(s) {unknown}; allowed: {sorted(known)}")
+        for part in ("stem", "blocks", "head"):
+            if part not in data:
+                raise SpecError(f"{part} is missing")
+        blocks = data["blocks"]
+        if not isinstance(blocks, list):
+            raise SpecError(f"blocks must be a list, got {type(blocks).__name__}")
+        return cls(
+            stem=_from_dict(StemSpec, data["stem"], "stem"),
+            blocks=tuple(_from_dict(BlockSpec, b, f"blocks[{i}]") for i, b in enumerate(blocks)),
+            head=_from_dict(HeadSpec, data["head"], "head"),
+            resolution=data.get("resolution", 224),
+            num_classes=data.get("num_classes", 1000),
+            in_channels=data.get("in_channels", 3),
+            name=data.get("name", ""),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SpecError(f"not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON without the name: equal networks hash equally."""
+        data = self.to_dict()
+        del data["name"]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def block_strings(self) -> list[str]:
+        return [block.to_string() for block in self.blocks]
+
+    def with_blocks(self, blocks: list[BlockSpec] | tuple[BlockSpec, ...]) -> ArchSpec:
+        return replace(self, blocks=tuple(blocks))
+
+    def replace(self, **changes: Any) -> ArchSpec:
+        return replace(self, **changes)
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    """Construct a part from JSON, reporting errors under `path` (e.g. `blocks[3].kernel`)."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must be a JSON object, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise SpecError(f"{path}: unknown field(s) {unknown}; allowed: {names}")
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise SpecError(f"{path}.{missing[0]} is missing")
+    default_path = {BlockSpec: "block", StemSpec: "stem", HeadSpec: "head"}[cls]
+    try:
+        return cls(**data)
+    except SpecError as error:
+        message = str(error)
+        if message.startswith(default_path):
+            message = path + message[len(default_path):]
+        raise SpecError(message) from None
+
+
+# ---- compact block strings, e.g. "mb_k5_e6_c40_s2_se0.25_relu" ---------------------------------
+
+_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds"}
+_SE_STYLE_CODES = {SEStyle.EFFICIENTNET: "", SEStyle.MOBILENETV3: "v3", SEStyle.GHOSTNET: "g"}
+
+# field code -> (BlockSpec field, parser, formatter); order is the order they are printed in
+_FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
+    "k": ("kernel", int, str),
+    "e": ("expand_ratio", float, lambda v: f"{v:g}"),
+    "m": ("mid_channels", int, str),
+    "c": ("out_channels", int, str),
+    "s": ("stride", int, str),
+}
+
+
+def block_to_string(block: BlockSpec) -> str:
+    parts = [_OP_CODES[block.op]]
+    for code, (name, _, fmt) in _FIELD_CODES.items():
+        value = getattr(block, name)
+        if value is None or (name == "expand_ratio" and block.mid_channels is not None):
+            continue
+        parts.append(f"{code}{fmt(value)}")
+    if block.se_ratio:
+        parts.append(f"se{_SE_STYLE_CODES[block.se_style]}{block.se_ratio:g}")
+    parts.append(block.activation.value)
+    return "_".join(parts)
+
+
+def block_from_string(text: str) -> BlockSpec:
+    pieces = text.strip().split("_")
+    ops = {code: op for op, code in _OP_CODES.items()}
+    if not pieces or pieces[0] not in ops:
+        raise SpecError(f"block string {text!r}: op code {pieces[0]!r} not in {{{', '.join(ops)}}}")
+    values: dict[str, Any] = {"op": ops[pieces[0]]}
+    activations = {a.value for a in Activation}
+    styles = {code: style for style, code in _SE_STYLE_CODES.items()}
+    for piece in pieces[1:]:
+        if piece in activations:
+            values["activation"] = piece
+        elif piece.startswith("se"):
+            rest = piece[2:]
+            code = next((c for c in sorted(styles, key=len, reverse=True) if c and rest.startswith(c)), "")
+            values["se_style"] = styles[code]
+            values["se_ratio"] = _parse(float, rest[len(code):], text, "se")
+        elif piece[:1] in _FIELD_CODES:
+            name, parse, _ = _FIELD_CODES[piece[:1]]
+            values[name] = _parse(parse, piece[1:], text, piece[:1])
+        else:
+            raise SpecError(
+                f"block string {text!r}: unknown part {piece!r}; codes are "
+                f"{', '.join(_FIELD_CODES)}, se<ratio>, and an activation ({', '.join(sorted(activations))})"
+            )
+    if "out_channels" not in values:
+        raise SpecError(f"block string {text!r}: missing output channels (c<N>)")
+    return BlockSpec(**values)
+
+
+def _parse(parse: Any, raw: str, text: str, code: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError:
+        raise SpecError(f"block string {text!r}: {code}{raw!r} is not a valid {parse.__name__}") from None
