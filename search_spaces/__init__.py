@@ -1,7 +1,7 @@
 """What an architecture IS: specs, blocks, the builder, search spaces and the reference zoo."""
 
 from search_spaces.blocks import BLOCKS, build_block, make_divisible
-from search_spaces.build import LayerShape, Network, build_head, build_model, build_stem, layer_shapes
+from search_spaces.build import LayerShape, Network, build_head, build_layer, build_model, build_stem, layer_shapes
 from search_spaces.registry import Registry
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, SpecError, StemSpec
 
@@ -20,6 +20,7 @@ __all__ = [
     "StemSpec",
     "build_block",
     "build_head",
+    "build_layer",
     "build_model",
     "build_stem",
     "layer_shapes",

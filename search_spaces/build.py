@@ -99,19 +99,47 @@ def _initialise(model: nn.Module) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LayerShape:
-    """Where a layer sits and what it sees: the input shape (C, H, W) is what a LUT keys on."""
+    """Where a layer sits and what it sees. `signature` (the part's spec and its input shape) is
+    what a latency table keys on: equal signatures build identical modules."""
 
     name: str  # "stem", "blocks.3", "head"
     kind: str  # "stem" | "block" | "head"
     in_channels: int
     in_size: int
-    out_channels: int
+    out_channels: int  # for the head: the number of classes
     out_size: int
-    block: BlockSpec | None = None
+    part: StemSpec | BlockSpec | HeadSpec
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, self.in_channels, self.in_size, self.in_size)
+
+    @property
+    def signature(self) -> str:
+        shape = f"{self.in_channels}x{self.in_size}x{self.in_size}"
+        if isinstance(self.part, BlockSpec):
+            return f"{self.part.to_string()}@{shape}"
+        part = self.part
+        if isinstance(part, StemSpec):
+            pool = "_pool" if part.pool else ""
+            return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
+        # dropout is absent from inference, so it is not part of the latency signature
+        return (
+            f"head_conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
+            f"_classes{self.out_channels}@{shape}"
+        )
+
+
+def build_layer(layer: LayerShape) -> nn.Module:
+    """The module for one layer on its own (what a latency table measures)."""
+    if isinstance(layer.part, BlockSpec):
+        module = build_block(layer.part, layer.in_channels)
+    elif isinstance(layer.part, StemSpec):
+        module = Stem(layer.part, layer.in_channels)
+    else:
+        module = Head(layer.part, layer.in_channels, layer.out_channels)
+    _initialise(module)
+    return module
 
 
 def layer_shapes(spec: ArchSpec) -> list[LayerShape]:
@@ -119,11 +147,11 @@ def layer_shapes(spec: ArchSpec) -> list[LayerShape]:
     stem_out = conv_output_size(size, spec.stem.stride)
     if spec.stem.pool:
         stem_out = conv_output_size(stem_out, 2)
-    shapes = [LayerShape("stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out)]
+    shapes = [LayerShape("stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out, spec.stem)]
     channels, size = spec.stem.out_channels, stem_out
     for index, block in enumerate(spec.blocks):
         out_size = conv_output_size(size, block.stride)
         shapes.append(LayerShape(f"blocks.{index}", "block", channels, size, block.out_channels, out_size, block))
         channels, size = block.out_channels, out_size
-    shapes.append(LayerShape("head", "head", channels, size, spec.num_classes, 1))
+    shapes.append(LayerShape("head", "head", channels, size, spec.num_classes, 1, spec.head))
     return shapes

@@ -1,0 +1,378 @@
+"""The one train/evaluate loop: search trials, retraining and compression fine-tuning all use it.
+
+Contract, in brief:
+
+- Determinism: the shuffle order comes from a ``torch.Generator`` seeded with ``config.seed``,
+  and the global torch RNG (dropout, stochastic depth) is re-seeded with ``config.seed`` inside
+  ``torch.random.fork_rng`` so the caller's RNG state is left untouched. Weight *initialisation*
+  is the caller's business: call ``torch.manual_seed(s)`` before building the model. On CPU
+  the same model + data + config gives bit-identical loss histories; on CUDA cuDNN may pick
+  non-deterministic kernels, so expect agreement to a few decimals only.
+- Devices: ``model`` (and ``teacher``) are moved to ``config.device`` in place and moved back
+  to the device their first parameter was on when the call returns -- also when an exception
+  escapes. The model is left in eval mode.
+- Failures: a NaN/inf loss (or gradient norm, when clipping) ends training with
+  ``status="failed"`` and a reason naming epoch and step; any *exception* in a step propagates
+  (the search runner records it as a failed trial with its traceback).
+- Epochs and steps are numbered from 1 in reasons, logs and ``on_epoch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from itertools import islice
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from nas.data import DataSplits
+
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+DistillLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
+EpochCallback = Callable[[int, dict[str, float]], bool | None]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run; validated on construction.
+
+    ``lr=None`` means the optimizer's default (:data:`DEFAULT_LR`: 0.05 for SGD, 1e-3 for
+    AdamW), resolved by :attr:`effective_lr` -- kept unresolved so ``dataclasses.replace`` with
+    another optimizer does not carry the wrong default along. ``momentum`` and ``nesterov``
+    apply to SGD only. ``max_batches_per_epoch`` shortens epochs (and the cosine schedule with
+    them) for quick proxy trials.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    nesterov: bool = True
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    grad_clip: float | None = 5.0
+    max_batches_per_epoch: int | None = None
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise bad("epochs", "an int >= 1")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise bad("batch_size", "an int >= 1")
+        if not _is_int(self.eval_batch_size) or self.eval_batch_size < 1:
+            raise bad("eval_batch_size", "an int >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"one of {list(OPTIMIZERS)}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a finite float > 0, or None for the optimizer's default")
+        if not 0.0 <= self.momentum < 1.0:
+            raise bad("momentum", "a float in [0, 1)")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0.0:
+            raise bad("nesterov", "False when momentum is 0 (Nesterov needs momentum)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a finite float >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing", "a float in [0, 1)")
+        if not 0.0 <= self.warmup_epochs <= self.epochs:
+            raise bad("warmup_epochs", f"a float in [0, epochs={self.epochs}]")
+        if not _is_int(self.seed):
+            raise bad("seed", "an int")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise bad("grad_clip", "None or a finite float > 0")
+        if self.max_batches_per_epoch is not None and (
+            not _is_int(self.max_batches_per_epoch) or self.max_batches_per_epoch < 1
+        ):
+            raise bad("max_batches_per_epoch", "None or an int >= 1")
+        if self.device != "auto":
+            # syntax only: a config is data and may be written on a machine without the device;
+            # availability is checked when train() resolves it
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as error:
+                raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'") from error
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass
+class TrainReport:
+    """What one run produced. ``val_accuracy`` is the last completed epoch's (0.0 if none).
+
+    ``status`` is ``"ok"`` or ``"failed"``; ``reason`` explains a failure, or an early stop
+    requested by ``on_epoch`` (status stays ``"ok"``). ``train_time_s`` is the wall time of the
+    epochs including their val evaluations, not the final test evaluation.
+    """
+
+    val_accuracy: float
+    test_accuracy: float | None
+    train_loss: list[float] = field(default_factory=list)
+    val_accuracy_per_epoch: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    train_time_s: float = 0.0
+    status: str = "ok"
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else must parse and exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    return resolved
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    if first is None:
+        first = next(module.buffers(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to ``base_lr``, then cosine decay to 0 at ``total_steps`` (0-based step)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batches(
+    dataset: TensorDataset, batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Index the in-memory tensors directly: the same shuffle a DataLoader with this
+    generator would give, without per-sample collation (which dominates tiny trials)."""
+    images, labels = dataset.tensors[0], dataset.tensors[1]
+    n = len(labels)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    # drop a ragged last batch while training: a 1-image batch breaks BatchNorm after pooling
+    stop = n - n % batch_size if generator is not None and n > batch_size else n
+    for index in order[:stop].split(batch_size):
+        yield images[index], labels[index]
+
+
+def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train(): the model has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.effective_lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, nesterov=config.nesterov,
+        )
+    return torch.optim.AdamW(params, lr=config.effective_lr, weight_decay=config.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    on_epoch: EpochCallback | None = None,
+    teacher: nn.Module | None = None,
+    distill_loss: DistillLoss | None = None,
+    evaluate_test: bool = False,
+    progress: bool = False,
+) -> TrainReport:
+    """Train ``model`` on ``data.train``, evaluating on ``data.val`` after every epoch.
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch with ``epoch`` (from 1),
+    ``train_loss``, ``val_accuracy``, ``lr`` and ``elapsed_s``; returning True stops training
+    (for ASHA-style early stopping; the schedule is not shortened). With ``teacher`` and
+    ``distill_loss``, the loss is ``distill_loss(student_logits, teacher_logits, labels)``
+    instead of cross-entropy (``label_smoothing`` is then unused); the teacher runs in eval mode
+    without gradients and its mode is restored afterwards.
+    """
+    if (teacher is None) != (distill_loss is None):
+        raise ValueError("train(): teacher and distill_loss must be given together")
+    for split in ("train", "val"):
+        if len(getattr(data, split)) == 0:
+            raise ValueError(f"train(): data.{split} of {data.name!r} is empty")
+    device = resolve_device(config.device)
+    home = _module_device(model)
+    teacher_home = _module_device(teacher) if teacher is not None else None
+    teacher_was_training = teacher.training if teacher is not None else False
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(config.seed)
+            return _run(model, data, config, device, on_epoch, teacher, distill_loss,
+                        evaluate_test, progress)
+    finally:
+        model.to(home)
+        if teacher is not None and teacher_home is not None:
+            teacher.to(teacher_home).train(teacher_was_training)
+
+
+def _run(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    device: torch.device,
+    on_epoch: EpochCallback | None,
+    teacher: nn.Module | None,
+    distill_loss: DistillLoss | None,
+    evaluate_test: bool,
+    progress: bool,
+) -> TrainReport:
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    optimizer = _build_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    n_train = len(data.train)
+    steps_per_epoch = n_train // config.batch_size if n_train > config.batch_size else 1
+    if config.max_batches_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_batches_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    base_lr = config.effective_lr
+    generator = torch.Generator().manual_seed(config.seed)
+    report = TrainReport(val_accuracy=0.0, test_accuracy=None)
+    bar = _progress_bar(total_steps, data.name) if progress else None
+    start = time.perf_counter()
+    step = 0
+    lr = base_lr
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        batches = islice(_batches(data.train, config.batch_size, generator), steps_per_epoch)
+        for step_in_epoch, (images, labels) in enumerate(batches, start=1):
+            lr = _lr_at(step, total_steps, warmup_steps, base_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = model(images)
+            if teacher is not None and distill_loss is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+                loss = distill_loss(logits, teacher_logits, labels)
+            else:
+                loss = criterion(logits, labels)
+            # one host sync per step: the price of naming the exact failing step
+            if not torch.isfinite(loss).item():
+                return _failed(report, f"non-finite loss at epoch {epoch} step {step_in_epoch}",
+                               start, bar)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if not torch.isfinite(norm).item():
+                    return _failed(
+                        report, f"non-finite gradient norm at epoch {epoch} step {step_in_epoch}",
+                        start, bar,
+                    )
+            optimizer.step()
+            loss_sum += loss.detach()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+        epoch_loss = float(loss_sum.item()) / steps_per_epoch
+        val_accuracy = _accuracy(model, data.val, device, config.eval_batch_size)
+        report.train_loss.append(epoch_loss)
+        report.val_accuracy_per_epoch.append(val_accuracy)
+        report.val_accuracy = val_accuracy
+        report.epochs_run = epoch
+        elapsed = time.perf_counter() - start
+        logger.info("epoch %d/%d: loss %.4f, val acc %.4f, lr %.4g, %.1fs",
+                    epoch, config.epochs, epoch_loss, val_accuracy, lr, elapsed)
+        if on_epoch is not None:
+            metrics = {"epoch": float(epoch), "train_loss": epoch_loss,
+                       "val_accuracy": val_accuracy, "lr": lr, "elapsed_s": elapsed}
+            if on_epoch(epoch, metrics) is True and epoch < config.epochs:
+                report.reason = f"stopped early by on_epoch after epoch {epoch}"
+                logger.info(report.reason)
+                break
+    report.train_time_s = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    if evaluate_test:
+        report.test_accuracy = _accuracy(model, data.test, device, config.eval_batch_size)
+    return report
+
+
+def _failed(report: TrainReport, reason: str, start: float, bar: Any) -> TrainReport:
+    report.status, report.reason = "failed", reason
+    report.train_time_s = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    logger.warning("training failed: %s", reason)
+    return report
+
+
+def _progress_bar(total: int, name: str) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a nicety; training goes on without it
+        logger.info("progress=True but tqdm is not installed; logging epochs only")
+        return None
+    return tqdm(total=total, desc=f"train {name}", unit="step", leave=False)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int) -> float:
+    """Top-1 accuracy of an already-placed model."""
+    model.eval()
+    if isinstance(dataset, TensorDataset):
+        batches: Any = _batches(dataset, batch_size, None)
+    else:
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    correct = 0
+    total = 0
+    for images, labels in batches:
+        logits = model(images.to(device, non_blocking=True))
+        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise ValueError("evaluate(): the dataset is empty")
+    return correct / total
+
+
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto"
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``dataset`` (items are ``(image, label)``).
+
+    The model is moved to ``device`` for the call and back afterwards; its train/eval mode is
+    restored too, so evaluating never changes the caller's model.
+    """
+    target = resolve_device(device)
+    home = _module_device(model)
+    was_training = model.training
+    try:
+        model.to(target)
+        return _accuracy(model, dataset, target, batch_size)
+    finally:
+        model.to(home).train(was_training)
