@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from search_spaces.blocks import ConvBNAct, build_block, make_activation
-from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, StemSpec
+from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, part_from_dict
 
 
 def conv_output_size(size: int, stride: int) -> int:
@@ -128,6 +128,41 @@ class LayerShape:
             f"head_conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
             f"_classes{self.out_channels}@{shape}"
         )
+
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "in_channels": self.in_channels, "in_size": self.in_size,
+            "out_channels": self.out_channels, "out_size": self.out_size, "part": self.part.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerShape:
+        """Rebuild a layer from JSON (what a device agent receives), validating every field and
+        recomputing the output shape rather than trusting the sender."""
+        if not isinstance(data, dict):
+            raise SpecError(f"layer must be a JSON object, got {type(data).__name__}")
+        kind = data.get("kind")
+        parts = {"stem": StemSpec, "block": BlockSpec, "head": HeadSpec}
+        if kind not in parts:
+            raise SpecError(f"layer.kind={kind!r} not in {{{', '.join(parts)}}}")
+        part = part_from_dict(parts[kind], data.get("part"), "layer.part")
+        for key, minimum in (("in_channels", 1), ("in_size", 1), ("out_channels", 1)):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise SpecError(f"layer.{key}={value!r} must be an integer >= {minimum}")
+        in_channels, in_size = data["in_channels"], data["in_size"]
+        if kind == "block":
+            out_channels, out_size = part.out_channels, conv_output_size(in_size, part.stride)
+            if part.op is Op.SHUFFLE and part.stride == 1 and in_channels != part.out_channels:
+                raise SpecError("layer: a stride-1 'shuffle' unit needs in_channels == part.out_channels")
+        elif kind == "stem":
+            out_channels = part.out_channels
+            out_size = conv_output_size(in_size, part.stride)
+            out_size = conv_output_size(out_size, 2) if part.pool else out_size
+        else:
+            out_channels, out_size = data["out_channels"], 1
+        return cls(str(data.get("name", kind)), kind, in_channels, in_size, out_channels, out_size, part)
 
 
 def build_layer(layer: LayerShape) -> nn.Module:

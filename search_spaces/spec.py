@@ -146,7 +146,7 @@ class BlockSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str = "block") -> BlockSpec:
-        return _from_dict(cls, data, path)
+        return part_from_dict(cls, data, path)
 
     def to_string(self) -> str:
         return block_to_string(self)
@@ -295,9 +295,9 @@ class ArchSpec:
         if not isinstance(blocks, list):
             raise SpecError(f"blocks must be a list, got {type(blocks).__name__}")
         return cls(
-            stem=_from_dict(StemSpec, data["stem"], "stem"),
-            blocks=tuple(_from_dict(BlockSpec, b, f"blocks[{i}]") for i, b in enumerate(blocks)),
-            head=_from_dict(HeadSpec, data["head"], "head"),
+            stem=part_from_dict(StemSpec, data["stem"], "stem"),
+            blocks=tuple(part_from_dict(BlockSpec, b, f"blocks[{i}]") for i, b in enumerate(blocks)),
+            head=part_from_dict(HeadSpec, data["head"], "head"),
             resolution=data.get("resolution", 224),
             num_classes=data.get("num_classes", 1000),
             in_channels=data.get("in_channels", 3),
@@ -332,7 +332,7 @@ class ArchSpec:
         return replace(self, **changes)
 
 
-def _from_dict(cls: type, data: Any, path: str) -> Any:
+def part_from_dict(cls: type, data: Any, path: str) -> Any:
     """Construct a part from JSON, reporting errors under `path` (e.g. `blocks[3].kernel`)."""
     if not isinstance(data, dict):
         raise SpecError(f"{path} must be a JSON object, got {type(data).__name__}")

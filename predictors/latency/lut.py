@@ -1,0 +1,234 @@
+"""`LatencyTable`: measured latency per (part, input shape) of a search space, and the predictor
+that sums it over an architecture.
+
+File format (JSON, `schema` "hwnas-latency-table", `schema_version` 1)::
+
+    {
+      "schema": "hwnas-latency-table",
+      "schema_version": 1,
+      "space": "mnasnet" | null,          # the space it was built for (null: hand-made / imported)
+      "resolution": 32, "num_classes": 10,
+      "metadata": {                       # where and how it was measured
+        "backend": "onnxruntime", "device": "...", "cpu_model": "...", "logical_cores": 2,
+        "threads": 1, "batch_size": 1, "versions": {...}, "created": "2026-11-22T01:00:00+00:00",
+        "source": "measured" | "imported:<format>", ...
+      },
+      "entries": {                        # key: LayerShape.signature, e.g. "mb_k3_e6_c24_s2_relu6@16x112x112"
+        "<signature>": {"median_ms": 0.41, "p10_ms": 0.40, "p90_ms": 0.43, "runs": 150}
+      },
+      "calibration": null | {"slope": 1.02, "intercept_ms": 0.05, "samples": 50},
+      "validation": null | {...}          # figures from `validate_table`
+    }
+
+Prediction is the sum of the entries of an architecture's layers (stem, blocks, head); with a
+calibration it is `slope * sum + intercept_ms` (see `validate.py` for how it is fitted).
+Queries never mutate the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from predictors.latency.measure import Measurement
+from search_spaces.build import layer_shapes
+from search_spaces.spec import ArchSpec
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "hwnas-latency-table"
+SCHEMA_VERSION = 1
+
+
+class LatencyTableError(ValueError):
+    """A table file is corrupt, of another schema, or does not fit the request."""
+
+
+class MissingEntriesError(KeyError):
+    """An architecture contains layers the table has not measured."""
+
+    def __init__(self, keys: list[str], table: str = "table") -> None:
+        self.keys = keys
+        listed = "\n  ".join(keys)
+        super().__init__(f"{table} lacks {len(keys)} layer(s) of this architecture:\n  {listed}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """measured ≈ slope * (sum of entries) + intercept_ms, fitted on end-to-end measurements."""
+
+    slope: float
+    intercept_ms: float
+    samples: int
+
+    def apply(self, raw_ms: float) -> float:
+        return self.slope * raw_ms + self.intercept_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slope": self.slope, "intercept_ms": self.intercept_ms, "samples": self.samples}
+
+
+@lru_cache(maxsize=4096)
+def arch_signatures(arch: ArchSpec) -> tuple[tuple[str, str], ...]:
+    """(layer name, signature) of every layer; cached because searches query the same
+    architectures many times and the specs are immutable."""
+    return tuple((layer.name, layer.signature) for layer in layer_shapes(arch))
+
+
+class LatencyTable:
+    def __init__(
+        self,
+        metadata: dict[str, Any],
+        entries: dict[str, Measurement] | None = None,
+        *,
+        space: str | None = None,
+        resolution: int | None = None,
+        num_classes: int | None = None,
+        calibration: Calibration | None = None,
+        validation: dict[str, Any] | None = None,
+    ) -> None:
+        self.metadata = dict(metadata)
+        self.metadata.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self.entries: dict[str, Measurement] = dict(entries or {})
+        self.space = space
+        self.resolution = resolution
+        self.num_classes = num_classes
+        self.calibration = calibration
+        self.validation = validation
+
+    # -- queries -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    @property
+    def label(self) -> str:
+        where = self.metadata.get("device", "?")
+        return f"latency table ({self.space or 'no space'}, {self.metadata.get('backend', '?')} on {where})"
+
+    def missing(self, arch: ArchSpec) -> list[str]:
+        return [key for _, key in arch_signatures(arch) if key not in self.entries]
+
+    def layer_latencies(self, arch: ArchSpec) -> list[tuple[str, str, float]]:
+        """(layer name, table key, median ms) per layer; raises `MissingEntriesError` listing every
+        missing key rather than guessing."""
+        signatures = arch_signatures(arch)
+        missing = [key for _, key in signatures if key not in self.entries]
+        if missing:
+            raise MissingEntriesError(missing, self.label)
+        return [(name, key, self.entries[key].median_ms) for name, key in signatures]
+
+    def predict(self, arch: ArchSpec, *, calibrated: bool = True) -> float:
+        """Predicted end-to-end latency in ms."""
+        entries = self.entries
+        try:
+            raw = sum(entries[key].median_ms for _, key in arch_signatures(arch))
+        except KeyError:
+            raise MissingEntriesError(self.missing(arch), self.label) from None
+        if calibrated and self.calibration is not None:
+            return self.calibration.apply(raw)
+        return raw
+
+    # -- changes -----------------------------------------------------------------------------------
+    def add(self, key: str, measurement: Measurement) -> None:
+        self.entries[key] = measurement
+
+    # -- files -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "space": self.space,
+            "resolution": self.resolution,
+            "num_classes": self.num_classes,
+            "metadata": self.metadata,
+            "entries": {key: m.to_dict() for key, m in sorted(self.entries.items())},
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "validation": self.validation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "table") -> LatencyTable:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise LatencyTableError(f"{source}: not a latency table (schema={found!r}, expected {SCHEMA!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise LatencyTableError(
+                f"{source}: schema_version={data.get('schema_version')!r} not in {{{SCHEMA_VERSION}}}; "
+                "rebuild the table with this version of the tool"
+            )
+        entries_data = data.get("entries")
+        if not isinstance(entries_data, dict):
+            raise LatencyTableError(f"{source}: 'entries' must be an object of signature -> measurement")
+        entries = {}
+        for key, value in entries_data.items():
+            try:
+                entries[key] = Measurement.from_dict(value)
+            except (TypeError, ValueError, AttributeError) as error:
+                raise LatencyTableError(f"{source}: entries[{key!r}] is invalid: {error}") from None
+        calibration = data.get("calibration")
+        try:
+            calibration = Calibration(**calibration) if calibration else None
+        except TypeError as error:
+            raise LatencyTableError(f"{source}: calibration is invalid: {error}") from None
+        return cls(
+            metadata=data.get("metadata") or {},
+            entries=entries,
+            space=data.get("space"),
+            resolution=data.get("resolution"),
+            num_classes=data.get("num_classes"),
+            calibration=calibration,
+            validation=data.get("validation"),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic: a crash mid-write leaves the previous file intact (builds resume from it)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(self.to_dict(), file, indent=1)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latency table {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise LatencyTableError(f"{path}: corrupt latency table (not valid JSON: {error})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def check_fits(self, *, space: str | None, resolution: int, num_classes: int, backend: str | None = None,
+                   threads: int | None = None, source: str = "table") -> None:
+        """Refuse to extend a table measured for something else (never silently mix devices)."""
+        wanted = {"space": space, "resolution": resolution, "num_classes": num_classes}
+        have = {"space": self.space, "resolution": self.resolution, "num_classes": self.num_classes}
+        if backend is not None:
+            wanted["backend"], have["backend"] = backend, self.metadata.get("backend")
+        if threads is not None:
+            wanted["threads"], have["threads"] = threads, self.metadata.get("threads")
+        wrong = [f"{key}={have[key]!r} (requested {wanted[key]!r})" for key in wanted if have[key] != wanted[key]]
+        if wrong:
+            raise LatencyTableError(f"{source} was built for other settings: {', '.join(wrong)}; use another path")
+
