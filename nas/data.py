@@ -17,6 +17,8 @@ Splitting rules (all deterministic for a seed, stratified by class):
 - ``val_fraction`` is the share of the *training pool* held out for validation. Sources without a
   test split (digits, a single image folder) first hold out 20% of everything as test, then
   ``val_fraction`` of the rest as val: 1797 digits -> 1294 / 144 / 359 for every seed.
+- ``imagefolder`` with train/ and val/ uses those folders as they are (``val_fraction`` unused);
+  without test/, 20% of train/ is carved out as test.
 - ``limit`` caps the train split only (a stratified subset); val and test keep their size so
   accuracies stay comparable across limits. For ``synthetic`` it sets the train size instead, and
   val/test are each a quarter of it (``val_fraction`` does not apply).
