@@ -1,0 +1,43 @@
+"""What an architecture costs in time on a device: measurement, lookup tables, prediction."""
+
+from predictors.latency.builder import LocalMeasurer, MeasureSettings, Measurer, build_table
+from predictors.latency.importers import import_proxyless_yaml, import_table
+from predictors.latency.lut import (
+    Calibration,
+    LatencyTable,
+    LatencyTableError,
+    MissingEntriesError,
+    arch_signatures,
+)
+from predictors.latency.measure import (
+    LATENCY_BACKENDS,
+    LatencyBackend,
+    Measurement,
+    get_backend,
+    measure_module,
+    measure_modules,
+)
+from predictors.latency.validate import FidelityFigures, ValidationReport, validate_table
+
+__all__ = [
+    "LATENCY_BACKENDS",
+    "Calibration",
+    "FidelityFigures",
+    "LatencyBackend",
+    "LatencyTable",
+    "LatencyTableError",
+    "LocalMeasurer",
+    "MeasureSettings",
+    "Measurement",
+    "Measurer",
+    "MissingEntriesError",
+    "ValidationReport",
+    "arch_signatures",
+    "build_table",
+    "get_backend",
+    "import_proxyless_yaml",
+    "import_table",
+    "measure_module",
+    "measure_modules",
+    "validate_table",
+]

@@ -1,0 +1,136 @@
+"""`nas lut build|predict|validate|import|info`: latency lookup tables on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nas.commands.common import fail_on_user_error, load_arch, make_measurer
+
+console = Console()
+lut_app = typer.Typer(no_args_is_help=True, help="Measure, import, validate and query latency lookup tables.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lut_app, name="lut")
+
+
+@lut_app.command("build")
+@fail_on_user_error
+def build(
+    space: str = typer.Option(..., help="Search space name (see `nas spaces`)."),
+    out: Path = typer.Option(..., help="Table file (JSON). An existing file of the same settings is resumed."),
+    backend: str = typer.Option("onnxruntime", help="torch | onnxruntime | cuda (ignored with --device)."),
+    threads: int = typer.Option(1, min=1, help="Threads the backend may use; recorded in the table."),
+    resolution: int = typer.Option(224, min=8, help="Input resolution of the space."),
+    num_classes: int = typer.Option(1000, min=2, help="Classes of the head."),
+    device: Optional[str] = typer.Option(None, help="URL of a device agent (`nas device serve`) to measure on."),
+    token: Optional[str] = typer.Option(None, envvar="NAS_DEVICE_TOKEN", help="The agent's token."),
+    resume: bool = typer.Option(False, "--resume", help="Require OUT to exist and only measure what it lacks."),
+) -> None:
+    """Measure every candidate op of a space (resumable; progress bar with time left)."""
+    from predictors.latency import build_table
+    from search_spaces.spaces import get_space
+
+    if resume and not out.exists():
+        raise FileNotFoundError(f"--resume: {out} does not exist")
+    search_space = get_space(space, resolution=resolution, num_classes=num_classes)
+    measurer = make_measurer(backend, threads, device, token)
+    table = build_table(search_space, measurer, out, show_progress=True)
+    console.print(f"{out}: {len(table)} entries, {table.metadata.get('backend')} x{table.metadata.get('threads')} "
+                  f"on {table.metadata.get('device')}")
+
+
+@lut_app.command("predict")
+@fail_on_user_error
+def predict(
+    table_path: Path = typer.Argument(..., metavar="TABLE"),
+    arch: str = typer.Argument(..., metavar="ARCH", help="A spec JSON file or zoo:NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the total and each layer's key and latency."),
+    raw: bool = typer.Option(False, "--raw", help="Plain sum, without the table's calibration."),
+) -> None:
+    """Predicted latency of one architecture from a table."""
+    from predictors.latency import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    spec = load_arch(arch, resolution=table.resolution, num_classes=table.num_classes)
+    layers = table.layer_latencies(spec)
+    total = table.predict(spec, calibrated=not raw)
+    if as_json:
+        print(json.dumps({
+            "latency_ms": total,
+            "raw_sum_ms": sum(ms for _, _, ms in layers),
+            "calibrated": table.calibration is not None and not raw,
+            "layers": [{"layer": name, "key": key, "latency_ms": ms} for name, key, ms in layers],
+        }, indent=2))
+    else:
+        print(f"{total:.4f} ms")
+
+
+@lut_app.command("validate")
+@fail_on_user_error
+def validate(
+    table_path: Path = typer.Argument(..., metavar="FILE"),
+    samples: int = typer.Option(50, min=3, help="Architectures to measure end to end."),
+    seed: int = typer.Option(0),
+    plot: Optional[Path] = typer.Option(None, help="Scatter PNG (default: next to the table)."),
+    device: Optional[str] = typer.Option(None, help="Agent URL, when the table was built through one."),
+    token: Optional[str] = typer.Option(None, envvar="NAS_DEVICE_TOKEN"),
+) -> None:
+    """Measure sampled architectures end to end; report fidelity; store a calibration in the table."""
+    from predictors.latency import LatencyTable, validate_table
+    from search_spaces.spaces import get_space
+
+    table = LatencyTable.load(table_path)
+    if not table.space:
+        raise ValueError(f"{table_path} names no search space (imported tables cannot be re-measured here)")
+    space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes)
+    measurer = make_measurer(table.metadata.get("backend", "onnxruntime"), table.metadata.get("threads", 1), device, token)
+    plot = plot or table_path.with_suffix(".validation.png")
+    report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot)
+    table.save(table_path)
+    summary = Table(title=f"{table_path.name}: {report.samples} architectures")
+    for column in ("prediction", "RMSE ms", "MAPE", "within ±10%", "Kendall tau"):
+        summary.add_column(column)
+    for label, figures in (("raw sum", report.raw), ("calibrated (out-of-fold)", report.calibrated)):
+        summary.add_row(label, f"{figures.rmse_ms:.4f}", f"{100 * figures.mape:.2f}%",
+                        f"{100 * figures.within_10pct:.0f}%", f"{figures.kendall_tau:.3f}")
+    console.print(summary)
+    cal = report.calibration
+    console.print(f"calibration: measured = {cal.slope:.4f} x sum + {cal.intercept_ms:.4f} ms (stored); plot: {plot}")
+
+
+@lut_app.command("import")
+@fail_on_user_error
+def import_(
+    source: Path = typer.Argument(..., metavar="FILE"),
+    format: str = typer.Option("proxyless", "--format", help="proxyless (ProxylessNAS/OFA mobile YAML)."),
+    out: Path = typer.Option(..., help="Where to write the table (JSON)."),
+    device: Optional[str] = typer.Option(None, help="Device name to record (the YAML names none)."),
+) -> None:
+    """Convert a published latency table into ours."""
+    from predictors.latency import import_table
+
+    options = {"device": device} if device else {}
+    table = import_table(format, source, **options)
+    table.save(out)
+    console.print(f"{out}: {len(table)} entries from {table.metadata.get('source_keys')} keys of {source}")
+
+
+@lut_app.command("info")
+@fail_on_user_error
+def info(table_path: Path = typer.Argument(..., metavar="FILE")) -> None:
+    """Metadata, entry count and stored validation figures of a table."""
+    from predictors.latency import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    print(json.dumps({
+        "space": table.space, "resolution": table.resolution, "num_classes": table.num_classes,
+        "entries": len(table), "metadata": table.metadata,
+        "calibration": table.calibration.to_dict() if table.calibration else None, "validation": table.validation,
+    }, indent=2))
