@@ -1,0 +1,162 @@
+"""The ask/tell interface every search strategy implements, and the data that flows through it.
+
+A `Searcher` proposes `Candidate`s (an architecture with a trial id) and learns from `Result`s.
+It never trains, times or schedules anything itself: the in-process loop and the Ray Tune adapter
+(`nas/runner.py`, `nas/ray_adapter.py`) drive the same object, so a strategy does not know where its
+trials ran. `state_dict()` is plain JSON, written after every `tell`, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from nas.objectives import HARD_ALPHA, HARD_BETA, SOFT_EXPONENT, mnas_reward, mnas_weight
+from search_spaces.registry import Registry
+from search_spaces.space import SearchSpace
+from search_spaces.spec import ArchSpec
+
+STATUSES = ("ok", "failed", "infeasible")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trial_id: int
+    arch: ArchSpec
+    policy: dict[str, Any] | None = None  # a compression policy, when the search is over policies too
+    info: dict[str, Any] = field(default_factory=dict)  # strategy bookkeeping (e.g. Optuna's trial number)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "arch": self.arch.to_dict(), "policy": self.policy, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        return cls(int(data["trial_id"]), ArchSpec.from_dict(data["arch"]), data.get("policy"), data.get("info") or {})
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one trial found. A failed or infeasible trial is a result with a reason, not a crash."""
+
+    status: str = "ok"
+    accuracy: float | None = None  # validation top-1 in [0, 1]
+    latency_ms: float | None = None  # predicted from the latency table
+    measured_latency_ms: float | None = None
+    macs: int | None = None
+    params: int | None = None
+    train_time_s: float | None = None
+    epochs: int | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"Result.status={self.status!r} not in {{{', '.join(STATUSES)}}}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.accuracy is not None and math.isfinite(self.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass(frozen=True)
+class SearchObjective:
+    """What "better" means: accuracy under a latency budget, folded into MnasNet's reward.
+
+    `constraint="hard"`: w = 0 within the budget and -1 over it; `"soft"`: w = -0.07 on both sides
+    (Tan et al. 2019, eq. 2). Failed trials score 0 (the worst possible reward)."""
+
+    latency_budget_ms: float
+    constraint: str = "hard"
+
+    def __post_init__(self) -> None:
+        if not (self.latency_budget_ms > 0 and math.isfinite(self.latency_budget_ms)):
+            raise ValueError(f"latency_budget_ms={self.latency_budget_ms!r} must be a finite number > 0")
+        if self.constraint not in ("hard", "soft"):
+            raise ValueError(f"constraint={self.constraint!r} not in {{hard, soft}}")
+
+    def reward(self, result: Result) -> float:
+        if not result.ok or result.latency_ms is None or result.latency_ms <= 0:
+            return 0.0
+        if self.constraint == "hard":
+            w = mnas_weight(result.latency_ms, self.latency_budget_ms, HARD_ALPHA, HARD_BETA)
+        else:
+            w = SOFT_EXPONENT
+        return mnas_reward(result.accuracy, result.latency_ms, self.latency_budget_ms, w)
+
+    def feasible(self, result: Result) -> bool:
+        return result.ok and result.latency_ms is not None and result.latency_ms <= self.latency_budget_ms
+
+
+class Searcher(ABC):
+    """Base of every strategy. Subclasses implement `_propose` (an architecture, and optional
+    info) and `_observe`; trial ids, the RNG and the record of what was asked live here."""
+
+    name: str = ""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: SearchObjective,
+        *,
+        seed: int = 0,
+        is_feasible: Callable[[ArchSpec], bool] | None = None,
+    ) -> None:
+        self.space = space
+        self.objective = objective
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        # A cheap pre-check (usually the latency table): strategies use it to avoid proposing
+        # architectures that cannot meet the budget, so no trial is spent training them.
+        self.is_feasible = is_feasible or (lambda arch: True)
+        self.next_trial_id = 0
+
+    def ask(self) -> Candidate:
+        arch, info = self._propose()
+        candidate = Candidate(self.next_trial_id, arch, info=info or {})
+        self.next_trial_id += 1
+        return candidate
+
+    def tell(self, candidate: Candidate, result: Result) -> None:
+        self._observe(candidate, result, self.objective.reward(result))
+
+    @abstractmethod
+    def _propose(self) -> tuple[ArchSpec, dict[str, Any] | None]: ...
+
+    @abstractmethod
+    def _observe(self, candidate: Candidate, result: Result, reward: float) -> None: ...
+
+    def sample_feasible(self, tries: int = 200) -> ArchSpec:
+        """A random architecture that passes the pre-check (the last draw if none does)."""
+        for _ in range(tries):
+            arch = self.space.sample(self.rng)
+            if self.is_feasible(arch):
+                return arch
+        return arch
+
+    # -- resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "next_trial_id": self.next_trial_id,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"searcher state is for {state.get('name')!r}, not {self.name!r}")
+        self.seed = state["seed"]
+        self.next_trial_id = state["next_trial_id"]
+        self.rng.bit_generator.state = state["rng"]
+
+
+SEARCHERS: Registry[type[Searcher]] = Registry("search strategy")
