@@ -1,0 +1,294 @@
+"""What an architecture costs in parameters and multiply-adds, per layer and in total.
+
+Convention (the papers'): MACs are the multiply-adds of convolutions and fully connected layers,
+one per multiply-accumulate, biases excluded. Batch norm (folded into the convs at inference),
+activations, element-wise adds and multiplies (residuals, SE gating), pooling and means are not
+counted. Under this convention MobileNetV2 at 224x224 costs 300.8M MACs (paper: 300M).
+
+Two ways to get MACs that agree exactly (tests hold them equal on every zoo model):
+
+- `count(model_or_spec)`: fvcore's `FlopCountAnalysis` on a traced forward pass, restricted to
+  conv and matmul-like ops. Works for any module.
+- `macs_of_spec(spec)`: closed form per block, from the spec alone, without building or running
+  anything; cheap enough to call thousands of times inside a search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from search_spaces.blocks import se_squeeze_channels
+from search_spaces.build import LayerShape, Network, build_model, conv_output_size, layer_shapes
+from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec
+
+logger = logging.getLogger(__name__)
+
+# fvcore's defaults also count batch norm, norms, upsampling and adaptive pooling. Its
+# `set_op_handle(name, None)` cannot switch those off (a handle already registered wins over the
+# ignore list), so the analysis starts from a cleared table holding only these multiply-add ops
+# (fvcore's handles count one per multiply-accumulate, biases excluded).
+_MAC_OPS = {
+    "aten::_convolution": "conv_flop_jit",
+    "aten::linear": "linear_flop_jit",
+    "aten::addmm": "addmm_flop_jit",
+    "aten::mm": "matmul_flop_jit",
+    "aten::matmul": "matmul_flop_jit",
+    "aten::bmm": "bmm_flop_jit",
+    "aten::einsum": "einsum_flop_jit",
+}
+# Ops that cost time but are not multiply-adds under the papers' convention; ignored explicitly so
+# that only genuinely unknown ops would ever show up as unsupported.
+_NOT_MACS = (
+    "aten::batch_norm",
+    "aten::group_norm",
+    "aten::layer_norm",
+    "aten::instance_norm",
+    "aten::upsample_nearest2d",
+    "aten::upsample_bilinear2d",
+    "aten::adaptive_avg_pool2d",
+    "aten::grid_sampler",
+    "aten::max_pool2d",
+    "aten::avg_pool2d",
+    "aten::mean",
+    "aten::add",
+    "aten::add_",
+    "aten::mul",
+    "aten::mul_",
+    "aten::sigmoid",
+    "aten::hardsigmoid",
+    "aten::hardswish",
+    "aten::hardtanh",
+    "aten::silu",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerCost:
+    name: str  # "stem", "blocks.3", "head" for a spec; a child module's name otherwise
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Totals and the per-layer split; the per-layer figures sum to the totals."""
+
+    params: int
+    macs: int
+    per_layer: tuple[LayerCost, ...]
+
+    def layer(self, name: str) -> LayerCost:
+        for layer in self.per_layer:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers: {', '.join(layer.name for layer in self.per_layer)}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "per_layer": [{"name": layer.name, "params": layer.params, "macs": layer.macs} for layer in self.per_layer],
+        }
+
+
+def count(
+    model_or_spec: nn.Module | ArchSpec, resolution: int | None = None, *, in_channels: int = 3
+) -> Cost:
+    """Parameters and MACs of a spec, a built `Network`, or any module taking one image batch.
+
+    For a spec or `Network`, `resolution` defaults to the spec's and layers are the spec's
+    ("stem", "blocks.i", "head"). Any other module needs `resolution` (input 1 x in_channels x
+    resolution x resolution) and is split by its direct children; MACs from ops outside them go to
+    a layer named "". The module's training flags are restored afterwards (it is run in eval mode,
+    so batch norm neither updates its statistics nor fails at batch 1 on a 1x1 map).
+    """
+    if isinstance(model_or_spec, ArchSpec):
+        spec = _at_resolution(model_or_spec, resolution)
+        model: nn.Module = build_model(spec)
+        size, channels, names = spec.resolution, spec.in_channels, _spec_layer_names(spec)
+    elif isinstance(model_or_spec, Network):
+        spec = _at_resolution(model_or_spec.spec, resolution)
+        model = model_or_spec
+        size, channels, names = spec.resolution, spec.in_channels, _spec_layer_names(spec)
+    elif isinstance(model_or_spec, nn.Module):
+        if resolution is None:
+            raise ValueError(
+                f"count({type(model_or_spec).__name__}): resolution is required for a module that is not "
+                "built from an ArchSpec (the input is 1 x in_channels x resolution x resolution)"
+            )
+        _check_positive(resolution, "resolution")
+        _check_positive(in_channels, "in_channels")
+        model, size, channels = model_or_spec, resolution, in_channels
+        names = [name for name, _ in model.named_children()]
+    else:
+        raise TypeError(f"count() takes an ArchSpec or an nn.Module, got {type(model_or_spec).__name__}")
+
+    macs_by_module = _fvcore_macs(model, size, channels)
+    per_layer = [LayerCost(name, _params(model.get_submodule(name)), macs_by_module.get(name, 0)) for name in names]
+    params, macs = _params(model), macs_by_module.get("", 0)
+    rest_params = params - sum(layer.params for layer in per_layer)
+    rest_macs = macs - sum(layer.macs for layer in per_layer)
+    if rest_params or rest_macs or not per_layer:
+        per_layer.append(LayerCost("", rest_params, rest_macs))
+    logger.debug("counted %s at %d: %d params, %d MACs", type(model).__name__, size, params, macs)
+    return Cost(params=params, macs=macs, per_layer=tuple(per_layer))
+
+
+def _at_resolution(spec: ArchSpec, resolution: int | None) -> ArchSpec:
+    if resolution is None or resolution == spec.resolution:
+        return spec
+    # ArchSpec validation names the problem precisely (type, minimum, too many strided layers)
+    return spec.replace(resolution=resolution)
+
+
+def _check_positive(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _spec_layer_names(spec: ArchSpec) -> list[str]:
+    return [layer.name for layer in layer_shapes(spec)]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _fvcore_macs(model: nn.Module, size: int, channels: int) -> dict[str, int]:
+    """MACs per module name ("" = the whole model) from one traced forward pass of zeros."""
+    reference = next(model.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    inputs = torch.zeros(1, channels, size, size, device=device, dtype=dtype)
+    flop_count_analysis, handles = _fvcore()
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        analysis = flop_count_analysis(model, inputs).clear_op_handles()
+        analysis.set_op_handle(**handles)
+        analysis.set_op_handle(**dict.fromkeys(_NOT_MACS))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        with torch.no_grad():
+            counts = {name: int(value) for name, value in analysis.by_module().items()}
+        unsupported = analysis.unsupported_ops()
+        if unsupported:
+            logger.debug("ops not counted as MACs: %s", dict(unsupported))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return counts
+
+
+def _fvcore() -> tuple[Any, dict[str, Any]]:
+    """fvcore, imported on first use: its import scripts functions with torch.jit (work, and a
+    deprecation warning on recent torch that is not ours to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis, jit_handles
+    return FlopCountAnalysis, {op: getattr(jit_handles, handle) for op, handle in _MAC_OPS.items()}
+
+
+# ---- closed form ------------------------------------------------------------------------------
+# Each formula mirrors its block class in search_spaces/blocks.py layer by layer. The tests compare
+# them with fvcore on every op in its less common forms and on every zoo model, so a block change
+# that is not mirrored here fails there instead of silently skewing a search.
+
+
+def _conv(out_size: int, in_channels: int, out_channels: int, kernel: int = 1, groups: int = 1) -> int:
+    return out_size * out_size * out_channels * (in_channels // groups) * kernel * kernel
+
+
+def _se(block: BlockSpec, block_in: int, mid: int) -> int:
+    # two 1x1 convs on the pooled 1x1 map; the mean and the gating multiply are not MACs
+    if not block.se_ratio:
+        return 0
+    return 2 * mid * se_squeeze_channels(block.se_style, block.se_ratio, block_in, mid)
+
+
+def _mbconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    mid = block.mid(c_in)
+    expand = _conv(size, c_in, mid) if mid != c_in else 0
+    depthwise = _conv(out_size, mid, mid, block.kernel, groups=mid)
+    return expand + depthwise + _se(block, c_in, mid) + _conv(out_size, mid, block.out_channels)
+
+
+def _shuffle(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    branch_out = block.out_channels // 2
+    branch_in = c_in if block.stride == 2 else branch_out
+    mid = block.mid(c_in)
+    branch1 = 0
+    if block.stride == 2:
+        branch1 = _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, branch_out)
+    branch2 = (
+        _conv(size, branch_in, mid)
+        + _conv(out_size, mid, mid, block.kernel, groups=mid)
+        + _se(block, branch_in, mid)
+        + _conv(out_size, mid, branch_out)
+    )
+    return branch1 + branch2
+
+
+def _ghost_module(size: int, c_in: int, c_out: int) -> int:
+    primary = math.ceil(c_out / 2)
+    return _conv(size, c_in, primary) + _conv(size, primary, primary, 3, groups=primary)
+
+
+def _ghost(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    mid = block.mid(c_in)
+    macs = _ghost_module(size, c_in, mid) + _se(block, c_in, mid) + _ghost_module(out_size, mid, block.out_channels)
+    if block.stride > 1:
+        macs += _conv(out_size, mid, mid, block.kernel, groups=mid)
+    if not block.has_residual(c_in):
+        macs += _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, block.out_channels)
+    return macs
+
+
+def _dsconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    return _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, block.out_channels)
+
+
+# op -> MACs(block, input channels, input size, output size); one entry per block class
+_BLOCK_MACS: dict[Op, Callable[[BlockSpec, int, int, int], int]] = {
+    Op.MBCONV: _mbconv,
+    Op.SHUFFLE: _shuffle,
+    Op.GHOST: _ghost,
+    Op.DSCONV: _dsconv,
+}
+
+
+def layer_macs(layer: LayerShape) -> int:
+    """MACs of one layer from its spec and input shape, without building it."""
+    part = layer.part
+    if isinstance(part, StemSpec):
+        conv_size = conv_output_size(layer.in_size, part.stride)  # the max-pool adds no MACs
+        return _conv(conv_size, layer.in_channels, part.out_channels, part.kernel)
+    if isinstance(part, HeadSpec):
+        channels, macs = layer.in_channels, 0
+        if part.conv_channels:
+            macs += _conv(layer.in_size, channels, part.conv_channels)
+            channels = part.conv_channels
+        if part.hidden_channels:
+            macs += channels * part.hidden_channels
+            channels = part.hidden_channels
+        return macs + channels * layer.out_channels
+    try:
+        formula = _BLOCK_MACS[part.op]
+    except KeyError:
+        raise NotImplementedError(
+            f"{layer.name}: no closed-form MACs for op {part.op.value!r}; use count() or add it to _BLOCK_MACS"
+        ) from None
+    return formula(part, layer.in_channels, layer.in_size, layer.out_size)
+
+
+def macs_of_spec(spec: ArchSpec, resolution: int | None = None) -> int:
+    """Total MACs from the spec alone; equals `count(spec).macs` (held equal by the tests)."""
+    return sum(layer_macs(layer) for layer in layer_shapes(_at_resolution(spec, resolution)))
