@@ -165,15 +165,17 @@ class LayerShape:
         return cls(str(data.get("name", kind)), kind, in_channels, in_size, out_channels, out_size, part)
 
 
-def build_layer(layer: LayerShape) -> nn.Module:
-    """The module for one layer on its own (what a latency table measures)."""
+def build_layer(layer: LayerShape, initialise: bool = True) -> nn.Module:
+    """The module for one layer on its own (what a latency table measures). `initialise=False`
+    skips weight initialisation (slow on meta tensors, pointless when only shapes matter)."""
     if isinstance(layer.part, BlockSpec):
         module = build_block(layer.part, layer.in_channels)
     elif isinstance(layer.part, StemSpec):
         module = Stem(layer.part, layer.in_channels)
     else:
         module = Head(layer.part, layer.in_channels, layer.out_channels)
-    _initialise(module)
+    if initialise:
+        _initialise(module)
     return module
 
 
