@@ -1,6 +1,11 @@
 """What an architecture costs in time on a device: measurement, lookup tables, prediction."""
 
-from predictors.latency.builder import LocalMeasurer, MeasureSettings, Measurer, build_table
+from predictors.latency.builder import (
+    LocalMeasurer,
+    Measurer,
+    MeasureSettings,
+    build_table,
+)
 from predictors.latency.importers import import_proxyless_yaml, import_table
 from predictors.latency.lut import (
     Calibration,
@@ -17,7 +22,11 @@ from predictors.latency.measure import (
     measure_module,
     measure_modules,
 )
-from predictors.latency.validate import FidelityFigures, ValidationReport, validate_table
+from predictors.latency.validate import (
+    FidelityFigures,
+    ValidationReport,
+    validate_table,
+)
 
 __all__ = [
     "LATENCY_BACKENDS",

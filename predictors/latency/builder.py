@@ -14,10 +14,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from predictors.latency.lut import LatencyTable
-from predictors.latency.measure import LatencyBackend, Measurement, get_backend, measure_modules
+from predictors.latency.measure import (
+    LatencyBackend,
+    Measurement,
+    get_backend,
+    measure_modules,
+)
 from search_spaces.build import LayerShape, build_layer, build_model
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec

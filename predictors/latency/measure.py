@@ -2,45 +2,42 @@
 
 Backends (``LATENCY_BACKENDS``, built with :func:`get_backend`):
 
-* ``torch`` -- PyTorch eager on CPU under ``torch.inference_mode()``, module in ``eval()``.
-  ``torch.set_num_threads(threads)`` is set for the duration of a measurement call and the
-  previous value restored afterwards (the thread count is process-global state).
+* ``torch`` -- PyTorch eager on CPU, ``torch.inference_mode()``, module in ``eval()``.
+  ``torch.set_num_threads(threads)`` holds during a measurement call; the previous value is
+  restored after (it is process-global). glibc's malloc is pinned (:func:`pin_glibc_malloc`).
 * ``onnxruntime`` -- the module exported to ONNX in memory (TorchScript exporter, opset
-  :data:`ONNX_OPSET`; ``exporter="dynamo"`` selects the torch.export one) and run by ONNX Runtime's
-  CPUExecutionProvider: ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``,
-  ``ORT_SEQUENTIAL``, ``ORT_ENABLE_ALL``. The model never touches disk. At ``prepare`` time the
-  ONNX output is checked against eager PyTorch (``allclose``, atol 1e-4, rtol 1e-3), so an
-  unfaithful export fails loudly instead of entering a latency table.
-* ``cuda`` -- PyTorch eager on the current GPU, timed with CUDA events and synchronisation.
+  :data:`ONNX_OPSET`; ``exporter="dynamo"`` picks the torch.export one), run by ONNX Runtime's
+  CPUExecutionProvider with ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``,
+  ``ORT_SEQUENTIAL``, ``ORT_ENABLE_ALL``. Nothing is written to disk. ``prepare`` checks the ONNX
+  output against eager PyTorch (atol 1e-4, rtol 1e-3): an unfaithful export fails loudly.
+* ``cuda`` -- PyTorch eager on the current GPU, timed with CUDA events after a synchronise.
 
-Every backend deep-copies the module before ``eval()``/export/``.to(device)``: measuring never
-mutates the caller's model. The input is a fixed random tensor from a seeded generator.
+Every backend deep-copies the module before ``eval()``/export/``.to(device)``, so measuring never
+mutates the caller's model; the input is a fixed tensor from a seeded generator.
 
-Protocol (:func:`measure_modules`), the contract users of latency numbers rely on:
+Protocol of :func:`measure_modules` (the contract behind every number in a latency table):
 
-1. **Prepare** every item once (copy, eval, export + session, fixed input; not timed).
-2. **Warm-up**: ``warmup`` untimed runs per item (allocator, caches, lazy kernel selection).
-3. **Interleaved rounds**: for each of ``blocks`` rounds, every item is timed for one block of
-   ``block_runs`` back-to-back runs, one ``time.perf_counter_ns`` pair around the block (CUDA:
-   an event pair), and the block contributes its per-run mean. The item order is rotated
-   every round, so slow drift of a shared machine (other jobs, frequency changes) hits all
-   items alike instead of biasing whichever item was timed during a busy spell. Each block is
-   preceded by one untimed run, so a block measures the item warm, not the cache traffic
-   left by the previous item.
-4. **Summary** over the blocks' per-run means: ``median_ms`` is the median, ``p10_ms``/``p90_ms``
-   the 10th/90th percentiles (linear interpolation), ``runs = blocks * block_runs``.
+1. **Prepare** every item once (copy, eval, export and session, fixed input); not timed.
+2. **Warm up**: ``warmup`` untimed runs per item (allocators, caches, lazy kernel choice).
+3. **Interleaved rounds**: in each of ``blocks`` rounds every item is timed for one block of
+   ``block_runs`` back-to-back runs (one ``time.perf_counter_ns`` pair, or CUDA event pair, around
+   the block); the block contributes its per-run mean. The item order rotates every round, so
+   slow drift of a shared machine hits all items alike. One untimed run precedes each block, so
+   the block times the item warm rather than the cache misses left by the previous item
+   (without it a 5 us op read 7-8 us).
+4. **Summary** over the blocks: ``median_ms`` is the median, ``p10_ms``/``p90_ms`` the 10th/90th
+   percentiles (linear interpolation), ``runs = blocks * block_runs``.
 5. **Retry**: an item whose ``spread = (p90 - p10) / median`` exceeds ``max_spread`` is measured
-   again with steps 3-4 (interleaved with the other unstable items), up to ``retries`` times;
-   the measurement with the smallest spread is kept (and a warning logged if still unstable).
+   again by steps 3-4 (interleaved with the other unstable items) up to ``retries`` times; the
+   measurement with the smallest spread is kept, with a logged warning if still above.
 
-Python's garbage collector is disabled while timing (as ``timeit`` does). ``progress(n_done)``
-receives the cumulative number of finished items, ending at ``len(items)``.
+The garbage collector is paused while timing (as ``timeit`` does). ``progress(n_done)`` gets the
+cumulative number of finished items, ending at ``len(items)``. Timings include each backend's
+per-call overhead (~3-5 us), which a per-op latency table therefore sums once per op.
 
-Defaults (``warmup=10, blocks=15, block_runs=10``) were chosen on a noisy shared 2-core
-x86 VM: a small MBConv block on onnxruntime (~40 us) takes ~10 ms to measure, a 56x56 one
-(~0.4 ms) ~0.1 s; repeated measurements of the same block agreed within a few percent.
-Each timing includes the backend's per-call overhead (~3-5 us for an ORT ``run`` or an eager
-call), which a per-op latency table sums once per op.
+Defaults ``warmup=10, blocks=15, block_runs=10`` (150 timed runs) on a shared 2-core x86 VM:
+measuring an MBConv block with onnxruntime takes ~20 ms at 16x16 and ~90 ms at 56x56, including
+export; repeated calls gave medians within ~4% and spreads of 0.02-0.06.
 """
 
 from __future__ import annotations
@@ -48,6 +45,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import ctypes
 import gc
 import io
 import logging
@@ -70,17 +68,20 @@ from search_spaces.registry import Registry
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 1
-ONNX_OPSET = 18  # supported by both exporters and by every onnxruntime >= 1.14
+ONNX_OPSET = 18  # accepted by both torch exporters and by onnxruntime >= 1.14
 INPUT_SEED = 0
-EXPORT_ATOL = 1e-4
-EXPORT_RTOL = 1e-3
+EXPORT_ATOL, EXPORT_RTOL = 1e-4, 1e-3
+EXPORTERS = ("torchscript", "dynamo")
+# glibc mallopt codes (malloc.h) and the values pinned for eager timing; 32 MiB is glibc's maximum.
+_MALLOPT_CODES = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}
+GLIBC_MALLOC_SETTINGS = {"M_TRIM_THRESHOLD": 256 << 20, "M_MMAP_THRESHOLD": 32 << 20}
 
 LATENCY_BACKENDS: Registry[type[LatencyBackend]] = Registry("latency backend")
 
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """Summary of one item's timed blocks, in milliseconds per run."""
+    """One item's latency summary over its timed blocks, in milliseconds per run."""
 
     median_ms: float
     p10_ms: float
@@ -93,12 +94,8 @@ class Measurement:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"Measurement.{name}={value!r}: expected a finite number >= 0")
         if not self.p10_ms <= self.median_ms <= self.p90_ms:
-            raise ValueError(
-                f"Measurement: expected p10_ms <= median_ms <= p90_ms, got "
-                f"{self.p10_ms} <= {self.median_ms} <= {self.p90_ms}"
-            )
-        if not isinstance(self.runs, int) or isinstance(self.runs, bool) or self.runs < 1:
-            raise ValueError(f"Measurement.runs={self.runs!r}: expected an int >= 1")
+            raise ValueError(f"Measurement: expected p10_ms <= median_ms <= p90_ms, got {self}")
+        _check_count("Measurement.runs", self.runs, 1)
 
     @property
     def spread(self) -> float:
@@ -113,43 +110,37 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
         names = {f.name for f in fields(cls)}
-        missing, unknown = names - d.keys(), d.keys() - names
-        if missing or unknown:
-            raise ValueError(
-                f"Measurement.from_dict: missing {sorted(missing)}, unknown {sorted(unknown)}; "
-                f"expected keys {sorted(names)}"
-            )
+        if d.keys() != names:
+            raise ValueError(f"Measurement.from_dict: keys {sorted(d)}; expected {sorted(names)}")
         return cls(**d)
 
 
 class PreparedOp(abc.ABC):
-    """One module made ready to time on one backend: set-up is done, only runs remain."""
+    """One module made ready on one backend: all set-up done, only runs remain."""
 
     @abc.abstractmethod
     def time_block(self, n: int) -> float:
-        """Run ``n`` times back to back; return the mean seconds per run."""
+        """Run ``n`` times back to back; the mean seconds per run."""
 
     @abc.abstractmethod
     def infer(self) -> np.ndarray:
-        """One run on the fixed input; the output as a numpy array (for correctness checks)."""
+        """One run on the fixed input, output as numpy (for correctness checks)."""
 
     def run_once(self) -> float:
         return self.time_block(1)
 
-    def close(self) -> None:  # release sessions / device memory; default has nothing to free
-        return None
+    def close(self) -> None:
+        """Release sessions or device memory early (the default holds nothing worth freeing)."""
 
 
 class LatencyBackend(abc.ABC):
-    """Times modules on one device/runtime with a fixed thread count."""
+    """Times modules on one device and runtime with a fixed thread count."""
 
     name: ClassVar[str]
 
     def __init__(self, threads: int = 1) -> None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads={threads!r}: expected an int >= 1")
-        cores = os.cpu_count() or 1
-        if threads > cores:
+        _check_count("threads", threads, 1)
+        if threads > (cores := os.cpu_count() or 1):
             logger.warning("threads=%d exceeds the %d logical cores; timings will be oversubscribed", threads, cores)
         self.threads = threads
 
@@ -158,25 +149,21 @@ class LatencyBackend(abc.ABC):
 
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
-        """Context in which measurements run (process-global settings such as thread counts)."""
+        """Process-global settings (thread counts) that hold while measuring."""
         yield
 
     def metadata(self) -> dict[str, Any]:
         """Where and with what software the numbers were taken; JSON-serialisable."""
         return {
-            "backend": self.name,
-            "device": socket.gethostname(),
-            "cpu_model": _cpu_model(),
-            "logical_cores": os.cpu_count(),
-            "threads": self.threads,
-            "batch_size": BATCH_SIZE,
+            "backend": self.name, "threads": self.threads, "batch_size": BATCH_SIZE,
+            "device": socket.gethostname(), "cpu_model": _cpu_model(), "logical_cores": os.cpu_count(),
             "platform": platform.platform(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         }
 
 
 def get_backend(name: str, threads: int = 1, **kw: Any) -> LatencyBackend:
-    """The registered backend ``name`` (see ``LATENCY_BACKENDS.names()``) with ``threads`` threads."""
+    """The registered backend ``name`` (``LATENCY_BACKENDS.names()``) with ``threads`` threads."""
     return LATENCY_BACKENDS.get(name)(threads=threads, **kw)
 
 
@@ -189,6 +176,11 @@ def _cpu_model() -> str:
     except OSError:
         pass  # not Linux: fall back to what the platform module knows
     return platform.processor() or platform.machine() or "unknown"
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an int >= {minimum}")
 
 
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:
@@ -204,26 +196,44 @@ def check_input_shape(input_shape: Any) -> tuple[int, ...]:
     return tuple(input_shape)
 
 
-def _fixed_input(input_shape: tuple[int, ...]) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(INPUT_SEED)  # explicit seed, no global RNG state
-    return torch.randn(input_shape, generator=generator)
+def fixed_input(input_shape: tuple[int, ...]) -> torch.Tensor:
+    """The input every backend times with: standard normal from a fixed seed (no global RNG)."""
+    return torch.randn(input_shape, generator=torch.Generator().manual_seed(INPUT_SEED))
 
 
 def _eager_copy(module: nn.Module, input_shape: Any) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A private eval() copy, the fixed input, and the eager CPU output (checks the shape fits)."""
+    """A private eval() CPU copy, the fixed input, and the eager output (proves the shape fits)."""
     shape = check_input_shape(input_shape)
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
-    private = copy.deepcopy(module).cpu().eval()
-    x = _fixed_input(shape)
+    private, x = copy.deepcopy(module).cpu().eval(), fixed_input(shape)
     try:
         with torch.inference_mode():
             out = private(x)
-    except Exception as exc:  # the module's own error says why; we add which shape it was
+    except Exception as exc:  # the module's own error says why; add which shape it was given
         raise ValueError(f"input_shape={shape!r} does not fit {type(module).__name__}: {exc}") from exc
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{type(module).__name__} returned {type(out).__name__}; expected one Tensor")
     return private, x, out
+
+
+def pin_glibc_malloc() -> dict[str, int] | None:
+    """Keep freed memory in the heap instead of returning it to the OS; the settings, or None.
+
+    Under glibc's dynamic thresholds eager PyTorch page-faults its large activations afresh on
+    every run (~2600 faults per run for an MBConv at 56x56), depending on the heap's history:
+    the same op measured 1.0 ms pinned and 3-7 ms unpinned here, system time dominating.
+    Pinned, it behaves as with jemalloc/tcmalloc. Process-wide and permanent (glibc has no
+    way back to dynamic thresholds); the process keeps up to 256 MiB of freed heap. No-op off glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    mallopt = ctypes.CDLL(None).mallopt
+    for name, value in GLIBC_MALLOC_SETTINGS.items():
+        if mallopt(_MALLOPT_CODES[name], value) != 1:
+            logger.warning("mallopt(%s, %d) failed; eager timings may include page faults", name, value)
+            return None
+    return dict(GLIBC_MALLOC_SETTINGS)
 
 
 class _TorchOp(PreparedOp):
@@ -246,9 +256,13 @@ class _TorchOp(PreparedOp):
 
 @LATENCY_BACKENDS.register("torch")
 class TorchBackend(LatencyBackend):
-    """PyTorch eager on CPU; ``torch.set_num_threads(threads)`` while measuring, restored after."""
+    """PyTorch eager on CPU; ``pin_malloc`` applies :func:`pin_glibc_malloc` when measuring starts."""
 
     name = "torch"
+
+    def __init__(self, threads: int = 1, pin_malloc: bool = True) -> None:
+        super().__init__(threads)
+        self.pin_malloc = pin_malloc
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> PreparedOp:
         private, x, _ = _eager_copy(module, input_shape)
@@ -256,6 +270,8 @@ class TorchBackend(LatencyBackend):
 
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
+        if self.pin_malloc:
+            pin_glibc_malloc()
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -266,14 +282,15 @@ class TorchBackend(LatencyBackend):
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+        pinned = self.pin_malloc and platform.libc_ver()[0] == "glibc"
+        meta["malloc"] = dict(GLIBC_MALLOC_SETTINGS) if pinned else "default"
         return meta
 
 
 class _OrtOp(PreparedOp):
     def __init__(self, session: Any, x: np.ndarray) -> None:
-        self.session = session
-        self.feed = {session.get_inputs()[0].name: x}
-        # Plain run() on a preallocated input: io_binding saved only ~1.5 us/call here.
+        # Plain run() on a preallocated input: io_binding saved only ~1.5 us per call here.
+        self.session, self.feed = session, {session.get_inputs()[0].name: x}
         self.output_names = [session.get_outputs()[0].name]
 
     def time_block(self, n: int) -> float:
@@ -292,68 +309,71 @@ class _OrtOp(PreparedOp):
 
 
 def export_onnx(module: nn.Module, x: torch.Tensor, exporter: str = "torchscript") -> bytes:
-    """Serialised ONNX model of an eval() module for input ``x``, built in memory."""
+    """The serialised ONNX model of an eval() module for input ``x``, built in memory.
+
+    ``torchscript`` (legacy, deprecated but ~10-20 ms per block) or ``dynamo`` (torch.export +
+    onnxscript, ~0.5-0.8 s per block after a ~2.5 s first call).
+    """
     if exporter == "torchscript":
         buffer = io.BytesIO()
         with warnings.catch_warnings():
-            # Shapes are fixed at batch 1 and the result is checked against eager output, so
-            # the deprecation notice and tracer warnings carry no information here.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # Deprecation notices from inside torch, and tracer warnings that cannot matter: shapes
+            # are fixed at batch 1 and prepare() compares the result with eager output.
+            for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+                warnings.simplefilter("ignore", category)
             torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=ONNX_OPSET, do_constant_folding=True)
         return buffer.getvalue()
     if exporter == "dynamo":
-        program = torch.onnx.export(module, (x,), dynamo=True, opset_version=ONNX_OPSET, external_data=False, verbose=False)
+        program = torch.onnx.export(
+            module, (x,), dynamo=True, opset_version=ONNX_OPSET, external_data=False, verbose=False
+        )
         return program.model_proto.SerializeToString()
-    raise ValueError(f"exporter={exporter!r}: expected 'torchscript' or 'dynamo'")
+    raise ValueError(f"exporter={exporter!r}: expected one of {EXPORTERS}")
 
 
 @LATENCY_BACKENDS.register("onnxruntime")
 class OnnxRuntimeBackend(LatencyBackend):
-    """ONNX Runtime CPUExecutionProvider on an in-memory ONNX export of the module."""
+    """ONNX Runtime's CPUExecutionProvider on an in-memory ONNX export of the module."""
 
     name = "onnxruntime"
 
     def __init__(self, threads: int = 1, exporter: str = "torchscript", check_export: bool = True) -> None:
         super().__init__(threads)
-        if exporter not in ("torchscript", "dynamo"):
-            raise ValueError(f"exporter={exporter!r}: expected 'torchscript' (fast, default) or 'dynamo'")
+        if exporter not in EXPORTERS:
+            raise ValueError(f"exporter={exporter!r}: expected one of {EXPORTERS}")
         self.exporter, self.check_export = exporter, check_export
 
     def session_options(self) -> dict[str, Any]:
+        """The options every session gets, as recorded in metadata (enums by name)."""
         return {
-            "intra_op_num_threads": self.threads,
-            "inter_op_num_threads": 1,
-            "execution_mode": "ORT_SEQUENTIAL",
-            "graph_optimization_level": "ORT_ENABLE_ALL",
-            "providers": ["CPUExecutionProvider"],
+            "intra_op_num_threads": self.threads, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"],
         }
 
     def _session(self, model: bytes) -> Any:
-        import onnxruntime as ort  # imported on use: heavy, and only this backend needs it
+        import onnxruntime as ort  # on use: heavy, and only this backend needs it
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only; ORT's info lines are noise in a LUT build
-        # No optimized_model_filepath and no profiling: the session writes no files anywhere.
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        spec, options = self.session_options(), ort.SessionOptions()
+        options.intra_op_num_threads = spec["intra_op_num_threads"]
+        options.inter_op_num_threads = spec["inter_op_num_threads"]
+        options.execution_mode = getattr(ort.ExecutionMode, spec["execution_mode"])
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["graph_optimization_level"])
+        options.log_severity_level = 3  # errors only: ORT's info lines are noise in a table build
+        # No optimized_model_filepath and no profiling, so the session writes no files anywhere.
+        return ort.InferenceSession(model, options, providers=spec["providers"])
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> PreparedOp:
         private, x, reference = _eager_copy(module, input_shape)
         start = time.perf_counter()
         op = _OrtOp(self._session(export_onnx(private, x, self.exporter)), x.numpy())
         logger.debug("exported %s (%s) in %.3f s", type(module).__name__, self.exporter, time.perf_counter() - start)
-        if self.check_export:
-            got, want = op.infer(), reference.numpy()
-            if got.shape != want.shape or not np.allclose(got, want, atol=EXPORT_ATOL, rtol=EXPORT_RTOL):
-                error = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.nan
-                raise RuntimeError(
-                    f"ONNX export of {type(module).__name__} is not faithful: output {got.shape} vs eager "
-                    f"{tuple(want.shape)}, max abs error {error:.3g} (allowed atol={EXPORT_ATOL}, rtol={EXPORT_RTOL})"
-                )
+        got, want = op.infer(), reference.numpy()
+        if self.check_export and not (got.shape == want.shape and np.allclose(got, want, EXPORT_RTOL, EXPORT_ATOL)):
+            error = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.nan
+            raise RuntimeError(
+                f"ONNX export of {type(module).__name__} is not faithful: output {got.shape} vs eager "
+                f"{want.shape}, max abs error {error:.3g} (allowed atol={EXPORT_ATOL}, rtol={EXPORT_RTOL})"
+            )
         return op
 
     def metadata(self) -> dict[str, Any]:
@@ -362,20 +382,19 @@ class OnnxRuntimeBackend(LatencyBackend):
 
         meta = super().metadata()
         meta["versions"].update(onnxruntime=ort.__version__, onnx=onnx.__version__, onnx_opset=ONNX_OPSET)
-        meta["exporter"] = self.exporter
-        meta["session_options"] = self.session_options()
+        meta.update(exporter=self.exporter, session_options=self.session_options())
         return meta
 
 
-class _CudaOp(PreparedOp):
+class _CudaOp(_TorchOp):
     def __init__(self, module: nn.Module, x: torch.Tensor) -> None:
-        self.module, self.x = module, x
+        super().__init__(module, x)
         self.start, self.stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def time_block(self, n: int) -> float:
         module, x = self.module, self.x
         with torch.inference_mode():
-            torch.cuda.synchronize(x.device)  # nothing queued from earlier work may leak into the block
+            torch.cuda.synchronize(x.device)  # work queued earlier must not leak into the block
             self.start.record()
             for _ in range(n):
                 module(x)
@@ -383,22 +402,18 @@ class _CudaOp(PreparedOp):
             self.stop.synchronize()
         return self.start.elapsed_time(self.stop) / n * 1e-3  # elapsed_time is in ms
 
-    def infer(self) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(self.x).cpu().numpy()
-
     def close(self) -> None:
-        self.module = self.x = None  # type: ignore[assignment]
+        self.module = self.x = None  # type: ignore[assignment]  # frees device memory early
 
 
 @LATENCY_BACKENDS.register("cuda")
-class CudaBackend(LatencyBackend):
-    """PyTorch eager on the current CUDA device, timed with CUDA events."""
+class CudaBackend(TorchBackend):
+    """PyTorch eager on the current CUDA device, timed with CUDA events; host threads as for torch."""
 
     name = "cuda"
 
-    def __init__(self, threads: int = 1) -> None:
-        super().__init__(threads)
+    def __init__(self, threads: int = 1, pin_malloc: bool = False) -> None:
+        super().__init__(threads, pin_malloc)  # off by default: host allocations are not timed
         if not torch.cuda.is_available():
             raise RuntimeError(
                 f"latency backend 'cuda' needs a CUDA GPU, but torch.cuda.is_available() is False "
@@ -411,19 +426,9 @@ class CudaBackend(LatencyBackend):
         device = torch.device("cuda", torch.cuda.current_device())
         return _CudaOp(private.to(device), x.to(device))
 
-    @contextlib.contextmanager
-    def pinned(self) -> Iterator[None]:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)  # host-side threads still matter for launch overhead
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta["device"] = torch.cuda.get_device_name()
-        meta["host"] = socket.gethostname()
+        meta.update(device=torch.cuda.get_device_name(), host=socket.gethostname())
         meta["versions"].update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
         meta["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
         return meta
@@ -446,11 +451,6 @@ def _interleaved(ops: Sequence[PreparedOp], blocks: int, block_runs: int) -> lis
     return samples
 
 
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}: expected an int >= {minimum}")
-
-
 def measure_modules(
     backend: LatencyBackend,
     items: Sequence[tuple[nn.Module, tuple[int, ...]]],
@@ -462,57 +462,52 @@ def measure_modules(
     retries: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> list[Measurement]:
-    """Time each (module, input_shape) at batch 1 on ``backend`` with the module's protocol."""
-    _check_count("warmup", warmup, 0)
-    _check_count("blocks", blocks, 1)
-    _check_count("block_runs", block_runs, 1)
-    _check_count("retries", retries, 0)
+    """Time each (module, input_shape) at batch 1 on ``backend`` by the protocol above, in order."""
+    for name, value, minimum in (("warmup", warmup, 0), ("blocks", blocks, 1), ("block_runs", block_runs, 1),
+                                 ("retries", retries, 0)):
+        _check_count(name, value, minimum)
     if not (isinstance(max_spread, (int, float)) and max_spread > 0):
         raise ValueError(f"max_spread={max_spread!r}: expected a number > 0")
-    results: list[Measurement | None] = [None] * len(items)
+    best: dict[int, Measurement] = {}
+    ops: list[PreparedOp] = []
     gc_was_enabled = gc.isenabled()
     with backend.pinned():
-        ops: list[PreparedOp] = []
         try:
             for index, (module, input_shape) in enumerate(items):
                 try:
                     ops.append(backend.prepare(module, input_shape))
-                except (ValueError, TypeError) as exc:
-                    raise type(exc)(f"items[{index}]: {exc}") from exc
+                except (ValueError, TypeError, RuntimeError) as exc:
+                    if type(exc) not in (ValueError, TypeError, RuntimeError):
+                        raise  # a subclass may not take a plain message; its own text must do
+                    raise type(exc)(f"items[{index}]: {exc}") from exc  # say which item, same type
             gc.disable()  # a collection inside a block would land on one item only
             for op in ops:
                 if warmup:
                     op.time_block(warmup)
             pending, done = list(range(len(ops))), 0
             for attempt in range(retries + 1):
-                samples = _interleaved([ops[i] for i in pending], blocks, block_runs)
-                for i, seconds in zip(pending, samples):
+                for i, seconds in zip(pending, _interleaved([ops[i] for i in pending], blocks, block_runs)):
                     fresh = _summarise(seconds, block_runs)
-                    best = results[i]
-                    if best is None or fresh.spread < best.spread:
-                        results[i] = fresh
-                unstable = [i for i in pending if results[i].spread > max_spread]  # type: ignore[union-attr]
-                finished = len(pending) - (len(unstable) if attempt < retries else 0)
-                if finished and progress is not None:
-                    done += finished
+                    if i not in best or fresh.spread < best[i].spread:
+                        best[i] = fresh
+                last = attempt == retries
+                pending = [] if last else [i for i in pending if best[i].spread > max_spread]
+                if progress is not None and len(ops) - len(pending) > done:
+                    done = len(ops) - len(pending)  # whatever is no longer pending is final
                     progress(done)
-                if not unstable:
+                if not pending:
                     break
-                if attempt < retries:
-                    logger.info("re-measuring %d item(s) with spread > %.2f", len(unstable), max_spread)
-                    pending = unstable
-                else:
-                    for i in unstable:
-                        logger.warning(
-                            "items[%d] still unstable after %d retries: spread %.2f > max_spread %.2f",
-                            i, retries, results[i].spread, max_spread,  # type: ignore[union-attr]
-                        )
+                logger.info("re-measuring %d item(s) with spread > %.2f", len(pending), max_spread)
         finally:
             if gc_was_enabled:
                 gc.enable()
             for op in ops:
                 op.close()
-    return [r for r in results if r is not None]
+    for i, m in sorted(best.items()):
+        if m.spread > max_spread:
+            logger.warning("items[%d] still unstable after %d retries: spread %.2f > max_spread %.2f",
+                           i, retries, m.spread, max_spread)
+    return [best[i] for i in range(len(items))]
 
 
 def measure_module(
