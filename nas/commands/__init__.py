@@ -1,5 +1,5 @@
 """CLI command groups, one module each; `nas.cli` registers them in this order."""
 
-from nas.commands import spaces, zoo
+from nas.commands import device, lut, spaces, zoo
 
-COMMAND_MODULES = [zoo, spaces]
+COMMAND_MODULES = [zoo, spaces, lut, device]

@@ -1,0 +1,9 @@
+"""The built-in search spaces. Importing this package registers them in `SPACES` (each module
+registers its class with a decorator; they are imported here explicitly, by name)."""
+
+from search_spaces.space import SPACES, Decision, SearchSpace, get_space
+from search_spaces.spaces import mnasnet, proxyless
+from search_spaces.spaces.mnasnet import MnasNetSpace
+from search_spaces.spaces.proxyless import ProxylessSpace
+
+__all__ = ["SPACES", "Decision", "MnasNetSpace", "ProxylessSpace", "SearchSpace", "get_space", "mnasnet", "proxyless"]
