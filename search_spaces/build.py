@@ -3,7 +3,9 @@ that latency tables key on (computed from the spec alone, without building anyth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -116,19 +118,7 @@ class LayerShape:
 
     @property
     def signature(self) -> str:
-        shape = f"{self.in_channels}x{self.in_size}x{self.in_size}"
-        if isinstance(self.part, BlockSpec):
-            return f"{self.part.to_string()}@{shape}"
-        part = self.part
-        if isinstance(part, StemSpec):
-            pool = "_pool" if part.pool else ""
-            return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
-        # dropout is absent from inference, so it is not part of the latency signature
-        return (
-            f"head_conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
-            f"_classes{self.out_channels}@{shape}"
-        )
-
+        return layer_signature(self.part, self.in_channels, self.in_size, self.out_channels)
 
     def to_dict(self) -> dict:
         return {
@@ -179,16 +169,42 @@ def build_layer(layer: LayerShape, initialise: bool = True) -> nn.Module:
     return module
 
 
-def layer_shapes(spec: ArchSpec) -> list[LayerShape]:
+@lru_cache(maxsize=65536)
+def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_size: int, out_channels: int) -> str:
+    """The latency-table key of a layer: its part's compact string and its input shape. Cached:
+    a search asks for the same few thousand (part, shape) pairs millions of times."""
+    shape = f"{in_channels}x{in_size}x{in_size}"
+    if isinstance(part, BlockSpec):
+        return f"{part.to_string()}@{shape}"
+    if isinstance(part, StemSpec):
+        pool = "_pool" if part.pool else ""
+        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
+    # dropout is absent from inference, so it is not part of the latency signature
+    return (
+        f"head_conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
+        f"_classes{out_channels}@{shape}"
+    )
+
+
+def _walk(spec: ArchSpec) -> Iterator[tuple[str, str, int, int, int, int, StemSpec | BlockSpec | HeadSpec]]:
+    """(name, kind, in_channels, in_size, out_channels, out_size, part) of every layer in order."""
     size = spec.resolution
     stem_out = conv_output_size(size, spec.stem.stride)
     if spec.stem.pool:
         stem_out = conv_output_size(stem_out, 2)
-    shapes = [LayerShape("stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out, spec.stem)]
+    yield "stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out, spec.stem
     channels, size = spec.stem.out_channels, stem_out
     for index, block in enumerate(spec.blocks):
-        out_size = conv_output_size(size, block.stride)
-        shapes.append(LayerShape(f"blocks.{index}", "block", channels, size, block.out_channels, out_size, block))
+        out_size = (size - 1) // block.stride + 1
+        yield f"blocks.{index}", "block", channels, size, block.out_channels, out_size, block
         channels, size = block.out_channels, out_size
-    shapes.append(LayerShape("head", "head", channels, size, spec.num_classes, 1, spec.head))
-    return shapes
+    yield "head", "head", channels, size, spec.num_classes, 1, spec.head
+
+
+def layer_shapes(spec: ArchSpec) -> list[LayerShape]:
+    return [LayerShape(*layer) for layer in _walk(spec)]
+
+
+def layer_signatures(spec: ArchSpec) -> list[tuple[str, str]]:
+    """(layer name, table key) per layer, without building `LayerShape`s (the predictor's hot path)."""
+    return [(name, layer_signature(part, c, size, out_c)) for name, _, c, size, out_c, _, part in _walk(spec)]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from predictors.latency.measure import Measurement
-from search_spaces.build import layer_shapes
+from search_spaces.build import layer_signatures
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ class Calibration:
         return {"slope": self.slope, "intercept_ms": self.intercept_ms, "samples": self.samples}
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def arch_signatures(arch: ArchSpec) -> tuple[tuple[str, str], ...]:
     """(layer name, signature) of every layer; cached because searches query the same
     architectures many times and the specs are immutable."""
-    return tuple((layer.name, layer.signature) for layer in layer_shapes(arch))
+    return tuple(layer_signatures(arch))
 
 
 class LatencyTable:
