@@ -1,0 +1,88 @@
+"""How a chosen model shrinks: channel pruning, compound scaling, distillation (and quantization).
+
+Every policy is data (`compress.policy`: one versioned JSON envelope per kind)."""
+
+from compress.distill import DistillationLoss, kd_loss
+from compress.haq import HaqConfig, search_quant_policy
+from compress.policy import PolicyEnvelope, PolicyError
+from compress.prune import (
+    CRITERIA,
+    PrunePlan,
+    PrunePolicy,
+    channel_scores,
+    plan_prune,
+    prunable_units,
+    prune,
+    prune_model,
+    pruned_width,
+    select_channels,
+)
+from compress.prune_search import PruneSearchReport, search_prune_policy
+from compress.quantize import (
+    QuantConv2d,
+    QuantLinear,
+    apply_policy,
+    calibrate,
+    current_policy,
+    prepare_qat,
+)
+from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
+from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
+from compress.quantize_policy import QuantPolicy, uniform_policy
+from compress.scale import (
+    CoefficientSearch,
+    PhiFit,
+    compound_coefficients,
+    compound_scale,
+    fit_phi_to_budget,
+    grid_search_coefficients,
+    round_filters,
+    round_repeats,
+    scale_spec,
+    stages,
+)
+
+__all__ = [
+    "CRITERIA",
+    "CoefficientSearch",
+    "DistillationLoss",
+    "HaqConfig",
+    "PhiFit",
+    "PolicyEnvelope",
+    "PolicyError",
+    "PrunePlan",
+    "PrunePolicy",
+    "PruneSearchReport",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantPolicy",
+    "apply_policy",
+    "bitfusion_cost",
+    "calibrate",
+    "channel_scores",
+    "check_qdq_export",
+    "compound_coefficients",
+    "compound_scale",
+    "current_policy",
+    "export_qdq",
+    "fit_phi_to_budget",
+    "grid_search_coefficients",
+    "kd_loss",
+    "layer_infos",
+    "measure_int8_latency",
+    "plan_prune",
+    "policy_weight_bits",
+    "prepare_qat",
+    "prunable_units",
+    "prune",
+    "prune_model",
+    "pruned_width",
+    "round_filters",
+    "round_repeats",
+    "scale_spec",
+    "search_prune_policy",
+    "search_quant_policy",
+    "select_channels",
+    "stages",
+    "uniform_policy",
+]

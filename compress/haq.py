@@ -1,0 +1,327 @@
+"""Mixed-precision policy search with HAQ's DDPG agent (Wang et al., CVPR 2019, Sec. 3).
+
+Why DDPG and not the project's searchers: HAQ's search is *layer by layer* -- the agent decides
+one layer's bits after seeing that layer's features and its previous decision -- which an
+ask/tell searcher over a flat vector does not express; and the agent is small (two MLPs).
+
+An **episode** walks the layers in execution order; with activations searched, each layer is two
+steps (weights, then activations), as in the paper. The **state** of a step (Sec. 3.1) is
+``(layer index, in channels, out channels, kernel, stride, input feature-map size, weight
+params, is depthwise, is weight step, previous action)``; the first eight are min-max scaled to
+[0, 1] over the network. The **action** ``a in [0, 1]`` maps to
+``bits = round(min_bits - 0.5 + a * (max_bits - min_bits + 1))`` (clipped to the range).
+
+**Constraint** (Sec. 3.3): when the proposed policy exceeds the budget, bit-widths are decreased
+one layer at a time, sweeping from the first layer and starting over, until it fits (for a model
+size budget only weight bits are lowered; for the accelerator cost both). A budget below the
+all-``min_bits`` policy raises at once. **Reward**: ``0.1 * (accuracy - float accuracy)``
+(``reward_scale``), where ``accuracy = evaluate(quantized model)`` -- the caller's callable, which
+may fine-tune briefly first as HAQ does; the search calibrates activation ranges beforehand.
+
+Agent: actor ``state -> a`` and critic ``(state, a) -> Q`` MLPs (``hidden`` units, two layers),
+Adam (actor 1e-4, critic 1e-3, as HAQ/AMC), a replay buffer, ``warmup_episodes`` of uniform random
+actions, then the actor's action plus truncated-normal noise (sigma 0.5, times ``noise_decay``
+per episode). One simplification of AMC/HAQ's DDPG: every transition's target is its episode's
+reward minus a moving-average baseline, without bootstrapping -- the reward arrives once per
+episode and is shared by all its actions, so target networks would only add variance at our
+episode counts. Transitions store the *executed* actions (after the budget cut, at the centre of
+their bit's interval), so the critic learns what was evaluated. Everything random comes from
+``seed`` (numpy Generator + a forked torch RNG); agent state is JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compress.quantize import apply_policy, calibrate, fold_conv_batchnorm
+from compress.quantize_cost import (
+    LayerInfo,
+    bitfusion_cost,
+    layer_infos,
+    policy_weight_bits,
+)
+from compress.quantize_policy import QuantPolicy
+
+__all__ = ["HaqAgent", "HaqConfig", "search_quant_policy", "state_features"]
+
+logger = logging.getLogger(__name__)
+
+STATE_DIM = 10
+
+
+@dataclass(frozen=True)
+class HaqConfig:
+    min_bits: int = 2
+    max_bits: int = 8
+    warmup_episodes: int | None = None  # None: min(20, episodes // 4), HAQ uses 20
+    hidden: int = 64  # HAQ/AMC use 300; 64 suffices for tens of layers and keeps updates fast
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 64
+    buffer_size: int = 2000
+    noise_initial: float = 0.5
+    noise_decay: float = 0.99
+    reward_scale: float = 0.1
+    baseline_momentum: float = 0.5  # AMC's moving_alpha
+    fixed_activation_bits: int = 8  # activations when they are not searched
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int) and 2 <= self.min_bits <= self.max_bits <= 8):
+            raise ValueError(f"HaqConfig: min_bits={self.min_bits!r}, max_bits={self.max_bits!r}; need 2 <= min <= max <= 8")
+        if not 2 <= self.fixed_activation_bits <= 8:
+            raise ValueError(f"HaqConfig.fixed_activation_bits={self.fixed_activation_bits!r} not in 2..8")
+
+
+def state_features(infos: Sequence[LayerInfo], search_activations: bool) -> np.ndarray:
+    """Static part of each step's state (the previous action, column 9, is filled in while acting)."""
+    rows = []
+    for index, info in enumerate(infos):
+        base = [index, info.in_channels, info.out_channels, info.kernel, info.stride, info.in_size,
+                info.weight_params, float(info.depthwise)]
+        rows.append(base + [1.0, 0.0])
+        if search_activations:
+            rows.append(base + [0.0, 0.0])
+    features = np.asarray(rows, dtype=np.float64)
+    low, high = features[:, :8].min(0), features[:, :8].max(0)
+    span = np.where(high > low, high - low, 1.0)
+    features[:, :8] = (features[:, :8] - low) / span
+    return features
+
+
+def _mlp(inputs: int, hidden: int, final: nn.Module | None) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                               nn.Linear(hidden, 1)]
+    return nn.Sequential(*layers, *([final] if final is not None else []))
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {"__dict__": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and "__tensor__" in value:
+        return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]))
+    if isinstance(value, dict) and "__dict__" in value:
+        return {_from_json(k): _from_json(v) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+class HaqAgent:
+    """The actor-critic of the module docstring; deterministic for a seed."""
+
+    def __init__(self, config: HaqConfig, seed: int) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.actor = _mlp(STATE_DIM, config.hidden, nn.Sigmoid())
+            self.critic = _mlp(STATE_DIM + 1, config.hidden, None)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.buffer: list[tuple[list[float], float, float]] = []  # (state, action, baselined reward)
+        self.baseline: float | None = None
+        self.noise = config.noise_initial
+
+    def act(self, state: np.ndarray, explore: str) -> float:
+        """``explore``: "random" (warm-up), "noise" (actor + truncated normal) or "greedy"."""
+        if explore == "random":
+            return float(self.rng.uniform())
+        with torch.no_grad():
+            mean = float(self.actor(torch.as_tensor(state, dtype=torch.float32)[None])[0, 0])
+        if explore == "greedy":
+            return mean
+        for _ in range(100):  # truncated normal on [0, 1] by rejection (mean is inside, so this ends fast)
+            sample = self.rng.normal(mean, self.noise)
+            if 0.0 <= sample <= 1.0:
+                return float(sample)
+        return float(np.clip(mean, 0.0, 1.0))
+
+    def observe(self, states: np.ndarray, actions: Sequence[float], reward: float) -> float:
+        """Store an episode's transitions with the baselined reward; returns that reward."""
+        momentum = self.config.baseline_momentum
+        self.baseline = reward if self.baseline is None else self.baseline + momentum * (reward - self.baseline)
+        advantage = reward - self.baseline
+        for state, action in zip(states, actions):
+            self.buffer.append((state.tolist(), float(action), advantage))
+        del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
+        return advantage
+
+    def update(self) -> tuple[float, float]:
+        """One critic and one actor step on a minibatch; returns (critic loss, actor loss)."""
+        size = min(self.config.batch_size, len(self.buffer))
+        picks = self.rng.choice(len(self.buffer), size=size, replace=False)
+        states = torch.tensor([self.buffer[i][0] for i in picks], dtype=torch.float32)
+        actions = torch.tensor([[self.buffer[i][1]] for i in picks], dtype=torch.float32)
+        rewards = torch.tensor([[self.buffer[i][2]] for i in picks], dtype=torch.float32)
+        critic_loss = nn.functional.mse_loss(self.critic(torch.cat((states, actions), 1)), rewards)
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        actor_loss = -self.critic(torch.cat((states, self.actor(states)), 1)).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        return critic_loss.item(), actor_loss.item()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (JSON-serialisable)."""
+        return {
+            "config": asdict(self.config), "rng": self.rng.bit_generator.state, "noise": self.noise,
+            "baseline": self.baseline, "buffer": [list(t) for t in self.buffer],
+            **{name: _to_json(getattr(self, name).state_dict())
+               for name in ("actor", "critic", "actor_optimizer", "critic_optimizer")},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.noise, self.baseline = state["noise"], state["baseline"]
+        self.buffer = [(list(s), float(a), float(r)) for s, a, r in state["buffer"]]
+        for name in ("actor", "critic", "actor_optimizer", "critic_optimizer"):
+            getattr(self, name).load_state_dict(_from_json(state[name]))
+
+
+def _action_to_bits(action: float, config: HaqConfig) -> int:
+    span = config.max_bits - config.min_bits + 1
+    return int(np.clip(round(config.min_bits - 0.5 + action * span), config.min_bits, config.max_bits))
+
+
+def _bits_to_action(bits: int, config: HaqConfig) -> float:
+    return (bits - config.min_bits + 0.5) / (config.max_bits - config.min_bits + 1)
+
+
+def search_quant_policy(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    *,
+    calibration: Iterable[Tensor],
+    budget_weight_bits: int | None = None,
+    budget_cost: float | None = None,
+    episodes: int = 100,
+    seed: int = 0,
+    search_activations: bool | None = None,
+    fold_batchnorm: bool = True,
+    config: HaqConfig | None = None,
+) -> tuple[QuantPolicy, dict[str, Any]]:
+    """HAQ's search under exactly one budget: ``budget_weight_bits`` (model size in bits,
+    ``quantize_cost.policy_weight_bits``) or ``budget_cost`` (BitFusion-like cycles,
+    ``quantize_cost.bitfusion_cost``). ``evaluate(qmodel) -> accuracy`` (higher is better) gets a
+    calibrated quantized copy in eval mode; ``calibration`` is a few input batches (tensors or
+    (input, label) pairs). ``search_activations`` defaults to True for a cost budget and False
+    for a size budget (activations do not count toward model size; they are kept at
+    ``config.fixed_activation_bits``). Returns the best policy found (highest accuracy; ties go to
+    the smaller resource) and a JSON-serialisable report of every episode."""
+    config = config or HaqConfig()
+    if (budget_weight_bits is None) == (budget_cost is None):
+        raise ValueError("search_quant_policy: give exactly one of budget_weight_bits or budget_cost")
+    budget = float(budget_weight_bits if budget_weight_bits is not None else budget_cost)  # type: ignore[arg-type]
+    if not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"search_quant_policy: episodes={episodes!r} must be an int >= 1")
+    search_activations = budget_cost is not None if search_activations is None else search_activations
+    batches = list(calibration)
+    if not batches:
+        raise ValueError("search_quant_policy: calibration is empty; give at least one input batch")
+    first = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
+    base = copy.deepcopy(model).eval()
+    if fold_batchnorm:
+        fold_conv_batchnorm(base)
+    infos = layer_infos(base, tuple(first.shape))
+    names = [info.name for info in infos]
+    per_layer = 2 if search_activations else 1
+
+    def policy_of(bits: list[int]) -> QuantPolicy:
+        if search_activations:
+            return QuantPolicy({n: (bits[2 * i], bits[2 * i + 1]) for i, n in enumerate(names)})
+        return QuantPolicy({n: (bits[i], config.fixed_activation_bits) for i, n in enumerate(names)})
+
+    def resource(policy: QuantPolicy) -> float:
+        if budget_weight_bits is not None:
+            return float(policy_weight_bits(base, policy))
+        return bitfusion_cost(infos, policy).cycles
+
+    steps = len(names) * per_layer
+    # a size budget only responds to weight steps; lowering activations there would cost accuracy for nothing
+    cuttable = [i for i in range(steps) if budget_cost is not None or i % per_layer == 0]
+    smallest = resource(policy_of([config.min_bits] * steps))
+    if smallest > budget:
+        raise ValueError(f"search_quant_policy: budget {budget:g} is below the smallest reachable resource "
+                         f"{smallest:g} (every searched bit-width at min_bits={config.min_bits})")
+
+    def fit(bits: list[int]) -> list[int]:
+        while resource(policy_of(bits)) > budget:
+            lowered = False
+            for i in cuttable:
+                if bits[i] > config.min_bits:
+                    bits[i], lowered = bits[i] - 1, True
+                    if resource(policy_of(bits)) <= budget:
+                        return bits
+            if not lowered:  # unreachable after the `smallest` check; guards against an endless loop
+                raise RuntimeError("search_quant_policy: cannot meet the budget with every layer at min_bits")
+        return bits
+
+    cache: dict[QuantPolicy, float] = {}
+
+    def accuracy_of(policy: QuantPolicy) -> float:
+        if policy not in cache:
+            qmodel = calibrate(apply_policy(base, policy, fold_batchnorm=False), batches).eval()
+            value = float(evaluate(qmodel))
+            if not math.isfinite(value):
+                raise ValueError(f"evaluate() returned {value!r}; expected a finite accuracy")
+            cache[policy] = value
+        return cache[policy]
+
+    float_accuracy = float(evaluate(copy.deepcopy(base)))
+    agent = HaqAgent(config, seed)
+    features = state_features(infos, search_activations)
+    warmup = config.warmup_episodes if config.warmup_episodes is not None else min(20, episodes // 4)
+    history: list[dict[str, Any]] = []
+    for episode in range(episodes):
+        explore = "random" if episode < warmup else "noise"
+        states, proposed, previous = features.copy(), [], 0.0
+        for step in range(steps):
+            states[step, 9] = previous
+            previous = agent.act(states[step], explore)
+            proposed.append(previous)
+        bits = fit([_action_to_bits(a, config) for a in proposed])
+        policy = policy_of(bits)
+        accuracy = accuracy_of(policy)
+        executed = [_bits_to_action(b, config) for b in bits]
+        states[1:, 9] = executed[:-1]  # the state each executed action was (now) taken in
+        reward = config.reward_scale * (accuracy - float_accuracy)
+        advantage = agent.observe(states, executed, reward)
+        losses = [agent.update() for _ in range(steps)] if episode >= warmup else []
+        if episode >= warmup:
+            agent.noise *= config.noise_decay
+        history.append({
+            "episode": episode, "explore": explore, "bits": policy.bits_string(), "resource": resource(policy),
+            "accuracy": accuracy, "reward": reward, "advantage": advantage,
+            "critic_loss": losses[-1][0] if losses else None, "policy": policy.to_dict()["layers"],
+        })
+        logger.info("HAQ episode %d/%d (%s): accuracy %.4f, resource %.4g / %.4g", episode + 1, episodes, explore,
+                    accuracy, history[-1]["resource"], budget)
+    best = max(history, key=lambda h: (h["accuracy"], -h["resource"], -h["episode"]))
+    report = {
+        "budget": {"kind": "weight_bits" if budget_weight_bits is not None else "bitfusion_cycles", "value": budget},
+        "float_accuracy": float_accuracy, "search_activations": search_activations, "seed": seed,
+        "config": asdict(config), "layers": [info.to_dict() for info in infos], "best_episode": best["episode"],
+        "best": {k: best[k] for k in ("accuracy", "resource", "bits")}, "episodes": history,
+    }
+    return QuantPolicy(best["policy"]), report
