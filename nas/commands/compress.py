@@ -1,0 +1,273 @@
+"""`nas compress quantize|prune|scale SOURCE`: shrink a found (or published) model further.
+
+SOURCE is a run (`runs/NAME`, meaning its `best/`), a model directory with arch.json +
+weights.safetensors, a spec JSON file, or `zoo:NAME` (scale only: no weights). Results land in
+`<run>/compress/<kind>/` (or `--out`): the policy JSON, arch.json, weights.safetensors and
+metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from nas.commands.common import fail_on_user_error, load_arch
+
+console = Console()
+logger = logging.getLogger(__name__)
+compress_app = typer.Typer(no_args_is_help=True, help="Quantize (HAQ), prune or compound-scale a model.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(compress_app, name="compress")
+
+
+@dataclass
+class Source:
+    spec: Any
+    model: Any | None  # trained model when weights exist
+    run_dir: Path | None
+    config: dict[str, Any]
+
+
+def read_source(source: str, weights: Path | None = None, *, need_weights: bool) -> Source:
+    from nas.model_files import ARCH_FILE, load
+
+    if source.startswith("zoo:"):
+        if need_weights:
+            raise ValueError(f"{source} has no trained weights; compress a run's best/ or pass a model directory")
+        return Source(load_arch(source), None, None, {})
+    path = Path(source)
+    if (path / "config.json").is_file() and (path / "best").is_dir():
+        path = path / "best"
+    run_dir = path.parent if (path.parent / "config.json").is_file() else None
+    config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
+    has_weights = weights is not None or (path.is_dir() and (path / "weights.safetensors").is_file())
+    if has_weights:
+        model = load(path, weights)
+        return Source(model.spec, model, run_dir, config)
+    if need_weights:
+        raise FileNotFoundError(f"{path}: no weights.safetensors (pass --weights or a model directory)")
+    spec_path = path / ARCH_FILE if path.is_dir() else path
+    return Source(load_arch(str(spec_path)), None, run_dir, config)
+
+
+def _output_dir(source: Source, kind: str, out: Path | None) -> Path:
+    directory = out or (source.run_dir / "compress" / kind if source.run_dir else Path("runs") / "compress" / kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _data(source: Source, dataset: str | None, seed: int):
+    from nas.data import load_dataset
+
+    name = dataset or source.config.get("dataset")
+    if not name:
+        raise ValueError("--dataset is required (the source is not inside a run directory that names one)")
+    return load_dataset(name, source.spec.resolution, seed=seed)
+
+
+def _write(out: Path, name: str, data: Any) -> None:
+    (out / name).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _finetune(model, teacher, data, epochs: int, seed: int) -> Any:
+    from compress.distill import DistillationLoss
+    from nas.train import TrainConfig, train
+
+    config = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, seed=seed)
+    return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
+
+
+@compress_app.command("scale")
+@fail_on_user_error
+def scale(
+    source: str = typer.Argument(..., help="zoo:NAME, a spec JSON, a model directory or a run."),
+    out: Path = typer.Option(..., help="Where to write the scaled spec (JSON)."),
+    width: Optional[float] = typer.Option(None, help="Width multiplier (channels, rounded to multiples of 8)."),
+    depth: Optional[float] = typer.Option(None, help="Depth multiplier (repeats per stage, rounded up)."),
+    resolution: Optional[int] = typer.Option(None, help="Input resolution in pixels."),
+    phi: Optional[float] = typer.Option(None, help="Compound coefficient (with --alpha/--beta/--gamma)."),
+    alpha: float = typer.Option(1.2, help="Depth base (EfficientNet: 1.2)."),
+    beta: float = typer.Option(1.1, help="Width base (EfficientNet: 1.1)."),
+    gamma: float = typer.Option(1.15, help="Resolution base (EfficientNet: 1.15)."),
+    latency_budget: Optional[float] = typer.Option(None, help="ms: choose the largest phi that fits (measured)."),
+    backend: str = typer.Option("onnxruntime", help="Where --latency-budget is measured."),
+    threads: int = typer.Option(1, min=1),
+) -> None:
+    """EfficientNet compound scaling: explicit multipliers, a phi, or the largest phi under a budget."""
+    from compress.scale import compound_scale, fit_phi_to_budget, scale_spec
+    from search_spaces.build import build_model  # noqa: F401  (validates the result builds below)
+
+    spec = read_source(source, need_weights=False).spec
+    explicit = any(value is not None for value in (width, depth, resolution))
+    if explicit + (phi is not None) + (latency_budget is not None) != 1:
+        raise ValueError("give exactly one of: --width/--depth/--resolution, --phi, or --latency-budget")
+    details: dict[str, Any] = {}
+    if explicit:
+        scaled = scale_spec(spec, width or 1.0, depth or 1.0, resolution)
+    elif phi is not None:
+        scaled = compound_scale(spec, alpha, beta, gamma, phi)
+    else:
+        from predictors.latency import LocalMeasurer
+
+        measurer = LocalMeasurer(backend, threads=threads)
+        fit = fit_phi_to_budget(spec, alpha, beta, gamma, lambda s: measurer.measure_archs([s])[0].median_ms,
+                                latency_budget, phi_min=-2.0, phi_max=3.0, phi_step=0.25)
+        scaled, details = fit.spec, {"phi": fit.phi, "latency_ms": fit.latency_ms}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(scaled.to_json() + "\n")
+    from predictors.cost import count
+
+    before, after = count(spec), count(scaled)
+    console.print(f"{out}: {len(spec.blocks)} -> {len(scaled.blocks)} blocks, resolution {spec.resolution} -> "
+                  f"{scaled.resolution}, params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> "
+                  f"{after.macs:,}" + (f"; phi {details['phi']:.2f} at {details['latency_ms']:.3f} ms" if details else ""))
+
+
+@compress_app.command("prune")
+@fail_on_user_error
+def prune(
+    source: str = typer.Argument(..., help="A run (its best/), or a model directory."),
+    ratio: Optional[float] = typer.Option(None, help="Uniform prune ratio for every prunable unit."),
+    policy: Optional[Path] = typer.Option(None, help="A prune policy JSON."),
+    budget_macs: Optional[int] = typer.Option(None, help="Search per-layer ratios under this many MACs."),
+    trials: int = typer.Option(20, min=1, help="Policy-search evaluations (with --budget-macs)."),
+    criterion: str = typer.Option("l1", help="l1 | bn | fpgm"),
+    epochs: int = typer.Option(3, min=0, help="Fine-tune epochs with distillation from the unpruned model."),
+    dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
+    weights: Optional[Path] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0),
+    measure: bool = typer.Option(True, help="Measure latency before/after on ONNX Runtime (1 thread)."),
+) -> None:
+    """Remove channels physically (valid smaller spec + weights), then fine-tune with distillation."""
+    from compress.prune import PrunePolicy, plan_prune
+    from compress.prune import prune as prune_weights
+    from compress.prune_search import search_prune_policy
+    from nas.model_files import save
+    from nas.train import evaluate
+    from predictors.cost import count
+    from search_spaces.build import build_model
+
+    src = read_source(source, weights, need_weights=True)
+    if (ratio is not None) + (policy is not None) + (budget_macs is not None) != 1:
+        raise ValueError("give exactly one of --ratio, --policy or --budget-macs")
+    data = _data(src, dataset, seed)
+    state = {k: v.detach().clone() for k, v in src.model.state_dict().items()}
+    report = None
+    if ratio is not None:
+        chosen = PrunePolicy.uniform(src.spec, ratio, criterion)
+    elif policy is not None:
+        chosen = PrunePolicy.load(policy)
+    else:
+        def score(spec, state_dict) -> float:
+            model = build_model(spec)
+            model.load_state_dict(state_dict)
+            return evaluate(model, data.val)
+
+        chosen, report = search_prune_policy(src.spec, state, score, budget_macs=budget_macs,
+                                             criterion=criterion, trials=trials, seed=seed)
+    pruned_spec, pruned_state = prune_weights(src.spec, chosen, state)
+    model = build_model(pruned_spec)
+    model.load_state_dict(pruned_state, strict=True)
+    accuracy_before_finetune = evaluate(model, data.val)
+    train_report = _finetune(model, src.model, data, epochs, seed) if epochs else None
+    out_dir = _output_dir(src, "prune", out)
+    chosen.save(out_dir / "policy.json")
+    save(model, pruned_spec, out_dir)
+    base, pruned = count(src.spec), count(pruned_spec)
+    metrics: dict[str, Any] = {
+        "params": [base.params, pruned.params], "macs": [base.macs, pruned.macs],
+        "val_accuracy_unpruned": evaluate(src.model, data.val),
+        "val_accuracy_pruned_before_finetune": accuracy_before_finetune,
+        "val_accuracy": train_report.val_accuracy if train_report else accuracy_before_finetune,
+        "test_accuracy": train_report.test_accuracy if train_report else None,
+        "finetune_epochs": epochs, "search": report.to_dict() if report and hasattr(report, "to_dict") else None,
+        "changed_widths": {name: list(widths) for name, widths in plan_prune(src.spec, chosen).widths.items()},
+    }
+    if measure:
+        from predictors.latency import LocalMeasurer
+
+        measured = LocalMeasurer("onnxruntime", threads=1).measure_archs([src.spec, pruned_spec])
+        metrics["latency_ms_onnxruntime_1thread"] = [measured[0].median_ms, measured[1].median_ms]
+    _write(out_dir, "metrics.json", metrics)
+    console.print(f"{out_dir}: params {base.params:,} -> {pruned.params:,}, MACs {base.macs:,} -> {pruned.macs:,}, "
+                  f"val accuracy {metrics['val_accuracy_unpruned']:.4f} -> {metrics['val_accuracy']:.4f}"
+                  + (f", latency {metrics['latency_ms_onnxruntime_1thread'][0]:.3f} -> "
+                     f"{metrics['latency_ms_onnxruntime_1thread'][1]:.3f} ms" if measure else ""))
+
+
+@compress_app.command("quantize")
+@fail_on_user_error
+def quantize(
+    source: str = typer.Argument(..., help="A run (its best/), or a model directory."),
+    bits: Optional[int] = typer.Option(None, help="Uniform weight and activation bits (2-8)."),
+    policy: Optional[Path] = typer.Option(None, help="A quantization policy JSON."),
+    search: bool = typer.Option(False, "--search", help="HAQ's DDPG agent under --size-ratio."),
+    size_ratio: float = typer.Option(0.5, help="--search budget: weight bits as a fraction of all-8-bit."),
+    episodes: int = typer.Option(60, min=1, help="--search episodes."),
+    epochs: int = typer.Option(2, min=0, help="Quantization-aware fine-tune epochs with distillation."),
+    dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
+    weights: Optional[Path] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """Mixed-precision (HAQ) or uniform fake-quantization, QAT with distillation, int8 ONNX when all 8-bit."""
+    from compress.haq import search_quant_policy
+    from compress.quantize import prepare_qat
+    from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
+    from compress.quantize_export import export_qdq
+    from compress.quantize_policy import QuantPolicy, uniform_policy
+    from nas.train import evaluate
+    from safetensors.torch import save_file
+
+    src = read_source(source, weights, need_weights=True)
+    if (bits is not None) + (policy is not None) + search != 1:
+        raise ValueError("give exactly one of --bits, --policy or --search")
+    data = _data(src, dataset, seed)
+    fp32 = src.model.eval()
+    shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
+    calibration = [data.train.tensors[0][i : i + 64] for i in range(0, min(256, len(data.train)), 64)]
+    report = None
+    if bits is not None:
+        chosen = uniform_policy(fp32, bits)
+    elif policy is not None:
+        chosen = QuantPolicy.from_json(policy.read_text())
+    else:
+        budget = int(size_ratio * policy_weight_bits(fp32, uniform_policy(fp32, 8)))
+        chosen, report = search_quant_policy(fp32, lambda q: evaluate(q, data.val), calibration=calibration,
+                                             budget_weight_bits=budget, episodes=episodes, seed=seed)
+    qmodel = prepare_qat(fp32, chosen, calibration=calibration)
+    train_report = _finetune(qmodel, fp32, data, epochs, seed) if epochs else None
+    qmodel.eval()
+    out_dir = _output_dir(src, "quantize", out)
+    (out_dir / "policy.json").write_text(chosen.to_json() + "\n")
+    (out_dir / "arch.json").write_text(src.spec.to_json() + "\n")
+    save_file({k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()},
+              str(out_dir / "weights.safetensors"))
+    infos = layer_infos(fp32, shape)
+    metrics: dict[str, Any] = {
+        "policy": chosen.bits_string(),
+        "weight_bits": policy_weight_bits(fp32, chosen),
+        "weight_bits_fp32": policy_weight_bits(fp32),
+        "bitfusion_cycles": bitfusion_cost(infos, chosen).cycles,
+        "val_accuracy_fp32": evaluate(fp32, data.val),
+        "val_accuracy": evaluate(qmodel, data.val),
+        "test_accuracy": train_report.test_accuracy if train_report else None,
+        "qat_epochs": epochs,
+        "search": report if isinstance(report, dict) else None,
+    }
+    if all(layer == (8, 8) for layer in chosen.layers.values()):
+        (out_dir / "model.int8.onnx").write_bytes(export_qdq(qmodel, shape, check_inputs=data.val.tensors[0][:16]))
+        metrics["int8_onnx"] = "model.int8.onnx"
+    _write(out_dir, "metrics.json", metrics)
+    console.print(f"{out_dir}: {metrics['policy']}; weight bits {metrics['weight_bits']:,} "
+                  f"(fp32 {metrics['weight_bits_fp32']:,}); val accuracy {metrics['val_accuracy_fp32']:.4f} -> "
+                  f"{metrics['val_accuracy']:.4f}")
