@@ -1,0 +1,25 @@
+"""Search strategies behind one ask/tell interface, registered by name in `SEARCHERS`.
+
+`random`, `evolution` (regularized evolution), `mnas-rl` (MnasNet's LSTM controller), `tpe` and
+`nsga2` (Optuna samplers). Importing this package registers them; nothing runs at import.
+"""
+
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
+from nas.strategies.evolution import EvolutionSearcher
+from nas.strategies.mnas_rl import MnasRLSearcher
+from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearcher
+from nas.strategies.random_search import RandomSearcher
+
+__all__ = [
+    "SEARCHERS",
+    "Candidate",
+    "EvolutionSearcher",
+    "MnasRLSearcher",
+    "NSGA2Searcher",
+    "OptunaSearcher",
+    "RandomSearcher",
+    "Result",
+    "SearchObjective",
+    "Searcher",
+    "TPESearcher",
+]
