@@ -1,0 +1,392 @@
+"""`export_run`: the deployable artefacts of a search run, each verified against PyTorch.
+
+Formats (file names in ``FILE_NAMES``):
+
+- ``json``: arch.json; verified by parsing it back (equal spec, equal content hash).
+- ``safetensors``: weights.safetensors with integrity metadata (`nas.model_files`); verified by
+  `load()` rebuilding the model: outputs must be bitwise equal (max |diff| = 0).
+- ``torchscript``: model.torchscript.pt, `torch.jit.trace` of the eval model; fp32 check.
+- ``onnx``: model.onnx, TorchScript ONNX exporter at opset `ONNX_OPSET` (the latency backend's),
+  dynamic batch axis ("batch"); run by ONNX Runtime with the latency backend's session options.
+- ``onnx-int8``: model.int8.onnx, the all-8-bit QDQ model of `compress.quantize` (BN folded,
+  per-channel int8 weights, per-tensor uint8 activations calibrated on ``calibration`` inputs),
+  also with a dynamic batch axis. Checked against the *fake-quantized* PyTorch model, not fp32.
+
+Verification (`VERIFY_INPUTS` seeded N(0,1) images, batch 2 so the dynamic axis is exercised):
+fp32 formats must satisfy ``|got - want| <= atol + rtol * |want|`` with the latency backend's
+``EXPORT_ATOL = 1e-4, EXPORT_RTOL = 1e-3`` (measured: 0 for TorchScript, ~1e-8 for ONNX on the test
+models); int8 must stay within ``QDQ_TOLERANCE_STEPS`` output quantization steps of the fake-quant
+model (see `compress.quantize_export`), per sample and as one batch of `INT8_CHECK_SAMPLES`; its
+top-1 agreement with
+fp32 is reported, not enforced (8-bit rounding may flip near-ties). A failed check deletes the
+file and raises `ExportError` naming the format and the max difference.
+
+json and safetensors are always written: they are what `load()` and the model card's
+instructions use, and the only formats read back without unpickling.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.model_files import (
+    ArchMismatchError,
+    WeightsError,
+    load,
+    load_model_files,
+    save,
+)
+from nas.runinfo import RunInfo, read_run, trial_arch
+from predictors.latency.measure import (
+    EXPORT_ATOL,
+    EXPORT_RTOL,
+    ONNX_OPSET,
+    OnnxRuntimeBackend,
+)
+from search_spaces.spec import ArchSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS",
+    "ArchMismatchError",
+    "ExportError",
+    "ExportReport",
+    "FormatResult",
+    "WeightsError",
+    "export_model",
+    "export_run",
+    "load",
+]
+
+FORMATS = ("json", "safetensors", "torchscript", "onnx", "onnx-int8")
+FILE_NAMES = {"json": "arch.json", "safetensors": "weights.safetensors", "torchscript": "model.torchscript.pt",
+              "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+VERIFY_BATCH, VERIFY_SEED, CALIBRATION_SAMPLES = 2, 1234, 32
+INT8_CHECK_SAMPLES = 16  # int8 codes flip near rounding midpoints: more samples, a fairer top-1 figure
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ExportError(RuntimeError):
+    """An exported file does not reproduce the model within its tolerance, or cannot be made."""
+
+
+@dataclass
+class FormatResult:
+    format: str
+    path: Path
+    size_bytes: int
+    criterion: str  # how it was verified, in words (goes into the model card)
+    max_abs_diff: float  # observed, on the verification inputs
+    tolerance: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+@dataclass
+class ExportReport:
+    run_dir: Path
+    out_dir: Path
+    source: str  # where the weights came from, e.g. "best/ (trial 3)"
+    trial_id: int | None
+    arch: ArchSpec
+    formats: list[FormatResult]
+    opset: int = ONNX_OPSET
+    calibration: str = "random"
+    measured_latency: dict[str, Any] | None = None
+    card_path: Path | None = None
+
+    def result(self, name: str) -> FormatResult | None:
+        return next((item for item in self.formats if item.format == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "out_dir": str(self.out_dir), "source": self.source,
+            "trial_id": self.trial_id, "arch_hash": self.arch.content_hash(), "opset": self.opset,
+            "calibration": self.calibration, "formats": [item.to_dict() for item in self.formats],
+            "measured_latency": self.measured_latency, "card_path": str(self.card_path) if self.card_path else None,
+        }
+
+
+def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
+    """Requested formats in canonical order, always including json and safetensors."""
+    if formats is None:
+        return list(FORMATS)
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    wanted = {item.strip().lower() for item in items if item.strip()}
+    unknown = sorted(wanted - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    return [name for name in FORMATS if name in wanted | {"json", "safetensors"}]
+
+
+def _source(info: RunInfo, trial: int | None) -> tuple[Path, str, int | None]:
+    """The directory holding the weights to export, a description, and the trial id."""
+    best = info.rundir.best_dir
+    best_id = info.best_trial_id
+    if trial is not None:
+        record = info.trial(trial)  # KeyError naming the known ids
+        arch = trial_arch(record)
+        same = trial == best_id or (best_id is None and info.best_arch is not None and arch is not None
+                                    and arch.content_hash() == info.best_arch.content_hash())
+        if not same:
+            held = f"trial {best_id}" if best_id is not None else "the best trial"
+            raise FileNotFoundError(
+                f"trial {trial} has no saved weights: a run keeps weights only in best/ ({held}). Retrain trial "
+                f"{trial}'s architecture (candidate.arch in trials.jsonl) to export it, or drop --trial"
+            )
+    if not (best / "arch.json").is_file():
+        raise FileNotFoundError(f"{best}/arch.json does not exist: the run has no feasible trial yet; wait for one")
+    if not (best / "weights.safetensors").is_file():
+        raise FileNotFoundError(f"{best}/weights.safetensors does not exist: the run kept no weights for its best "
+                                "trial (metrics.json weights=null); `nas search --resume` retrains it, then export again")
+    label = f"best/ (trial {best_id})" if best_id is not None else "best/"
+    return best, label, best_id
+
+
+def _load_consistent(best: Path) -> nn.Module:
+    """best/'s model, refusing a half-rewritten best/. The runner deletes metrics.json first, then
+    replaces the weights, arch.json, and writes metrics.json last; so an unchanged metrics.json
+    before and after reading means the weights and arch.json read in between belong together."""
+    metrics_path = best / "metrics.json"
+    before = metrics_path.read_bytes() if metrics_path.is_file() else None
+    if before is None:
+        raise FileNotFoundError(f"{metrics_path} is missing: best/ is being rewritten by the running search (try "
+                                "again in a moment) or the run was killed while saving it (`nas search --resume`)")
+    model, _ = load_model_files(best)
+    after = metrics_path.read_bytes() if metrics_path.is_file() else None
+    if after != before:
+        raise FileNotFoundError(f"{best} changed while it was read (a new best trial is being saved); export again")
+    recorded = json.loads(before).get("arch_hash")
+    if recorded is not None and recorded != model.spec.content_hash():
+        raise ArchMismatchError(f"{metrics_path} names arch_hash {recorded} but {best}/arch.json hashes to "
+                                f"{model.spec.content_hash()}: best/ is inconsistent; `nas search --resume` repairs it")
+    return model
+
+
+def verification_inputs(arch: ArchSpec, count: int = VERIFY_BATCH, seed: int = VERIFY_SEED) -> torch.Tensor:
+    shape = (count, arch.in_channels, arch.resolution, arch.resolution)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
+    """ONNX of an eval module with a dynamic batch axis. Same exporter, opset and constant folding
+    as `predictors.latency.measure.export_onnx`, which cannot take dynamic axes (it times batch 1)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning, UserWarning):
+            warnings.simplefilter("ignore", category)  # deprecation notices; the output is verified below
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, do_constant_folding=True,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def _run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray:
+    # the latency backend's session options: what runs here is what the latency numbers describe
+    session = OnnxRuntimeBackend(threads=1)._session(path.read_bytes())
+    return session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
+
+
+def _compare_fp32(name: str, path: Path, got: np.ndarray, want: np.ndarray, exact: bool = False) -> float:
+    if got.shape != want.shape:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"{name} export {path.name}: output shape {got.shape} != PyTorch's {want.shape} at batch "
+                          f"{want.shape[0]} (dynamic batch axis broken?); file removed")
+    difference = float(np.max(np.abs(got - want))) if got.size else 0.0
+    atol, rtol = (0.0, 0.0) if exact else (EXPORT_ATOL, EXPORT_RTOL)
+    if not np.allclose(got, want, rtol=rtol, atol=atol) or not math.isfinite(difference):
+        path.unlink(missing_ok=True)
+        raise ExportError(f"{name} export {path.name} is not faithful: max |diff| = {difference:.3g} vs PyTorch "
+                          f"(allowed atol={atol}, rtol={rtol}); file removed")
+    return difference
+
+
+def _torchscript(model: nn.Module, path: Path, inputs: torch.Tensor, want: np.ndarray) -> FormatResult:
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # traced at batch 1, checked at 2
+        torch.jit.save(traced, str(path))
+        reloaded = torch.jit.load(str(path))  # our own file, just written: never a user's
+    with torch.no_grad():
+        got = reloaded(inputs).numpy()
+    difference = _compare_fp32("torchscript", path, got, want)
+    return FormatResult("torchscript", path, path.stat().st_size, "torch.jit.load output vs eager PyTorch, batch 2",
+                        difference, {"atol": EXPORT_ATOL, "rtol": EXPORT_RTOL})
+
+
+def _onnx(model: nn.Module, path: Path, inputs: torch.Tensor, want: np.ndarray) -> FormatResult:
+    path.write_bytes(onnx_bytes(model, inputs[:1]))
+    difference = _compare_fp32("onnx", path, _run_onnx(path, inputs), want)
+    return FormatResult("onnx", path, path.stat().st_size,
+                        "ONNX Runtime CPU output vs eager PyTorch, batch 2 (exported at batch 1)",
+                        difference, {"atol": EXPORT_ATOL, "rtol": EXPORT_RTOL}, {"opset": ONNX_OPSET})
+
+
+def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np.ndarray,
+               calibration: torch.Tensor) -> FormatResult:
+    from compress.quantize import apply_policy, calibrate, frozen_qparams
+    from compress.quantize_export import (
+        QDQ_TOLERANCE_STEPS,
+        check_qdq_export,
+        require_int8,
+    )
+    from compress.quantize_policy import uniform_policy
+
+    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), calibration.split(8)).eval()
+    require_int8(qmodel)
+    with frozen_qparams(qmodel):  # scales as initializers: ORT fuses DQ-Conv-Q into QLinearConv
+        path.write_bytes(onnx_bytes(qmodel, inputs[:1]))
+    check = check_qdq_export(qmodel, path.read_bytes(), inputs)  # per sample, against fake-quant
+    got = _run_onnx(path, inputs)
+    with torch.no_grad():
+        want = qmodel(inputs).numpy()
+    batched = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf
+    batched_steps = batched / check.output_step if check.output_step > 0 else math.inf
+    worst = max(check.max_steps, batched_steps)
+    if not worst <= QDQ_TOLERANCE_STEPS:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"onnx-int8 export {path.name} is not faithful: max |ORT - fake-quant PyTorch| = "
+            f"{max(check.max_abs_diff, batched):.3g} = {worst:.1f} output steps (step {check.output_step:.3g}), "
+            f"allowed {QDQ_TOLERANCE_STEPS} steps; file removed"
+        )
+    top1_fp32 = float(np.mean(got.argmax(-1) == want_fp32.argmax(-1)))
+    return FormatResult(
+        "onnx-int8", path, path.stat().st_size,
+        f"ONNX Runtime vs fake-quantized PyTorch (batch 1 and batch {len(inputs)}), in output quantization steps",
+        max(check.max_abs_diff, batched), {"steps": QDQ_TOLERANCE_STEPS},
+        {"output_step": check.output_step, "max_steps": worst, "top1_agreement_fake_quant": check.top1_agreement,
+         "top1_agreement_fp32": top1_fp32, "max_abs_diff_vs_fp32": float(np.max(np.abs(got - want_fp32))),
+         "opset": ONNX_OPSET, "policy": "uniform w8a8, BN folded", "samples": len(inputs)},
+    )
+
+
+def calibration_inputs(info: RunInfo | None, arch: ArchSpec, kind: str) -> torch.Tensor:
+    """Inputs that set the int8 activation ranges: the run's training images, or seeded N(0,1)
+    (the datasets are normalised per channel, so N(0,1) has about the right range)."""
+    if kind == "dataset":
+        from nas.data import load_dataset
+
+        name = info.value("dataset") if info is not None else None
+        if not isinstance(name, str):
+            raise ValueError("--calibration dataset: config.json names no dataset; use --calibration random")
+        splits = load_dataset(name, arch.resolution, seed=0)
+        return splits.train.tensors[0][:CALIBRATION_SAMPLES].float()
+    if kind != "random":
+        raise ValueError(f"calibration={kind!r} not in {{random, dataset}}")
+    return verification_inputs(arch, CALIBRATION_SAMPLES, seed=VERIFY_SEED + 1)
+
+
+def export_model(model: nn.Module, arch: ArchSpec, out: str | os.PathLike, formats: Sequence[str] | str | None = None,
+                 *, calibration: torch.Tensor | None = None) -> list[FormatResult]:
+    """Write and verify `formats` of an eval-mode model built from `arch` into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and train flag
+    inputs = verification_inputs(arch)
+    with torch.no_grad():
+        want = model(inputs).numpy()
+    results: list[FormatResult] = []
+    for name in parse_formats(formats):
+        start, path = time.perf_counter(), out / FILE_NAMES[name]
+        logger.info("exporting %s -> %s", name, path)
+        if name == "json":
+            arch_path, _ = save(model, arch, out)
+            back = ArchSpec.from_json(arch_path.read_text())
+            if back != arch or back.content_hash() != arch.content_hash():
+                raise ExportError(f"json export {arch_path} does not parse back to the same architecture")
+            result = FormatResult("json", arch_path, arch_path.stat().st_size,
+                                  "parsed back: equal ArchSpec and content hash", 0.0)
+        elif name == "safetensors":
+            # written by the json step, which parse_formats always puts first: the pair is one save
+            with torch.no_grad():
+                got = load(out)(inputs).numpy()
+            difference = _compare_fp32("safetensors", path, got, want, exact=True)
+            result = FormatResult("safetensors", path, path.stat().st_size,
+                                  "load() (no pickle) rebuilds the model: outputs bitwise equal, batch 2",
+                                  difference, {"atol": 0.0, "rtol": 0.0})
+        elif name == "torchscript":
+            result = _torchscript(model, path, inputs, want)
+        elif name == "onnx":
+            result = _onnx(model, path, inputs, want)
+        else:
+            int8_inputs = verification_inputs(arch, INT8_CHECK_SAMPLES)
+            with torch.no_grad():
+                int8_want = model(int8_inputs).numpy()
+            result = _onnx_int8(model, path, int8_inputs, int8_want,
+                                calibration if calibration is not None else calibration_inputs(None, arch, "random"))
+        result.seconds = time.perf_counter() - start
+        logger.info("%s verified: max |diff| %.3g (%s)", name, result.max_abs_diff, result.criterion)
+        results.append(result)
+    return results
+
+
+def measure_exported(arch: ArchSpec, table_metadata: dict[str, Any], settings: Any = None) -> dict[str, Any]:
+    """End-to-end latency at batch 1 on the latency table's backend and thread count, here."""
+    from predictors.latency import LATENCY_BACKENDS, LocalMeasurer
+
+    backend = str(table_metadata.get("backend", "onnxruntime"))
+    if backend not in LATENCY_BACKENDS.names():
+        raise ValueError(f"the table was measured with backend {backend!r}, which cannot run here "
+                         f"({', '.join(LATENCY_BACKENDS.names())}); pass --no-measure")
+    measurer = LocalMeasurer(backend, threads=int(table_metadata.get("threads", 1)), settings=settings)
+    measurement = measurer.measure_archs([arch])[0]
+    meta = measurer.metadata()
+    return {**measurement.to_dict(), "backend": backend, "threads": meta.get("threads"),
+            "device": meta.get("device"), "cpu_model": meta.get("cpu_model"), "table_device": table_metadata.get("device")}
+
+
+def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None = None,
+               out: str | os.PathLike | None = None, trial: int | None = None, *, measure: bool = True,
+               card: bool = True, calibration: str = "random", measure_settings: Any = None,
+               progress: Callable[[str], None] | None = None) -> ExportReport:
+    """Export the best model of a run (or `trial`, when its weights are the best's) into `out`
+    (default run_dir/export/), verify every format, and write MODEL_CARD.md and export.json."""
+    info = read_run(run_dir)
+    source_dir, label, trial_id = _source(info, trial)
+    model = _load_consistent(source_dir)
+    arch = model.spec
+    out_dir = Path(out) if out is not None else info.path / "export"
+    calibration_data = calibration_inputs(info, arch, calibration) if "onnx-int8" in parse_formats(formats) else None
+    results = export_model(model, arch, out_dir, formats, calibration=calibration_data)
+    report = ExportReport(info.path, out_dir, label, trial_id, arch, results, calibration=calibration)
+    table = None
+    lut = info.lut_path()
+    if lut is not None:
+        from predictors.latency import LatencyTable
+
+        table = LatencyTable.load(lut)
+    if measure and table is not None:
+        if progress:
+            progress("measuring end-to-end latency")
+        report.measured_latency = measure_exported(arch, table.metadata, measure_settings)
+    elif measure:
+        info.notes.append("no latency table in config.json: nothing to measure against")
+    if card:
+        from nas.model_card import write_model_card
+
+        report.card_path = write_model_card(info, report, model, table)
+    (out_dir / "export.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
