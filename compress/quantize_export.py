@@ -47,7 +47,8 @@ from torch import Tensor, nn
 
 from compress.quantize import frozen_qparams, quant_layers
 from compress.quantize_cost import layer_infos
-from predictors.latency.measure import OnnxRuntimeBackend, export_onnx, measure_modules
+from predictors.latency.backends import OnnxRuntimeBackend, export_onnx
+from predictors.latency.measure import measure_modules
 
 __all__ = ["QDQ_TOLERANCE_STEPS", "ExportCheck", "check_qdq_export", "export_qdq", "measure_int8_latency"]
 
@@ -112,7 +113,7 @@ def _output_step(qmodel: nn.Module, input_shape: Sequence[int]) -> float:
 
 def _session(onnx_model: bytes, threads: int) -> Any:
     # the latency backend's session: same options as every ORT measurement in the project
-    return OnnxRuntimeBackend(threads=threads)._session(onnx_model)
+    return OnnxRuntimeBackend(threads=threads).session(onnx_model)
 
 
 def check_qdq_export(qmodel: nn.Module, onnx_model: bytes, inputs: Tensor, *,

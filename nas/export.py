@@ -52,7 +52,7 @@ from nas.model_files import (
     save,
 )
 from nas.runinfo import RunInfo, read_run, trial_arch
-from predictors.latency.measure import (
+from predictors.latency.backends import (
     EXPORT_ATOL,
     EXPORT_RTOL,
     ONNX_OPSET,
@@ -204,7 +204,7 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
 
 def _run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray:
     # the latency backend's session options: what runs here is what the latency numbers describe
-    session = OnnxRuntimeBackend(threads=1)._session(path.read_bytes())
+    session = OnnxRuntimeBackend(threads=1).session(path.read_bytes())
     return session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from predictors.latency import backends as B
 from predictors.latency import measure as M
 
 FAST = {"warmup": 2, "blocks": 5, "block_runs": 3, "retries": 0}
@@ -175,10 +176,10 @@ def test_metadata_records_the_setup(name: str) -> None:
     assert meta["logical_cores"] >= 1 and meta["cpu_model"] and meta["device"]
     assert {"python", "torch"} <= meta["versions"].keys()
     if name == "torch":
-        assert meta["malloc"] == (M.GLIBC_MALLOC_SETTINGS if platform.libc_ver()[0] == "glibc" else "default")
+        assert meta["malloc"] == (B.GLIBC_MALLOC_SETTINGS if platform.libc_ver()[0] == "glibc" else "default")
     if name == "onnxruntime":
         assert meta["exporter"] == "torchscript"
-        assert meta["versions"]["onnx_opset"] == M.ONNX_OPSET and meta["versions"]["onnxruntime"]
+        assert meta["versions"]["onnx_opset"] == B.ONNX_OPSET and meta["versions"]["onnxruntime"]
         assert meta["session_options"] == {
             "intra_op_num_threads": 2, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
             "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"],
@@ -190,20 +191,20 @@ def test_onnx_export_is_faithful(exporter: str) -> None:
     module, shape = mixed_block(), (1, 8, 12, 12)
     ort_op = M.get_backend("onnxruntime", exporter=exporter, check_export=False).prepare(module, shape)
     with torch.inference_mode():
-        want = module.eval()(M.fixed_input(shape)).numpy()
+        want = module.eval()(B.fixed_input(shape)).numpy()
     np.testing.assert_allclose(ort_op.infer(), want, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(M.get_backend("torch").prepare(module, shape).infer(), want, atol=1e-6)
 
 
 def test_unfaithful_export_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_export = M.export_onnx
+    real_export = B.export_onnx
 
     def broken_export(module: nn.Module, x: torch.Tensor, exporter: str = "torchscript") -> bytes:
         with torch.no_grad():
             module.weight.add_(1.0)  # the exported graph no longer matches the eager module
         return real_export(module, x, exporter)
 
-    monkeypatch.setattr(M, "export_onnx", broken_export)
+    monkeypatch.setattr(B, "export_onnx", broken_export)
     with pytest.raises(RuntimeError, match="not faithful"):
         M.get_backend("onnxruntime").prepare(tiny(), TINY)
 

@@ -1,5 +1,6 @@
 """What an architecture costs in time on a device: measurement, lookup tables, prediction."""
 
+from predictors.latency import backends  # noqa: F401  (registers the torch/onnxruntime/cuda backends)
 from predictors.latency.builder import (
     LocalMeasurer,
     Measurer,
