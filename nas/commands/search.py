@@ -1,0 +1,325 @@
+"""`nas search` (a latency-constrained architecture search, resumable, local or on Ray) and
+`nas demo` (the whole pipeline on digits in about ten minutes on a small CPU)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nas.commands.common import error_console, fail_on_user_error
+
+console = Console()
+
+_LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*$")
+_TO_MS = {None: 1.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("demo")(demo)
+
+
+def parse_latency_ms(text: str) -> float:
+    """'6ms', '6', '0.5ms', '500us', '0.006s' -> milliseconds."""
+    match = _LATENCY.match(str(text))
+    if not match:
+        raise ValueError(f"--latency-budget={text!r}: expected a number with an optional unit ms, us or s "
+                         "(e.g. 6ms, 0.5ms, 500us; a bare number means ms)")
+    value = float(match.group(1)) * _TO_MS[match.group(2)]
+    if not value > 0:
+        raise ValueError(f"--latency-budget={text!r}: must be > 0")
+    return value
+
+
+def lut_path_for(space: str, resolution: int, num_classes: int, backend: str, threads: int,
+                 space_options: dict[str, Any], root: Path = Path("runs/luts")) -> Path:
+    """Where this machine's table for a space lives, so every search on it reuses one table."""
+    import hashlib
+
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+    options = ""
+    if space_options:  # a restricted space has fewer ops: its own table
+        digest = hashlib.sha256(json.dumps(space_options, sort_keys=True).encode()).hexdigest()[:8]
+        options = f"_o{digest}"
+    return root / f"{space}_r{resolution}_c{num_classes}{options}_{backend}_t{threads}_{host}.json"
+
+
+def ensure_lut(space_name: str, resolution: int, num_classes: int, space_options: dict[str, Any], backend: str,
+               threads: int, root: Path, settings: Any = None) -> Path:
+    from predictors.latency import LocalMeasurer, build_table
+    from search_spaces.space import get_space
+
+    path = lut_path_for(space_name, resolution, num_classes, backend, threads, space_options, root)
+    space = get_space(space_name, resolution=resolution, num_classes=num_classes, **space_options)
+    console.print(f"latency table: {path} ({len(space.candidate_ops())} candidate ops; existing entries are reused)")
+    build_table(space, LocalMeasurer(backend, threads=threads, settings=settings), path, show_progress=True)
+    return path
+
+
+def _json_option(text: str | None, option: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option}: not valid JSON ({error}); e.g. '{{\"ops\": [\"mbconv\"]}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option}: expected a JSON object of keyword arguments")
+    return value
+
+
+def search(
+    space: Optional[str] = typer.Option(None, help="Search space (`nas spaces` lists them). [default: mnasnet]"),
+    dataset: Optional[str] = typer.Option(None, help="digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH. "
+                                                      "[default: digits]"),
+    resolution: Optional[int] = typer.Option(None, min=8, help="Input resolution. [default: 32]"),
+    latency_budget: Optional[str] = typer.Option(None, help="Latency budget: 6ms, 0.5ms, 500us; a bare number is ms."),
+    lut: Optional[Path] = typer.Option(None, help="Latency table; default: build or reuse runs/luts/<space>_r<res>_"
+                                                  "c<classes>_<backend>_t<threads>_<host>.json on this machine."),
+    strategy: Optional[str] = typer.Option(None, help="random | evolution | mnas-rl | tpe | nsga2. "
+                                                      "[default: evolution]"),
+    trials: Optional[int] = typer.Option(None, min=1, help="Trials to finish. [default: 60]"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs per trial. [default: 3]"),
+    name: Optional[str] = typer.Option(None, help="Run name: files go to runs/NAME."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the searcher, data split and training. [default: 0]"),
+    final_epochs: int = typer.Option(10, min=0, help="Retrain the best architecture this long at the end "
+                                                      "(0: skip the final step)."),
+    ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="Run trials on an embedded local Ray."),
+    ray_address: Optional[str] = typer.Option(None, help="Run trials on the Ray cluster at ADDR ('auto' allowed)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Trials in parallel (Ray). [default: 1]"),
+    cpus_per_trial: Optional[float] = typer.Option(None, min=0.01, help="CPUs per Ray trial. [default: 1]"),
+    asha: Optional[bool] = typer.Option(None, "--asha/--no-asha", help="Stop weak trials early (Ray ASHA)."),
+    backend: str = typer.Option("onnxruntime", help="Latency backend for building the table and the final "
+                                                    "measurement: torch | onnxruntime | cuda."),
+    threads: int = typer.Option(1, min=1, help="Threads of the latency backend."),
+    constraint: Optional[str] = typer.Option(None, help="hard (over budget: never trained) | soft "
+                                                        "(MnasNet's penalty). [default: hard]"),
+    train_limit: Optional[int] = typer.Option(None, min=1, help="Use at most this many training images per trial."),
+    space_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the space, e.g. "
+                                                           "'{\"ops\": [\"mbconv\"]}'."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size. [default: 64]"),
+    resume: Optional[Path] = typer.Option(None, help="Resume the run in this directory (runs/NAME)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where runs (and built tables, under luts/) go."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
+    train_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for in-process training "
+                                                                 "(default: torch's; 1 is safest on a shared box)."),
+) -> None:
+    """Search a space for the most accurate network under a latency budget."""
+    from nas.runner import SearchConfig
+    from nas.train import TrainConfig
+
+    if train_threads is not None:
+        import torch
+
+        torch.set_num_threads(train_threads)
+
+    budget_ms = parse_latency_ms(latency_budget) if latency_budget is not None else None
+    options = _json_option(space_options, "--space-options") if space_options is not None else None
+    if resume is not None:
+        given = {"space": space, "dataset": dataset, "resolution": resolution, "latency_budget_ms": budget_ms,
+                 "lut_path": str(lut.resolve()) if lut else None, "strategy": strategy, "trials": trials,
+                 "seed": seed, "constraint": constraint, "train_limit": train_limit, "space_options": options,
+                 "train.epochs": epochs, "train.batch_size": batch_size, "ray": ray, "ray_address": ray_address,
+                 "workers": workers, "cpus_per_trial": cpus_per_trial, "asha": asha}
+        run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
+        return
+    if name is None or budget_ms is None:
+        missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget_ms)) if value is None]
+        raise ValueError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
+    space, dataset, resolution = space or "mnasnet", dataset or "digits", resolution or 32
+    seed = 0 if seed is None else seed
+    if lut is None:
+        from nas.data import load_dataset
+
+        classes = load_dataset(dataset, resolution, seed=seed, limit=train_limit).num_classes
+        lut = ensure_lut(space, resolution, classes, options or {}, backend, threads, runs_dir / "luts")
+    train = TrainConfig(epochs=epochs or 3, batch_size=batch_size or 64, seed=seed)
+    config = SearchConfig(
+        space=space, latency_budget_ms=budget_ms, lut_path=str(lut.resolve()), dataset=dataset,
+        resolution=resolution, space_options=options or {}, strategy=strategy or "evolution", seed=seed,
+        trials=trials or 60, constraint=constraint or "hard", train=train, train_limit=train_limit,
+        ray=bool(ray), ray_address=ray_address, workers=workers or 1, cpus_per_trial=cpus_per_trial or 1.0,
+        asha=bool(asha),
+    )
+    run_and_report(config, runs_dir / name, final_epochs=final_epochs, progress=progress)
+
+
+search = fail_on_user_error(search)
+
+
+def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: dict[str, Any] | None = None,
+                   final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Search, then retrain / test / measure the winner, print it and save it under best/."""
+    import logging
+
+    from nas.runner import run_search
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # one line per trial (nas.session) is enough next to the progress bar; epochs show with -v
+        logging.getLogger("nas.train").setLevel(logging.WARNING)
+    try:
+        summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
+    except FileExistsError as error:
+        error_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    resumed = f", resumed (replayed {summary.replayed})" if summary.resumed else ""
+    console.print(f"{summary.run_dir}: {summary.trials} trials ({summary.ok} ok, {summary.failed} failed, "
+                  f"{summary.infeasible} over budget) in {summary.elapsed_s:.0f} s{resumed}")
+    if summary.best is None:
+        console.print("[yellow]no trial met the latency budget; nothing to retrain[/]")
+        return None
+    metrics = _finalize(summary.run_dir, final_epochs, progress)
+    if demo_info:
+        from nas.rundir import RunDirectory
+
+        metrics = RunDirectory(summary.run_dir).update_best_metrics({"demo": demo_info})
+    _print_best(summary.run_dir, metrics)
+    return metrics
+
+
+def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any]:
+    from nas.rundir import RunDirectory
+    from nas.runner import SearchConfig, finalize_best
+    from predictors.latency import LatencyTable, LocalMeasurer
+
+    directory = RunDirectory(run_dir)
+    if final_epochs == 0:
+        return directory.read_best_metrics() or {}
+    table = LatencyTable.load(SearchConfig.from_dict(directory.read_config()).lut_path)
+    backend, threads = table.metadata.get("backend", "onnxruntime"), int(table.metadata.get("threads", 1))
+    try:
+        measurer = LocalMeasurer(str(backend), threads=threads)
+    except (KeyError, ValueError) as error:  # a table measured elsewhere (a device agent, an import)
+        console.print(f"[yellow]cannot measure on backend {backend!r} here ({error}); prediction only[/]")
+        measurer = None
+    console.print(f"retraining the best architecture for {final_epochs} epochs, then measuring it on "
+                  f"{backend} x{threads} ...")
+    return finalize_best(run_dir, epochs=final_epochs, measurer=measurer, progress=progress)
+
+
+def _print_best(run_dir: Path, metrics: dict[str, Any]) -> None:
+    from nas.rundir import RunDirectory
+
+    arch = RunDirectory(run_dir).read_best_arch()
+    console.print(f"[bold]best architecture[/] (trial {metrics.get('trial_id')}, {run_dir / 'best'}):")
+    console.print(f"  stem {arch.stem.out_channels}ch s{arch.stem.stride} -> " + " -> ".join(arch.block_strings())
+                  + f" -> head {arch.head.conv_channels or arch.final_channels}ch, {arch.num_classes} classes "
+                  f"@ {arch.resolution}px", highlight=False)
+    table = Table(show_header=False)
+
+    def row(label: str, value: Any, fmt: str = "{}") -> None:
+        table.add_row(label, "-" if value is None else fmt.format(value))
+
+    row("val accuracy (search)", metrics.get("val_accuracy"), "{:.4f}")
+    row("val accuracy (final)", metrics.get("final_val_accuracy"), "{:.4f}")
+    row("test accuracy (final)", metrics.get("test_accuracy"), "{:.4f}")
+    row("params", metrics.get("params"), "{:,}")
+    row("MACs", metrics.get("macs"), "{:,}")
+    row("latency budget", metrics.get("latency_budget_ms"), "{:.3f} ms")
+    predicted = metrics.get("predicted_latency_ms", metrics.get("latency_ms"))
+    measured = metrics.get("measured_latency_ms")
+    row("latency predicted (table)", predicted, "{:.3f} ms")
+    row("latency measured (end to end)", measured, "{:.3f} ms")
+    if predicted and measured:
+        row("prediction error", 100 * (predicted - measured) / measured, "{:+.1f}%")
+    console.print(table)
+
+
+# The demo's settings, chosen by timing `nas demo` end to end on the 2-core x86 VM this was built
+# on (shared with other jobs, load 3-5): 9.2 min wall, 6.7 min CPU (table + calibration 8 s, 40
+# trials 463 s at 6-18 s each, final 10 epochs 78 s). A restricted MnasNet space (171 table
+# entries, 4.35e9 networks) at 16 px with half width keeps trials short; 3 epochs on 800 images
+# are the fewest that separate architectures (after 2 most score near chance).
+DEMO_SPACE = "mnasnet"
+DEMO_SPACE_OPTIONS: dict[str, Any] = {
+    "width_mult": 0.5, "ops": ["mbconv"], "kernels": [3, 5, 7], "expand_ratios": [3, 6],
+    "se_ratios": [0.0], "width_multipliers": [0.75, 1.0],
+}
+DEMO_RESOLUTION = 16
+DEMO_TRIALS = 40
+DEMO_EPOCHS = 3
+DEMO_BATCH_SIZE = 32
+DEMO_TRAIN_LIMIT = 800
+DEMO_FINAL_EPOCHS = 10
+DEMO_BUDGET_SAMPLES = 500
+DEMO_CALIBRATION_SAMPLES = 20
+DEMO_TRAIN_THREADS = 1
+
+
+def median_latency(space: Any, table: Any, samples: int, seed: int) -> float:
+    """Median predicted latency of random networks of the space: a budget that rules out about
+    half of it, whatever this machine's speed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return float(np.median([table.predict(space.sample(rng)) for _ in range(samples)]))
+
+
+@fail_on_user_error
+def demo(
+    name: str = typer.Option("demo", help="Run name (runs/NAME is replaced)."),
+    trials: int = typer.Option(DEMO_TRIALS, min=1, help="Search trials."),
+    epochs: int = typer.Option(DEMO_EPOCHS, min=1, help="Epochs per trial."),
+    final_epochs: int = typer.Option(DEMO_FINAL_EPOCHS, min=0, help="Epochs of the final retraining."),
+    backend: str = typer.Option("onnxruntime", help="Latency backend."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where the run and the table go."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """A complete search on digits under a latency budget on this CPU, in about ten minutes."""
+    import time
+
+    import torch
+
+    from nas.rundir import RunDirectory, write_json_atomic
+    from nas.runner import SearchConfig
+    from nas.train import TrainConfig
+    from predictors.latency import LatencyTable
+    from search_spaces.space import get_space
+
+    started = time.perf_counter()
+    # One training thread: on a 2-core VM shared with another busy process, two OpenMP threads made
+    # some trials 10-60x slower (threads spinning on each other); one thread never stalls.
+    torch.set_num_threads(DEMO_TRAIN_THREADS)
+    classes = 10  # digits
+    lut = ensure_lut(DEMO_SPACE, DEMO_RESOLUTION, classes, DEMO_SPACE_OPTIONS, backend, 1, runs_dir / "luts")
+    table = LatencyTable.load(lut)
+    space = get_space(DEMO_SPACE, resolution=DEMO_RESOLUTION, num_classes=classes, **DEMO_SPACE_OPTIONS)
+    if table.calibration is None:
+        # A sum of per-op timings counts each op's call overhead, which a whole network pays once
+        # per inference instead: calibrate against end-to-end runs (`nas lut validate`, smaller).
+        from predictors.latency import LocalMeasurer, validate_table
+
+        console.print(f"calibrating the table on {DEMO_CALIBRATION_SAMPLES} networks measured end to end ...")
+        report = validate_table(table, space, LocalMeasurer(backend, threads=1), samples=DEMO_CALIBRATION_SAMPLES,
+                                seed=0, plot_path=lut.with_suffix(".validation.png"))
+        table.save(lut)
+        console.print(f"  raw sum MAPE {100 * report.raw.mape:.1f}%, calibrated (out of fold) "
+                      f"{100 * report.calibrated.mape:.1f}%, Kendall tau {report.raw.kendall_tau:.2f}")
+    lut_s = time.perf_counter() - started
+    budget = round(median_latency(space, table, DEMO_BUDGET_SAMPLES, seed=0), 4)
+    console.print(f"{space.name} ({', '.join(f'{k}={v}' for k, v in DEMO_SPACE_OPTIONS.items())}): "
+                  f"{space.size():.2e} networks; budget = median predicted latency of {DEMO_BUDGET_SAMPLES} "
+                  f"random ones = {budget:.3f} ms")
+    config = SearchConfig(
+        space=DEMO_SPACE, latency_budget_ms=budget, lut_path=str(lut.resolve()), dataset="digits",
+        resolution=DEMO_RESOLUTION, space_options=DEMO_SPACE_OPTIONS, strategy="evolution", seed=0,
+        trials=trials, train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, seed=0),
+        train_limit=DEMO_TRAIN_LIMIT,
+    )
+    directory = RunDirectory(runs_dir / name)
+    if directory.path.exists() and any(directory.path.iterdir()) and not directory.exists():
+        raise ValueError(f"{directory.path} exists and is not a search run; choose another --name")
+    directory.clear()  # the demo always starts afresh (the latency table is reused)
+    info = {"lut": str(lut), "lut_build_s": round(lut_s, 1), "budget_rule": f"median of {DEMO_BUDGET_SAMPLES}",
+            "threads": torch.get_num_threads()}
+    metrics = run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, demo_info=info)
+    wall = time.perf_counter() - started
+    write_json_atomic(directory.path / "demo.json", {**info, "wall_time_s": round(wall, 1), "best": metrics})
+    console.print(f"demo finished in {wall / 60:.1f} min (table {lut_s:.0f} s); results in {directory.path}")

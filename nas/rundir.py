@@ -1,0 +1,297 @@
+"""`RunDirectory`: the files of one search run, written so that a kill at any moment loses no
+finished trial.
+
+Layout (``runs/<name>/``)::
+
+    config.json      everything needed to reproduce or resume (a `SearchConfig` as JSON)
+    trials.jsonl     one JSON object per finished trial, appended, flushed and fsync'ed
+    searcher.json    {"strategy", "told_trial_ids", "state", "saved_at"}, replaced atomically
+    best/            arch.json, weights.safetensors, metrics.json of the best feasible trial
+    study.db         Optuna storage, for the Optuna strategies (optuna-dashboard reads it)
+    ray_results/     Ray Tune's own files, for runs on Ray
+
+Durability rules: whole-file writes go to a temporary file in the same directory that is
+fsync'ed and then `os.replace`d over the target (readers see the old or the new file, never
+half of one); trials.jsonl is append-only and a line is only "finished" once its newline is on
+disk. A SIGKILL in the middle of an append leaves a torn last line: readers skip it with a
+warning and `repair_trials` cuts it off before the next append, so it cannot glue itself to the
+next record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_spaces.spec import ArchSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_json_atomic"]
+
+SEARCHER_FORMAT = "hwnas-searcher-state"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def json_safe(value: Any) -> Any:
+    """Strict-JSON copy: NaN/inf become None (JSON has no spelling for them), tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def _fsync_directory(path: Path) -> None:
+    # makes the rename itself durable; not every platform lets a directory be opened
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _replace_atomically(path: Path, write: Any, mode: str = "w") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    _replace_atomically(Path(path), lambda file: file.write(text))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: corrupt {what} (not valid JSON: {error})") from None
+
+
+class RunDirectory:
+    """The files of one run. Creating the object touches nothing on disk."""
+
+    CONFIG = "config.json"
+    TRIALS = "trials.jsonl"
+    SEARCHER = "searcher.json"
+    BEST = "best"
+    STUDY = "study.db"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def trials_path(self) -> Path:
+        return self.path / self.TRIALS
+
+    @property
+    def searcher_path(self) -> Path:
+        return self.path / self.SEARCHER
+
+    @property
+    def best_dir(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def study_path(self) -> Path:
+        return self.path / self.STUDY
+
+    @property
+    def optuna_storage(self) -> str:
+        """SQLAlchemy URL of the Optuna study: absolute, so it works from any working directory."""
+        return f"sqlite:///{self.study_path.resolve()}"
+
+    @property
+    def ray_results(self) -> Path:
+        return self.path / "ray_results"
+
+    # -- config ------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.config_path, config)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a search run: {self.CONFIG} is missing")
+        data = _read_json(self.config_path, "run config")
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.config_path}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    # -- trials ------------------------------------------------------------------------------------
+    def append_trial(self, record: dict[str, Any]) -> None:
+        """One line, durable before returning: the trial counts as finished from then on."""
+        line = json.dumps(json_safe(record), allow_nan=False, separators=(",", ":"))
+        if "\n" in line:
+            raise ValueError("a trial record must serialise to one line")
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.trials_path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def read_trials(self) -> list[dict[str, Any]]:
+        """Every finished trial, in file order. A torn last line (killed mid-append) is skipped
+        with a warning; a corrupt line anywhere else is an error naming its line number."""
+        if not self.trials_path.is_file():
+            return []
+        raw = self.trials_path.read_bytes()
+        lines = raw.split(b"\n")
+        records: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            is_last = number == len(lines)  # text after the final newline: never completed
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "trial_id" not in record:
+                    raise ValueError("not a trial record")
+            except (ValueError, UnicodeDecodeError) as error:
+                if is_last:
+                    logger.warning("%s: ignoring a torn last line (%d bytes; the run was killed while "
+                                   "appending it)", self.trials_path, len(line))
+                    continue
+                raise ValueError(f"{self.trials_path}:{number}: corrupt trial record ({error})") from None
+            if is_last:
+                # complete JSON but no newline: the fsync did not finish, so it never counted
+                logger.warning("%s: ignoring an unterminated last line", self.trials_path)
+                continue
+            records.append(record)
+        return records
+
+    def repair_trials(self) -> int:
+        """Cut a torn tail off trials.jsonl (kept in trials.jsonl.torn); returns bytes removed."""
+        if not self.trials_path.is_file():
+            return 0
+        raw = self.trials_path.read_bytes()
+        if not raw or raw.endswith(b"\n"):
+            return 0
+        keep = raw.rfind(b"\n") + 1
+        torn = raw[keep:]
+        with open(self.path / (self.TRIALS + ".torn"), "ab") as file:
+            file.write(torn + b"\n")
+        with open(self.trials_path, "r+b") as file:
+            file.truncate(keep)
+            file.flush()
+            os.fsync(file.fileno())
+        logger.warning("%s: removed a torn last line of %d bytes (saved in %s.torn)",
+                       self.trials_path, len(torn), self.TRIALS)
+        return len(torn)
+
+    # -- searcher state ------------------------------------------------------------------------------
+    def write_searcher_state(self, strategy: str, state: dict[str, Any], told_trial_ids: list[int]) -> None:
+        write_json_atomic(self.searcher_path, {
+            "format": SEARCHER_FORMAT,
+            "strategy": strategy,
+            "saved_at": now_iso(),
+            # which finished trials this state has learned from: the replay on resume tells the
+            # searcher exactly the trials.jsonl records missing from this list
+            "told_trial_ids": sorted(told_trial_ids),
+            "state": state,
+        })
+
+    def read_searcher_state(self) -> dict[str, Any] | None:
+        if not self.searcher_path.is_file():
+            return None
+        data = _read_json(self.searcher_path, "searcher state")
+        if not isinstance(data, dict) or data.get("format") != SEARCHER_FORMAT:
+            raise ValueError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
+        return data
+
+    # -- best ----------------------------------------------------------------------------------------
+    @property
+    def best_weights_path(self) -> Path:
+        return self.best_dir / "weights.safetensors"
+
+    def write_best(self, arch: ArchSpec, metrics: dict[str, Any], *,
+                   state_dict: dict[str, torch.Tensor] | None = None,
+                   weights_file: str | os.PathLike | None = None) -> None:
+        """Weights first, then arch.json, then metrics.json: metrics.json names the trial, so a
+        reader that finds it also finds that trial's weights and architecture."""
+        self.best_dir.mkdir(parents=True, exist_ok=True)
+        (self.best_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until rewritten
+        if state_dict is not None:
+            save_weights(self.best_weights_path, state_dict)
+        elif weights_file is not None:
+            _replace_atomically(self.best_weights_path, lambda file: file.write(Path(weights_file).read_bytes()), "wb")
+        else:
+            self.best_weights_path.unlink(missing_ok=True)
+        write_json_atomic(self.best_dir / "arch.json", arch.to_dict())
+        write_json_atomic(self.best_dir / "metrics.json", metrics)
+
+    def read_best_metrics(self) -> dict[str, Any] | None:
+        path = self.best_dir / "metrics.json"
+        if not path.is_file():
+            return None
+        return _read_json(path, "best metrics")
+
+    def read_best_arch(self) -> ArchSpec:
+        path = self.best_dir / "arch.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: the run has no feasible trial yet")
+        return ArchSpec.from_dict(_read_json(path, "architecture"))
+
+    def update_best_metrics(self, changes: dict[str, Any]) -> dict[str, Any]:
+        metrics = {**(self.read_best_metrics() or {}), **changes}
+        write_json_atomic(self.best_dir / "metrics.json", metrics)
+        return metrics
+
+    def clear(self) -> None:
+        """Remove a run's files (used by `nas demo`, which always starts afresh)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
+    """safetensors (never pickle): contiguous CPU copies, written atomically."""
+    from safetensors.torch import save
+
+    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
+    payload = save(tensors)
+    _replace_atomically(Path(path), lambda file: file.write(payload), "wb")
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
