@@ -38,6 +38,9 @@ def parse_latency_ms(text: str) -> float:
     return value
 
 
+CALIBRATION_SAMPLES = 20  # end-to-end measurements behind a table that `nas search` builds itself
+
+
 def lut_path_for(space: str, resolution: int, num_classes: int, backend: str, threads: int,
                  space_options: dict[str, Any], root: Path = Path("runs/luts")) -> Path:
     """Where this machine's table for a space lives, so every search on it reuses one table."""
@@ -59,7 +62,20 @@ def ensure_lut(space_name: str, resolution: int, num_classes: int, space_options
     path = lut_path_for(space_name, resolution, num_classes, backend, threads, space_options, root)
     space = get_space(space_name, resolution=resolution, num_classes=num_classes, **space_options)
     console.print(f"latency table: {path} ({len(space.candidate_ops())} candidate ops; existing entries are reused)")
-    build_table(space, LocalMeasurer(backend, threads=threads, settings=settings), path, show_progress=True)
+    measurer = LocalMeasurer(backend, threads=threads, settings=settings)
+    table = build_table(space, measurer, path, show_progress=True)
+    if table.calibration is None:
+        # A sum of per-op timings counts each op's call overhead, which a whole network pays once
+        # per inference instead (raw sums over-predict small networks by ~40% here): calibrate
+        # against end-to-end runs, as `nas lut validate` does with more samples.
+        from predictors.latency import validate_table
+
+        console.print(f"calibrating the table on {CALIBRATION_SAMPLES} networks measured end to end ...")
+        report = validate_table(table, space, measurer, samples=CALIBRATION_SAMPLES, seed=0,
+                                plot_path=path.with_suffix(".validation.png"))
+        table.save(path)
+        console.print(f"  raw sum MAPE {100 * report.raw.mape:.1f}%, calibrated (out of fold) "
+                      f"{100 * report.calibrated.mape:.1f}%, Kendall tau {report.raw.kendall_tau:.2f}")
     return path
 
 
@@ -249,7 +265,6 @@ DEMO_BATCH_SIZE = 32
 DEMO_TRAIN_LIMIT = 800
 DEMO_FINAL_EPOCHS = 10
 DEMO_BUDGET_SAMPLES = 500
-DEMO_CALIBRATION_SAMPLES = 20
 DEMO_TRAIN_THREADS = 1
 
 
@@ -291,17 +306,6 @@ def demo(
     lut = ensure_lut(DEMO_SPACE, DEMO_RESOLUTION, classes, DEMO_SPACE_OPTIONS, backend, 1, runs_dir / "luts")
     table = LatencyTable.load(lut)
     space = get_space(DEMO_SPACE, resolution=DEMO_RESOLUTION, num_classes=classes, **DEMO_SPACE_OPTIONS)
-    if table.calibration is None:
-        # A sum of per-op timings counts each op's call overhead, which a whole network pays once
-        # per inference instead: calibrate against end-to-end runs (`nas lut validate`, smaller).
-        from predictors.latency import LocalMeasurer, validate_table
-
-        console.print(f"calibrating the table on {DEMO_CALIBRATION_SAMPLES} networks measured end to end ...")
-        report = validate_table(table, space, LocalMeasurer(backend, threads=1), samples=DEMO_CALIBRATION_SAMPLES,
-                                seed=0, plot_path=lut.with_suffix(".validation.png"))
-        table.save(lut)
-        console.print(f"  raw sum MAPE {100 * report.raw.mape:.1f}%, calibrated (out of fold) "
-                      f"{100 * report.calibrated.mape:.1f}%, Kendall tau {report.raw.kendall_tau:.2f}")
     lut_s = time.perf_counter() - started
     budget = round(median_latency(space, table, DEMO_BUDGET_SAMPLES, seed=0), 4)
     console.print(f"{space.name} ({', '.join(f'{k}={v}' for k, v in DEMO_SPACE_OPTIONS.items())}): "
