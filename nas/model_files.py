@@ -34,13 +34,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nas.rundir import write_atomically
 from search_spaces.build import Network, build_model
 from search_spaces.spec import ArchSpec, SpecError
 
@@ -64,41 +64,31 @@ class ArchMismatchError(WeightsError):
     """arch.json and the weights describe different networks."""
 
 
-def save(model: nn.Module, arch: ArchSpec, directory: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``arch.json`` and ``weights.safetensors`` (with integrity metadata) into `directory`."""
+def weights_payload(state_dict: dict[str, torch.Tensor], arch: ArchSpec) -> bytes:
+    """safetensors bytes of `state_dict` with the integrity metadata `load` checks."""
     from safetensors.torch import save as serialise
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state_dict.items()}
     digests = {name: hashlib.sha256(_tensor_bytes(t)).hexdigest() for name, t in tensors.items()}
     metadata = {
         "format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION, "arch_hash": arch.content_hash(),
         "arch_name": arch.name, "tensor_sha256": json.dumps(digests, sort_keys=True, separators=(",", ":")),
     }
+    return serialise(tensors, metadata=metadata)
+
+
+def save(model: nn.Module, arch: ArchSpec, directory: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``arch.json`` and ``weights.safetensors`` (with integrity metadata) into `directory`."""
+    directory = Path(directory)
     arch_path, weights_path = directory / ARCH_FILE, directory / WEIGHTS_FILE
-    _write_atomically(weights_path, serialise(tensors, metadata=metadata))
-    _write_atomically(arch_path, (arch.to_json() + "\n").encode())
+    write_atomically(weights_path, weights_payload(model.state_dict(), arch))
+    write_atomically(arch_path, arch.to_json() + "\n")
     return arch_path, weights_path
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     # the bytes safetensors stores: the tensor's memory, little-endian, C order
     return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    # a reader (or a crash) never sees half a file: write beside it, fsync, rename over it
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _refuse_pickle(path: Path) -> None:

@@ -36,7 +36,7 @@ from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_json_atomic"]
+__all__ = ["RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
 
 SEARCHER_FORMAT = "hwnas-searcher-state"
 
@@ -70,12 +70,15 @@ def _fsync_directory(path: Path) -> None:
         os.close(handle)
 
 
-def _replace_atomically(path: Path, write: Any, mode: str = "w") -> None:
+def write_atomically(path: str | os.PathLike, payload: bytes | str) -> None:
+    """Readers (and a crash) see the old file or the new one, never half: write a temporary file
+    beside it, fsync, rename it over the target, fsync the directory."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, mode) as file:
-            write(file)
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload.encode() if isinstance(payload, str) else payload)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -87,7 +90,7 @@ def _replace_atomically(path: Path, write: Any, mode: str = "w") -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
-    _replace_atomically(Path(path), lambda file: file.write(text))
+    write_atomically(path, text)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -251,9 +254,13 @@ class RunDirectory:
         self.best_dir.mkdir(parents=True, exist_ok=True)
         (self.best_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until rewritten
         if state_dict is not None:
-            save_weights(self.best_weights_path, state_dict)
+            from nas.model_files import (
+                weights_payload,  # carries the arch hash and digests `load` checks
+            )
+
+            write_atomically(self.best_weights_path, weights_payload(state_dict, arch))
         elif weights_file is not None:
-            _replace_atomically(self.best_weights_path, lambda file: file.write(Path(weights_file).read_bytes()), "wb")
+            write_atomically(self.best_weights_path, Path(weights_file).read_bytes())
         else:
             self.best_weights_path.unlink(missing_ok=True)
         write_json_atomic(self.best_dir / "arch.json", arch.to_dict())
@@ -288,7 +295,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -
 
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
     payload = save(tensors)
-    _replace_atomically(Path(path), lambda file: file.write(payload), "wb")
+    write_atomically(path, payload)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -73,6 +73,15 @@ def _data(source: Source, dataset: str | None, seed: int):
     return load_dataset(name, source.spec.resolution, seed=seed)
 
 
+def _calibration_batches(data: Any, seed: int, images: int = 256, batch: int = 64) -> list:
+    """Random training images: splits may be grouped by class, so the first N would be one class."""
+    import torch
+
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:images]
+    inputs = data.train.tensors[0][order]
+    return [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
+
+
 def _write(out: Path, name: str, data: Any) -> None:
     (out / name).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -234,7 +243,7 @@ def quantize(
     data = _data(src, dataset, seed)
     fp32 = src.model.eval()
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
-    calibration = [data.train.tensors[0][i : i + 64] for i in range(0, min(256, len(data.train)), 64)]
+    calibration = _calibration_batches(data, seed)
     report = None
     if bits is not None:
         chosen = uniform_policy(fp32, bits)

@@ -1,0 +1,237 @@
+"""The pieces of bench/compression.py: the base network, the fine-tune recipe, and the three
+experiments (quantization, int8-vs-fp32 latency, pruning). Each experiment returns plain,
+JSON-serialisable dicts; compression.py renders them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from compress import (
+    DistillationLoss,
+    PrunePolicy,
+    QuantPolicy,
+    apply_policy,
+    bitfusion_cost,
+    calibrate,
+    check_qdq_export,
+    current_policy,
+    export_qdq,
+    layer_infos,
+    measure_int8_latency,
+    policy_weight_bits,
+    prepare_qat,
+    prune,
+    search_quant_policy,
+    uniform_policy,
+)
+from compress.scale import scale_spec
+from nas.data import DataSplits
+from nas.train import TrainConfig, TrainReport, evaluate, train
+from predictors.cost import count
+from predictors.latency import LocalMeasurer, MeasureSettings
+from search_spaces import zoo
+from search_spaces.build import build_model
+from search_spaces.space import small_input_strides
+from search_spaces.spec import ArchSpec
+
+logger = logging.getLogger("bench.compression")
+EVAL_BATCH = 64  # per-image CPU cost of these small nets grows with batch (cache); 64 was fastest measured
+
+
+def cifar_mobilenet_v2(width: float, resolution: int, num_classes: int) -> ArchSpec:
+    """Zoo MobileNetV2 at `width` (scale_spec: channels and the 1280 head conv rounded to multiples
+    of 8), then the project's small-input stride rule (`small_input_strides`, as the mnasnet and
+    proxyless spaces use): at <= 64 px the stem and the first stride-2 block keep stride 1, so
+    32 px ends in a 4x4 map (8x down-sampling, as CIFAR MobileNetV2 variants) instead of 1x1."""
+    spec = zoo.get("mobilenet_v2", resolution, num_classes)
+    spec = scale_spec(spec, width) if width != 1.0 else spec  # scale first: stages() splits on strides
+    stem_stride, strides = small_input_strides(resolution, spec.stem.stride, [b.stride for b in spec.blocks])
+    return spec.replace(stem=replace(spec.stem, stride=stem_stride),
+                        blocks=tuple(replace(b, stride=s) for b, s in zip(spec.blocks, strides)),
+                        name=f"mobilenet_v2_w{width:g}_r{resolution}_small_input")
+
+
+def test_accuracy(model: nn.Module, data: DataSplits, device: str) -> float:
+    return evaluate(model, data.test, batch_size=EVAL_BATCH, device=device)
+
+
+def finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, epochs: int, base: TrainConfig) -> TrainReport:
+    """The recipe of `nas compress` (its `_finetune`): AdamW 1e-3, cosine, distillation from the
+    float model (T=4, alpha=0.9); batch size, epoch cap, seed and device from `base`."""
+    config = replace(base, epochs=epochs, optimizer="adamw", lr=1e-3)
+    return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
+
+
+def _weight_bits_string(policy: QuantPolicy) -> str:
+    # activations are 8 everywhere here (size-constrained HAQ), so the weights tell the policy apart
+    return "".join(str(bits.weight_bits) for bits in policy.layers.values())
+
+
+def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_epochs: int, episodes: int,
+                 calibration_batches: int, finetune_batches: int, haq_val: int, seed: int
+                 ) -> tuple[dict[str, Any], nn.Module]:
+    """Uniform w4a8 and HAQ (budget = w4a8's weight bits) with the same QAT; w8a8 calibrated only.
+    Returns the results and the calibrated w8a8 model (for the int8 latency part)."""
+    calibration = calibration_images(data, calibration_batches, seed)
+    infos = layer_infos(base, (1, *calibration[0].shape[1:]))
+    uniform4, uniform8 = uniform_policy(base, 4, 8), uniform_policy(base, 8, 8)
+    budget = policy_weight_bits(base, uniform4)
+    # a random val subset: the split is grouped by class, so a prefix would hold one or two classes
+    pick = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(seed))[:haq_val]
+    haq_data = replace(data, val=TensorDataset(*(t[pick] for t in data.val.tensors)))
+
+    def reward_accuracy(qmodel: nn.Module) -> float:
+        # search_quant_policy hands over a calibrated copy; it also calls this once on the float
+        # model for its reward baseline, which must not be fine-tuned (current_policy is empty)
+        if finetune_batches and len(current_policy(qmodel)):
+            short = replace(config, epochs=1, max_batches_per_epoch=finetune_batches, optimizer="adamw", lr=1e-3)
+            return train(qmodel, haq_data, short, teacher=base, distill_loss=DistillationLoss()).val_accuracy
+        return evaluate(qmodel, haq_data.val, batch_size=EVAL_BATCH, device=config.device)
+
+    start = time.perf_counter()
+    haq, search = search_quant_policy(base, reward_accuracy, calibration=calibration, budget_weight_bits=budget,
+                                      episodes=episodes, seed=seed)
+    search_s = time.perf_counter() - start
+    if policy_weight_bits(base, haq) > budget:  # the search's contract; a benchmark must not trust silently
+        raise AssertionError(f"HAQ policy has {policy_weight_bits(base, haq)} weight bits > budget {budget}")
+    rows: dict[str, dict[str, Any]] = {"fp32": {
+        "weight_bits": policy_weight_bits(base, QuantPolicy({})), "test_accuracy_ptq": None,
+        "test_accuracy": test_accuracy(base, data, config.device), "bitfusion_cycles": None, "bits": None}}
+    for label, policy, epochs in (("uniform w4a8", uniform4, qat_epochs), ("HAQ mixed w, a8", haq, qat_epochs),
+                                  ("uniform w8a8", uniform8, 0)):
+        start = time.perf_counter()
+        qmodel = prepare_qat(base, policy, calibration=calibration)
+        ptq = test_accuracy(qmodel, data, config.device)
+        report = finetune(qmodel, base, data, epochs, config) if epochs else None
+        rows[label] = {
+            "weight_bits": policy_weight_bits(base, policy), "bits": _weight_bits_string(policy),
+            "policy": policy.to_dict()["layers"], "bitfusion_cycles": bitfusion_cost(infos, policy).cycles,
+            "test_accuracy_ptq": ptq, "test_accuracy": report.test_accuracy if report else None,
+            "qat_epochs": epochs, "qat": report.to_dict() if report else None, "wall_s": time.perf_counter() - start,
+        }
+        logger.info("%s: %d weight bits, test acc %.4f after calibration, %s after QAT", label,
+                    rows[label]["weight_bits"], ptq, rows[label]["test_accuracy"])
+    summary = {"budget_weight_bits": budget, "episodes": episodes, "search_s": search_s,
+               "per_episode_s": search_s / episodes,
+               "reward": {"val_images": len(haq_data.val), "finetune_batches": finetune_batches},
+               "calibration_images": sum(len(b) for b in calibration), "rows": rows, "search": search}
+    return summary, qmodel.eval()  # the loop's last model: w8a8, calibrated
+
+
+def _random_net_like_quantize_export(model: nn.Module, batches: Sequence[Tensor]) -> None:
+    """The setting of quantize_export's documented export checks: BN statistics updated (momentum
+    0.1) by train-mode passes over `batches`, classifier weights N(0, 0.05). With exact BN
+    statistics (momentum=None) the same check read ~190 output steps at 224 px (tolerance 16,
+    top-1 still 100%), so the documented figures hold for this setting; latency is unaffected."""
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    nn.init.normal_([m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight, 0.0, 0.05)
+    model.eval()
+
+
+def calibration_images(data: DataSplits, batches: int, seed: int) -> list[Tensor]:
+    """`batches` x 64 train images drawn at random: the splits are grouped by class, so the first
+    256 images (what `nas compress quantize` takes) would all be airplanes."""
+    images = data.train.tensors[0]
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: 64 * batches]
+    return list(images[pick].split(64))
+
+
+def int8_latency(base: nn.Module, qmodel8: nn.Module, data: DataSplits, models: Sequence[tuple[str, int]],
+                 seed: int, measure: MeasureSettings) -> list[dict[str, Any]]:
+    """fp32 vs all-8-bit QDQ ONNX on ONNX Runtime, 1 thread, measured interleaved by
+    `measure_int8_latency`; each export's numerics checked first and reported (not enforced)."""
+    shape = (1, *data.test.tensors[0].shape[1:])
+    generator = torch.Generator().manual_seed(seed)
+    check = data.test.tensors[0][torch.randperm(len(data.test), generator=generator)[:16]]  # all classes
+    items: list[tuple[str, nn.Module, nn.Module, tuple[int, ...], Tensor]] = [
+        ("trained base (w8a8, calibrated)", base, qmodel8, shape, check)]
+    for name, resolution in models:
+        # latency does not depend on the weights' values: random weights, random calibration data
+        torch.manual_seed(seed)
+        model = build_model(zoo.get(name, resolution, 1000))
+        batches = [torch.randn(4, 3, resolution, resolution, generator=generator) for _ in range(2)]
+        _random_net_like_quantize_export(model, batches)
+        qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), batches).eval()
+        items.append((f"zoo {name} (random weights)", model, qmodel, (1, 3, resolution, resolution),
+                      torch.randn(4, 3, resolution, resolution, generator=generator)))
+    rows = []
+    for label, model, qmodel, input_shape, inputs in items:
+        faithful = check_qdq_export(qmodel, export_qdq(qmodel, input_shape), inputs)
+        result = measure_int8_latency(model, qmodel, input_shape, threads=1, warmup=measure.warmup,
+                                      blocks=measure.blocks, block_runs=measure.block_runs,
+                                      max_spread=measure.max_spread, retries=measure.retries)
+        rows.append({"model": label, "resolution": input_shape[-1], "export_check": faithful.to_dict(), **result})
+        logger.info("%s @ %d: fp32 %.3f ms, int8 %.3f ms", label, input_shape[-1], result["fp32"]["median_ms"],
+                    result["int8"]["median_ms"])
+    return rows
+
+
+def pruning(spec: ArchSpec, base: nn.Module, data: DataSplits, config: TrainConfig, *, ratios: Sequence[float],
+            epochs: int, round_to: int, backends: Sequence[str], measure: MeasureSettings) -> dict[str, Any]:
+    """Uniform l1 channel pruning per ratio: MACs/params from `count`, latency of the unpruned and
+    every pruned spec in ONE `measure_archs` call per backend (all interleaved, so drift of a shared
+    machine hits them alike), test accuracy before and after a distilled fine-tune."""
+    state = {key: value.detach().cpu().clone() for key, value in base.state_dict().items()}
+    pruned = [(ratio, *prune(spec, PrunePolicy.uniform(spec, ratio, "l1", round_to=round_to), state))
+              for ratio in ratios]
+    specs = [spec, *(pruned_spec for _, pruned_spec, _ in pruned)]
+    latency: dict[str, list[dict[str, float]]] = {}
+    for backend in backends:
+        measured = LocalMeasurer(backend, threads=1, settings=measure).measure_archs(specs)
+        latency[backend] = [m.to_dict() for m in measured]
+        logger.info("%s latency (unpruned, %s): %s ms", backend, ", ".join(map(str, ratios)),
+                    ", ".join(f"{m.median_ms:.3f}" for m in measured))
+    base_cost = count(spec)
+    rows = [{"ratio": 0.0, "params": base_cost.params, "macs": base_cost.macs,
+             "test_accuracy_before_finetune": None, "test_accuracy": test_accuracy(base, data, config.device)}]
+    for ratio, pruned_spec, pruned_state in pruned:
+        start = time.perf_counter()
+        model = build_model(pruned_spec)
+        model.load_state_dict(pruned_state, strict=True)
+        cost = count(pruned_spec)
+        before = test_accuracy(model, data, config.device)
+        report = finetune(model, base, data, epochs, config) if epochs else None
+        rows.append({"ratio": ratio, "params": cost.params, "macs": cost.macs, "test_accuracy_before_finetune": before,
+                     "test_accuracy": report.test_accuracy if report else before,
+                     "blocks": [b.to_string() for b in pruned_spec.blocks], "wall_s": time.perf_counter() - start})
+        logger.info("prune %.2f: MACs %d -> %d, test acc %.4f -> %.4f", ratio, base_cost.macs, cost.macs, before,
+                    rows[-1]["test_accuracy"])
+    for index, row in enumerate(rows):
+        row["macs_reduction"] = 1 - row["macs"] / base_cost.macs
+        row["latency_ms"] = {backend: latency[backend][index] for backend in backends}
+        row["latency_reduction"] = {backend: 1 - latency[backend][index]["median_ms"] / latency[backend][0]["median_ms"]
+                                    for backend in backends}
+    return {"finetune_epochs": epochs, "round_to": round_to, "criterion": "l1", "rows": rows}
+
+
+def plot_pruning(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Latency reduction vs MACs reduction per backend; the diagonal is 'latency follows MACs'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    x = [100 * row["macs_reduction"] for row in rows]
+    for backend in rows[0]["latency_reduction"]:
+        ax.plot(x, [100 * row["latency_reduction"][backend] for row in rows], "o-", label=backend)
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8, label="latency ∝ MACs")
+    ax.set(xlabel="MACs reduction (%)", ylabel="measured latency reduction (%)", xlim=(0, 100), ylim=(-10, 100),
+           title="Uniform l1 pruning, 1 thread, batch 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

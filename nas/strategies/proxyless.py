@@ -1,0 +1,378 @@
+"""ProxylessNAS (Cai, Zhu, Han, ICLR 2019): a one-shot search that trains one supernet with
+binarized paths and ends in an `ArchSpec`. Not an ask/tell `Searcher`: it lives beside them.
+
+Each search step alternates (paper Sec. 3.2, Fig. 2):
+
+1. weight step on a *train* batch: one path per slot drawn from softmax(alpha), SGD on the weights
+   of the active paths only (unsampled candidates have no gradient, so no decay or momentum either);
+2. architecture step on a *val* batch (every `arch_update_every` weight steps, after
+   `warmup_epochs` weight-only epochs): two paths per slot, the loss below, gate gradients turned
+   into logit gradients over the two sampled paths (`gate_gradient_to_alpha`), an Adam step on the
+   logits, and the two logits shifted back so unsampled paths keep their probabilities.
+
+Loss of the architecture step (`latency_loss`), CE the val cross-entropy times `ce_weight`,
+E = E[LAT] in ms = sum over slots of softmax(alpha) . latency (`LatencyModel`), T the target
+(`target_ms`). In a two-path step E's *value* is the full expectation but its *gradient* flows
+through the two sampled logits only, via the softmax renormalised over the pair (the paper resets
+p to the two paths). The authors' code uses the renormalised E for the value too; that E is biased
+low when skip holds much mass (a sampled skip dominates its pair), harmless for their monotone
+losses but it stalls the target-seeking `abs` loss above T, so the value here is the full E.
+
+- ``abs`` (default): CE + w * |E / T - 1|, w = `latency_weight` (default 2.0). TuNAS's absolute
+  reward (Bender et al., CVPR 2020, Eq. 3) as a loss: it pulls E to T from both sides, so the
+  search ends *near* the target rather than trading accuracy for speed without a set point.
+- ``add_linear``: CE + w * (E - T) / T (paper Eq. 5, `CE + lambda_2 E[LAT]`, normalised as in the
+  authors' code `add#linear`, default w = 0.1). Monotone in E: T only sets the scale.
+- ``mul_log``: w * CE * (log E / log T) ** beta (the authors' code `mul#log`, mit-han-lab/
+  proxylessnas search/nas_manager.py, used for their mobile search with w = 0.2, beta = 0.3,
+  T = 80 ms; beta = `latency_exponent`). The log ratio depends on the unit the latencies are
+  written in (the authors': ms; ours: `latency_unit_ms`, e.g. 0.001 for microseconds) and needs
+  E, T above one unit, so a target at or below one unit is refused.
+
+Logits are updated with Adam with beta1 = 0 (as the authors): with no momentum, the zero gradient
+of an unsampled path moves nothing. Every random draw of epoch e (data order, paths, dropout) comes
+from generators seeded by (seed, e), so a search resumed from the checkpoint of epoch e - 1
+repeats epoch e exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from nas.data import DataSplits
+from nas.supernet import (
+    DERIVE_RULES,
+    LatencyModel,
+    Supernet,
+    gate_gradient_to_alpha,
+    rescale_sampled_logits,
+    restricted_probabilities,
+)
+from nas.supernet_layout import SupernetLayout, layout_for_space
+from nas.train import resolve_device
+from predictors.latency import LatencyTable
+from search_spaces.space import SearchSpace
+from search_spaces.spec import ArchSpec
+
+__all__ = ["LOSS_FORMS", "ProxylessConfig", "ProxylessSearch", "latency_loss"]
+
+logger = logging.getLogger(__name__)
+
+LOSS_FORMS = ("abs", "add_linear", "mul_log")
+DEFAULT_LATENCY_WEIGHT = {"abs": 2.0, "add_linear": 0.1, "mul_log": 0.2}
+BINARIZE = ("two", "all")
+STREAMS = {"train": 0, "val": 1, "paths": 2, "dropout": 3}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ProxylessConfig:
+    """Settings of one supernet search; validated on construction. `target_ms` is the latency
+    target T; `layout` holds options of the space's supernet layout (mnasnet: `se_index`,
+    `layers_index`, `width_index`)."""
+
+    target_ms: float
+    epochs: int = 10
+    warmup_epochs: int = 1
+    batch_size: int = 64
+    steps_per_epoch: int | None = None
+    weight_lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    grad_clip: float | None = 5.0
+    arch_lr: float = 0.02
+    arch_betas: tuple[float, float] = (0.0, 0.999)
+    arch_update_every: int = 1
+    latency_loss: str = "abs"
+    latency_weight: float | None = None  # None: DEFAULT_LATENCY_WEIGHT of the form
+    latency_exponent: float = 0.3
+    latency_unit_ms: float = 1.0  # mul_log only: the unit of log E / log T
+    ce_weight: float = 1.0
+    binarize: str = "two"
+    derive: str = "argmax"  # or "skip_majority" (see nas.supernet.derive_choices)
+    seed: int = 0
+    device: str = "auto"
+    layout: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"ProxylessConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+        object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        if not (isinstance(self.target_ms, (int, float)) and math.isfinite(self.target_ms) and self.target_ms > 0):
+            raise bad("target_ms", "a finite number of milliseconds > 0")
+        for name, minimum in (("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1), ("arch_update_every", 1)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
+                raise bad(name, f"an int >= {minimum}")
+        if self.warmup_epochs >= self.epochs:
+            raise bad("warmup_epochs", f"fewer than epochs={self.epochs} (no epoch would update alpha)")
+        if self.steps_per_epoch is not None and (not _is_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
+            raise bad("steps_per_epoch", "None or an int >= 1")
+        for name in ("weight_lr", "arch_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, "a finite float > 0")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "a float in [0, 1)")
+        if len(self.arch_betas) != 2 or not all(0 <= beta < 1 for beta in self.arch_betas):
+            raise bad("arch_betas", "two floats in [0, 1) (Adam's beta1, beta2)")
+        if self.latency_loss not in LOSS_FORMS:
+            raise bad("latency_loss", f"one of {list(LOSS_FORMS)}")
+        if self.latency_weight is not None and not (math.isfinite(self.latency_weight) and self.latency_weight >= 0):
+            raise bad("latency_weight", "None or a finite float >= 0")
+        if not (math.isfinite(self.latency_unit_ms) and self.latency_unit_ms > 0):
+            raise bad("latency_unit_ms", "a finite float > 0")
+        if self.latency_loss == "mul_log" and self.target_ms <= self.latency_unit_ms:
+            raise bad("target_ms", f"> latency_unit_ms={self.latency_unit_ms:g} for latency_loss='mul_log' (log E / "
+                      "log T changes sign at one unit); lower latency_unit_ms (0.001: microseconds) or use 'abs'")
+        if not (math.isfinite(self.ce_weight) and self.ce_weight >= 0):
+            raise bad("ce_weight", "a finite float >= 0")
+        if self.ce_weight == 0 and self.effective_latency_weight == 0:
+            raise bad("ce_weight", "> 0 when latency_weight is 0 (the architecture loss would be 0)")
+        if self.derive not in DERIVE_RULES:
+            raise bad("derive", f"one of {list(DERIVE_RULES)}")
+        if self.binarize not in BINARIZE:
+            raise bad("binarize", f"one of {list(BINARIZE)}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise bad("grad_clip", "None or a finite float > 0")
+        if not _is_int(self.seed):
+            raise bad("seed", "an int")
+        if not isinstance(self.layout, dict):
+            raise bad("layout", "a dict of layout options")
+
+    @property
+    def effective_latency_weight(self) -> float:
+        return DEFAULT_LATENCY_WEIGHT[self.latency_loss] if self.latency_weight is None else self.latency_weight
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["arch_betas"] = list(self.arch_betas)
+        return data
+
+
+def latency_loss(ce: Tensor, expected_ms: Tensor, config: ProxylessConfig) -> Tensor:
+    """The architecture loss of `config.latency_loss` (module docstring)."""
+    target, weight = config.target_ms, config.effective_latency_weight
+    ce = config.ce_weight * ce
+    if config.latency_loss == "abs":
+        return ce + weight * (expected_ms / target - 1.0).abs()
+    if config.latency_loss == "add_linear":
+        return ce + weight * (expected_ms - target) / target
+    # E below one unit would make the log ratio negative and its fractional power NaN
+    unit = config.latency_unit_ms
+    ratio = torch.log((expected_ms / unit).clamp(min=1.0 + 1e-6)) / math.log(target / unit)
+    return weight * ce * ratio ** config.latency_exponent
+
+
+def epoch_seed(seed: int, epoch: int, stream: str) -> int:
+    return int(np.random.SeedSequence([seed, epoch, STREAMS[stream]]).generate_state(1)[0])
+
+
+def _batches(data: TensorDataset, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled full batches, forever (a new order per pass); a ragged last batch is dropped
+    because a 1-image batch breaks BatchNorm after global pooling."""
+    images, labels = data.tensors[0], data.tensors[1]
+    size = min(batch_size, len(labels))
+    while True:
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels) - size + 1, size):
+            index = order[start:start + size]
+            yield images[index], labels[index]
+
+
+class ProxylessSearch:
+    """One supernet search: `run_epoch` until `config.epochs`, `derive()` the argmax network.
+    `save`/`load` checkpoint a finished epoch (see `proxyless_state`)."""
+
+    def __init__(self, space: SearchSpace, table: LatencyTable, data: DataSplits, config: ProxylessConfig) -> None:
+        self.space, self.data, self.config = space, data, config
+        self.layout: SupernetLayout = layout_for_space(space, **config.layout)
+        self.latency = LatencyModel(self.layout, table)
+        self.device = resolve_device(config.device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, caller's RNG untouched
+            torch.manual_seed(config.seed)
+            self.supernet = Supernet(self.layout)
+        self.supernet.to(self.device)
+        self.weight_optimizer = torch.optim.SGD(
+            self.supernet.weight_parameters(), lr=config.weight_lr, momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+        self.arch_optimizer = torch.optim.Adam(list(self.supernet.alphas), lr=config.arch_lr,
+                                               betas=config.arch_betas, eps=1e-8)
+        self.criterion = nn.CrossEntropyLoss()
+        n_train = len(data.train)
+        self.steps_per_epoch = max(1, n_train // config.batch_size)
+        if config.steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = [self._record(0, {})]
+
+    # -- one step each -----------------------------------------------------------------------------
+    def _cuda_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+    def weight_step(self, images: Tensor, labels: Tensor, lr: float, generator: torch.Generator) -> float:
+        """Sample paths, train the active ones on a train batch; returns the loss."""
+        model = self.supernet
+        model.train()
+        model.sample("single" if self.config.binarize == "two" else "all", generator)
+        loss = self.criterion(model(images.to(self.device)), labels.to(self.device))
+        if not torch.isfinite(loss).item():
+            raise FloatingPointError(f"proxyless: non-finite weight loss at epoch {self.epoch + 1}")
+        for group in self.weight_optimizer.param_groups:
+            group["lr"] = lr
+        self.weight_optimizer.zero_grad(set_to_none=True)  # unsampled candidates keep grad None: untouched
+        weights = self.supernet.weight_parameters()
+        loss.backward(inputs=weights)
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_([w for w in weights if w.grad is not None], self.config.grad_clip)
+        self.weight_optimizer.step()
+        return float(loss.detach())
+
+    def arch_gradients(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, float]:
+        """Sample two paths per slot (or all), and leave dLoss/dalpha in `alpha.grad`: the latency
+        term by autograd through the restricted softmax, the CE term through the binary gates."""
+        model, config = self.supernet, self.config
+        model.train()
+        model.sample(config.binarize, generator)
+        logits = model(images.to(self.device))
+        labels = labels.to(self.device)
+        ce = self.criterion(logits, labels)
+        expected = self.latency.expected_ms(model.probabilities())
+        if config.binarize == "two":
+            # value: the true E[LAT] (the abs loss must know which side of T it is on); gradient:
+            # through the two sampled logits only (their renormalised softmax), as the two-path
+            # update requires. The restricted E alone is biased low once skip holds much mass
+            # (a sampled skip dominates its pair), which stalls an abs-loss search above T.
+            restricted = self.latency.expected_ms([restricted_probabilities(alpha, model.sampled_paths(s))
+                                                   for s, alpha in enumerate(model.alphas)])
+            expected = expected.detach() + (restricted - restricted.detach())
+        loss = latency_loss(ce, expected, config)
+        if not torch.isfinite(loss).item():
+            raise FloatingPointError(f"proxyless: non-finite architecture loss at epoch {self.epoch + 1}")
+        alphas = list(model.alphas)
+        for alpha in alphas:
+            alpha.grad = None
+        loss.backward(inputs=alphas + model.gates)  # no weight gradients: they are not needed here
+        for s, alpha in enumerate(alphas):
+            if alpha.grad is None:
+                alpha.grad = torch.zeros_like(alpha)
+            if config.binarize == "two" and model.gates[s].grad is not None:
+                alpha.grad += gate_gradient_to_alpha(model.gates[s].grad, alpha, model.sampled_paths(s))
+        accuracy = float((logits.argmax(1) == labels).float().mean())
+        return {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach()),
+                "step_latency_ms": float(expected.detach()), "arch_accuracy": accuracy}
+
+    def arch_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, float]:
+        stats = self.arch_gradients(images, labels, generator)
+        model = self.supernet
+        before = [alpha.detach().clone() for alpha in model.alphas]
+        self.arch_optimizer.step()
+        if self.config.binarize == "two":
+            with torch.no_grad():
+                for s, alpha in enumerate(model.alphas):
+                    paths = model.sampled_paths(s)
+                    untouched = torch.ones_like(alpha, dtype=torch.bool)
+                    untouched[paths] = False
+                    alpha[untouched] = before[s][untouched]  # exact, whatever the optimizer's state
+                    rescale_sampled_logits(alpha, paths, before[s])
+        return stats
+
+    # -- epochs ------------------------------------------------------------------------------------
+    def _lr(self, step: int) -> float:
+        total = self.steps_per_epoch * self.config.epochs
+        return 0.5 * self.config.weight_lr * (1.0 + math.cos(math.pi * min(1.0, step / total)))
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one more epoch; returns (and appends to `history`) its record."""
+        epoch, config = self.epoch + 1, self.config
+        if epoch > config.epochs:
+            raise ValueError(f"proxyless: all {config.epochs} epochs are done")
+        start = time.perf_counter()
+        generators = {name: torch.Generator().manual_seed(epoch_seed(config.seed, epoch, name)) for name in STREAMS}
+        train_batches = _batches(self.data.train, config.batch_size, generators["train"])
+        val_batches = _batches(self.data.val, config.batch_size, generators["val"])
+        update_alpha = epoch > config.warmup_epochs
+        sums: dict[str, float] = {}
+        weight_losses = []
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.manual_seed(epoch_seed(config.seed, epoch, "dropout"))  # dropout of the head
+            for step in range(self.steps_per_epoch):
+                images, labels = next(train_batches)
+                lr = self._lr((epoch - 1) * self.steps_per_epoch + step)
+                weight_losses.append(self.weight_step(images, labels, lr, generators["paths"]))
+                if update_alpha and (step + 1) % config.arch_update_every == 0:
+                    for key, value in self.arch_step(*next(val_batches), generators["paths"]).items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    sums["arch_steps"] = sums.get("arch_steps", 0.0) + 1
+        arch_steps = int(sums.pop("arch_steps", 0))
+        stats = {key: value / arch_steps for key, value in sums.items()}
+        stats.update(train_loss=float(np.mean(weight_losses)), weight_steps=len(weight_losses),
+                     arch_steps=arch_steps, elapsed_s=round(time.perf_counter() - start, 3))
+        self.epoch = epoch
+        record = self._record(epoch, stats)
+        self.history.append(record)
+        logger.info("proxyless epoch %d/%d: loss %.3f, E[LAT] %.3f ms (target %.3f), argmax net %.3f ms, "
+                    "entropy %.3f, %.1fs", epoch, config.epochs, stats["train_loss"], record["expected_latency_ms"],
+                    config.target_ms, record["derived_latency_ms"], record["entropy"], stats["elapsed_s"])
+        return record
+
+    def run(self) -> ArchSpec:
+        while self.epoch < self.config.epochs:
+            self.run_epoch()
+        return self.derive()
+
+    # -- results -----------------------------------------------------------------------------------
+    def choices(self, rule: str | None = None) -> list[int]:
+        """One option per slot by `rule` (default: the config's `derive`)."""
+        return self.supernet.derive_choices(rule or self.config.derive)
+
+    def derive(self, rule: str | None = None) -> ArchSpec:
+        """The derived option of every slot, decoded by the space (a skipped layer is absent)."""
+        return self.layout.derive(self.choices(rule), name=f"{self.space.name}-proxyless@{self.space.resolution}")
+
+    def _record(self, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
+        with torch.no_grad():
+            probabilities = [p.double().cpu() for p in self.supernet.probabilities()]
+            expected = float(self.latency.expected_ms([p.float() for p in probabilities]))
+        entropy = float(np.mean([-(p * p.clamp_min(1e-12).log()).sum().item() for p in probabilities]))
+        choices = self.choices()
+        return {"epoch": epoch, "probabilities": [[round(float(v), 6) for v in p] for p in probabilities],
+                "choices": choices, "derived": self.layout.describe(choices),
+                "expected_latency_ms": expected, "derived_latency_ms": self.latency.of_choices(choices),
+                "latency_by_rule_ms": {rule: self.latency.of_choices(self.choices(rule)) for rule in DERIVE_RULES},
+                "target_ms": self.config.target_ms, "entropy": entropy, **stats}
+
+    def alpha_history(self) -> dict[str, Any]:
+        """Per-slot probabilities after every epoch (epoch 0: the start), for convergence plots."""
+        return {"format": "hwnas-proxyless-alpha-history", "space": self.space.name,
+                "slots": [{"name": s.name, "labels": list(s.labels)} for s in self.layout.slots],
+                "target_ms": self.config.target_ms, "epochs": self.history}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Checkpoint the finished epoch into `directory` (`proxyless_run.save_checkpoint`)."""
+        from nas.strategies.proxyless_run import save_checkpoint  # it imports this module
+
+        return save_checkpoint(self, Path(directory))
+
+    def load(self, directory: str | Path) -> bool:
+        """Restore the last saved epoch from `directory`; False when it holds none."""
+        from nas.strategies.proxyless_run import load_checkpoint
+
+        return load_checkpoint(self, Path(directory))
