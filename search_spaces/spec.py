@@ -149,10 +149,16 @@ class BlockSpec:
         return part_from_dict(cls, data, path)
 
     def to_string(self) -> str:
+        from search_spaces.block_strings import (
+            block_to_string,  # the codec needs these types
+        )
+
         return block_to_string(self)
 
     @classmethod
     def from_string(cls, text: str) -> BlockSpec:
+        from search_spaces.block_strings import block_from_string
+
         return block_from_string(text)
 
 
@@ -352,67 +358,3 @@ def part_from_dict(cls: type, data: Any, path: str) -> Any:
         if message.startswith(default_path):
             message = path + message[len(default_path):]
         raise SpecError(message) from None
-
-
-# ---- compact block strings, e.g. "mb_k5_e6_c40_s2_se0.25_relu" ---------------------------------
-
-_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds"}
-_SE_STYLE_CODES = {SEStyle.EFFICIENTNET: "", SEStyle.MOBILENETV3: "v3", SEStyle.GHOSTNET: "g"}
-
-# field code -> (BlockSpec field, parser, formatter); order is the order they are printed in
-_FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
-    "k": ("kernel", int, str),
-    "e": ("expand_ratio", float, lambda v: f"{v:g}"),
-    "m": ("mid_channels", int, str),
-    "c": ("out_channels", int, str),
-    "s": ("stride", int, str),
-}
-
-
-def block_to_string(block: BlockSpec) -> str:
-    parts = [_OP_CODES[block.op]]
-    for code, (name, _, fmt) in _FIELD_CODES.items():
-        value = getattr(block, name)
-        if value is None or (name == "expand_ratio" and block.mid_channels is not None):
-            continue
-        parts.append(f"{code}{fmt(value)}")
-    if block.se_ratio:
-        parts.append(f"se{_SE_STYLE_CODES[block.se_style]}{block.se_ratio:g}")
-    parts.append(block.activation.value)
-    return "_".join(parts)
-
-
-def block_from_string(text: str) -> BlockSpec:
-    pieces = text.strip().split("_")
-    ops = {code: op for op, code in _OP_CODES.items()}
-    if not pieces or pieces[0] not in ops:
-        raise SpecError(f"block string {text!r}: op code {pieces[0]!r} not in {{{', '.join(ops)}}}")
-    values: dict[str, Any] = {"op": ops[pieces[0]]}
-    activations = {a.value for a in Activation}
-    styles = {code: style for style, code in _SE_STYLE_CODES.items()}
-    for piece in pieces[1:]:
-        if piece in activations:
-            values["activation"] = piece
-        elif piece.startswith("se"):
-            rest = piece[2:]
-            code = next((c for c in sorted(styles, key=len, reverse=True) if c and rest.startswith(c)), "")
-            values["se_style"] = styles[code]
-            values["se_ratio"] = _parse(float, rest[len(code):], text, "se")
-        elif piece[:1] in _FIELD_CODES:
-            name, parse, _ = _FIELD_CODES[piece[:1]]
-            values[name] = _parse(parse, piece[1:], text, piece[:1])
-        else:
-            raise SpecError(
-                f"block string {text!r}: unknown part {piece!r}; codes are "
-                f"{', '.join(_FIELD_CODES)}, se<ratio>, and an activation ({', '.join(sorted(activations))})"
-            )
-    if "out_channels" not in values:
-        raise SpecError(f"block string {text!r}: missing output channels (c<N>)")
-    return BlockSpec(**values)
-
-
-def _parse(parse: Any, raw: str, text: str, code: str) -> Any:
-    try:
-        return parse(raw)
-    except ValueError:
-        raise SpecError(f"block string {text!r}: {code}{raw!r} is not a valid {parse.__name__}") from None
