@@ -47,34 +47,40 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/latency"))
+    parser.add_argument("--pairs", nargs="+", help="NAME:RESOLUTION:BACKEND combinations (instead of spaces x backends).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep tables already on disk and measure only what they lack (build time is then partial).")
     parser.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
 
+    pairs = [p.rsplit(":", 1) for p in args.pairs] if args.pairs else [
+        (item, backend) for item in args.spaces for backend in args.backends]
     rows = []
-    for item in args.spaces:
+    for item, backend in pairs:
         name, resolution = item.split(":")
         classes = 10 if int(resolution) <= 64 else 1000
         space = get_space(name, resolution=int(resolution), num_classes=classes)
-        for backend in args.backends:
-            path = args.out / f"{name}_r{resolution}_{backend}_t{args.threads}.json"
+        path = args.out / f"{name}_r{resolution}_{backend}_t{args.threads}.json"
+        resumed = args.resume and path.exists()
+        if not args.resume:
             path.unlink(missing_ok=True)
-            measurer = LocalMeasurer(backend, threads=args.threads)
-            start = time.perf_counter()
-            table = build_table(space, measurer, path, show_progress=sys.stderr.isatty())
-            build_s = time.perf_counter() - start
-            start = time.perf_counter()
-            report = validate_table(table, space, measurer, samples=args.samples, seed=0,
-                                    plot_path=path.with_suffix(".png"))
-            validate_s = time.perf_counter() - start
-            table.save(path)
-            cold, warm = lookups_per_second(table, space)
-            rows.append((name, resolution, backend, len(table), build_s, report, validate_s, cold, warm,
-                         float(np.median(report.measured_ms))))
-            print(f"{name}@{resolution} {backend}: {len(table)} entries in {build_s:.0f}s; raw within10 "
-                  f"{report.raw.within_10pct:.0%} tau {report.raw.kendall_tau:.3f}; calibrated within10 "
-                  f"{report.calibrated.within_10pct:.0%}; {cold:,.0f}/{warm:,.0f} lookups/s", flush=True)
+        measurer = LocalMeasurer(backend, threads=args.threads)
+        start = time.perf_counter()
+        table = build_table(space, measurer, path, show_progress=sys.stderr.isatty())
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        report = validate_table(table, space, measurer, samples=args.samples, seed=0,
+                                plot_path=path.with_suffix(".png"))
+        validate_s = time.perf_counter() - start
+        table.save(path)
+        cold, warm = lookups_per_second(table, space)
+        rows.append((name, resolution, backend, len(table), build_s, report, validate_s, cold, warm,
+                     float(np.median(report.measured_ms)), resumed))
+        print(f"{name}@{resolution} {backend}: {len(table)} entries in {build_s:.0f}s; raw within10 "
+              f"{report.raw.within_10pct:.0%} tau {report.raw.kendall_tau:.3f}; calibrated within10 "
+              f"{report.calibrated.within_10pct:.0%}; {cold:,.0f}/{warm:,.0f} lookups/s", flush=True)
 
     lines = [
         f"Each table is built from scratch on 1 thread (`--threads {args.threads}`), batch 1, with the protocol of "
@@ -88,10 +94,11 @@ def main() -> None:
         "| space @ px | backend | entries | build | median arch | prediction | within ±10% | Kendall tau | MAPE | RMSE |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, resolution, backend, entries, build_s, report, _, cold, warm, median_ms in rows:
+    for name, resolution, backend, entries, build_s, report, _, cold, warm, median_ms, resumed in rows:
+        build = f"{build_s:.0f} s" + (" (resumed: last part only)" if resumed else "")
         for label, figures in (("raw sum", report.raw), ("calibrated", report.calibrated)):
             lines.append(
-                f"| {name} @ {resolution} | {backend} | {entries} | {build_s:.0f} s | {median_ms:.3f} ms | {label} | "
+                f"| {name} @ {resolution} | {backend} | {entries} | {build} | {median_ms:.3f} ms | {label} | "
                 f"{100 * figures.within_10pct:.0f}% | {figures.kendall_tau:.3f} | {100 * figures.mape:.1f}% | "
                 f"{figures.rmse_ms:.3f} ms |"
             )
@@ -99,7 +106,7 @@ def main() -> None:
               "(10,000 distinct sampled architectures; cold = first query, warm = repeated query):", "",
               "| space @ px | backend | slope | intercept | lookups/s cold | lookups/s warm | validation time |",
               "|---|---|---|---|---|---|---|"]
-    for name, resolution, backend, _, _, report, validate_s, cold, warm, _ in rows:
+    for name, resolution, backend, _, _, report, validate_s, cold, warm, _, _ in rows:
         cal = report.calibration
         lines.append(f"| {name} @ {resolution} | {backend} | {cal.slope:.3f} | {cal.intercept_ms:+.4f} ms | "
                      f"{cold:,.0f} | {warm:,.0f} | {validate_s:.0f} s |")

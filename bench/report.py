@@ -22,7 +22,8 @@ def machine_line() -> str:
         cpu = platform.processor() or "unknown CPU"
     import os
 
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, load average {load} when written"
 
 
 def update_section(name: str, title: str, body: str) -> None:
