@@ -209,6 +209,11 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     is the config; `config` (or `given`, a dict of only the settings the user passed) must agree
     with it except for execution settings (Ray, workers)."""
     directory = RunDirectory(run_dir)
+    strategy = SearchConfig.from_dict(directory.read_config()).strategy if resume else getattr(config, "strategy", None)
+    if strategy == "proxyless":  # one-shot: a supernet trained once, not an ask/tell Searcher
+        from nas.strategies.proxyless_run import run_proxyless_search  # function-level: avoids an import cycle
+
+        return run_proxyless_search(config, run_dir, resume=resume, progress=progress, given=given)
     if resume:
         stored = SearchConfig.from_dict(directory.read_config())
         overrides = dict(given or {})

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +32,7 @@ from nas.supernet_layout import MixedLayerSpec, SupernetLayout
 from predictors.latency import LatencyTable, MissingEntriesError
 from search_spaces.build import build_layer
 
-__all__ = ["DERIVE_RULES", "MODES", "LatencyModel", "MixedLayer", "Supernet", "derive_choices", "gate_gradient_to_alpha", "rescale_sampled_logits",
+__all__ = ["MODES", "LatencyModel", "MixedLayer", "Supernet", "gate_gradient_to_alpha", "rescale_sampled_logits",
            "restricted_probabilities"]
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,9 @@ class Supernet(nn.Module):
         """softmax(alpha) per slot, differentiable."""
         return [torch.softmax(alpha, dim=0) for alpha in self.alphas]
 
-    def derive_choices(self, rule: str = "argmax") -> list[int]:
-        return derive_choices(self.probabilities(), self.layout, rule)
+    def argmax_choices(self) -> list[int]:
+        # torch.argmax returns the first of equal maxima: ties resolve to the lower option index
+        return [int(torch.argmax(alpha.detach()).item()) for alpha in self.alphas]
 
     # -- paths -------------------------------------------------------------------------------------
     def sample(self, mode: str, generator: torch.Generator) -> None:
@@ -136,33 +138,6 @@ class Supernet(nn.Module):
                 out = gate[active] * out + gate[other] * other_out
             x = out
         return self.head(x)
-
-
-DERIVE_RULES = ("argmax", "skip_majority")
-
-
-def derive_choices(probabilities: Sequence[Tensor], layout: SupernetLayout, rule: str = "argmax") -> list[int]:
-    """One option per slot from the learned distributions.
-
-    ``argmax`` (paper Sec. 3.2): the most likely option. ``skip_majority``: a slot with a skip
-    option drops its layer only when skipping is more likely than keeping it (p_skip > 1/2), and
-    otherwise takes its most likely block. Why: under argmax the skip option competes with each
-    block *separately*, so it wins with as little as 1/7 of the mass while the layer is still kept
-    6 times in 7; networks derived from distributions that have not peaked then come out far
-    faster than E[LAT] (measured in bench/proxyless.py). Ties go to the lower option index."""
-    if rule not in DERIVE_RULES:
-        raise ValueError(f"derive rule {rule!r} not in {DERIVE_RULES}")
-    choices = []
-    for slot, p in zip(layout.slots, probabilities):
-        p = p.detach().double().cpu()
-        if rule == "skip_majority" and slot.skip is not None:
-            if p[slot.skip] > 0.5:
-                choices.append(slot.skip)
-                continue
-            p = p.clone()
-            p[slot.skip] = -1.0
-        choices.append(int(torch.argmax(p).item()))  # argmax returns the first of equal maxima
-    return choices
 
 
 def restricted_probabilities(alpha: Tensor, paths: Sequence[int]) -> Tensor:
@@ -233,6 +208,45 @@ class LatencyModel:
     def of_choices(self, choices: Sequence[int]) -> float:
         raw = self.fixed_ms + sum(v[c] for v, c in zip(self.slot_ms, choices))
         return self.calibration.apply(raw) if self.calibration is not None else raw
+
+    def most_likely_within(self, probabilities: Sequence[Tensor], target_ms: float, tolerance: float,
+                           bins_per_slot: int = 8) -> list[int] | None:
+        """The most probable network (max sum of log p over slots) whose latency lies within
+        target * (1 +- tolerance); None when no network does. Exact over the slots, which add up
+        independently: a dynamic programme over the latency discretised into steps of
+        tolerance * target / (bins_per_slot * slots), whose rounding is then checked exactly."""
+        slope, intercept = ((self.calibration.slope, self.calibration.intercept_ms) if self.calibration is not None
+                            else (1.0, 0.0))
+        low = (target_ms * (1 - tolerance) - intercept) / slope - self.fixed_ms  # window of the slots' raw sum
+        high = (target_ms * (1 + tolerance) - intercept) / slope - self.fixed_ms
+        step = max(high - low, 1e-9) / (bins_per_slot * len(self.slot_ms))
+        size = int(sum(max(v) for v in self.slot_ms) / step) + 2
+        score = np.full(size, -np.inf)
+        score[0] = 0.0
+        back = np.zeros((len(self.slot_ms), size), dtype=np.int64)
+        for s, (latencies, p) in enumerate(zip(self.slot_ms, probabilities)):
+            log_p = np.log(np.clip(p.detach().double().cpu().numpy(), 1e-12, None))
+            best = np.full(size, -np.inf)
+            for option, latency in enumerate(latencies):
+                shift = round(latency / step)
+                candidate = np.full(size, -np.inf)
+                candidate[shift:] = score[:size - shift] + log_p[option]
+                better = candidate > best
+                best[better], back[s][better] = candidate[better], option
+            score = best
+        slack = step * len(self.slot_ms) / 2  # the most the rounded sum can be off
+        sums = np.arange(size) * step
+        inside = np.flatnonzero(np.isfinite(score) & (sums >= low - slack) & (sums <= high + slack))
+        for index in inside[np.argsort(-score[inside], kind="stable")]:  # most probable first
+            choices, position = [], int(index)
+            for s in range(len(self.slot_ms) - 1, -1, -1):
+                option = int(back[s][position])
+                choices.append(option)
+                position -= round(self.slot_ms[s][option] / step)
+            choices.reverse()
+            if abs(self.of_choices(choices) - target_ms) <= tolerance * target_ms + 1e-12:
+                return choices
+        return None
 
     def fastest_choices(self) -> list[int]:
         """Per-slot argmin: the fastest network (slots add up independently)."""

@@ -99,8 +99,11 @@ def search(
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget: 6ms, 0.5ms, 500us; a bare number is ms."),
     lut: Optional[Path] = typer.Option(None, help="Latency table; default: build or reuse runs/luts/<space>_r<res>_"
                                                   "c<classes>_<backend>_t<threads>_<host>.json on this machine."),
-    strategy: Optional[str] = typer.Option(None, help="random | evolution | mnas-rl | tpe | nsga2. "
-                                                      "[default: evolution]"),
+    strategy: Optional[str] = typer.Option(None, help="random | evolution | mnas-rl | tpe | nsga2 | proxyless "
+                                                      "(one-shot). [default: evolution]"),
+    strategy_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the strategy, e.g. "
+                                                              "'{\"epochs\": 20, \"derive\": \"target\"}' "
+                                                              "(proxyless: ProxylessConfig fields)."),
     trials: Optional[int] = typer.Option(None, min=1, help="Trials to finish. [default: 60]"),
     epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs per trial. [default: 3]"),
     name: Optional[str] = typer.Option(None, help="Run name: files go to runs/NAME."),
@@ -138,12 +141,14 @@ def search(
 
     budget_ms = parse_latency_ms(latency_budget) if latency_budget is not None else None
     options = _json_option(space_options, "--space-options") if space_options is not None else None
+    strategy_kw = _json_option(strategy_options, "--strategy-options") if strategy_options is not None else None
     if resume is not None:
         given = {"space": space, "dataset": dataset, "resolution": resolution, "latency_budget_ms": budget_ms,
                  "lut_path": str(lut.resolve()) if lut else None, "strategy": strategy, "trials": trials,
                  "seed": seed, "constraint": constraint, "train_limit": train_limit, "space_options": options,
                  "train.epochs": epochs, "train.batch_size": batch_size, "ray": ray, "ray_address": ray_address,
-                 "workers": workers, "cpus_per_trial": cpus_per_trial, "asha": asha}
+                 "workers": workers, "cpus_per_trial": cpus_per_trial, "asha": asha,
+                 "strategy_options": strategy_kw}
         run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
         return
     if name is None or budget_ms is None:
@@ -159,8 +164,8 @@ def search(
     train = TrainConfig(epochs=epochs or 3, batch_size=batch_size or 64, seed=seed)
     config = SearchConfig(
         space=space, latency_budget_ms=budget_ms, lut_path=str(lut.resolve()), dataset=dataset,
-        resolution=resolution, space_options=options or {}, strategy=strategy or "evolution", seed=seed,
-        trials=trials or 60, constraint=constraint or "hard", train=train, train_limit=train_limit,
+        resolution=resolution, space_options=options or {}, strategy=strategy or "evolution",
+        strategy_options=strategy_kw or {}, seed=seed, trials=trials or 60, constraint=constraint or "hard", train=train, train_limit=train_limit,
         ray=bool(ray), ray_address=ray_address, workers=workers or 1, cpus_per_trial=cpus_per_trial or 1.0,
         asha=bool(asha),
     )

@@ -1,0 +1,444 @@
+"""ProxylessNAS on this machine: training-step memory of path binarization vs all paths, and
+derived networks' latency vs their targets and accuracy next to regularized evolution.
+
+1. Memory: one training step (forward + backward, same batch) per mode, each in a fresh
+   subprocess: a plain network of the sampled path, the binarized weight step (1 path), the
+   binarized architecture step (2 paths), and the DARTS-style all-paths step. Figures: the peak
+   RSS of the step over the RSS before it (Linux: VmHWM reset through /proc/self/clear_refs just
+   before the step), or CUDA's peak allocation on a GPU; plus the bytes autograd saved for backward
+   (activations; parameters excluded), which no allocator can blur.
+2. Search: the `proxyless` space (width `--width-mult`) on the CIFAR-10 subset, latency table built
+   (and calibrated) with onnxruntime on 1 thread; three targets (quantiles of random networks'
+   predicted latency). Per target: supernet search, argmax network, its predicted and measured
+   (same backend and threads) latency, retraining from scratch (`nas.evaluate.retrain`, the one
+   train loop) and test accuracy. Evolution (`nas.runner`, hard budget = the target) with the
+   same final retraining sits next to it.
+
+    python bench/proxyless.py                        # the full benchmark, ~25 min on 2 quiet cores
+    python bench/proxyless.py --threads 1            # the same on a shared machine (OpenMP threads
+                                                     # spin: 2 threads on 2 busy cores run 5-10x slower)
+    python bench/proxyless.py --smoke --no-write     # a minute-scale check of the script itself
+
+Time (2 cores, measured on a busy 2-core VM with 1 thread: weight step ~1.2 s, architecture step
+~0.6 s at batch 64): 3 searches x (180 weight + 150 arch steps) ~15 min, 3 retrainings x 150 steps
+~6 min, evolution 6 x 50 + 150 steps ~6 min, memory ~1 min, table ~0.5 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from report import update_section
+
+logger = logging.getLogger("bench.proxyless")
+MODES = ("plain", "binarized-weight", "binarized-arch", "all-paths")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
+    add("--resolution", type=int, default=32)
+    add("--width-mult", type=float, default=0.5, help="Width of the proxyless space (1.0 = the paper's).")
+    add("--train-limit", type=int, default=5000, help="Training images (stratified subset).")
+    add("--batch-size", type=int, default=64)
+    add("--threads", type=int, default=2, help="torch threads for training.")
+    add("--seed", type=int, default=0)
+    add("--target-fractions", default="0.25,0.5,0.75",
+        help="Targets: fastest + f * (slowest - fastest) network latency of the table, per f.")
+    add("--targets-ms", default=None, help="Explicit targets in ms (overrides --target-quantiles).")
+    add("--search-epochs", type=int, default=6)
+    add("--warmup-epochs", type=int, default=1)
+    add("--steps-per-epoch", type=int, default=30)
+    add("--arch-lr", type=float, default=0.2, help="Adam lr of the logits (high: a search of ~150 arch steps).")
+    add("--latency-loss", default="abs", choices=["abs", "add_linear", "mul_log"])
+    add("--latency-weight", type=float, default=None)
+    add("--derive", default="argmax", choices=["argmax", "target"],
+        help="Rule of the network that is retrained; the other rule's network is measured too.")
+    add("--derive-tolerance", type=float, default=0.05)
+    add("--latency-unit-ms", type=float, default=1.0, help="mul_log's unit (0.001: microseconds, for sub-ms nets).")
+    add("--retrain-epochs", type=int, default=3)
+    add("--max-batches", type=int, default=50, help="Batches per epoch when (re)training networks.")
+    add("--evolution-trials", type=int, default=6)
+    add("--evolution-epochs", type=int, default=1)
+    add("--evolution-targets", default="middle", choices=["middle", "all", "none"])
+    add("--memory-batch", type=int, default=32, help="All paths at 32 px need ~90 MB per image.")
+    add("--calibrate-samples", type=int, default=12, help="End-to-end samples to calibrate the table (0: raw).")
+    add("--measure", default="10,15,10", help="warmup,blocks,block_runs of the latency protocol.")
+    add("--lut", type=Path, default=None, help="Reuse this table (default: build a fresh one under --out).")
+    add("--out", type=Path, default=Path("runs/bench/proxyless"))
+    add("--smoke", action="store_true", help="Tiny settings: checks the script, figures mean little.")
+    add("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
+    add("--memory-worker", choices=MODES, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.resolution, args.train_limit, args.batch_size = 16, 256, 32
+        args.search_epochs, args.steps_per_epoch, args.retrain_epochs, args.max_batches = 2, 3, 1, 3
+        args.evolution_trials, args.memory_batch, args.calibrate_samples, args.measure = 2, 32, 4, "2,3,3"
+        args.out = args.out.with_name(args.out.name + "-smoke")
+    return args
+
+
+# -- shared set-up -----------------------------------------------------------------------------------
+
+def make_space(args: argparse.Namespace) -> Any:
+    from search_spaces.space import get_space
+
+    return get_space("proxyless", resolution=args.resolution, num_classes=10, width_mult=args.width_mult)
+
+
+def make_measurer(args: argparse.Namespace) -> Any:
+    from predictors.latency import LocalMeasurer, MeasureSettings
+
+    warmup, blocks, block_runs = (int(v) for v in args.measure.split(","))
+    return LocalMeasurer("onnxruntime", threads=1, settings=MeasureSettings(warmup, blocks, block_runs))
+
+
+def lut_path(args: argparse.Namespace) -> Path:
+    return args.lut or args.out / f"lut_proxyless_w{args.width_mult:g}_r{args.resolution}_onnxruntime_t1.json"
+
+
+def ensure_lut(args: argparse.Namespace, space: Any, measurer: Any) -> Any:
+    from predictors.latency import LatencyTable, build_table, validate_table
+
+    path = lut_path(args)
+    if args.lut is None:
+        path.unlink(missing_ok=True)  # measured here and now, never a table left by another machine
+    start = time.perf_counter()
+    table = build_table(space, measurer, path, show_progress=sys.stderr.isatty())
+    if args.calibrate_samples and table.calibration is None:
+        report = validate_table(table, space, measurer, samples=args.calibrate_samples, seed=args.seed)
+        if report.calibration.slope <= 0 or report.calibrated.mape >= report.raw.mape:
+            # a fit on few noisy points can be worse than none (out-of-fold error decides)
+            logger.warning("calibration (slope %.3f) does not beat the raw sums out of fold; not used",
+                           report.calibration.slope)
+            table.calibration = None
+        table.save(path)
+    logger.info("table %s: %d entries, ready in %.0fs", path, len(table), time.perf_counter() - start)
+    return LatencyTable.load(path)
+
+
+# -- 1. memory, one mode per fresh process ------------------------------------------------------------
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: peak RSS := current RSS
+        return True
+    except OSError:
+        return False
+
+
+def memory_worker(args: argparse.Namespace) -> None:
+    """Run one training step of `args.memory_worker` and print its figures as one JSON line."""
+    import resource
+
+    import torch
+
+    from nas.supernet import LatencyModel, Supernet, restricted_probabilities
+    from nas.supernet_layout import layout_for_space
+    from predictors.latency import LatencyTable
+    from search_spaces.build import build_model
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    space = make_space(args)
+    layout = layout_for_space(space)
+    torch.manual_seed(args.seed)
+    supernet = Supernet(layout)
+    supernet.sample("two", torch.Generator().manual_seed(args.seed))  # the same draw in every process
+    active = list(supernet.active)
+    mode = args.memory_worker
+    if mode == "plain":
+        model = build_model(layout.derive(active))
+    else:
+        model = supernet
+        if mode == "binarized-weight":
+            supernet.fix(active)
+        elif mode == "all-paths":
+            supernet.mode = "all"
+    model.to(device).train()
+    if mode == "binarized-arch":
+        supernet.gates = [gate.detach().to(device).requires_grad_(True) for gate in supernet.gates]
+    latency = LatencyModel(layout, LatencyTable.load(lut_path(args)))
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    images = torch.randn(args.memory_batch, 3, args.resolution, args.resolution, generator=generator).to(device)
+    labels = torch.randint(0, 10, (args.memory_batch,), generator=generator).to(device)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    reset = _reset_hwm()
+    rss_before = _vm_hwm_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        if mode in ("binarized-arch", "all-paths"):
+            alphas = list(supernet.alphas)
+            probabilities = (supernet.probabilities() if mode == "all-paths" else
+                             [restricted_probabilities(a, supernet.sampled_paths(s)) for s, a in enumerate(alphas)])
+            loss = loss + 0.1 * (latency.expected_ms(probabilities) / 10.0 - 1.0).abs()
+    if mode == "binarized-arch":
+        loss.backward(inputs=list(supernet.alphas) + supernet.gates)  # as ProxylessSearch.arch_gradients
+    else:
+        loss.backward()  # weights (and, all paths, the logits too)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        after = _vm_hwm_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = after - rss_before
+    print(json.dumps({"mode": mode, "device": device.type, "peak_bytes": peak, "saved_bytes": sum(saved.values()),
+                      "hwm_reset": reset, "active_params": sum(p.numel() for p in model.parameters()
+                                                               if p.grad is not None)}))
+
+
+def memory_figures(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for mode in MODES:
+        command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", mode,
+                   "--resolution", str(args.resolution), "--width-mult", str(args.width_mult),
+                   "--threads", str(args.threads), "--seed", str(args.seed), "--memory-batch", str(args.memory_batch),
+                   "--lut", str(lut_path(args))]
+        environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        done = subprocess.run(command, check=False, capture_output=True, text=True, env=environment)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory worker {mode} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        logger.info("memory %s: %s", mode, rows[-1])
+    return rows
+
+
+# -- 2. searches ---------------------------------------------------------------------------------------
+
+def pick_targets(args: argparse.Namespace, space: Any, table: Any) -> list[float]:
+    """Spread over what the space can reach (not over random networks, which cluster near the
+    middle: a target there is met by almost any network)."""
+    from nas.supernet import LatencyModel
+    from nas.supernet_layout import layout_for_space
+
+    if args.targets_ms:
+        return [float(v) for v in args.targets_ms.split(",")]
+    model = LatencyModel(layout_for_space(space), table)
+    fastest = model.of_choices(model.fastest_choices())
+    slowest = model.of_choices([max(range(len(v)), key=v.__getitem__) for v in model.slot_ms])
+    return [round(fastest + float(f) * (slowest - fastest), 4) for f in args.target_fractions.split(",")]
+
+
+def random_latencies(space: Any, table: Any, seed: int, count: int = 500) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.array([table.predict(space.sample(rng)) for _ in range(count)])
+
+
+def train_config(args: argparse.Namespace, epochs: int) -> Any:
+    from nas.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                       max_batches_per_epoch=args.max_batches, device="cpu")
+
+
+def proxyless_runs(args: argparse.Namespace, space: Any, table: Any, data: Any, targets: list[float],
+                   measurer: Any) -> list[dict[str, Any]]:
+    from nas.evaluate import retrain
+    from nas.strategies.proxyless import ProxylessConfig, ProxylessSearch
+
+    rows = []
+    for target in targets:
+        config = ProxylessConfig(
+            target_ms=target, epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, arch_lr=args.arch_lr,
+            latency_loss=args.latency_loss, latency_weight=args.latency_weight, latency_unit_ms=args.latency_unit_ms,
+            derive=args.derive, derive_tolerance=args.derive_tolerance, seed=args.seed, device="cpu")
+        start = time.perf_counter()
+        search = ProxylessSearch(space, table, data, config)
+        arch = search.run()
+        search_s = time.perf_counter() - start
+        (args.out / f"alpha_history_{target:g}ms.json").write_text(json.dumps(search.alpha_history(), indent=1))
+        start = time.perf_counter()
+        metrics, _ = retrain(arch, data, train_config(args, args.retrain_epochs), measurer, table)
+        other_rule = "target" if args.derive == "argmax" else "argmax"
+        other = search.derive(other_rule)
+        rows.append({"target_ms": target, "search_s": search_s, "retrain_s": time.perf_counter() - start,
+                     "blocks": arch.block_strings(), "history": search.history, "other_rule": other_rule,
+                     "other_predicted_ms": table.predict(other),
+                     "other_measured_ms": measurer.measure_archs([other])[0].median_ms, **metrics})
+        logger.info("proxyless target %.3f ms: predicted %.3f, measured %.3f, test acc %.4f", target,
+                    metrics["predicted_latency_ms"], metrics["measured_latency_ms"], metrics["test_accuracy"])
+    return rows
+
+
+def evolution_runs(args: argparse.Namespace, targets: list[float], measurer: Any) -> list[dict[str, Any]]:
+    from nas.rundir import RunDirectory
+    from nas.runner import SearchConfig, finalize_best, run_search
+
+    chosen = {"middle": targets[len(targets) // 2:len(targets) // 2 + 1], "all": targets, "none": []}
+    rows = []
+    for target in chosen[args.evolution_targets]:
+        run_dir = args.out / f"evolution_{target:g}ms"
+        RunDirectory(run_dir).clear()
+        config = SearchConfig(space="proxyless", latency_budget_ms=target, lut_path=str(lut_path(args).resolve()),
+                              dataset=args.data, resolution=args.resolution, seed=args.seed,
+                              space_options={"width_mult": args.width_mult}, strategy="evolution",
+                              trials=args.evolution_trials, train=train_config(args, args.evolution_epochs),
+                              train_limit=args.train_limit)
+        start = time.perf_counter()
+        try:
+            summary = run_search(config, run_dir, progress=False)
+            search_s = time.perf_counter() - start
+            if summary.best is None:
+                rows.append({"target_ms": target, "error": "no feasible trial"})
+                continue
+            start = time.perf_counter()
+            metrics = finalize_best(run_dir, epochs=args.retrain_epochs, measurer=measurer)
+        except Exception as error:  # the runner is being finished elsewhere: report, do not hide
+            logger.exception("evolution at %.3f ms failed", target)
+            rows.append({"target_ms": target, "error": f"{type(error).__name__}: {error}"})
+            continue
+        rows.append({"target_ms": target, "search_s": search_s, "retrain_s": time.perf_counter() - start,
+                     "trials": summary.trials, "ok_trials": summary.ok,
+                     "blocks": RunDirectory(run_dir).read_best_arch().block_strings(), **metrics})
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+def _mb(value: float) -> str:
+    return f"{value / 2**20:.1f} MB"
+
+
+def render(args: argparse.Namespace, table: Any, memory: list[dict[str, Any]], targets: list[float],
+           span: tuple[float, float], sampled: np.ndarray, proxyless: list[dict[str, Any]],
+           evolution: list[dict[str, Any]], wall_s: float) -> str:
+    plain = next(row for row in memory if row["mode"] == "plain")
+    device = memory[0]["device"]
+    how = ("CUDA peak allocation" if device == "cuda" else
+           "peak RSS of the step over RSS before it (VmHWM reset via /proc/self/clear_refs)" if memory[0]["hwm_reset"]
+           else "ru_maxrss growth over the step")
+    lines = [
+        f"`proxyless` space, width {args.width_mult:g}, {args.resolution} px, 10 classes; data `{args.data}`, "
+        f"{args.train_limit} training images; batch {args.batch_size}; torch threads {args.threads}; seed {args.seed}. "
+        f"Latency table: {len(table)} entries, onnxruntime x1 thread, "
+        + (f"calibrated on {table.calibration.samples} networks (slope {table.calibration.slope:.3f}, "
+           f"intercept {table.calibration.intercept_ms:+.4f} ms)." if table.calibration else "raw sums."),
+        "",
+        (f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, each "
+         f"mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
+         "(parameters excluded)."),
+        "",
+        "| mode | paths run | peak | × plain | saved activations | × plain |",
+        "|---|---|---|---|---|---|",
+    ]
+    paths = {"plain": "1 (a plain network)", "binarized-weight": "1 per layer", "binarized-arch": "2 per layer (1 no-grad)",
+             "all-paths": "all (DARTS-style)"}
+    for row in memory:
+        lines.append(f"| {row['mode']} | {paths[row['mode']]} | {_mb(row['peak_bytes'])} | "
+                     f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f} | {_mb(row['saved_bytes'])} | "
+                     f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f} |")
+    lines += [
+        "",
+        (f"**Targets** {', '.join(f'{t:.3f}' for t in targets)} ms: fractions {args.target_fractions} of the way from "
+         f"the table's fastest ({span[0]:.3f} ms) to its slowest network ({span[1]:.3f} ms), unless given; 500 random "
+         f"networks span {np.min(sampled):.3f}-{np.max(sampled):.3f} ms (median {np.median(sampled):.3f}). ProxylessNAS: "
+         f"{args.search_epochs} epochs ({args.warmup_epochs} weight-only) of {args.steps_per_epoch} weight steps, one "
+         f"two-path architecture step after each; loss `{args.latency_loss}`, arch lr {args.arch_lr:g}. Derivation "
+         f"`{args.derive}` (retrained); the other rule's network is only measured (`argmax`: the most likely option "
+         f"per layer, the paper's; `target`: the most probable network within ±{100 * args.derive_tolerance:g}% of "
+         "the target by the table). Every network "
+         f"is then trained from scratch for {args.retrain_epochs} epochs of at most {args.max_batches} batches and "
+         "tested on the 2000 test images."),
+        "",
+        ("| strategy | target | E[LAT] end | other rule: predicted / measured | derived: predicted | measured | "
+         "measured vs target | search | retrain | test acc | blocks |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in proxyless:
+        lines.append(
+            f"| proxyless | {row['target_ms']:.3f} ms | {row['history'][-1]['expected_latency_ms']:.3f} ms | "
+            f"{row['other_rule']}: {row['other_predicted_ms']:.3f} / {row['other_measured_ms']:.3f} ms "
+            f"({100 * (row['other_measured_ms'] / row['target_ms'] - 1):+.1f}%) | "
+            f"{row['predicted_latency_ms']:.3f} ms | {row['measured_latency_ms']:.3f} ms | "
+            f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}% | {row['search_s']:.0f} s | "
+            f"{row['retrain_s']:.0f} s | {row['test_accuracy']:.4f} | {len(row['blocks'])} |")
+    for row in evolution:
+        if "error" in row:
+            lines.append(f"| evolution | {row['target_ms']:.3f} ms | - | - | - | - | - | - | - | - | {row['error']} |")
+            continue
+        lines.append(
+            f"| evolution ({row['trials']} trials × {args.evolution_epochs} ep) | {row['target_ms']:.3f} ms | - | - | "
+            f"{row['predicted_latency_ms']:.3f} ms | {row['measured_latency_ms']:.3f} ms | "
+            f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}% | {row['search_s']:.0f} s | "
+            f"{row['retrain_s']:.0f} s | {row['test_accuracy']:.4f} | {len(row['blocks'])} |")
+    lines += ["", ("Convergence (per epoch: E[LAT] / argmax net / target-rule net in ms, mean entropy in nats; full "
+                   "per-slot "
+                   f"probabilities in `{args.out}/alpha_history_*.json`):"), ""]
+    for row in proxyless:
+        steps = "; ".join(f"{h['expected_latency_ms']:.2f}/{h['latency_by_rule_ms']['argmax']:.2f}/"
+                          f"{h['latency_by_rule_ms']['target']:.2f}, {h['entropy']:.2f}" for h in row["history"])
+        lines.append(f"- target {row['target_ms']:.3f} ms: {steps}")
+    lines += ["", f"Whole benchmark: {wall_s / 60:.1f} min."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.memory_worker:
+        memory_worker(args)
+        return
+    import torch
+
+    from nas.data import load_dataset
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    space = make_space(args)
+    measurer = make_measurer(args)
+    table = ensure_lut(args, space, measurer)
+    memory = memory_figures(args)
+    targets = pick_targets(args, space, table)
+    span = tuple(pick_targets(argparse.Namespace(targets_ms=None, target_fractions="0,1"), space, table))
+    sampled = random_latencies(space, table, args.seed)
+    data = load_dataset(args.data, args.resolution, seed=args.seed, limit=args.train_limit)
+    proxyless = proxyless_runs(args, space, table, data, targets, measurer)
+    evolution = evolution_runs(args, targets, measurer)
+    body = render(args, table, memory, targets, span, sampled, proxyless, evolution, time.perf_counter() - started)
+    (args.out / "summary.json").write_text(json.dumps({"memory": memory, "targets": targets, "proxyless": [
+        {k: v for k, v in row.items() if k != "history"} for row in proxyless], "evolution": evolution}, indent=1,
+        default=str))
+    print(body)
+    if not args.no_write:
+        update_section("proxyless", "ProxylessNAS: path-binarization memory, latency targets, accuracy", body)
+
+
+if __name__ == "__main__":
+    main()
