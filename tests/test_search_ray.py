@@ -17,26 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from search_helpers import make_table, read_jsonl, registered, tiny_config
-from test_search_runner import check_best
+from search_helpers import read_jsonl, tiny_config
+from test_search_runner import _test_registrations, check_best, lut  # noqa: F401  (shared fixtures)
 
 from nas.runner import SearchConfig, run_search
 
 pytestmark = pytest.mark.ray
 RAY = Path(sys.executable).with_name("ray")
-
-
-@pytest.fixture(autouse=True)
-def _test_registrations() -> Iterator[None]:
-    with registered():
-        yield
-
-
-@pytest.fixture(scope="module")
-def lut(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lut") / "tiny.json"
-    make_table(path)
-    return path
 
 
 def layout(run: Path) -> dict[str, object]:
