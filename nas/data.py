@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from nas.data_cifar10 import cifar10_arrays
+
 __all__ = ["ACCEPTED_FORMS", "DataSplits", "load_dataset"]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,6 @@ ACCEPTED_FORMS = (
 
 TEST_FRACTION = 0.2  # held out as test where the source has no test split of its own
 SYNTHETIC_DEFAULT_TRAIN = 512
-CIFAR_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _RESIZE_CHUNK = 2048  # images per interpolate call: bounds peak memory on big sets
 _WARN_BYTES = 2 * 1024**3
 
@@ -106,7 +107,7 @@ def load_dataset(
         num_classes = _parse_class_count(argument, name)
         return _synthetic(num_classes, resolution, seed, limit, f"synthetic:{num_classes}")
     elif kind == "cifar10" and argument:
-        x_train, y_train, x_test, y_test = _cifar10_arrays(Path(argument))
+        x_train, y_train, x_test, y_test = cifar10_arrays(Path(argument))
         splits = _three_way(x_train, y_train, x_test, y_test, rng, val_fraction)
         canonical, num_classes, grey = name, 10, False
     elif kind == "imagefolder" and argument:
@@ -283,66 +284,6 @@ def _synthetic(
         noise = torch.randn(size, 3, resolution, resolution, generator=generator)
         splits.append((prototypes[labels] + 1.5 * noise, labels))
     return _finish(splits, resolution, num_classes, name)
-
-
-def _cifar10_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"cifar10 path {str(path)!r} does not exist; expected an .npz file with "
-            f"{', '.join(CIFAR_KEYS)} or a torchvision CIFAR-10 root directory"
-        )
-    if path.is_dir():
-        return _cifar10_torchvision(path)
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [key for key in CIFAR_KEYS if key not in archive.files]
-        if missing:
-            raise ValueError(
-                f"cifar10 npz {str(path)!r} lacks key(s) {missing}; expected "
-                f"{list(CIFAR_KEYS)}, found {archive.files}"
-            )
-        arrays = {key: archive[key] for key in CIFAR_KEYS}
-    for part in ("train", "test"):
-        x_key, y_key = f"x_{part}", f"y_{part}"
-        x, y = arrays[x_key], arrays[y_key]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise ValueError(
-                f"cifar10 npz {str(path)!r}: {x_key} is {x.dtype} {x.shape}; "
-                f"expected uint8 of shape (N, 32, 32, 3) (NHWC)"
-            )
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]  # Keras stores labels as (N, 1)
-        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-            raise ValueError(
-                f"cifar10 npz {str(path)!r}: {y_key} is {y.dtype} {y.shape}; expected "
-                f"integer labels of shape ({len(x)},)"
-            )
-        if len(y) and (y.min() < 0 or y.max() > 9):
-            raise ValueError(
-                f"cifar10 npz {str(path)!r}: {y_key} has labels in [{y.min()}, {y.max()}]; "
-                f"expected 0..9"
-            )
-        arrays[y_key] = y.astype(np.int64)
-    # NHWC -> NCHW views; the split's fancy indexing makes the contiguous copies
-    return (arrays["x_train"].transpose(0, 3, 1, 2), arrays["y_train"],
-            arrays["x_test"].transpose(0, 3, 1, 2), arrays["y_test"])
-
-
-def _cifar10_torchvision(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from torchvision.datasets import CIFAR10
-
-    try:
-        train = CIFAR10(str(root), train=True, download=False)
-        test = CIFAR10(str(root), train=False, download=False)
-    except RuntimeError as error:
-        raise FileNotFoundError(
-            f"cifar10 root {str(root)!r} holds no intact CIFAR-10 python batches "
-            f"(expected {str(root / 'cifar-10-batches-py')!r} from the official archive; "
-            f"nothing is downloaded): {error}"
-        ) from error
-    return (np.asarray(train.data).transpose(0, 3, 1, 2),
-            np.asarray(train.targets, dtype=np.int64),
-            np.asarray(test.data).transpose(0, 3, 1, 2),
-            np.asarray(test.targets, dtype=np.int64))
 
 
 def _imagefolder(

@@ -1,0 +1,70 @@
+"""CIFAR-10 readers for `nas.data`: an .npz of uint8 NHWC arrays (read without pickle) or a
+torchvision CIFAR-10 root (its batches are checked against the official archive's digests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CIFAR_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def cifar10_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"cifar10 path {str(path)!r} does not exist; expected an .npz file with "
+            f"{', '.join(CIFAR_KEYS)} or a torchvision CIFAR-10 root directory"
+        )
+    if path.is_dir():
+        return cifar10_torchvision(path)
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in CIFAR_KEYS if key not in archive.files]
+        if missing:
+            raise ValueError(
+                f"cifar10 npz {str(path)!r} lacks key(s) {missing}; expected "
+                f"{list(CIFAR_KEYS)}, found {archive.files}"
+            )
+        arrays = {key: archive[key] for key in CIFAR_KEYS}
+    for part in ("train", "test"):
+        x_key, y_key = f"x_{part}", f"y_{part}"
+        x, y = arrays[x_key], arrays[y_key]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise ValueError(
+                f"cifar10 npz {str(path)!r}: {x_key} is {x.dtype} {x.shape}; "
+                f"expected uint8 of shape (N, 32, 32, 3) (NHWC)"
+            )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # Keras stores labels as (N, 1)
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+            raise ValueError(
+                f"cifar10 npz {str(path)!r}: {y_key} is {y.dtype} {y.shape}; expected "
+                f"integer labels of shape ({len(x)},)"
+            )
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise ValueError(
+                f"cifar10 npz {str(path)!r}: {y_key} has labels in [{y.min()}, {y.max()}]; "
+                f"expected 0..9"
+            )
+        arrays[y_key] = y.astype(np.int64)
+    # NHWC -> NCHW views; the split's fancy indexing makes the contiguous copies
+    return (arrays["x_train"].transpose(0, 3, 1, 2), arrays["y_train"],
+            arrays["x_test"].transpose(0, 3, 1, 2), arrays["y_test"])
+
+
+def cifar10_torchvision(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train = CIFAR10(str(root), train=True, download=False)
+        test = CIFAR10(str(root), train=False, download=False)
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"cifar10 root {str(root)!r} holds no intact CIFAR-10 python batches "
+            f"(expected {str(root / 'cifar-10-batches-py')!r} from the official archive; "
+            f"nothing is downloaded): {error}"
+        ) from error
+    return (np.asarray(train.data).transpose(0, 3, 1, 2),
+            np.asarray(train.targets, dtype=np.int64),
+            np.asarray(test.data).transpose(0, 3, 1, 2),
+            np.asarray(test.targets, dtype=np.int64))
