@@ -80,15 +80,16 @@ def main() -> None:
                      float(np.median(report.measured_ms)), resumed))
         print(f"{name}@{resolution} {backend}: {len(table)} entries in {build_s:.0f}s; raw within10 "
               f"{report.raw.within_10pct:.0%} tau {report.raw.kendall_tau:.3f}; calibrated within10 "
-              f"{report.calibrated.within_10pct:.0%}; {cold:,.0f}/{warm:,.0f} lookups/s", flush=True)
+              f"{report.calibrated.within_10pct:.0%} tau {report.calibrated.kendall_tau:.3f}; {cold:,.0f}/{warm:,.0f} lookups/s", flush=True)
 
     lines = [
         f"Each table is built from scratch on 1 thread (`--threads {args.threads}`), batch 1, with the protocol of "
         "`predictors/latency/measure.py` (10 warm-up runs, 15 interleaved blocks of 10 runs, median of blocks, "
         f"re-measured when p10-p90 spread > 20%). Then {args.samples} distinct architectures sampled with seed 0 are "
-        "measured end to end with the same protocol. *Raw* = sum of table entries; *calibrated* = "
-        "`slope * sum + intercept` fitted by least squares, scored out-of-fold (5-fold), so the figure is "
-        "not flattered by fitting and scoring on the same points. mnasnet and proxyless at 32 px use the "
+        "measured end to end with the same protocol, all in one interleaved call. *Raw* = sum of table entries; "
+        "*calibrated* = `slope * sum + ms_per_mweight * weights/1e6 + intercept` (weights: conv and linear weight "
+        "count; see `predictors/latency/validate.py`) fitted by least squares with non-negative coefficients, "
+        "scored out-of-fold (5-fold), so the figure is not flattered by fitting and scoring on the same points. mnasnet and proxyless at 32 px use the "
         "small-input strides (CIFAR/digits setting, 10 classes); at 224 px the ImageNet setting (1000 classes).",
         "",
         "| space @ px | backend | entries | build | median arch | prediction | within ±10% | Kendall tau | MAPE | RMSE |",
@@ -104,11 +105,12 @@ def main() -> None:
             )
     lines += ["", "Calibration fitted on all samples (stored in the table) and lookup speed "
               "(10,000 distinct sampled architectures; cold = first query, warm = repeated query):", "",
-              "| space @ px | backend | slope | intercept | lookups/s cold | lookups/s warm | validation time |",
-              "|---|---|---|---|---|---|---|"]
+              "| space @ px | backend | slope | ms per M weights | intercept | lookups/s cold | lookups/s warm | validation time |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, resolution, backend, _, _, report, validate_s, cold, warm, _, _ in rows:
         cal = report.calibration
-        lines.append(f"| {name} @ {resolution} | {backend} | {cal.slope:.3f} | {cal.intercept_ms:+.4f} ms | "
+        lines.append(f"| {name} @ {resolution} | {backend} | {cal.slope:.3f} | {cal.ms_per_mweight:.4f} | "
+                     f"{cal.intercept_ms:+.4f} ms | "
                      f"{cold:,.0f} | {warm:,.0f} | {validate_s:.0f} s |")
     lines += ["", f"Scatter plots: `{args.out}/*.png` (not committed; re-run the command to regenerate)."]
     if not args.no_write:

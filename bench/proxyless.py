@@ -120,10 +120,9 @@ def ensure_lut(args: argparse.Namespace, space: Any, measurer: Any) -> Any:
     table = build_table(space, measurer, path, show_progress=sys.stderr.isatty())
     if args.calibrate_samples and table.calibration is None:
         report = validate_table(table, space, measurer, samples=args.calibrate_samples, seed=args.seed)
-        if report.calibration.slope <= 0 or report.calibrated.mape >= report.raw.mape:
+        if report.calibrated.mape >= report.raw.mape:
             # a fit on few noisy points can be worse than none (out-of-fold error decides)
-            logger.warning("calibration (slope %.3f) does not beat the raw sums out of fold; not used",
-                           report.calibration.slope)
+            logger.warning("calibration (%s) does not beat the raw sums out of fold; not used", report.calibration)
             table.calibration = None
         table.save(path)
     logger.info("table %s: %d entries, ready in %.0fs", path, len(table), time.perf_counter() - start)
@@ -347,8 +346,7 @@ def render(args: argparse.Namespace, table: Any, memory: list[dict[str, Any]], t
         f"`proxyless` space, width {args.width_mult:g}, {args.resolution} px, 10 classes; data `{args.data}`, "
         f"{args.train_limit} training images; batch {args.batch_size}; torch threads {args.threads}; seed {args.seed}. "
         f"Latency table: {len(table)} entries, onnxruntime x1 thread, "
-        + (f"calibrated on {table.calibration.samples} networks (slope {table.calibration.slope:.3f}, "
-           f"intercept {table.calibration.intercept_ms:+.4f} ms)." if table.calibration else "raw sums."),
+        + (f"calibrated: {table.calibration}." if table.calibration else "raw sums."),
         "",
         (f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, each "
          f"mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "

@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         phases["ray_s"] = time.perf_counter() - mark
     phases["total_s"] = time.perf_counter() - started
 
-    calibration = (f"calibrated: slope {table.calibration.slope:.3f}, intercept {table.calibration.intercept_ms:+.3f} ms"
+    calibration = (f"calibrated: {table.calibration}"
                    if table.calibration else "raw per-op sums, no calibration: predicted and measured ms may differ")
     results_path = args.out / "results.json"
     report = {"settings": settings, "budget_ms": budget, "budget_how": budget_how, "lut_state": lut_state,

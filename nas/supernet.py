@@ -172,9 +172,11 @@ def rescale_sampled_logits(alpha: Tensor, paths: Sequence[int], before: Tensor) 
 
 
 class LatencyModel:
-    """E[LAT] = fixed + sum over slots of p_s . latency_s, with latency_s[o] the summed table entries
-    of the slot's layers under option o (0 for skip) and fixed the stem and head. With one-hot p
-    it equals `table.predict(layout.derive(choices))` exactly (calibration included: it is affine)."""
+    """E[LAT] = fixed + sum over slots of p_s . latency_s, with latency_s[o] the summed costs of the
+    slot's layers under option o (0 for skip) and fixed the stem, the head and the calibration's
+    intercept. A layer's cost is `table.layer_ms`: its entry, or its share of the table's
+    calibration, which is a sum over layers too. With one-hot p it equals
+    `table.predict(layout.derive(choices))` exactly."""
 
     def __init__(self, layout: SupernetLayout, table: LatencyTable) -> None:
         keys = [layout.stem.signature, layout.head.signature]
@@ -182,16 +184,14 @@ class LatencyModel:
         missing = sorted({key for key in keys if key not in table})
         if missing:
             raise MissingEntriesError(missing, table.label)
-        entry = {key: table.entries[key].median_ms for key in keys}
-        self.fixed_ms = entry[layout.stem.signature] + entry[layout.head.signature]
+        self.fixed_ms = table.layer_ms(layout.stem) + table.layer_ms(layout.head) + table.intercept_ms
         per_slot = [[0.0] * slot.size for slot in layout.slots]
         for layer in layout.layers:
             for option, candidate in enumerate(layer.candidates):
                 if candidate is not None:
-                    per_slot[layer.slot][option] += entry[candidate.signature]
+                    per_slot[layer.slot][option] += table.layer_ms(candidate)
         self.slot_ms = per_slot
         self._vectors: dict[torch.device, list[Tensor]] = {}
-        self.calibration = table.calibration
 
     def vectors(self, device: torch.device) -> list[Tensor]:
         if device not in self._vectors:
@@ -200,14 +200,10 @@ class LatencyModel:
 
     def expected_ms(self, probabilities: Sequence[Tensor]) -> Tensor:
         vectors = self.vectors(probabilities[0].device)
-        raw = self.fixed_ms + sum((p * v).sum() for p, v in zip(probabilities, vectors))
-        if self.calibration is not None:
-            return self.calibration.slope * raw + self.calibration.intercept_ms
-        return raw
+        return self.fixed_ms + sum((p * v).sum() for p, v in zip(probabilities, vectors))
 
     def of_choices(self, choices: Sequence[int]) -> float:
-        raw = self.fixed_ms + sum(v[c] for v, c in zip(self.slot_ms, choices))
-        return self.calibration.apply(raw) if self.calibration is not None else raw
+        return self.fixed_ms + sum(v[c] for v, c in zip(self.slot_ms, choices))
 
     def most_likely_within(self, probabilities: Sequence[Tensor], target_ms: float, tolerance: float,
                            bins_per_slot: int = 8) -> list[int] | None:
@@ -215,10 +211,8 @@ class LatencyModel:
         target * (1 +- tolerance); None when no network does. Exact over the slots, which add up
         independently: a dynamic programme over the latency discretised into steps of
         tolerance * target / (bins_per_slot * slots), whose rounding is then checked exactly."""
-        slope, intercept = ((self.calibration.slope, self.calibration.intercept_ms) if self.calibration is not None
-                            else (1.0, 0.0))
-        low = (target_ms * (1 - tolerance) - intercept) / slope - self.fixed_ms  # window of the slots' raw sum
-        high = (target_ms * (1 + tolerance) - intercept) / slope - self.fixed_ms
+        low = target_ms * (1 - tolerance) - self.fixed_ms  # window of the slots' sum
+        high = target_ms * (1 + tolerance) - self.fixed_ms
         step = max(high - low, 1e-9) / (bins_per_slot * len(self.slot_ms))
         size = int(sum(max(v) for v in self.slot_ms) / step) + 2
         score = np.full(size, -np.inf)

@@ -15,6 +15,7 @@ Two ways to get MACs that agree exactly (tests hold them equal on every zoo mode
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -287,6 +288,13 @@ def layer_macs(layer: LayerShape) -> int:
             f"{layer.name}: no closed-form MACs for op {part.op.value!r}; use count() or add it to _BLOCK_MACS"
         ) from None
     return formula(part, layer.in_channels, layer.in_size, layer.out_size)
+
+
+def layer_weights(layer: LayerShape) -> int:
+    """Conv and linear weights of one layer (no biases, no batch norm): its MACs with every map
+    shrunk to 1x1, since each weight is then used exactly once. What a network streams from memory
+    per inference, which a latency table's isolated timings (weights warm in cache) do not see."""
+    return layer_macs(dataclasses.replace(layer, in_size=1, out_size=1))
 
 
 def macs_of_spec(spec: ArchSpec, resolution: int | None = None) -> int:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, build_model, layer_shapes
+from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, layer_shapes
 
 
 def tiny_spec(**changes) -> ArchSpec:

@@ -16,13 +16,17 @@ File format (JSON, `schema` "hwnas-latency-table", `schema_version` 1)::
       "entries": {                        # key: LayerShape.signature, e.g. "mb_k3_e6_c24_s2_relu6@16x112x112"
         "<signature>": {"median_ms": 0.41, "p10_ms": 0.40, "p90_ms": 0.43, "runs": 150}
       },
-      "calibration": null | {"slope": 1.02, "intercept_ms": 0.05, "samples": 50},
+      "calibration": null | {"slope": 1.02, "ms_per_mweight": 0.12, "intercept_ms": 0.05, "samples": 50},
       "validation": null | {...}          # figures from `validate_table`
     }
 
 Prediction is the sum of the entries of an architecture's layers (stem, blocks, head); with a
-calibration it is `slope * sum + intercept_ms` (see `validate.py` for how it is fitted).
-Queries never mutate the table.
+calibration it is `slope * sum + ms_per_mweight * weights / 1e6 + intercept_ms`, where `weights`
+is the architecture's conv and linear weight count (`predictors.cost.layer_weights`); see
+`validate.py` for why and how it is fitted. A calibration without `ms_per_mweight` (tables
+calibrated before it existed) reads it as 0. Both terms are sums over layers, so a calibrated
+prediction is still a sum of per-layer costs (`layer_ms`), which ProxylessNAS's expected latency
+relies on. Queries never mutate the table.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from predictors.cost import layer_weights
 from predictors.latency.measure import Measurement
-from search_spaces.build import layer_signatures
+from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -65,24 +70,40 @@ class MissingEntriesError(KeyError):
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """measured ≈ slope * (sum of entries) + intercept_ms, fitted on end-to-end measurements."""
+    """measured ≈ slope * (sum of entries) + ms_per_mweight * (millions of weights) + intercept_ms,
+    fitted on end-to-end measurements."""
 
     slope: float
     intercept_ms: float
     samples: int
+    ms_per_mweight: float = 0.0
 
-    def apply(self, raw_ms: float) -> float:
-        return self.slope * raw_ms + self.intercept_ms
+    def apply(self, raw_ms: float, weights: float = 0.0) -> float:
+        return self.slope * raw_ms + self.ms_per_mweight * weights / 1e6 + self.intercept_ms
+
+    def layer_ms(self, raw_ms: float, weights: float) -> float:
+        """One layer's share of a calibrated prediction (the intercept is the network's)."""
+        return self.slope * raw_ms + self.ms_per_mweight * weights / 1e6
+
+    def __str__(self) -> str:
+        return (f"measured = {self.slope:.3f} x sum + {self.ms_per_mweight:.4f} ms per M weights "
+                f"{'+' if self.intercept_ms >= 0 else '-'} {abs(self.intercept_ms):.4f} ms ({self.samples} networks)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"slope": self.slope, "intercept_ms": self.intercept_ms, "samples": self.samples}
+        return {"slope": self.slope, "ms_per_mweight": self.ms_per_mweight, "intercept_ms": self.intercept_ms,
+                "samples": self.samples}
 
 
 @lru_cache(maxsize=16384)
-def arch_signatures(arch: ArchSpec) -> tuple[tuple[str, str], ...]:
-    """(layer name, signature) of every layer; cached because searches query the same
+def arch_layers(arch: ArchSpec) -> tuple[tuple[str, str, int], ...]:
+    """(layer name, signature, weights) of every layer; cached because searches query the same
     architectures many times and the specs are immutable."""
-    return tuple(layer_signatures(arch))
+    return tuple((layer.name, layer.signature, layer_weights(layer)) for layer in layer_shapes(arch))
+
+
+def arch_signatures(arch: ArchSpec) -> tuple[tuple[str, str], ...]:
+    """(layer name, signature) of every layer."""
+    return tuple((name, key) for name, key, _ in arch_layers(arch))
 
 
 class LatencyTable:
@@ -132,14 +153,29 @@ class LatencyTable:
 
     def predict(self, arch: ArchSpec, *, calibrated: bool = True) -> float:
         """Predicted end-to-end latency in ms."""
-        entries = self.entries
+        entries, layers = self.entries, arch_layers(arch)
         try:
-            raw = sum(entries[key].median_ms for _, key in arch_signatures(arch))
+            raw = sum(entries[key].median_ms for _, key, _ in layers)
         except KeyError:
             raise MissingEntriesError(self.missing(arch), self.label) from None
         if calibrated and self.calibration is not None:
-            return self.calibration.apply(raw)
+            return self.calibration.apply(raw, sum(weights for _, _, weights in layers))
         return raw
+
+    def layer_ms(self, layer: LayerShape, *, calibrated: bool = True) -> float:
+        """One layer's cost: its entry, or with a calibration its share of the calibrated sum
+        (`predict` = intercept + sum of `layer_ms` over the layers)."""
+        if layer.signature not in self.entries:
+            raise MissingEntriesError([layer.signature], self.label)
+        raw = self.entries[layer.signature].median_ms
+        if calibrated and self.calibration is not None:
+            return self.calibration.layer_ms(raw, layer_weights(layer))
+        return raw
+
+    @property
+    def intercept_ms(self) -> float:
+        """The calibrated prediction's per-network constant (0 without a calibration)."""
+        return self.calibration.intercept_ms if self.calibration is not None else 0.0
 
     # -- changes -----------------------------------------------------------------------------------
     def add(self, key: str, measurement: Measurement) -> None:
