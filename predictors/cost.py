@@ -15,12 +15,12 @@ Two ways to get MACs that agree exactly (tests hold them equal on every zoo mode
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -294,7 +294,12 @@ def layer_weights(layer: LayerShape) -> int:
     """Conv and linear weights of one layer (no biases, no batch norm): its MACs with every map
     shrunk to 1x1, since each weight is then used exactly once. What a network streams from memory
     per inference, which a latency table's isolated timings (weights warm in cache) do not see."""
-    return layer_macs(dataclasses.replace(layer, in_size=1, out_size=1))
+    return _weights(layer.kind, layer.part, layer.in_channels, layer.out_channels)
+
+
+@lru_cache(maxsize=65536)  # a search asks for the same few thousand layers over and over
+def _weights(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, out_channels: int) -> int:
+    return layer_macs(LayerShape("", kind, in_channels, 1, out_channels, 1, part))
 
 
 def macs_of_spec(spec: ArchSpec, resolution: int | None = None) -> int:

@@ -23,7 +23,7 @@ from nas.strategies.proxyless_run import run_proxyless_search
 from nas.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
 from nas.supernet_layout import LayoutError, layout_for_space
 from nas.train import TrainConfig
-from predictors.latency import LatencyTable, Measurement, build_table
+from predictors.latency import Calibration, LatencyTable, Measurement, build_table
 from search_spaces.build import LayerShape, build_model, layer_shapes
 from search_spaces.space import SPACES, Decision, SearchSpace
 from search_spaces.spaces.mnasnet import MnasNetSpace
@@ -146,7 +146,10 @@ def test_layout_refuses_other_spaces() -> None:
         layout_for_space(MnasNetSpace(resolution=RESOLUTION, num_classes=CLASSES, ops=["ghost"]))
 
 
-def test_expected_latency_of_a_one_hot_choice_is_the_table_prediction(space, table) -> None:
+@pytest.mark.parametrize("calibration", [None, Calibration(slope=1.3, intercept_ms=0.2, samples=9, ms_per_mweight=0.5)])
+def test_expected_latency_of_a_one_hot_choice_is_the_table_prediction(space, lut, calibration) -> None:
+    table = LatencyTable.load(lut)
+    table.calibration = calibration
     layout = layout_for_space(space)
     model = LatencyModel(layout, table)
     for choices in itertools.islice(itertools.product(*(range(s.size) for s in layout.slots)), 0, None, 97):

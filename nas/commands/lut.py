@@ -76,7 +76,7 @@ def predict(
 @fail_on_user_error
 def validate(
     table_path: Path = typer.Argument(..., metavar="FILE"),
-    samples: int = typer.Option(50, min=3, help="Architectures to measure end to end."),
+    samples: int = typer.Option(50, min=4, help="Architectures to measure end to end."),
     seed: int = typer.Option(0),
     plot: Optional[Path] = typer.Option(None, help="Scatter PNG (default: next to the table)."),
     device: Optional[str] = typer.Option(None, help="Agent URL, when the table was built through one."),
