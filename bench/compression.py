@@ -117,13 +117,14 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
     if int8:
         lines += ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
                   "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
-                  "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| in output steps, top-1 "
-                  "agreement, on held-out inputs."), "",
+                  "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
+                  "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."), "",
                   "| model @ px | fp32 ms | int8 ms | fp32 / int8 | export check |", "|---|---|---|---|---|"]
         for row in int8:
             check = row["export_check"]
             lines.append(f"| {row['model']} @ {row['resolution']} | {_ms(row['fp32'])} | {_ms(row['int8'])} | "
-                         f"{row['speedup']:.2f}× | {check['max_steps']:.2f} steps, top-1 "
+                         f"{row['speedup']:.2f}× | {check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs "
+                         f"{check['quantization_error']:.2g}), top-1 "
                          f"{_pct(check['top1_agreement'])} |")
     prune = results.get("prune")
     if prune:

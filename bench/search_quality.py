@@ -28,13 +28,9 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +41,9 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(REPO))
 from baselines import ZOO_BASELINES, fit_zoo, fmt, md_table, measure_finals, pct, zoo_section
+from ray_throughput import ray_section, ray_task
 from report import update_section
+from task_pool import run_pool
 
 logger = logging.getLogger("bench.search_quality")
 STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
@@ -159,83 +157,17 @@ def zoo_task(task: dict[str, Any]) -> dict[str, Any]:
     return {"final": final_train(task["settings"], ArchSpec.from_dict(task["arch"]), task["seed"])}
 
 
-def ray_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Random search on the Ray runner. Times are taken from the call of `run_search`: the first
-    trial's result therefore includes table and data loading, Ray start-up, Tune's trial launch
-    and one trial's training; trials.jsonl's `finished_at` stamps give the rest."""
-    from nas.rundir import RunDirectory
-    from nas.runner import SearchConfig, run_search
-
-    s, workers = task["settings"], task["workers"]
-    config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
-                          resolution=RESOLUTION, strategy="random", seed=0, trials=s["ray_trials"],
-                          train=train_config(s["ray_epochs"], 0, s["batch_size"]), train_limit=s["ray_train_limit"],
-                          ray=True, workers=workers, cpus_per_trial=1.0)
-    run_dir = Path(task["run_dir"])
-    RunDirectory(run_dir).clear()
-    # a short temp dir of our own: otherwise the runner makes one per run under /tmp and leaves it there
-    os.environ["RAY_TMPDIR"] = temp = tempfile.mkdtemp(prefix="hwnas-bench-ray-")
-    started = time.time()
-    try:
-        summary = run_search(config, run_dir, progress=False)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    wall = time.time() - started
-    trained = [r for r in RunDirectory(run_dir).read_trials() if r.get("executor") == "ray"]
-    ends = sorted(datetime.fromisoformat(r["finished_at"]).timestamp() - started for r in trained)
-    times = [r["result"]["train_time_s"] for r in trained if r["result"].get("train_time_s")]
-    # steady state: from every worker's first result on (they start together and finish about together)
-    k = min(workers, len(ends)) - 1
-    steady = (len(ends) - 1 - k) / (ends[-1] - ends[k]) * 3600 if len(ends) > k + 1 and ends[-1] > ends[k] else None
-    return {"workers": workers, "trials": summary.trials, "trained": len(trained), "ok": summary.ok, "wall_s": wall,
-            "first_result_s": ends[0] if ends else None, "mean_trial_s": statistics.fmean(times) if times else None,
-            "trials_per_hour": len(trained) / wall * 3600, "steady_per_hour": steady}
-
-
 def run_worker(path: Path) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core per job: the pool runs --jobs of them side by side
     task = json.loads(path.read_text())
-    result = {"search": search_task, "zoo": zoo_task, "ray": ray_task}[task["kind"]](task)
+    if task["kind"] == "ray":
+        s = task["settings"]
+        result = ray_task(task, SPACE, RESOLUTION, train_config(s["ray_epochs"], 0, s["batch_size"]))
+    else:
+        result = {"search": search_task, "zoo": zoo_task}[task["kind"]](task)
     path.with_name(path.name.replace(".task.json", ".result.json")).write_text(json.dumps(result, indent=1))
-
-
-def run_pool(tasks: list[dict[str, Any]], jobs: int, folder: Path) -> dict[str, dict[str, Any]]:
-    """Run tasks in `jobs` subprocesses at a time, in order; a failed task is a result with an error."""
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    pending, running, results = list(tasks), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                task = pending.pop(0)
-                path = folder / f"{task['name']}.task.json"
-                path.write_text(json.dumps(task, indent=1))
-                path.with_name(path.name.replace(".task.json", ".result.json")).unlink(missing_ok=True)  # stale
-                log = (folder / f"{task['name']}.log").open("w")
-                process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
-                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-                running[task["name"]] = (process, time.perf_counter(), path, log)
-                logger.info("started %s (pid %d)", task["name"], process.pid)
-            time.sleep(0.5)
-            for name, (process, start, path, log) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                result_path = path.with_name(path.name.replace(".task.json", ".result.json"))
-                if process.returncode == 0 and result_path.is_file():
-                    results[name] = json.loads(result_path.read_text())
-                else:
-                    results[name] = {"error": f"exit code {process.returncode}; see {folder / (name + '.log')}"}
-                results[name]["task_wall_s"] = time.perf_counter() - start
-                logger.info("finished %s in %.0fs%s", name, results[name]["task_wall_s"],
-                            f" ({results[name]['error']})" if "error" in results[name] else "")
-    finally:
-        for process, *_ in running.values():  # only our own children, by their handles
-            process.terminate()
-    return results
 
 
 # -- main-process phases ----------------------------------------------------------------------------
@@ -332,28 +264,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ray_section(a: dict[str, Any], ray: dict[str, Any]) -> list[str]:
-    lines = ["", (f"Ray runner (embedded local Ray, `cpus_per_trial=1`): random strategy, {a['ray_trials']} trials of "
-             f"{a['ray_epochs']} epoch(s) on {a['ray_train_limit']} images (batch {a['batch_size']}), nothing else of the benchmark running. "
-             "Clock from the `run_search` call: the first result includes table and data loading, Ray start-up, "
-             "Tune's trial launch and one trial's training; *steady* = trials finished after every worker's first "
-             "result, divided by the time from that result to the last (start-up excluded).")]
-    rows = [[str(row.get("workers")), row["error"]] + ["—"] * 5 if "error" in row else
-            [str(row["workers"]), str(row["trained"]), f"{row['wall_s']:.0f} s", fmt(row["first_result_s"], ".0f", " s"),
-             fmt(row["mean_trial_s"], ".1f", " s"), f"{row['trials_per_hour']:.0f}", fmt(row["steady_per_hour"], ".0f")]
-            for row in ray.values()]
-    lines += md_table(["workers", "trials trained", "wall", "first result after", "mean trial train time",
-                       "trials/hour", "trials/hour steady"], rows)
-    rates = {row["workers"]: row for row in ray.values() if "error" not in row}
-    if 1 in rates and 2 in rates:
-        one, two = rates[1], rates[2]
-        text = f"2 vs 1 workers: {two['trials_per_hour'] / one['trials_per_hour']:.2f}x trials/hour over the whole run"
-        if one["steady_per_hour"] and two["steady_per_hour"]:
-            text += f", {two['steady_per_hour'] / one['steady_per_hour']:.2f}x steady"
-        lines += ["", text + "."]
-    return lines
-
-
 def _shown(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
@@ -399,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks += [{"kind": "zoo", "name": f"zoo-{name}-s{seed}", "model": name, "seed": seed, "arch": fit["arch"],
                "settings": settings} for seed in args.seeds for name, fit in zoo_fits.items()]
     mark = time.perf_counter()
-    results = run_pool(tasks, args.jobs, args.out / "tasks")
+    results = run_pool(Path(__file__), tasks, args.jobs, args.out / "tasks")
     phases["train_s"] = time.perf_counter() - mark
     strategies = {t["name"]: {"strategy": t["strategy"], "seed": t["seed"], **results[t["name"]]}
                   for t in tasks if t["kind"] == "search"}
@@ -417,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         mark = time.perf_counter()
         ray_tasks = [{"kind": "ray", "name": f"ray-w{w}", "workers": w, "budget_ms": budget,
                       "run_dir": str(args.out / "runs" / f"ray-w{w}"), "settings": settings} for w in args.workers_ray]
-        ray = {name: {"workers": int(name[5:]), **row} for name, row in run_pool(ray_tasks, 1, args.out / "tasks").items()}
+        ray = {name: {"workers": int(name[5:]), **row} for name, row in run_pool(Path(__file__), ray_tasks, 1, args.out / "tasks").items()}
         phases["ray_s"] = time.perf_counter() - mark
     phases["total_s"] = time.perf_counter() - started
 

@@ -15,8 +15,9 @@ Formats (file names in ``FILE_NAMES``):
 Verification (`VERIFY_INPUTS` seeded N(0,1) images, batch 2 so the dynamic axis is exercised):
 fp32 formats must satisfy ``|got - want| <= atol + rtol * |want|`` with the latency backend's
 ``EXPORT_ATOL = 1e-4, EXPORT_RTOL = 1e-3`` (measured: 0 for TorchScript, ~1e-8 for ONNX on the test
-models); int8 must stay within ``QDQ_TOLERANCE_STEPS`` output quantization steps of the fake-quant
-model (see `compress.quantize_export`), per sample and as one batch of `INT8_CHECK_SAMPLES`; its
+models); int8 must differ from the fake-quant model by at most ``QDQ_TOLERANCE`` (0.5) times what
+quantization itself changes (see `compress.quantize_export`), per sample and as one batch of
+`INT8_CHECK_SAMPLES`; its
 top-1 agreement with
 fp32 is reported, not enforced (8-bit rounding may flip near-ties). A failed check deletes the
 file and raises `ExportError` naming the format and the max difference.
@@ -247,11 +248,7 @@ def _onnx(model: nn.Module, path: Path, inputs: torch.Tensor, want: np.ndarray) 
 def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np.ndarray,
                calibration: torch.Tensor) -> FormatResult:
     from compress.quantize import apply_policy, calibrate, frozen_qparams
-    from compress.quantize_export import (
-        QDQ_TOLERANCE_STEPS,
-        check_qdq_export,
-        require_int8,
-    )
+    from compress.quantize_export import QDQ_TOLERANCE, check_qdq_export, require_int8
     from compress.quantize_policy import uniform_policy
 
     qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), calibration.split(8)).eval()
@@ -262,22 +259,22 @@ def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np
     got = _run_onnx(path, inputs)
     with torch.no_grad():
         want = qmodel(inputs).numpy()
-    batched = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf
-    batched_steps = batched / check.output_step if check.output_step > 0 else math.inf
-    worst = max(check.max_steps, batched_steps)
-    if not worst <= QDQ_TOLERANCE_STEPS:
+    worst = max(check.max_abs_diff, float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf)
+    relative = worst / check.quantization_error if check.quantization_error > 0 else math.inf
+    if not relative <= QDQ_TOLERANCE:
         path.unlink(missing_ok=True)
         raise ExportError(
-            f"onnx-int8 export {path.name} is not faithful: max |ORT - fake-quant PyTorch| = "
-            f"{max(check.max_abs_diff, batched):.3g} = {worst:.1f} output steps (step {check.output_step:.3g}), "
-            f"allowed {QDQ_TOLERANCE_STEPS} steps; file removed"
+            f"onnx-int8 export {path.name} is not faithful: max |ORT - fake-quant PyTorch| = {worst:.3g} = "
+            f"{relative:.2f} x the quantization error {check.quantization_error:.3g} (max |fake-quant - float|), "
+            f"allowed {QDQ_TOLERANCE}; file removed"
         )
     top1_fp32 = float(np.mean(got.argmax(-1) == want_fp32.argmax(-1)))
     return FormatResult(
         "onnx-int8", path, path.stat().st_size,
-        f"ONNX Runtime vs fake-quantized PyTorch (batch 1 and batch {len(inputs)}), in output quantization steps",
-        max(check.max_abs_diff, batched), {"steps": QDQ_TOLERANCE_STEPS},
-        {"output_step": check.output_step, "max_steps": worst, "top1_agreement_fake_quant": check.top1_agreement,
+        f"ONNX Runtime vs fake-quantized PyTorch (batch 1 and batch {len(inputs)}), relative to the quantization error",
+        worst, {"relative": QDQ_TOLERANCE},
+        {"quantization_error": check.quantization_error, "relative": relative,
+         "top1_agreement_fake_quant": check.top1_agreement,
          "top1_agreement_fp32": top1_fp32, "max_abs_diff_vs_fp32": float(np.max(np.abs(got - want_fp32))),
          "opset": ONNX_OPSET, "policy": "uniform w8a8, BN folded", "samples": len(inputs)},
     )

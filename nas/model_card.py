@@ -232,11 +232,13 @@ def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, tabl
         (f"ONNX opset {report.opset}; verification inputs: seeded N(0,1) images at batch 2 (the ONNX models were "
          f"exported at batch 1 with a dynamic batch axis). int8: uniform 8-bit weights and activations, BN folded, "
          f"calibrated on {report.calibration} inputs, checked on {_int8_samples(report)} inputs against the "
-        "fake-quantized PyTorch model in output quantization steps (`compress.quantize_export`)."), "",
+        "fake-quantized PyTorch model, relative to the quantization error max |fake-quant - float| "
+        "(`compress.quantize_export`)."), "",
         *_table(["format", "file", "size", "verified by", "tolerance", "max observed |diff|"], [
             [item.format, f"`{item.path.name}`", f"{item.size_bytes:,} B", item.criterion,
              ", ".join(f"{k}={v:g}" for k, v in item.tolerance.items()) or "exact", f"{item.max_abs_diff:.3g}"
-             + (f" ({item.details['max_steps']:.2f} steps; top-1 vs fp32 {100 * item.details['top1_agreement_fp32']:.0f}%)"
+             + (f" ({item.details['relative']:.2f} x the quantization error; top-1 vs fp32 "
+                f"{100 * item.details['top1_agreement_fp32']:.0f}%)"
                 if item.format == "onnx-int8" else "")]
             for item in report.formats
         ]), "",

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from compress.quantize_export import QDQ_TOLERANCE_STEPS
+from compress.quantize_export import QDQ_TOLERANCE
 from nas.cli import app
 from nas.export import FORMATS, ExportError, export_run, load, parse_formats
 from nas.model_files import ArchMismatchError, WeightsError
@@ -148,7 +148,8 @@ def test_every_format_is_written_and_verified_within_its_tolerance(exported: dic
     assert report.result("torchscript").max_abs_diff <= 1e-5
     assert report.result("onnx").max_abs_diff <= 1e-4  # measured ~1e-7 on this model
     int8 = report.result("onnx-int8")
-    assert int8.details["max_steps"] <= int8.tolerance["steps"]
+    assert int8.details["relative"] <= int8.tolerance["relative"] == QDQ_TOLERANCE
+    assert int8.max_abs_diff == pytest.approx(int8.details["relative"] * int8.details["quantization_error"])
     assert 0.0 <= int8.details["top1_agreement_fp32"] <= 1.0
     for name in ("model.onnx", "model.int8.onnx"):  # dynamic batch axis, opset stated
         graph = onnx.load(str(out / name))
@@ -188,7 +189,7 @@ def test_model_card_lists_the_architecture_costs_latency_and_formats(exported: d
     for text in (f"{params:,}", f"{predicted:.4f} ms", "70.00% (`val_accuracy`)", "71.00% (`final_val_accuracy`)",
                  "68.00% (`test_accuracy`)",
                  "`synthetic`", "evolution", "1.3 ms (hard)", "8 (6 ok, 1 infeasible, 1 failed)", "ONNX opset 18",
-                 "model.int8.onnx", "atol=0.0001, rtol=0.001", f"steps={QDQ_TOLERANCE_STEPS:g}", "nas.export.load(", "ms median",
+                 "model.int8.onnx", "atol=0.0001, rtol=0.001", f"relative={QDQ_TOLERANCE:g}", "nas.export.load(", "ms median",
                  "test-host", "uniform 8-bit"):
         assert text in card, text
 
@@ -336,6 +337,6 @@ def test_int8_can_calibrate_on_the_runs_dataset(exported: dict[str, Any], tmp_pa
     report = export_run(exported["run"], "onnx-int8", out=tmp_path, measure=False, card=False,
                         calibration="dataset")
     int8 = report.result("onnx-int8")
-    assert report.calibration == "dataset" and int8.details["max_steps"] <= QDQ_TOLERANCE_STEPS
+    assert report.calibration == "dataset" and int8.details["relative"] <= QDQ_TOLERANCE
     with pytest.raises(ValueError, match=r"calibration='imagenet' not in \{random, dataset\}"):
         export_run(exported["run"], "onnx-int8", out=tmp_path, measure=False, calibration="imagenet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -24,10 +25,11 @@ from compress.quantize import (
     fake_quant_weight,
     prepare_qat,
     quant_layers,
+    quantization_disabled,
     weight_scale,
 )
 from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
-from compress.quantize_export import QDQ_TOLERANCE_STEPS, check_qdq_export, export_qdq
+from compress.quantize_export import QDQ_TOLERANCE, check_qdq_export, export_qdq
 from compress.quantize_policy import (
     PolicyError,
     QuantPolicy,
@@ -35,6 +37,7 @@ from compress.quantize_policy import (
     uniform_policy,
 )
 from predictors.cost import count
+from predictors.latency.backends import export_onnx
 from search_spaces.build import build_model
 from search_spaces.spec import (
     Activation,
@@ -259,8 +262,20 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     assert len(per_channel) == n_layers  # one per-channel (axis 0) weight DQ per layer, scales constant
     assert all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in per_channel)
     check = check_qdq_export(qmodel, onnx_bytes, check_inputs)
-    assert check.max_steps <= QDQ_TOLERANCE_STEPS and check.top1_agreement == 1.0
+    assert check.passed and check.relative <= QDQ_TOLERANCE and check.top1_agreement == 1.0
     assert check.max_abs_diff < 1e-4  # measured: float-level (<= 1e-6) on this narrow model
+    assert check.quantization_error > 1e-3  # while 8 bits do move the outputs
+
+
+def test_an_export_that_ignores_quantization_fails_the_check() -> None:
+    model = tiny_model()
+    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), batches(2))
+    check_inputs = torch.cat(batches(1, seed=7))
+    with quantization_disabled(qmodel):
+        float_onnx = export_onnx(copy.deepcopy(qmodel).eval(), check_inputs[:1])
+    check = check_qdq_export(qmodel, float_onnx, check_inputs)
+    # ORT's float model reproduces the unquantized outputs: it is off by the whole quantization error
+    assert check.relative == pytest.approx(1.0, abs=1e-3) and not check.passed
 
 
 def test_export_refuses_low_bit_policies() -> None:
