@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,10 +38,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from proxyless_memory import MODES, memory_figures, memory_worker
 from report import update_section
 
 logger = logging.getLogger("bench.proxyless")
-MODES = ("plain", "binarized-weight", "binarized-arch", "all-paths")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,114 +125,6 @@ def ensure_lut(args: argparse.Namespace, space: Any, measurer: Any) -> Any:
         table.save(path)
     logger.info("table %s: %d entries, ready in %.0fs", path, len(table), time.perf_counter() - start)
     return LatencyTable.load(path)
-
-
-# -- 1. memory, one mode per fresh process ------------------------------------------------------------
-
-def _vm_hwm_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: peak RSS := current RSS
-        return True
-    except OSError:
-        return False
-
-
-def memory_worker(args: argparse.Namespace) -> None:
-    """Run one training step of `args.memory_worker` and print its figures as one JSON line."""
-    import resource
-
-    import torch
-
-    from nas.supernet import LatencyModel, Supernet, restricted_probabilities
-    from nas.supernet_layout import layout_for_space
-    from predictors.latency import LatencyTable
-    from search_spaces.build import build_model
-
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    space = make_space(args)
-    layout = layout_for_space(space)
-    torch.manual_seed(args.seed)
-    supernet = Supernet(layout)
-    supernet.sample("two", torch.Generator().manual_seed(args.seed))  # the same draw in every process
-    active = list(supernet.active)
-    mode = args.memory_worker
-    if mode == "plain":
-        model = build_model(layout.derive(active))
-    else:
-        model = supernet
-        if mode == "binarized-weight":
-            supernet.fix(active)
-        elif mode == "all-paths":
-            supernet.mode = "all"
-    model.to(device).train()
-    if mode == "binarized-arch":
-        supernet.gates = [gate.detach().to(device).requires_grad_(True) for gate in supernet.gates]
-    latency = LatencyModel(layout, LatencyTable.load(lut_path(args)))
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    images = torch.randn(args.memory_batch, 3, args.resolution, args.resolution, generator=generator).to(device)
-    labels = torch.randint(0, 10, (args.memory_batch,), generator=generator).to(device)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    reset = _reset_hwm()
-    rss_before = _vm_hwm_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        if mode in ("binarized-arch", "all-paths"):
-            alphas = list(supernet.alphas)
-            probabilities = (supernet.probabilities() if mode == "all-paths" else
-                             [restricted_probabilities(a, supernet.sampled_paths(s)) for s, a in enumerate(alphas)])
-            loss = loss + 0.1 * (latency.expected_ms(probabilities) / 10.0 - 1.0).abs()
-    if mode == "binarized-arch":
-        loss.backward(inputs=list(supernet.alphas) + supernet.gates)  # as ProxylessSearch.arch_gradients
-    else:
-        loss.backward()  # weights (and, all paths, the logits too)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        after = _vm_hwm_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak = after - rss_before
-    print(json.dumps({"mode": mode, "device": device.type, "peak_bytes": peak, "saved_bytes": sum(saved.values()),
-                      "hwm_reset": reset, "active_params": sum(p.numel() for p in model.parameters()
-                                                               if p.grad is not None)}))
-
-
-def memory_figures(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
-    for mode in MODES:
-        command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", mode,
-                   "--resolution", str(args.resolution), "--width-mult", str(args.width_mult),
-                   "--threads", str(args.threads), "--seed", str(args.seed), "--memory-batch", str(args.memory_batch),
-                   "--lut", str(lut_path(args))]
-        environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(command, check=False, capture_output=True, text=True, env=environment)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory worker {mode} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        logger.info("memory %s: %s", mode, rows[-1])
-    return rows
 
 
 # -- 2. searches ---------------------------------------------------------------------------------------
@@ -410,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.memory_worker:
-        memory_worker(args)
+        memory_worker(args, make_space(args), lut_path(args))
         return
     import torch
 
@@ -422,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     space = make_space(args)
     measurer = make_measurer(args)
     table = ensure_lut(args, space, measurer)
-    memory = memory_figures(args)
+    memory = memory_figures(args, Path(__file__), lut_path(args))
     targets = pick_targets(args, space, table)
     span = tuple(pick_targets(argparse.Namespace(targets_ms=None, target_fractions="0,1"), space, table))
     sampled = random_latencies(space, table, args.seed)

@@ -11,10 +11,15 @@ params, is depthwise, is weight step, previous action)``; the first eight are mi
 [0, 1] over the network. The **action** ``a in [0, 1]`` maps to
 ``bits = round(min_bits - 0.5 + a * (max_bits - min_bits + 1))`` (clipped to the range).
 
-**Constraint** (Sec. 3.3): when the proposed policy exceeds the budget, bit-widths are decreased
-one layer at a time, sweeping from the first layer and starting over, until it fits (for a model
-size budget only weight bits are lowered; for the accelerator cost both). A budget below the
-all-``min_bits`` policy raises at once. **Reward**: ``0.1 * (accuracy - float accuracy)``
+**Constraint** (Sec. 3.3, `cut_to_budget`): when the proposed policy exceeds the budget,
+bit-widths are decreased one step at a time, sweeping from the *last* layer towards the first and
+starting over, until it fits (for a model size budget only weight bits are lowered; for the
+accelerator cost both) -- the order of the authors' ``_final_action_wall`` (mit-han-lab/haq,
+``lib/env/linear_quantize_env.py``), which takes the bits from the large late layers first. With
+``keep_first_last`` (default, as their ``_keep_first_last_layer``) the first and last layers stay
+at ``max_bits``: they hold few weights and are the most sensitive. Our first version swept from
+the first layer, so the budget cut fell on the small sensitive early layers first. A budget below
+the smallest policy the rules allow raises at once. **Reward**: ``0.1 * (accuracy - float accuracy)``
 (``reward_scale``), where ``accuracy = evaluate(quantized model)`` -- the caller's callable, which
 may fine-tune briefly first as HAQ does; the search calibrates activation ranges beforehand.
 
@@ -51,7 +56,7 @@ from compress.quantize_cost import (
 )
 from compress.quantize_policy import QuantPolicy
 
-__all__ = ["HaqAgent", "HaqConfig", "search_quant_policy", "state_features"]
+__all__ = ["HaqAgent", "HaqConfig", "cut_to_budget", "search_quant_policy", "state_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class HaqConfig:
     reward_scale: float = 0.1
     baseline_momentum: float = 0.5  # AMC's moving_alpha
     fixed_activation_bits: int = 8  # activations when they are not searched
+    keep_first_last: bool = True  # first and last layers at max_bits (the authors' code)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int) and 2 <= self.min_bits <= self.max_bits <= 8):
@@ -206,6 +212,23 @@ def _bits_to_action(bits: int, config: HaqConfig) -> float:
     return (bits - config.min_bits + 0.5) / (config.max_bits - config.min_bits + 1)
 
 
+def cut_to_budget(bits: list[int], cost: Callable[[list[int]], float], budget: float, cuttable: Sequence[int],
+                  min_bits: int) -> list[int]:
+    """HAQ's action wall: lower ``bits[i]`` by one for i in ``cuttable`` from the last to the first,
+    starting over, until ``cost(bits) <= budget``; modifies and returns ``bits``."""
+    while cost(bits) > budget:
+        lowered = False
+        for i in reversed(cuttable):
+            if bits[i] > min_bits:
+                bits[i], lowered = bits[i] - 1, True
+                if cost(bits) <= budget:
+                    return bits
+        if not lowered:
+            raise RuntimeError(f"cut_to_budget: cost {cost(bits):g} > budget {budget:g} with every cuttable "
+                               f"step at min_bits={min_bits}")
+    return bits
+
+
 def search_quant_policy(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
@@ -258,24 +281,23 @@ def search_quant_policy(
         return bitfusion_cost(infos, policy).cycles
 
     steps = len(names) * per_layer
+    pinned = set()
+    if config.keep_first_last and len(names) > 1:
+        pinned = {*range(per_layer), *range(steps - per_layer, steps)}
+
+    def allowed(bits: list[int]) -> list[int]:
+        return [config.max_bits if i in pinned else b for i, b in enumerate(bits)]
+
     # a size budget only responds to weight steps; lowering activations there would cost accuracy for nothing
-    cuttable = [i for i in range(steps) if budget_cost is not None or i % per_layer == 0]
-    smallest = resource(policy_of([config.min_bits] * steps))
+    cuttable = [i for i in range(steps) if i not in pinned and (budget_cost is not None or i % per_layer == 0)]
+    smallest = resource(policy_of(allowed([config.min_bits] * steps)))
     if smallest > budget:
         raise ValueError(f"search_quant_policy: budget {budget:g} is below the smallest reachable resource "
-                         f"{smallest:g} (every searched bit-width at min_bits={config.min_bits})")
+                         f"{smallest:g} (every searched bit-width at min_bits={config.min_bits}"
+                         + (f", first and last layers at max_bits={config.max_bits})" if pinned else ")"))
 
     def fit(bits: list[int]) -> list[int]:
-        while resource(policy_of(bits)) > budget:
-            lowered = False
-            for i in cuttable:
-                if bits[i] > config.min_bits:
-                    bits[i], lowered = bits[i] - 1, True
-                    if resource(policy_of(bits)) <= budget:
-                        return bits
-            if not lowered:  # unreachable after the `smallest` check; guards against an endless loop
-                raise RuntimeError("search_quant_policy: cannot meet the budget with every layer at min_bits")
-        return bits
+        return cut_to_budget(allowed(bits), lambda b: resource(policy_of(b)), budget, cuttable, config.min_bits)
 
     cache: dict[QuantPolicy, float] = {}
 
