@@ -98,6 +98,7 @@ class SearchSpace(ABC):
         self.resolution = resolution
         self.num_classes = num_classes
         self.decisions: list[Decision] = []
+        self.options: dict[str, Any] = {}  # the keyword arguments `get_space` was given, JSON-able
 
     # -- to implement ------------------------------------------------------------------------------
     @abstractmethod
@@ -216,4 +217,6 @@ def get_space(name: str, resolution: int = 224, num_classes: int = 1000, **optio
     # need not know that (a function-level import: `spaces/` imports this module).
     import search_spaces.spaces  # noqa: F401
 
-    return SPACES.get(name)(resolution=resolution, num_classes=num_classes, **options)
+    space = SPACES.get(name)(resolution=resolution, num_classes=num_classes, **options)
+    space.options = dict(options)  # so a table built for a restricted space can rebuild that space
+    return space

@@ -122,3 +122,30 @@ def test_validation_needs_enough_networks_for_three_parameters(tmp_path: Path) -
     table = build_table(space, CountingMeasurer(), tmp_path / "t.json")
     with pytest.raises(ValueError, match="samples=3 must be >= 4"):
         validate_table(table, space, LinearNetworkMeasurer(table), samples=3)
+
+
+class OnnxRuntimeLabelledMeasurer(CountingMeasurer):
+    """Fake entries, labelled as an onnxruntime table so `nas lut validate` measures with the real backend."""
+
+    def metadata(self) -> dict:
+        return {"backend": "onnxruntime", "threads": 1, "device": "test"}
+
+
+def test_lut_validate_cli_samples_the_restricted_space_the_table_was_built_for(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+    from search_spaces.spaces import get_space
+
+    options = {"ops": ["mbconv"], "kernels": [3, 5], "expand_ratios": [3], "se_ratios": [0.0], "layer_deltas": [0],
+               "width_multipliers": [0.5]}
+    space = get_space("mnasnet", resolution=16, num_classes=4, **options)
+    path = tmp_path / "restricted.json"
+    build_table(space, OnnxRuntimeLabelledMeasurer(), path)
+    assert LatencyTable.load(path).metadata["space_options"] == options
+    # the full space would sample ops this table lacks (MissingEntriesError); the recorded options prevent it
+    result = CliRunner().invoke(app, ["lut", "validate", str(path), "--samples", "4"])
+    assert result.exit_code == 0, result.output
+    validated = LatencyTable.load(path)
+    assert validated.calibration is not None and validated.calibration.samples == 4
+    assert validated.validation["samples"] == 4 and (tmp_path / "restricted.validation.png").is_file()

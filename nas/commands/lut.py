@@ -89,7 +89,9 @@ def validate(
     table = LatencyTable.load(table_path)
     if not table.space:
         raise ValueError(f"{table_path} names no search space (imported tables cannot be re-measured here)")
-    space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes)
+    # a table built for a restricted space (`nas search --space-options`) samples from that space only
+    space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes,
+                      **table.metadata.get("space_options", {}))
     measurer = make_measurer(table.metadata.get("backend", "onnxruntime"), table.metadata.get("threads", 1), device, token)
     plot = plot or table_path.with_suffix(".validation.png")
     report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot)

@@ -108,7 +108,7 @@ def build_table(
     An existing file must be a table of this space, resolution, classes, backend and thread count,
     otherwise `LatencyTableError` (a table is never silently overwritten or mixed)."""
     path = Path(path)
-    metadata = {**measurer.metadata(), "source": "measured"}
+    metadata = {**measurer.metadata(), "source": "measured", "space_options": space.options}
     if path.exists():
         table = LatencyTable.load(path)
         table.check_fits(

@@ -78,7 +78,7 @@ class Calibration:
     samples: int
     ms_per_mweight: float = 0.0
 
-    def apply(self, raw_ms: float, weights: float = 0.0) -> float:
+    def apply(self, raw_ms: float, weights: float) -> float:
         return self.slope * raw_ms + self.ms_per_mweight * weights / 1e6 + self.intercept_ms
 
     def layer_ms(self, raw_ms: float, weights: float) -> float:
