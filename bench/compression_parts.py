@@ -33,6 +33,7 @@ from compress import (
     search_quant_policy,
     uniform_policy,
 )
+from compress.quantize_cost import LayerInfo
 from compress.scale import scale_spec
 from nas.data import DataSplits
 from nas.train import TrainConfig, TrainReport, evaluate, train
@@ -71,9 +72,10 @@ def finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, epochs: int
     return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
 
 
-def _weight_bits_string(policy: QuantPolicy) -> str:
-    # activations are 8 everywhere here (size-constrained HAQ), so the weights tell the policy apart
-    return "".join(str(bits.weight_bits) for bits in policy.layers.values())
+def _weight_bits_string(policy: QuantPolicy, infos: Sequence[LayerInfo]) -> str:
+    # activations are 8 everywhere here (size-constrained HAQ), so the weights tell the policy apart;
+    # execution order, not the policy's key order (a policy read back from JSON has its keys sorted)
+    return "".join(str(policy.layers[info.name].weight_bits) for info in infos)
 
 
 def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_epochs: int, episodes: int,
@@ -113,7 +115,7 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
         ptq = test_accuracy(qmodel, data, config.device)
         report = finetune(qmodel, base, data, epochs, config) if epochs else None
         rows[label] = {
-            "weight_bits": policy_weight_bits(base, policy), "bits": _weight_bits_string(policy),
+            "weight_bits": policy_weight_bits(base, policy), "bits": _weight_bits_string(policy, infos),
             "policy": policy.to_dict()["layers"], "bitfusion_cycles": bitfusion_cost(infos, policy).cycles,
             "test_accuracy_ptq": ptq, "test_accuracy": report.test_accuracy if report else None,
             "qat_epochs": epochs, "qat": report.to_dict() if report else None, "wall_s": time.perf_counter() - start,
