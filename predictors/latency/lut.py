@@ -79,7 +79,8 @@ class Calibration:
     ms_per_mweight: float = 0.0
 
     def apply(self, raw_ms: float, weights: float) -> float:
-        return self.slope * raw_ms + self.ms_per_mweight * weights / 1e6 + self.intercept_ms
+        """A network's calibrated latency from its summed entries and its weight count."""
+        return self.layer_ms(raw_ms, weights) + self.intercept_ms
 
     def layer_ms(self, raw_ms: float, weights: float) -> float:
         """One layer's share of a calibrated prediction (the intercept is the network's)."""
