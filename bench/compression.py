@@ -35,8 +35,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import compression_parts as parts
 from report import update_section
 
-from nas.data import load_dataset
-from nas.train import TrainConfig, train
+from nas.training.data import load_dataset
+from nas.training.train import TrainConfig, train
 from predictors.cost import count
 from predictors.latency import MeasureSettings
 from search_spaces.build import build_model
@@ -150,7 +150,7 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("bench.compression", "nas.train", "compress.haq"):  # progress, without ORT/export chatter
+    for name in ("bench.compression", "nas.training.train", "compress.haq"):  # progress, without ORT/export chatter
         logging.getLogger(name).setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = parts.cifar_mobilenet_v2(args.width, data.resolution, data.num_classes)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, max_batches_per_epoch=args.max_batches, eval_batch_size=parts.EVAL_BATCH)
-    torch.manual_seed(args.seed)  # weight init is the caller's business (nas.train's contract)
+    torch.manual_seed(args.seed)  # weight init is the caller's business (nas.training.train's contract)
     base = build_model(spec)
     report = train(base, data, config, evaluate_test=True)
     if report.status != "ok":

@@ -35,8 +35,8 @@ from compress import (
 )
 from compress.quantize_cost import LayerInfo
 from compress.scale import scale_spec
-from nas.data import DataSplits
-from nas.train import TrainConfig, TrainReport, evaluate, train
+from nas.training.data import DataSplits
+from nas.training.train import TrainConfig, TrainReport, evaluate, train
 from predictors.cost import count
 from predictors.latency import LocalMeasurer, MeasureSettings
 from search_spaces import zoo

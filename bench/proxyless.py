@@ -10,8 +10,8 @@ derived networks' latency vs their targets and accuracy next to regularized evol
 2. Search: the `proxyless` space (width `--width-mult`) on the CIFAR-10 subset, latency table built
    (and calibrated) with onnxruntime on 1 thread; three targets (quantiles of random networks'
    predicted latency). Per target: supernet search, argmax network, its predicted and measured
-   (same backend and threads) latency, retraining from scratch (`nas.evaluate.retrain`, the one
-   train loop) and test accuracy. Evolution (`nas.runner`, hard budget = the target) with the
+   (same backend and threads) latency, retraining from scratch (`nas.search.trial.retrain`, the one
+   train loop) and test accuracy. Evolution (`nas.search.runner`, hard budget = the target) with the
    same final retraining sits next to it.
 
     python bench/proxyless.py                        # the full benchmark, ~25 min on 2 quiet cores
@@ -132,8 +132,8 @@ def ensure_lut(args: argparse.Namespace, space: Any, measurer: Any) -> Any:
 def pick_targets(args: argparse.Namespace, space: Any, table: Any) -> list[float]:
     """Spread over what the space can reach (not over random networks, which cluster near the
     middle: a target there is met by almost any network)."""
-    from nas.supernet import LatencyModel
-    from nas.supernet_layout import layout_for_space
+    from nas.oneshot.supernet import LatencyModel
+    from nas.oneshot.layout import layout_for_space
 
     if args.targets_ms:
         return [float(v) for v in args.targets_ms.split(",")]
@@ -149,7 +149,7 @@ def random_latencies(space: Any, table: Any, seed: int, count: int = 500) -> np.
 
 
 def train_config(args: argparse.Namespace, epochs: int) -> Any:
-    from nas.train import TrainConfig
+    from nas.training.train import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
                        max_batches_per_epoch=args.max_batches, device="cpu")
@@ -157,8 +157,8 @@ def train_config(args: argparse.Namespace, epochs: int) -> Any:
 
 def proxyless_runs(args: argparse.Namespace, space: Any, table: Any, data: Any, targets: list[float],
                    measurer: Any) -> list[dict[str, Any]]:
-    from nas.evaluate import retrain
-    from nas.strategies.proxyless import ProxylessConfig, ProxylessSearch
+    from nas.search.trial import retrain
+    from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch
 
     rows = []
     for target in targets:
@@ -186,8 +186,8 @@ def proxyless_runs(args: argparse.Namespace, space: Any, table: Any, data: Any, 
 
 
 def evolution_runs(args: argparse.Namespace, targets: list[float], measurer: Any) -> list[dict[str, Any]]:
-    from nas.rundir import RunDirectory
-    from nas.runner import SearchConfig, finalize_best, run_search
+    from nas.rundir.files import RunDirectory
+    from nas.search.runner import SearchConfig, finalize_best, run_search
 
     chosen = {"middle": targets[len(targets) // 2:len(targets) // 2 + 1], "all": targets, "none": []}
     rows = []
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import torch
 
-    from nas.data import load_dataset
+    from nas.training.data import load_dataset
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)

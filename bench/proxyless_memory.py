@@ -41,8 +41,8 @@ def memory_worker(args: argparse.Namespace, space: Any, lut: Path) -> None:
 
     import torch
 
-    from nas.supernet import LatencyModel, Supernet, restricted_probabilities
-    from nas.supernet_layout import layout_for_space
+    from nas.oneshot.supernet import LatencyModel, Supernet, restricted_probabilities
+    from nas.oneshot.layout import layout_for_space
     from predictors.latency import LatencyTable
     from search_spaces.build import build_model
 

@@ -19,8 +19,8 @@ def ray_task(task: dict[str, Any], space: str, resolution: int, train: Any) -> d
     """Random search on the Ray runner. Times are taken from the call of `run_search`: the first
     trial's result therefore includes table and data loading, Ray start-up, Tune's trial launch
     and one trial's training; trials.jsonl's `finished_at` stamps give the rest."""
-    from nas.rundir import RunDirectory
-    from nas.runner import SearchConfig, run_search
+    from nas.rundir.files import RunDirectory
+    from nas.search.runner import SearchConfig, run_search
 
     s, workers = task["settings"], task["workers"]
     config = SearchConfig(space=space, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],

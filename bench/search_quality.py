@@ -95,7 +95,7 @@ def make_measurer(backend: str, threads: int, protocol: str) -> Any:
 
 
 def train_config(epochs: int, seed: int, batch_size: int) -> Any:
-    from nas.train import TrainConfig
+    from nas.training.train import TrainConfig
 
     # CPU explicitly: the budget and the timings are this CPU's, whatever else the machine has
     return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device="cpu")
@@ -104,11 +104,11 @@ def train_config(epochs: int, seed: int, batch_size: int) -> Any:
 # -- subprocess tasks -------------------------------------------------------------------------------
 
 def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> dict[str, Any]:
-    """The one final recipe for every model (searched or zoo): `nas.evaluate.retrain`, which is
+    """The one final recipe for every model (searched or zoo): `nas.search.trial.retrain`, which is
     what `finalize_best` runs, but with the train limit of the recipe and without measuring
     latency here (another job is training on the other core; all measuring is done later, idle)."""
-    from nas.data import load_dataset
-    from nas.evaluate import retrain
+    from nas.training.data import load_dataset
+    from nas.search.trial import retrain
 
     data = load_dataset(s["data"], RESOLUTION, seed=seed, limit=s["final_limit"])
     start = time.perf_counter()
@@ -117,8 +117,8 @@ def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> d
 
 
 def search_task(task: dict[str, Any]) -> dict[str, Any]:
-    from nas.rundir import RunDirectory
-    from nas.runner import SearchConfig, open_table, run_search
+    from nas.rundir.files import RunDirectory
+    from nas.search.runner import SearchConfig, open_table, run_search
     from search_spaces.space import get_space
     from search_spaces.spec import ArchSpec
 

@@ -8,7 +8,7 @@ The T^2 factor keeps the soft term's gradients on the scale of the hard term's a
 (the soft gradients shrink as 1/T^2), as the paper prescribes. KL is averaged over the batch
 (`reduction="batchmean"`, the mathematically correct mean of per-sample KL).
 
-`DistillationLoss` has the signature `nas.train.train` expects for its `distill_loss` hook:
+`DistillationLoss` has the signature `nas.training.train.train` expects for its `distill_loss` hook:
 `(student_logits, teacher_logits, labels) -> loss`.
 """
 
@@ -57,7 +57,7 @@ def kd_loss(
 
 
 class DistillationLoss:
-    """`kd_loss` with fixed temperature and alpha, callable as `nas.train.train`'s `distill_loss`."""
+    """`kd_loss` with fixed temperature and alpha, callable as `nas.training.train.train`'s `distill_loss`."""
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
         _check(temperature, alpha)

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search_spaces.errors import UserError
+
 SCHEMA = "hwnas-compress-policy"
 SCHEMA_VERSION = 1
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """A policy is malformed or does not fit the architecture; the message names the layer."""
 
 

@@ -123,7 +123,7 @@ def prepare_qat(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool =
                 calibration: Iterable[Tensor] | None = None) -> nn.Module:
     """A quantized copy ready for quantization-aware training (train mode; observers update with
     the EMA as it trains). ``calibration`` batches, when given, set the ranges first so the first
-    steps do not see ranges from one batch. Train it with ``nas.train.train`` (optionally with
+    steps do not see ranges from one batch. Train it with ``nas.training.train.train`` (optionally with
     ``teacher=model`` and ``compress.distill``'s loss); evaluate after ``.eval()``."""
     qmodel = apply_policy(model, policy, fold_batchnorm=fold_batchnorm)
     if calibration is not None:

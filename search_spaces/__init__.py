@@ -2,6 +2,7 @@
 
 from search_spaces.blocks import BLOCKS, build_block, make_divisible
 from search_spaces.build import LayerShape, Network, build_head, build_layer, build_model, build_stem, layer_shapes
+from search_spaces.errors import DatasetError, OptionError, UserError
 from search_spaces.registry import Registry
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, SpecError, StemSpec
 
@@ -10,14 +11,17 @@ __all__ = [
     "Activation",
     "ArchSpec",
     "BlockSpec",
+    "DatasetError",
     "HeadSpec",
     "LayerShape",
     "Network",
     "Op",
+    "OptionError",
     "Registry",
     "SEStyle",
     "SpecError",
     "StemSpec",
+    "UserError",
     "build_block",
     "build_head",
     "build_layer",

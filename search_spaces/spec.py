@@ -17,8 +17,10 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
+from search_spaces.errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError, ValueError):
     """An architecture or block specification is invalid; the message names the field."""
 
 

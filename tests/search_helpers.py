@@ -13,9 +13,9 @@ from typing import Any
 
 from tiny_space import TinySpace
 
-from nas.runner import SearchConfig
+from nas.search.runner import SearchConfig
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher
-from nas.train import TrainConfig
+from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurement, build_table
 from search_spaces.space import SPACES
 from search_spaces.spec import ArchSpec

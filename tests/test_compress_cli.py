@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.model_files import load, save
+from nas.rundir.model_files import load, save
 from predictors.cost import count
 from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
 

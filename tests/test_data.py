@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import DataSplits, load_dataset
+from nas.training.data import DataSplits, load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Knowledge distillation: the loss on hand-computable numbers, its checks, and its use as
-`nas.train.train`'s `distill_loss` hook (tests may import nas; compress itself never does)."""
+`nas.training.train.train`'s `distill_loss` hook (tests may import nas; compress itself never does)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from compress.distill import DistillationLoss, kd_loss
-from nas.data import load_dataset
-from nas.train import TrainConfig, train
+from nas.training.data import load_dataset
+from nas.training.train import TrainConfig, train
 from search_spaces.build import build_model
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec
 

@@ -2,7 +2,7 @@
 model without pickle, tampering and spec/weights mismatches fail clearly, the card is complete.
 
 The run directories are written by hand in the runner's shapes (config.json from `SearchConfig`,
-trials.jsonl records of `nas.session.trial_record`, best/ of `RunDirectory.write_best`), so these
+trials.jsonl records of `nas.search.session.trial_record`, best/ of `RunDirectory.write_best`), so these
 tests do not depend on the runner."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from compress.quantize_export import QDQ_TOLERANCE
 from nas.cli import app
-from nas.export import FORMATS, ExportError, export_run, load, parse_formats
-from nas.model_files import ArchMismatchError, WeightsError
-from nas.rundir import RunDirectory
+from nas.artifacts.export import FORMATS, ExportError, export_run, load, parse_formats
+from nas.rundir.model_files import ArchMismatchError, WeightsError
+from nas.rundir.files import RunDirectory
 from predictors.latency import (
     LatencyTable,
     Measurement,
@@ -189,7 +189,7 @@ def test_model_card_lists_the_architecture_costs_latency_and_formats(exported: d
     for text in (f"{params:,}", f"{predicted:.4f} ms", "70.00% (`val_accuracy`)", "71.00% (`final_val_accuracy`)",
                  "68.00% (`test_accuracy`)",
                  "`synthetic`", "evolution", "1.3 ms (hard)", "8 (6 ok, 1 infeasible, 1 failed)", "ONNX opset 18",
-                 "model.int8.onnx", "atol=0.0001, rtol=0.001", f"relative={QDQ_TOLERANCE:g}", "nas.export.load(", "ms median",
+                 "model.int8.onnx", "atol=0.0001, rtol=0.001", f"relative={QDQ_TOLERANCE:g}", "nas.artifacts.export.load(", "ms median",
                  "test-host", "uniform 8-bit"):
         assert text in card, text
 
@@ -207,7 +207,7 @@ def test_a_trial_exports_only_when_best_holds_its_weights(exported: dict[str, An
 
 def test_a_failed_verification_raises_names_the_format_and_removes_the_file(
         exported: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nas import export
+    from nas.artifacts import export
 
     real = export._run_onnx
     monkeypatch.setattr(export, "_run_onnx", lambda path, inputs: real(path, inputs) + 0.01)

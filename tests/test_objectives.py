@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nas.objectives import (
+from nas.strategies.objective import (
     hard_reward,
     hypervolume_2d,
     is_feasible,

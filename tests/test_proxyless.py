@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import load_dataset
-from nas.rundir import RunDirectory, load_weights
-from nas.runner import SearchConfig
-from nas.strategies.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
-from nas.strategies.proxyless_run import run_proxyless_search
-from nas.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
-from nas.supernet_layout import LayoutError, layout_for_space
-from nas.train import TrainConfig
+from nas.training.data import load_dataset
+from nas.rundir.files import RunDirectory, load_weights
+from nas.search.runner import SearchConfig
+from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
+from nas.oneshot.proxyless_run import run_proxyless_search
+from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
+from nas.oneshot.layout import LayoutError, layout_for_space
+from nas.training.train import TrainConfig
 from predictors.latency import Calibration, LatencyTable, Measurement, build_table
 from search_spaces.build import LayerShape, build_model, layer_shapes
 from search_spaces.space import SPACES, Decision, SearchSpace
@@ -377,7 +377,7 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
 
 
 def test_run_search_dispatches_the_one_shot_strategy(lut: Path, tmp_path: Path) -> None:
-    from nas.runner import run_search
+    from nas.search.runner import run_search
 
     summary = run_search(run_config(lut), tmp_path / "run", progress=False)
     assert summary.trials == 1

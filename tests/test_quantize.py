@@ -356,8 +356,8 @@ def test_agent_state_is_json_and_resumes_exactly() -> None:
 
 
 def test_qat_with_distillation_runs_one_epoch() -> None:
-    from nas.data import load_dataset
-    from nas.train import TrainConfig, train
+    from nas.training.data import load_dataset
+    from nas.training.train import TrainConfig, train
 
     data = load_dataset("synthetic", 8, limit=128)
     torch.manual_seed(0)

@@ -13,8 +13,8 @@ from test_export import BEST_TRIAL, make_run  # the run-directory builder, share
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.report import FIGURES, top_trials, write_report
-from nas.runinfo import read_run
+from nas.artifacts.report import FIGURES, top_trials, write_report
+from nas.rundir.runinfo import read_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

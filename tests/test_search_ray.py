@@ -20,7 +20,7 @@ import pytest
 from search_helpers import read_jsonl, tiny_config
 from test_search_runner import _test_registrations, check_best, lut  # noqa: F401  (shared fixtures)
 
-from nas.runner import SearchConfig, run_search
+from nas.search.runner import SearchConfig, run_search
 
 pytestmark = pytest.mark.ray
 RAY = Path(sys.executable).with_name("ray")

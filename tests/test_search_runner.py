@@ -23,13 +23,13 @@ from search_helpers import (
 from tiny_space import TinySpace
 from torch import Tensor, nn
 
-import nas.evaluate
-from nas.data import load_dataset
-from nas.rundir import RunDirectory, load_weights
-from nas.runner import SearchConfig, run_search
-from nas.session import SearchSession
+import nas.search.trial
+from nas.training.data import load_dataset
+from nas.rundir.files import RunDirectory, load_weights
+from nas.search.runner import SearchConfig, run_search
+from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS
-from nas.train import evaluate
+from nas.training.train import evaluate
 from predictors.latency import LatencyTable
 from search_spaces.build import build_model
 
@@ -110,14 +110,14 @@ def test_failed_and_infeasible_trials_are_recorded_and_the_search_goes_on(
     assert len(missing) == 1
     del table.entries[missing[0]]
     table.save(tmp_path / "holey.json")
-    real_build = nas.evaluate.build_model
+    real_build = nas.search.trial.build_model
 
     def build(arch):  # arch 1 cannot be built; arch 2 trains into NaN
         if arch == ARCHS[1]:
             raise RuntimeError("boom: no such kernel")
         return NaNNetwork(arch.num_classes) if arch == ARCHS[2] else real_build(arch)
 
-    monkeypatch.setattr(nas.evaluate, "build_model", build)
+    monkeypatch.setattr(nas.search.trial, "build_model", build)
     summary = run_search(tiny_config(tmp_path / "holey.json", budget=13.4, trials=8), tmp_path / "run",
                          progress=False)
     results = {r["candidate"]["info"]["slot"]: r["result"] for r in read_jsonl(tmp_path / "run/trials.jsonl")}
@@ -202,14 +202,14 @@ sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads(1)
 import search_helpers
 search_helpers.register()
-import nas.runner
-from nas.runner import run_search
-real = nas.runner.evaluate_candidate
+import nas.search.runner
+from nas.search.runner import run_search
+real = nas.search.runner.evaluate_candidate
 def slow(*args, **kwargs):  # slow trials so that the parent can kill the run in the middle
     out = real(*args, **kwargs)
     time.sleep(0.4)
     return out
-nas.runner.evaluate_candidate = slow
+nas.search.runner.evaluate_candidate = slow
 if {resume!r}:
     run_search(None, {run!r}, resume=True, progress=False)
 else:

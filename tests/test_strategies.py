@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from strategy_helpers import SyntheticSpace, TableObjective, best_reward, run_search
 from tiny_space import TinySpace
 
-from nas.objectives import hypervolume_2d
+from nas.strategies.objective import hypervolume_2d
 from nas.strategies import (
     SEARCHERS,
     EvolutionSearcher,

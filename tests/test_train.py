@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from nas.data import DataSplits, load_dataset
-from nas.train import TrainConfig, TrainReport, evaluate, train
+from nas.training.data import DataSplits, load_dataset
+from nas.training.train import TrainConfig, TrainReport, evaluate, train
 
 torch.set_num_threads(1)
 

@@ -37,7 +37,7 @@ class Source:
 
 
 def read_source(source: str, weights: Path | None = None, *, need_weights: bool) -> Source:
-    from nas.model_files import ARCH_FILE, load
+    from nas.rundir.model_files import ARCH_FILE, load
 
     if source.startswith("zoo:"):
         if need_weights:
@@ -65,7 +65,7 @@ def _output_dir(source: Source, kind: str, out: Path | None) -> Path:
 
 
 def _data(source: Source, dataset: str | None, seed: int):
-    from nas.data import load_dataset
+    from nas.training.data import load_dataset
 
     name = dataset or source.config.get("dataset")
     if not name:
@@ -88,7 +88,7 @@ def _write(out: Path, name: str, data: Any) -> None:
 
 def _finetune(model, teacher, data, epochs: int, seed: int) -> Any:
     from compress.distill import DistillationLoss
-    from nas.train import TrainConfig, train
+    from nas.training.train import TrainConfig, train
 
     config = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, seed=seed)
     return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
@@ -160,8 +160,8 @@ def prune(
     from compress.prune import PrunePolicy, plan_prune
     from compress.prune import prune as prune_weights
     from compress.prune_search import search_prune_policy
-    from nas.model_files import save
-    from nas.train import evaluate
+    from nas.rundir.model_files import save
+    from nas.training.train import evaluate
     from predictors.cost import count
     from search_spaces.build import build_model
 
@@ -234,7 +234,7 @@ def quantize(
     from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
     from compress.quantize_export import export_qdq
     from compress.quantize_policy import QuantPolicy, uniform_policy
-    from nas.train import evaluate
+    from nas.training.train import evaluate
     from safetensors.torch import save_file
 
     src = read_source(source, weights, need_weights=True)

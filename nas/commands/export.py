@@ -29,7 +29,7 @@ def export_command(
     calibration: str = typer.Option("random", help="int8 calibration inputs: random (seeded N(0,1)) or dataset."),
 ) -> None:
     """Export the best model of a run; every file is checked against PyTorch's outputs."""
-    from nas.export import ExportError, export_run
+    from nas.artifacts.export import ExportError, export_run
 
     console = Console()
     try:
@@ -60,7 +60,7 @@ def load_command(
     weights: Optional[Path] = typer.Option(None, help="The weights file, when PATH is an arch.json elsewhere."),
 ) -> None:
     """Rebuild a model (no pickle: never opens .pt/TorchScript) and print its size and input."""
-    from nas.model_files import load_model_files
+    from nas.rundir.model_files import load_model_files
     from predictors.cost import count
 
     model, metadata = load_model_files(path, weights)

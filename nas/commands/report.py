@@ -21,7 +21,7 @@ def report_command(
     out: Optional[Path] = typer.Option(None, help="Output directory (default RUN/report/)."),
 ) -> None:
     """Accuracy vs latency with the Pareto front, progress, per-layer latency; one index.html."""
-    from nas.report import write_report
+    from nas.artifacts.report import write_report
 
     files = write_report(run, out)
     console = Console()

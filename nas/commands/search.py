@@ -131,8 +131,8 @@ def search(
                                                                  "(default: torch's; 1 is safest on a shared box)."),
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
-    from nas.runner import SearchConfig
-    from nas.train import TrainConfig
+    from nas.search.runner import SearchConfig
+    from nas.training.train import TrainConfig
 
     if train_threads is not None:
         import torch
@@ -157,7 +157,7 @@ def search(
     space, dataset, resolution = space or "mnasnet", dataset or "digits", resolution or 32
     seed = 0 if seed is None else seed
     if lut is None:
-        from nas.data import load_dataset
+        from nas.training.data import load_dataset
 
         classes = load_dataset(dataset, resolution, seed=seed, limit=train_limit).num_classes
         lut = ensure_lut(space, resolution, classes, options or {}, backend, threads, runs_dir / "luts")
@@ -180,11 +180,11 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     """Search, then retrain / test / measure the winner, print it and save it under best/."""
     import logging
 
-    from nas.runner import run_search
+    from nas.search.runner import run_search
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # one line per trial (nas.session) is enough next to the progress bar; epochs show with -v
-        logging.getLogger("nas.train").setLevel(logging.WARNING)
+        # one line per trial (nas.search.session) is enough next to the progress bar; epochs show with -v
+        logging.getLogger("nas.training.train").setLevel(logging.WARNING)
     try:
         summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
     except FileExistsError as error:
@@ -198,7 +198,7 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
         return None
     metrics = _finalize(summary.run_dir, final_epochs, progress)
     if demo_info:
-        from nas.rundir import RunDirectory
+        from nas.rundir.files import RunDirectory
 
         metrics = RunDirectory(summary.run_dir).update_best_metrics({"demo": demo_info})
     _print_best(summary.run_dir, metrics)
@@ -206,8 +206,8 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
 
 
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any]:
-    from nas.rundir import RunDirectory
-    from nas.runner import SearchConfig, finalize_best
+    from nas.rundir.files import RunDirectory
+    from nas.search.runner import SearchConfig, finalize_best
     from predictors.latency import LatencyTable, LocalMeasurer
 
     directory = RunDirectory(run_dir)
@@ -226,7 +226,7 @@ def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any
 
 
 def _print_best(run_dir: Path, metrics: dict[str, Any]) -> None:
-    from nas.rundir import RunDirectory
+    from nas.rundir.files import RunDirectory
 
     arch = RunDirectory(run_dir).read_best_arch()
     console.print(f"[bold]best architecture[/] (trial {metrics.get('trial_id')}, {run_dir / 'best'}):")
@@ -297,9 +297,9 @@ def demo(
 
     import torch
 
-    from nas.rundir import RunDirectory, write_json_atomic
-    from nas.runner import SearchConfig
-    from nas.train import TrainConfig
+    from nas.rundir.files import RunDirectory, write_json_atomic
+    from nas.search.runner import SearchConfig
+    from nas.training.train import TrainConfig
     from predictors.latency import LatencyTable
     from search_spaces.space import get_space
 

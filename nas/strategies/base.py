@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.objectives import HARD_ALPHA, HARD_BETA, SOFT_EXPONENT, mnas_reward, mnas_weight
+from nas.strategies.objective import HARD_ALPHA, HARD_BETA, SOFT_EXPONENT, mnas_reward, mnas_weight
 from search_spaces.registry import Registry
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec

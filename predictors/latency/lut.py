@@ -44,6 +44,7 @@ from typing import Any
 from predictors.cost import layer_weights
 from predictors.latency.measure import Measurement
 from search_spaces.build import LayerShape, layer_shapes
+from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,11 @@ SCHEMA = "hwnas-latency-table"
 SCHEMA_VERSION = 1
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(UserError, ValueError):
     """A table file is corrupt, of another schema, or does not fit the request."""
 
 
-class MissingEntriesError(KeyError):
+class MissingEntriesError(LatencyTableError, KeyError):
     """An architecture contains layers the table has not measured."""
 
     def __init__(self, keys: list[str], table: str = "table") -> None:

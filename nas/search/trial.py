@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.data import DataSplits
+from nas.training.data import DataSplits
 from nas.strategies.base import Candidate, Result, SearchObjective
-from nas.train import EpochCallback, TrainConfig, train
+from nas.training.train import EpochCallback, TrainConfig, train
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
 from search_spaces.build import build_model
 from search_spaces.spec import ArchSpec

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from nas.data import DataSplits
+from nas.training.data import DataSplits
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
 

@@ -4,7 +4,7 @@ Figures (matplotlib's object API on the Agg canvas: no display, no pyplot global
 
 - ``accuracy_latency.png``: validation accuracy vs LUT-predicted latency of every trained trial,
   feasible and over-budget marked apart, infeasible untrained trials as ticks on the latency
-  axis, the Pareto front (`nas.objectives.pareto_front`) and the budget line; failed trials counted.
+  axis, the Pareto front (`nas.strategies.objective.pareto_front`) and the budget line; failed trials counted.
 - ``progress.png``: best feasible accuracy so far vs trial id, over each trial's accuracy.
 - ``layer_latency.png``: LUT latency per layer of the best architecture, coloured by op.
 
@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nas.objectives import pareto_front
-from nas.runinfo import (
+from nas.strategies.objective import pareto_front
+from nas.rundir.runinfo import (
     RunInfo,
     read_run,
     trial_accuracy,

@@ -1,5 +1,5 @@
 """Settings of a ProxylessNAS search (`ProxylessConfig`) and its architecture loss
-(`latency_loss`); the search itself is `nas.strategies.proxyless`.
+(`latency_loss`); the search itself is `nas.oneshot.proxyless`.
 
 Loss of the architecture step (`latency_loss`), CE the val cross-entropy times `ce_weight`,
 E = E[LAT] in ms = sum over slots of softmax(alpha) . latency (`LatencyModel`), T the target

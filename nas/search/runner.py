@@ -1,8 +1,8 @@
 """Running a search: `SearchConfig` (what to search), `run_search` (the in-process loop, or Ray
-Tune through `nas.ray_runner`), resume, and `finalize_best` (retrain, test, measure the winner).
+Tune through `nas.search.ray_runner`), resume, and `finalize_best` (retrain, test, measure the winner).
 
 The default loop imports no Ray: ask -> evaluate -> append trial -> tell -> save searcher state ->
-update best, one trial at a time (see `nas.session` for why in that order).
+update best, one trial at a time (see `nas.search.session` for why in that order).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from nas.data import DataSplits, load_dataset
-from nas.evaluate import evaluate_candidate, precheck, retrain, train_candidate
-from nas.progress import SearchProgress
-from nas.rundir import RunDirectory
-from nas.session import SearchSession
+from nas.training.data import DataSplits, load_dataset
+from nas.search.trial import evaluate_candidate, precheck, retrain, train_candidate
+from nas.search.progress import SearchProgress
+from nas.rundir.files import RunDirectory
+from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS, Candidate, Searcher, SearchObjective
-from nas.train import TrainConfig
+from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
 from search_spaces.space import SearchSpace, get_space
 
@@ -211,7 +211,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     directory = RunDirectory(run_dir)
     strategy = SearchConfig.from_dict(directory.read_config()).strategy if resume else getattr(config, "strategy", None)
     if strategy == "proxyless":  # one-shot: a supernet trained once, not an ask/tell Searcher
-        from nas.strategies.proxyless_run import run_proxyless_search  # function-level: avoids an import cycle
+        from nas.oneshot.proxyless_run import run_proxyless_search  # function-level: avoids an import cycle
 
         return run_proxyless_search(config, run_dir, resume=resume, progress=progress, given=given)
     if resume:
@@ -269,7 +269,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
         if session.remaining == 0:
             logger.info("%s already holds all %d trials", directory.path, config.trials)
         elif config.uses_ray:
-            from nas.ray_runner import run_on_ray  # the only place Ray is imported
+            from nas.search.ray_runner import run_on_ray  # the only place Ray is imported
 
             run_on_ray(config, session, table, objective)
         else:

@@ -32,13 +32,18 @@ from typing import Any
 
 import torch
 
+from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
+__all__ = ["RunDirError", "RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
 
 SEARCHER_FORMAT = "hwnas-searcher-state"
+
+
+class RunDirError(UserError, ValueError):
+    """A run directory is missing, corrupt, of another schema version, or already in use."""
 
 
 def now_iso() -> str:
@@ -254,7 +259,7 @@ class RunDirectory:
         self.best_dir.mkdir(parents=True, exist_ok=True)
         (self.best_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until rewritten
         if state_dict is not None:
-            from nas.model_files import (
+            from nas.rundir.model_files import (
                 weights_payload,  # carries the arch hash and digests `load` checks
             )
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.rundir import RunDirectory, now_iso
+from nas.rundir.files import RunDirectory, now_iso
 from nas.strategies.base import Candidate, Result, Searcher, SearchObjective
 
 logger = logging.getLogger(__name__)

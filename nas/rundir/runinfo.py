@@ -1,6 +1,6 @@
 """A read-only view of a run directory for `nas export` and `nas report`.
 
-The runner owns the run directory and writes it (`nas.rundir.RunDirectory`); this module only
+The runner owns the run directory and writes it (`nas.rundir.files.RunDirectory`); this module only
 reads it, and tolerates a run that is still going: trials.jsonl may end in a torn line (skipped by
 `RunDirectory.read_trials`), best/ and searcher.json may not exist yet. Trial records are read
 defensively (`trial_*` accessors) because only a few fields are guaranteed: ``trial_id``,
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas.rundir import RunDirectory
+from nas.rundir.files import RunDirectory
 from search_spaces.spec import ArchSpec, SpecError
 
 logger = logging.getLogger(__name__)

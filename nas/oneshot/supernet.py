@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nas.supernet_layout import MixedLayerSpec, SupernetLayout
+from nas.oneshot.layout import MixedLayerSpec, SupernetLayout
 from predictors.latency import LatencyTable, MissingEntriesError
 from search_spaces.build import build_layer
 

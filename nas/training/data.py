@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from nas.data_cifar10 import cifar10_arrays
+from nas.training.cifar10 import cifar10_arrays
 
 __all__ = ["ACCEPTED_FORMS", "DataSplits", "load_dataset"]
 

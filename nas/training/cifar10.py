@@ -1,4 +1,4 @@
-"""CIFAR-10 readers for `nas.data`: an .npz of uint8 NHWC arrays (read without pickle) or a
+"""CIFAR-10 readers for `nas.training.data`: an .npz of uint8 NHWC arrays (read without pickle) or a
 torchvision CIFAR-10 root (its batches are checked against the official archive's digests)."""
 
 from __future__ import annotations

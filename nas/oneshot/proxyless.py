@@ -10,7 +10,7 @@ Each search step alternates (paper Sec. 3.2, Fig. 2):
    into logit gradients over the two sampled paths (`gate_gradient_to_alpha`), an Adam step on the
    logits, and the two logits shifted back so unsampled paths keep their probabilities.
 
-The architecture loss and its forms are described in `nas.strategies.proxyless_config`.
+The architecture loss and its forms are described in `nas.oneshot.proxyless_config`.
 
 Derivation (`derive`): ``argmax`` (paper Sec. 3.2; the default) takes the most likely option per
 slot, `skip` removing the layer. After a short search the distributions have not peaked and E[LAT]
@@ -42,17 +42,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from nas.data import DataSplits
-from nas.strategies.proxyless_config import DERIVE_RULES, LOSS_FORMS, ProxylessConfig, latency_loss
-from nas.supernet import (
+from nas.training.data import DataSplits
+from nas.oneshot.proxyless_config import DERIVE_RULES, LOSS_FORMS, ProxylessConfig, latency_loss
+from nas.oneshot.supernet import (
     LatencyModel,
     Supernet,
     gate_gradient_to_alpha,
     rescale_sampled_logits,
     restricted_probabilities,
 )
-from nas.supernet_layout import SupernetLayout, layout_for_space
-from nas.train import resolve_device
+from nas.oneshot.layout import SupernetLayout, layout_for_space
+from nas.training.train import resolve_device
 from predictors.latency import LatencyTable
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
@@ -82,7 +82,7 @@ def _batches(data: TensorDataset, batch_size: int, generator: torch.Generator) -
 
 class ProxylessSearch:
     """One supernet search: `run_epoch` until `config.epochs`, then `derive()` the network.
-    `save`/`load` checkpoint a finished epoch (`nas.strategies.proxyless_run`)."""
+    `save`/`load` checkpoint a finished epoch (`nas.oneshot.proxyless_run`)."""
 
     def __init__(self, space: SearchSpace, table: LatencyTable, data: DataSplits, config: ProxylessConfig) -> None:
         self.space, self.data, self.config = space, data, config
@@ -264,12 +264,12 @@ class ProxylessSearch:
     # -- checkpoints -------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Checkpoint the finished epoch into `directory` (`proxyless_run.save_checkpoint`)."""
-        from nas.strategies.proxyless_run import save_checkpoint  # it imports this module
+        from nas.oneshot.proxyless_run import save_checkpoint  # it imports this module
 
         return save_checkpoint(self, Path(directory))
 
     def load(self, directory: str | Path) -> bool:
         """Restore the last saved epoch from `directory`; False when it holds none."""
-        from nas.strategies.proxyless_run import load_checkpoint
+        from nas.oneshot.proxyless_run import load_checkpoint
 
         return load_checkpoint(self, Path(directory))

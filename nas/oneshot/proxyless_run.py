@@ -1,7 +1,7 @@
 """The files of a ProxylessNAS run: epoch checkpoints (so a killed search resumes from its last
 finished epoch) and the run directory every strategy writes (`nas search --strategy proxyless`).
 
-Run directory (`nas.rundir` layout, plus `proxyless/`)::
+Run directory (`nas.rundir.files` layout, plus `proxyless/`)::
 
     config.json            the `SearchConfig`; strategy "proxyless", its settings in strategy_options
     trials.jsonl           one trial: the derived architecture trained with config.train, its Result
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nas.rundir import RunDirectory, load_weights, now_iso, save_weights, write_json_atomic
+from nas.rundir.files import RunDirectory, load_weights, now_iso, save_weights, write_json_atomic
 from nas.strategies.base import Candidate, Result, SearchObjective
-from nas.strategies.proxyless import ProxylessConfig, ProxylessSearch
+from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch
 
 if TYPE_CHECKING:
-    from nas.runner import SearchConfig, SearchSummary
+    from nas.search.runner import SearchConfig, SearchSummary
 
 __all__ = ["STATE_DIR", "load_checkpoint", "proxyless_config_from", "run_proxyless_search", "save_checkpoint"]
 
@@ -147,7 +147,7 @@ def proxyless_config_from(config: SearchConfig) -> ProxylessConfig:
 
 def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume: bool,
                     given: dict[str, Any] | None) -> SearchConfig:
-    from nas.runner import SearchConfig
+    from nas.search.runner import SearchConfig
 
     if resume:
         stored = SearchConfig.from_dict(directory.read_config())
@@ -178,9 +178,9 @@ def _best_metrics(record: dict[str, Any], result: Result, objective: SearchObjec
 def run_proxyless_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
                          progress: bool = True, given: dict[str, Any] | None = None) -> SearchSummary:
     """`run_search` for strategy "proxyless": same arguments, same run directory, same summary."""
-    from nas.evaluate import precheck, train_candidate
-    from nas.runner import SearchSummary, load_search_data, open_table
-    from nas.session import trial_record
+    from nas.search.trial import precheck, train_candidate
+    from nas.search.runner import SearchSummary, load_search_data, open_table
+    from nas.search.session import trial_record
     from search_spaces.space import get_space
 
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """Running a search's trials on Ray Tune: embedded local Ray (`ray=True`) or an existing cluster
-(`ray_address`). The only module of the project that imports Ray; `nas.runner` imports it only
+(`ray_address`). The only module of the project that imports Ray; `nas.search.runner` imports it only
 when a run asks for Ray.
 
 - `TuneSearcherAdapter` (a `ray.tune.search.Searcher`) wraps the run's `SearchSession`, i.e. OUR
@@ -32,11 +32,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher as TuneSearcher
 
-from nas.data import load_dataset
-from nas.evaluate import Precheck, failure_reason, precheck, train_candidate
-from nas.rundir import json_safe, save_weights, write_json_atomic
+from nas.training.data import load_dataset
+from nas.search.trial import Precheck, failure_reason, precheck, train_candidate
+from nas.rundir.files import json_safe, save_weights, write_json_atomic
 from nas.strategies.base import Candidate, Result, SearchObjective
-from nas.train import TrainConfig
+from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
-    from nas.session import SearchSession
+    from nas.search.session import SearchSession
 
 __all__ = ["SearchProgress", "format_duration"]
 

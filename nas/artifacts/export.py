@@ -3,7 +3,7 @@
 Formats (file names in ``FILE_NAMES``):
 
 - ``json``: arch.json; verified by parsing it back (equal spec, equal content hash).
-- ``safetensors``: weights.safetensors with integrity metadata (`nas.model_files`); verified by
+- ``safetensors``: weights.safetensors with integrity metadata (`nas.rundir.model_files`); verified by
   `load()` rebuilding the model: outputs must be bitwise equal (max |diff| = 0).
 - ``torchscript``: model.torchscript.pt, `torch.jit.trace` of the eval model; fp32 check.
 - ``onnx``: model.onnx, TorchScript ONNX exporter at opset `ONNX_OPSET` (the latency backend's),
@@ -45,14 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.model_files import (
+from nas.rundir.model_files import (
     ArchMismatchError,
     WeightsError,
     load,
     load_model_files,
     save,
 )
-from nas.runinfo import RunInfo, read_run, trial_arch
+from nas.rundir.runinfo import RunInfo, read_run, trial_arch
 from predictors.latency.backends import (
     EXPORT_ATOL,
     EXPORT_RTOL,
@@ -284,7 +284,7 @@ def calibration_inputs(info: RunInfo | None, arch: ArchSpec, kind: str) -> torch
     """Inputs that set the int8 activation ranges: the run's training images, or seeded N(0,1)
     (the datasets are normalised per channel, so N(0,1) has about the right range)."""
     if kind == "dataset":
-        from nas.data import load_dataset
+        from nas.training.data import load_dataset
 
         name = info.value("dataset") if info is not None else None
         if not isinstance(name, str):
@@ -382,7 +382,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
     elif measure:
         info.notes.append("no latency table in config.json: nothing to measure against")
     if card:
-        from nas.model_card import write_model_card
+        from nas.artifacts.model_card import write_model_card
 
         report.card_path = write_model_card(info, report, model, table)
     (out_dir / "export.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")

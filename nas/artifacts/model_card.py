@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from nas.runinfo import RunInfo
+from nas.rundir.runinfo import RunInfo
 from search_spaces.build import layer_shapes
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, StemSpec
 
 if TYPE_CHECKING:
-    from nas.export import ExportReport
+    from nas.artifacts.export import ExportReport
     from predictors.latency import LatencyTable
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, tabl
         *_table(["", ""], [
             ["task", f"image classification, {arch.num_classes} classes"],
             ["dataset", (f"`{info.value('dataset') or 'not recorded'}` (inputs normalised per channel as "
-                         "`nas.data.load_dataset` does)")],
+                         "`nas.training.data.load_dataset` does)")],
             ["input", shape],
             ["validation accuracy, search trial", _percent(search_val, search_key)],
             ["validation accuracy, final retrain", _percent(final_val, final_key)],
@@ -244,8 +244,8 @@ def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, tabl
         ]), "",
         "## How to load", "",
         "```python",
-        "import torch, nas.export   # load() rebuilds from arch.json + weights.safetensors: no pickle",
-        f"model = nas.export.load(\"{_relative(report.out_dir, Path.cwd())}\")  # checks arch hash, shapes, digests",
+        "import torch, nas.artifacts.export   # load() rebuilds from arch.json + weights.safetensors: no pickle",
+        f"model = nas.artifacts.export.load(\"{_relative(report.out_dir, Path.cwd())}\")  # checks arch hash, shapes, digests",
         f"logits = model(torch.randn(1, {arch.in_channels}, {arch.resolution}, {arch.resolution}))  # eval mode",
         "```", "",
         ("TorchScript (`model.torchscript.pt`) is a pickle: load it only if you made it yourself. `nas load` never "

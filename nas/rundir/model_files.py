@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.rundir import write_atomically
+from nas.rundir.files import write_atomically
 from search_spaces.build import Network, build_model
+from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec, SpecError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ WEIGHTS_FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".jit", ".torchscript", ".tar", ".zip")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file is corrupt, truncated, tampered with, or not a safetensors file."""
 
 
