@@ -2,7 +2,7 @@
 
 A `Searcher` proposes `Candidate`s (an architecture with a trial id) and learns from `Result`s.
 It never trains, times or schedules anything itself: the in-process loop and the Ray Tune adapter
-(`nas/runner.py`, `nas/ray_runner.py`) drive the same object, so a strategy does not know where its
+(`nas/search/runner.py`, `nas/search/ray_runner.py`) drive the same object, so a strategy does not know where its
 trials ran. `state_dict()` is plain JSON, written after every `tell`, so a killed run resumes.
 """
 
