@@ -19,7 +19,7 @@ from nas.training.data import load_dataset
 from nas.rundir.files import RunDirectory, load_weights
 from nas.search.runner import SearchConfig
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
-from nas.oneshot.proxyless_run import run_proxyless_search
+from nas.oneshot.proxyless_run import proxyless_config_from, run_proxyless_search
 from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
 from nas.oneshot.layout import LayoutError, layout_for_space
 from nas.training.train import TrainConfig
@@ -384,3 +384,10 @@ def test_run_search_dispatches_the_one_shot_strategy(lut: Path, tmp_path: Path) 
     assert (tmp_path / "run/proxyless/alpha_history.json").is_file()
     again = run_search(None, tmp_path / "run", resume=True, progress=False)
     assert again.trials == 1
+
+
+def test_the_supernet_trains_for_the_runs_epochs_unless_the_options_say_otherwise(lut: Path) -> None:
+    config = run_config(lut)
+    plain = SearchConfig(**{**config.__dict__, "strategy_options": {}})
+    assert (proxyless_config_from(plain).epochs, proxyless_config_from(plain).warmup_epochs) == (1, 0)
+    assert proxyless_config_from(config).epochs == 2  # strategy_options {"epochs": 2} wins

@@ -130,8 +130,9 @@ def load_checkpoint(search: ProxylessSearch, directory: Path) -> bool:
 # -- the run directory -------------------------------------------------------------------------------
 
 def proxyless_config_from(config: SearchConfig) -> ProxylessConfig:
-    """The supernet settings of a run: `strategy_options`, with the target, seed, batch size and
-    device taken from the `SearchConfig` (budget, seed, train.batch_size, train.device)."""
+    """The supernet settings of a run: `strategy_options`, with the target, seed, epochs, batch size
+    and device taken from the `SearchConfig` (budget, seed, train.epochs, train.batch_size,
+    train.device) unless the options set them."""
     options = dict(config.strategy_options)
     for reserved in ("target_ms", "seed"):
         if reserved in options:
@@ -140,6 +141,9 @@ def proxyless_config_from(config: SearchConfig) -> ProxylessConfig:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"strategy_options {unknown} unknown to proxyless; allowed: {allowed}")
+    # `--epochs` is the one epoch count a user sets; strategy_options may still split the two
+    options.setdefault("epochs", config.train.epochs)
+    options.setdefault("warmup_epochs", min(1, options["epochs"] - 1))
     options.setdefault("batch_size", config.train.batch_size)
     options.setdefault("device", config.train.device)
     return ProxylessConfig(target_ms=config.latency_budget_ms, seed=config.seed, **options)

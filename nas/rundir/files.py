@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nas.rundir.atomic import json_safe, now_iso, write_atomically, write_json_atomic
+from nas.rundir.model_files import WeightsError, read_header, verify_digests, weights_payload
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
 
@@ -44,58 +43,6 @@ SEARCHER_FORMAT = "hwnas-searcher-state"
 
 class RunDirError(UserError, ValueError):
     """A run directory is missing, corrupt, of another schema version, or already in use."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def json_safe(value: Any) -> Any:
-    """Strict-JSON copy: NaN/inf become None (JSON has no spelling for them), tuples lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
-
-
-def _fsync_directory(path: Path) -> None:
-    # makes the rename itself durable; not every platform lets a directory be opened
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-def write_atomically(path: str | os.PathLike, payload: bytes | str) -> None:
-    """Readers (and a crash) see the old file or the new one, never half: write a temporary file
-    beside it, fsync, rename it over the target, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload.encode() if isinstance(payload, str) else payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
-    write_atomically(path, text)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -259,12 +206,9 @@ class RunDirectory:
         self.best_dir.mkdir(parents=True, exist_ok=True)
         (self.best_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until rewritten
         if state_dict is not None:
-            from nas.rundir.model_files import (
-                weights_payload,  # carries the arch hash and digests `load` checks
-            )
-
             write_atomically(self.best_weights_path, weights_payload(state_dict, arch))
         elif weights_file is not None:
+            check_weights_file(Path(weights_file), arch)
             write_atomically(self.best_weights_path, Path(weights_file).read_bytes())
         else:
             self.best_weights_path.unlink(missing_ok=True)
@@ -292,6 +236,15 @@ class RunDirectory:
         """Remove a run's files (used by `nas demo`, which always starts afresh)."""
         if self.path.exists():
             shutil.rmtree(self.path)
+
+
+def check_weights_file(path: Path, arch: ArchSpec) -> None:
+    """Weights another process wrote (a Ray worker) must carry `arch`'s hash and intact digests."""
+    entries, metadata, data_start = read_header(path)
+    if metadata.get("arch_hash") != arch.content_hash():
+        raise WeightsError(f"{path}: weights for arch_hash {metadata.get('arch_hash')}, the trial's architecture "
+                           f"hashes to {arch.content_hash()}")
+    verify_digests(path, entries, metadata, data_start)
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.rundir.files import write_atomically
+from nas.rundir.atomic import write_atomically
 from search_spaces.build import Network, build_model
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec, SpecError
@@ -205,12 +205,12 @@ def load_model_files(path: str | os.PathLike, weights: str | os.PathLike | None 
     if hash_note:  # same shapes, different spec (e.g. another kernel's padding, activation): still wrong
         raise ArchMismatchError(f"{weights_path} does not belong to {arch_path}{hash_note}. Use the arch.json the "
                                 "weights were exported with, or re-export both")
-    _check_digests(weights_path, entries, metadata, data_start)
+    verify_digests(weights_path, entries, metadata, data_start)
     model.load_state_dict(tensors, strict=True)
     return model.eval(), metadata
 
 
-def _check_digests(path: Path, entries: dict[str, Any], metadata: dict[str, str], data_start: int) -> None:
+def verify_digests(path: Path, entries: dict[str, Any], metadata: dict[str, str], data_start: int) -> None:
     if "tensor_sha256" not in metadata:
         return
     try:

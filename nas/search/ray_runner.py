@@ -34,7 +34,8 @@ from ray.tune.search import Searcher as TuneSearcher
 
 from nas.training.data import load_dataset
 from nas.search.trial import Precheck, failure_reason, precheck, train_candidate
-from nas.rundir.files import json_safe, save_weights, write_json_atomic
+from nas.rundir.atomic import json_safe, write_atomically, write_json_atomic
+from nas.rundir.model_files import weights_payload
 from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable
@@ -127,7 +128,8 @@ def tune_trial(config: dict[str, Any]) -> None:
         result, model = train_candidate(candidate, checked, data=data, train_config=train_config, on_epoch=on_epoch)
         if model is not None:
             path = Path(tune.get_context().get_trial_dir()) / "weights.safetensors"
-            save_weights(path, model.state_dict())
+            # the same integrity data as local weights: the driver checks it before best/ takes them
+            write_atomically(path, weights_payload(model.state_dict(), candidate.arch))
             weights_path = str(path)
     except Exception as error:  # data loading, saving: a failed trial, not a Tune retry loop
         logger.exception("trial %d failed", candidate.trial_id)
