@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces.errors import UserError
+from search_spaces.errors import InputFileError, UserError
 
 SCHEMA = "hwnas-compress-policy"
 SCHEMA_VERSION = 1
@@ -96,7 +96,14 @@ class PolicyEnvelope:
 
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str | None = None) -> PolicyEnvelope:
-        return cls.from_json(Path(path).read_text(), kind)
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(f"policy file {path} does not exist")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as error:
+            raise PolicyError(f"{path}: not a policy (not UTF-8 text: {error})") from None
+        return cls.from_json(text, kind)
 
 
 def layer_sort_key(name: str) -> tuple:

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from predictors.cost import macs_of_spec
 from search_spaces.blocks import make_divisible
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec, BlockSpec
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def stages(spec: ArchSpec) -> list[range]:
 
 def _check_positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+        raise OptionError(f"{name}={value!r} must be a finite number > 0")
     return float(value)
 
 
@@ -93,7 +94,7 @@ def scale_spec(
     if resolution is None:
         size = base.resolution
     elif isinstance(resolution, bool) or not isinstance(resolution, (int, float)):
-        raise ValueError(f"resolution={resolution!r} must be an int (pixels) or a float (factor of {base.resolution})")
+        raise OptionError(f"resolution={resolution!r} must be an int (pixels) or a float (factor of {base.resolution})")
     elif isinstance(resolution, int):
         size = resolution
     else:
@@ -125,12 +126,12 @@ def compound_coefficients(
     paper's 1.2 * 1.1^2 * 1.15^2 = 1.92 is 4% off."""
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if _check_positive(name, value) < 1.0:
-            raise ValueError(f"{name}={value!r} must be >= 1 (compound scaling only grows a dimension per phi)")
+            raise OptionError(f"{name}={value!r} must be >= 1 (compound scaling only grows a dimension per phi)")
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi):
-        raise ValueError(f"phi={phi!r} must be a finite number")
+        raise OptionError(f"phi={phi!r} must be a finite number")
     product = alpha * beta**2 * gamma**2
     if tolerance is not None and abs(product - target) > tolerance * target:
-        raise ValueError(
+        raise OptionError(
             f"alpha * beta^2 * gamma^2 = {product:.3f} is not within {tolerance:.0%} of {target} "
             f"(alpha={alpha}, beta={beta}, gamma={gamma}); the paper uses 1.2, 1.1, 1.15 (product 1.92)"
         )
@@ -250,7 +251,7 @@ def fit_phi_to_budget(
             best = PhiFit(phi, spec, latency)
     if best is None:
         fastest = min(latency for _, latency in tried)
-        raise ValueError(f"no phi in [{phi_min}, {phi_max}] meets {budget_ms} ms (fastest: {fastest:.3f} ms); "
+        raise OptionError(f"no phi in [{phi_min}, {phi_max}] meets budget_ms={budget_ms} ms (fastest: {fastest:.3f} ms); "
                          "lower phi_min (negative phi shrinks the network)")
     best.tried = tried
     logger.info("phi %.2f: %s at %.3f ms (budget %.3f ms)", best.phi, best.spec.name, best.latency_ms, budget_ms)

@@ -2,7 +2,7 @@
 
 from search_spaces.blocks import BLOCKS, build_block, make_divisible
 from search_spaces.build import LayerShape, Network, build_head, build_layer, build_model, build_stem, layer_shapes
-from search_spaces.errors import DatasetError, OptionError, UserError
+from search_spaces.errors import DatasetError, DeviceError, InputFileError, OptionError, UnknownNameError, UserError
 from search_spaces.registry import Registry
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, SpecError, StemSpec
 
@@ -12,7 +12,9 @@ __all__ = [
     "ArchSpec",
     "BlockSpec",
     "DatasetError",
+    "DeviceError",
     "HeadSpec",
+    "InputFileError",
     "LayerShape",
     "Network",
     "Op",
@@ -21,6 +23,7 @@ __all__ = [
     "SEStyle",
     "SpecError",
     "StemSpec",
+    "UnknownNameError",
     "UserError",
     "build_block",
     "build_head",

@@ -13,6 +13,7 @@ block type that has none). Each network has one *canonical* vector: `encode(arch
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces.build import LayerShape, layer_shapes
+from search_spaces.errors import OptionError
 from search_spaces.registry import Registry
 from search_spaces.spec import ArchSpec, SpecError
 
@@ -217,6 +219,21 @@ def get_space(name: str, resolution: int = 224, num_classes: int = 1000, **optio
     # need not know that (a function-level import: `spaces/` imports this module).
     import search_spaces.spaces  # noqa: F401
 
-    space = SPACES.get(name)(resolution=resolution, num_classes=num_classes, **options)
+    space_class = SPACES.get(name)
+    _check_options(name, space_class, options)
+    space = space_class(resolution=resolution, num_classes=num_classes, **options)
     space.options = dict(options)  # so a table built for a restricted space can rebuild that space
     return space
+
+
+def _check_options(name: str, space_class: type[SearchSpace], options: dict[str, Any]) -> None:
+    """Space options (`--space-options`, a table's `space_options`) must be keyword arguments of
+    the space; say which are allowed instead of Python's "unexpected keyword argument"."""
+    parameters = inspect.signature(space_class).parameters
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    allowed = [key for key, parameter in parameters.items() if key not in ("resolution", "num_classes")
+               and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise OptionError(f"space option(s) {unknown} unknown to search space {name!r}; allowed: {allowed}")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from search_spaces.errors import UnknownNameError
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, StemSpec
 
 RELU, RELU6, HSWISH, SWISH = Activation.RELU, Activation.RELU6, Activation.HSWISH, Activation.SWISH
@@ -321,6 +322,6 @@ def get(name: str, resolution: int = 224, num_classes: int = 1000) -> ArchSpec:
     try:
         parts = _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(_MODELS)}") from None
+        raise UnknownNameError(f"unknown zoo model {name!r}; known: {', '.join(_MODELS)}") from None
     stem, blocks, head = parts()
     return ArchSpec(stem, tuple(blocks), head, resolution=resolution, num_classes=num_classes, name=name)

@@ -1,5 +1,5 @@
-"""Helpers shared by the CLI commands: turning user errors into one clear line, reading ARCH
-arguments, choosing where latency is measured."""
+"""Helpers shared by the CLI commands: turning user errors into one clear line (and nothing
+else: a bug keeps its traceback), reading ARCH arguments, choosing where latency is measured."""
 
 from __future__ import annotations
 
@@ -12,27 +12,35 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from search_spaces.errors import InputFileError, OptionError, UserError
+
 F = TypeVar("F", bound=Callable[..., Any])
 error_console = Console(stderr=True)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from predictors.latency.lut import LatencyTableError, MissingEntriesError
-    from search_spaces.spec import SpecError
-
-    return (SpecError, LatencyTableError, MissingEntriesError, FileNotFoundError, ValueError, KeyError)
+def one_line(message: str) -> str:
+    """`message` on one line: its lines stripped and joined ("; " between sentences, a space after
+    a colon), so a listing such as a table's missing layers stays readable after `error:`."""
+    text = ""
+    for line in filter(None, (part.strip() for part in message.splitlines())):
+        if text:
+            text += " " if text.endswith((":", ";", ",")) else "; "
+        text += line
+    return text
 
 
 def fail_on_user_error(command: F) -> F:
-    """Bad input ends the command with its message and exit code 2, not a traceback."""
+    """A `UserError` (bad input: spec, table, policy, run directory, dataset, option, file, device)
+    ends the command with `error: <message>` on one line of stderr and exit code 2. Anything else
+    is a bug: it propagates, so `nas` shows its traceback and exits 1."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except _user_errors() as error:
-            message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-            error_console.print(f"[bold red]error:[/] {message}", highlight=False)
+        except UserError as error:
+            message = one_line(str(error)) or type(error).__name__
+            typer.echo(f"{typer.style('error:', fg='red', bold=True)} {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -41,19 +49,22 @@ def fail_on_user_error(command: F) -> F:
 def load_arch(argument: str, resolution: int | None = None, num_classes: int | None = None):
     """ARCH on the command line: `zoo:NAME` or a spec JSON file."""
     from search_spaces import zoo
-    from search_spaces.spec import ArchSpec
+    from search_spaces.spec import ArchSpec, SpecError
 
     if argument.startswith("zoo:"):
         options = {key: value for key, value in (("resolution", resolution), ("num_classes", num_classes)) if value}
         return zoo.get(argument[4:], **options)
     path = Path(argument)
     if not path.is_file():
-        raise FileNotFoundError(f"ARCH {argument!r} is neither zoo:NAME ({', '.join(zoo.names())}) nor a spec file")
+        raise InputFileError(f"ARCH {argument!r} is neither zoo:NAME ({', '.join(zoo.names())}) nor a spec file")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return ArchSpec.from_dict(data.get("arch", data) if isinstance(data, dict) else data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: not valid JSON ({error})") from None
+    try:
+        return ArchSpec.from_dict(data.get("arch", data) if isinstance(data, dict) else data)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
 
 
 def make_measurer(backend: str, threads: int, device: str | None = None, token: str | None = None):
@@ -62,7 +73,7 @@ def make_measurer(backend: str, threads: int, device: str | None = None, token: 
         from predictors.latency.remote import RemoteMeasurer
 
         if not token:
-            raise ValueError("--token (or NAS_DEVICE_TOKEN) is required with --device")
+            raise OptionError("--token (or NAS_DEVICE_TOKEN) is required with --device")
         return RemoteMeasurer(device, token)
     from predictors.latency.builder import LocalMeasurer
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import typer
 
+from nas.commands.common import fail_on_user_error
 from predictors.latency.builder import LocalMeasurer
 from predictors.latency.measure import LATENCY_BACKENDS
 from predictors.latency.agent import serve
 from predictors.latency.protocol import DEFAULT_HOST, DEFAULT_PORT, AgentLimits
+from search_spaces.errors import OptionError
 
 device_app = typer.Typer(no_args_is_help=True, help="Run on a target device: measure ops for a remote LUT build.")
 
 
 @device_app.command("serve")
+@fail_on_user_error
 def serve_command(
     host: str = typer.Option(
         DEFAULT_HOST, help="Address to bind. Anything but loopback exposes the agent to the network "
         "(plain HTTP, the token is its only protection): prefer an SSH tunnel."),
-    port: int = typer.Option(DEFAULT_PORT, help="Port to listen on (0: any free port)."),
+    port: int = typer.Option(DEFAULT_PORT, min=0, max=65535, help="Port to listen on (0: any free port)."),
     token: str | None = typer.Option(
         None, envvar="NAS_DEVICE_TOKEN",
         help="Bearer token clients must send. Default: a random one, printed once. The environment "
@@ -30,12 +33,11 @@ def serve_command(
     if backend not in LATENCY_BACKENDS:
         names = ", ".join(LATENCY_BACKENDS.names())
         raise typer.BadParameter(f"{backend!r} not in {{{names}}}", param_hint="--backend")
+    measurer = LocalMeasurer(backend, threads=threads)  # DeviceError: cuda without a GPU
     try:
-        measurer = LocalMeasurer(backend, threads=threads)
-        server = serve(host, port, token, measurer, max_body=max_body, background=False)
-    except (RuntimeError, ValueError, OSError) as error:  # no GPU, bad token, address in use
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        server = serve(host, port, token, measurer, max_body=max_body, background=False)  # OptionError: bad token
+    except OSError as error:  # address in use, not this machine's, unknown host name
+        raise OptionError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})") from None
     typer.echo(f"device agent listening on {server.url} (backend {backend}, {threads} thread(s)); Ctrl-C stops it")
     if host in ("0.0.0.0", "::"):
         typer.echo(f"(all interfaces: clients use this device's address with port {server.port})")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.commands.common import fail_on_user_error, load_arch, make_measurer
+from search_spaces.errors import InputFileError
 
 console = Console()
 lut_app = typer.Typer(no_args_is_help=True, help="Measure, import, validate and query latency lookup tables.")
@@ -38,7 +39,7 @@ def build(
     from search_spaces.spaces import get_space
 
     if resume and not out.exists():
-        raise FileNotFoundError(f"--resume: {out} does not exist")
+        raise InputFileError(f"--resume: {out} does not exist (drop --resume to start a new table)")
     search_space = get_space(space, resolution=resolution, num_classes=num_classes)
     measurer = make_measurer(backend, threads, device, token)
     table = build_table(search_space, measurer, out, show_progress=True)
@@ -83,12 +84,12 @@ def validate(
     token: Optional[str] = typer.Option(None, envvar="NAS_DEVICE_TOKEN"),
 ) -> None:
     """Measure sampled architectures end to end; report fidelity; store a calibration in the table."""
-    from predictors.latency import LatencyTable, validate_table
+    from predictors.latency import LatencyTable, LatencyTableError, validate_table
     from search_spaces.spaces import get_space
 
     table = LatencyTable.load(table_path)
     if not table.space:
-        raise ValueError(f"{table_path} names no search space (imported tables cannot be re-measured here)")
+        raise LatencyTableError(f"{table_path} names no search space (imported tables cannot be re-measured here)")
     # a table built for a restricted space (`nas search --space-options`) samples from that space only
     space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes,
                       **table.metadata.get("space_options", {}))

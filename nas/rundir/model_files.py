@@ -42,7 +42,7 @@ from torch import nn
 
 from nas.rundir.atomic import write_atomically
 from search_spaces.build import Network, build_model
-from search_spaces.errors import UserError
+from search_spaces.errors import InputFileError, UserError
 from search_spaces.spec import ArchSpec, SpecError
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def resolve_paths(path: str | os.PathLike, weights: str | os.PathLike | None = N
 
 def read_arch(path: Path) -> ArchSpec:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: a model needs its {ARCH_FILE} beside the weights")
+        raise InputFileError(f"{path} does not exist: a model needs its {ARCH_FILE} beside the weights")
     try:
         return ArchSpec.from_json(path.read_text())
     except (SpecError, UnicodeDecodeError) as error:
@@ -132,7 +132,7 @@ def read_arch(path: Path) -> ArchSpec:
 def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     """(tensor entries, metadata, data offset) of a safetensors file, checked for structure."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: a model needs its {WEIGHTS_FILE} beside {ARCH_FILE}")
+        raise InputFileError(f"{path} does not exist: a model needs its {WEIGHTS_FILE} beside {ARCH_FILE}")
     size = path.stat().st_size
     with open(path, "rb") as file:
         head = file.read(8)
@@ -232,6 +232,6 @@ def verify_digests(path: Path, entries: dict[str, Any], metadata: dict[str, str]
 def load(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> Network:
     """Rebuild a model from ``arch.json`` + ``weights.safetensors`` (a directory, either file, or
     both files), without any pickle; eval mode. Raises `WeightsError` / `ArchMismatchError` /
-    `SpecError` / FileNotFoundError with the file and the fix."""
+    `SpecError` / `InputFileError` (a FileNotFoundError) with the file and the fix."""
     model, _ = load_model_files(path, weights)
     return model

@@ -49,6 +49,7 @@ from predictors.latency.protocol import (
     parse_settings,
     runs_per_item,
 )
+from search_spaces.errors import OptionError
 
 # ---- the agent -------------------------------------------------------------------------------------
 
@@ -270,7 +271,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None 
     generated = token is None
     token = secrets.token_urlsafe(24) if token is None else token
     if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
-        raise ValueError("token must be non-empty printable ASCII without spaces (it travels in a header)")
+        raise OptionError("token (--token / NAS_DEVICE_TOKEN) must be non-empty printable ASCII without spaces "
+                          "(it travels in a header)")
     if len(token) < 16:
         logger.warning("the token has only %d characters; a short token is easy to guess", len(token))
     if not _is_loopback(host):

@@ -41,6 +41,7 @@ from predictors.latency.measure import (
     PreparedOp,
     check_input_shape,
 )
+from search_spaces.errors import DeviceError
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class CudaBackend(TorchBackend):
     def __init__(self, threads: int = 1, pin_malloc: bool = False) -> None:
         super().__init__(threads, pin_malloc)  # off by default: host allocations are not timed
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise DeviceError(
                 f"latency backend 'cuda' needs a CUDA GPU, but torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
                 f"use 'torch' or 'onnxruntime' to measure on the CPU"

@@ -44,7 +44,7 @@ from typing import Any
 from predictors.cost import layer_weights
 from predictors.latency.measure import Measurement
 from search_spaces.build import LayerShape, layer_shapes
-from search_spaces.errors import UserError
+from search_spaces.errors import InputFileError, UserError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,8 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"latency table {path} does not exist")
+            raise InputFileError(f"latency table {path} " + ("is a directory, not a table file" if path.is_dir() else
+                                                              "does not exist"))
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -14,6 +14,7 @@ from torch import nn
 
 from predictors.latency.builder import MeasureSettings
 from search_spaces.build import LayerShape, build_layer, layer_shapes
+from search_spaces.errors import DeviceError
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, SpecError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class RequestError(Exception):
 
 class RemoteError(RuntimeError):
     """The agent could not be reached, refused a request, or answered nonsense."""
+
+
+class RemoteAccessError(RemoteError, DeviceError):
+    """The user's --device URL / --token do not work: nothing answers there, or the agent refuses
+    the token (401/403). A `UserError`; other `RemoteError`s (timeouts, 5xx, nonsense) are not."""
 
 
 # ---- request validation (no HTTP here, so it is testable on its own) ------------------------------

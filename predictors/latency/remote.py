@@ -21,9 +21,11 @@ logger = logging.getLogger(__name__)
 from predictors.latency.protocol import (
     JSON_TYPE,
     AgentLimits,
+    RemoteAccessError,
     RemoteError,
     runs_per_item,
 )
+from search_spaces.errors import OptionError
 
 # ---- the client -------------------------------------------------------------------------------------
 
@@ -42,7 +44,7 @@ class RemoteMeasurer:
                  timeout_s: float = 900.0, info_timeout_s: float = 30.0) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise ValueError(f"device url {url!r}: expected http://HOST:PORT (or https://...)")
+            raise OptionError(f"device url (--device) {url!r}: expected http://HOST:PORT (or https://...)")
         self.url = url.rstrip("/")
         self._token = token
         self.settings, self.timeout_s, self.info_timeout_s = settings, timeout_s, info_timeout_s
@@ -133,12 +135,13 @@ class RemoteMeasurer:
                 reason = json.loads(raw)["error"]
             except (ValueError, KeyError, TypeError):
                 reason = raw.strip()[:300] or error.reason
-            raise RemoteError(f"agent at {self.url} refused {method} {path}: {error.code} {reason}") from None
+            refused = RemoteAccessError if error.code in (401, 403) else RemoteError  # 401/403: the token
+            raise refused(f"agent at {self.url} refused {method} {path}: {error.code} {reason}") from None
         except (TimeoutError, socket.timeout):
             raise RemoteError(f"agent at {self.url} did not answer {method} {path} within {timeout:g} s") from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise RemoteError(f"agent at {self.url} unreachable: {reason}") from None
+            raise RemoteAccessError(f"agent at {self.url} unreachable: {reason}") from None
         try:
             answer = json.loads(text)
         except ValueError as error:
