@@ -21,7 +21,7 @@ from nas.rundir.model_files import save
 from predictors.latency import LatencyTable
 from predictors.latency.agent import serve
 from predictors.latency.builder import LocalMeasurer
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, UserError, build_model
+from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
 
 runner = CliRunner()
 TOKEN = "cli-errors-token-0123456789"
@@ -31,14 +31,8 @@ def invoke(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
-def assert_user_error(result: Result, *names: str, pending: str | None = None) -> str:
-    """Exit 2, exactly one non-empty stderr line `error: ...` naming each of `names`, no traceback.
-
-    `pending`: the raise site lives in a module another branch converts to a `UserError`; while it
-    still raises the builtin there (exit 1), the test xfails naming it instead of failing."""
-    if pending and result.exit_code == 1 and result.exception is not None and not isinstance(
-            result.exception, UserError):
-        pytest.xfail(f"{pending} still raises {type(result.exception).__name__}: {result.exception}")
+def assert_user_error(result: Result, *names: str) -> str:
+    """Exit 2, exactly one non-empty stderr line `error: ...` naming each of `names`, no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -112,14 +106,13 @@ def test_bad_run_directory(tmp_path: Path) -> None:
     not_a_run = tmp_path / "not_a_run"
     not_a_run.mkdir()
     for command in (["report", str(not_a_run)], ["export", str(not_a_run), "--no-measure"]):
-        assert_user_error(invoke(*command), str(not_a_run), "config.json",
-                          pending="nas/rundir/files.py RunDirectory.read_config")
+        assert_user_error(invoke(*command), str(not_a_run), "config.json")
 
 
 def test_bad_dataset(model_dir: Path, tmp_path: Path) -> None:
     result = invoke("compress", "prune", str(model_dir), "--ratio", "0.5", "--dataset", "bogus:x", "--epochs", "0",
                     "--no-measure", "--out", str(tmp_path / "out"))
-    assert_user_error(result, "'bogus:x'", "synthetic", pending="nas/training/data.py load_dataset")
+    assert_user_error(result, "'bogus:x'", "synthetic")
 
 
 def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

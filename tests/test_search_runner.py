@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 import nas.search.trial
 from nas.training.data import load_dataset
-from nas.rundir.files import RunDirectory, load_weights
+from nas.rundir.files import RunDirError, RunDirectory, load_weights
 from nas.search.runner import SearchConfig, run_search
 from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS
@@ -175,7 +175,7 @@ def test_resume_replays_trials_the_saved_state_was_not_told(lut: Path, tmp_path:
 def test_resume_refuses_conflicting_settings(lut: Path, tmp_path: Path) -> None:
     config = tiny_config(lut, trials=2)
     run_search(config, tmp_path / "run", progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunDirError, match="--resume"):
         run_search(config, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match=r"trials=3 \(the run has 2\)"):
         run_search(None, tmp_path / "run", resume=True, given={"trials": 3}, progress=False)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_spaces.errors import InputFileError, OptionError
 from nas.rundir.model_files import (
     ArchMismatchError,
     WeightsError,
@@ -135,7 +136,7 @@ def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
     wanted = {item.strip().lower() for item in items if item.strip()}
     unknown = sorted(wanted - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+        raise OptionError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
     return [name for name in FORMATS if name in wanted | {"json", "safetensors"}]
 
 
@@ -150,14 +151,14 @@ def _source(info: RunInfo, trial: int | None) -> tuple[Path, str, int | None]:
                                     and arch.content_hash() == info.best_arch.content_hash())
         if not same:
             held = f"trial {best_id}" if best_id is not None else "the best trial"
-            raise FileNotFoundError(
+            raise InputFileError(
                 f"trial {trial} has no saved weights: a run keeps weights only in best/ ({held}). Retrain trial "
                 f"{trial}'s architecture (candidate.arch in trials.jsonl) to export it, or drop --trial"
             )
     if not (best / "arch.json").is_file():
-        raise FileNotFoundError(f"{best}/arch.json does not exist: the run has no feasible trial yet; wait for one")
+        raise InputFileError(f"{best}/arch.json does not exist: the run has no feasible trial yet; wait for one")
     if not (best / "weights.safetensors").is_file():
-        raise FileNotFoundError(f"{best}/weights.safetensors does not exist: the run kept no weights for its best "
+        raise InputFileError(f"{best}/weights.safetensors does not exist: the run kept no weights for its best "
                                 "trial (metrics.json weights=null); `nas search --resume` retrains it, then export again")
     label = f"best/ (trial {best_id})" if best_id is not None else "best/"
     return best, label, best_id
@@ -170,12 +171,12 @@ def _load_consistent(best: Path) -> nn.Module:
     metrics_path = best / "metrics.json"
     before = metrics_path.read_bytes() if metrics_path.is_file() else None
     if before is None:
-        raise FileNotFoundError(f"{metrics_path} is missing: best/ is being rewritten by the running search (try "
+        raise InputFileError(f"{metrics_path} is missing: best/ is being rewritten by the running search (try "
                                 "again in a moment) or the run was killed while saving it (`nas search --resume`)")
     model, _ = load_model_files(best)
     after = metrics_path.read_bytes() if metrics_path.is_file() else None
     if after != before:
-        raise FileNotFoundError(f"{best} changed while it was read (a new best trial is being saved); export again")
+        raise InputFileError(f"{best} changed while it was read (a new best trial is being saved); export again")
     recorded = json.loads(before).get("arch_hash")
     if recorded is not None and recorded != model.spec.content_hash():
         raise ArchMismatchError(f"{metrics_path} names arch_hash {recorded} but {best}/arch.json hashes to "
@@ -288,11 +289,11 @@ def calibration_inputs(info: RunInfo | None, arch: ArchSpec, kind: str) -> torch
 
         name = info.value("dataset") if info is not None else None
         if not isinstance(name, str):
-            raise ValueError("--calibration dataset: config.json names no dataset; use --calibration random")
+            raise OptionError("--calibration dataset: config.json names no dataset; use --calibration random")
         splits = load_dataset(name, arch.resolution, seed=0)
         return splits.train.tensors[0][:CALIBRATION_SAMPLES].float()
     if kind != "random":
-        raise ValueError(f"calibration={kind!r} not in {{random, dataset}}")
+        raise OptionError(f"calibration={kind!r} not in {{random, dataset}}")
     return verification_inputs(arch, CALIBRATION_SAMPLES, seed=VERIFY_SEED + 1)
 
 
@@ -346,7 +347,7 @@ def measure_exported(arch: ArchSpec, table_metadata: dict[str, Any], settings: A
 
     backend = str(table_metadata.get("backend", "onnxruntime"))
     if backend not in LATENCY_BACKENDS.names():
-        raise ValueError(f"the table was measured with backend {backend!r}, which cannot run here "
+        raise OptionError(f"the table was measured with backend {backend!r}, which cannot run here "
                          f"({', '.join(LATENCY_BACKENDS.names())}); pass --no-measure")
     measurer = LocalMeasurer(backend, threads=int(table_metadata.get("threads", 1)), settings=settings)
     measurement = measurer.measure_archs([arch])[0]

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from search_spaces.errors import InputFileError, OptionError
 from nas.commands.common import fail_on_user_error, load_arch
 
 console = Console()
@@ -41,7 +42,7 @@ def read_source(source: str, weights: Path | None = None, *, need_weights: bool)
 
     if source.startswith("zoo:"):
         if need_weights:
-            raise ValueError(f"{source} has no trained weights; compress a run's best/ or pass a model directory")
+            raise OptionError(f"{source} has no trained weights; compress a run's best/ or pass a model directory")
         return Source(load_arch(source), None, None, {})
     path = Path(source)
     if (path / "config.json").is_file() and (path / "best").is_dir():
@@ -53,7 +54,7 @@ def read_source(source: str, weights: Path | None = None, *, need_weights: bool)
         model = load(path, weights)
         return Source(model.spec, model, run_dir, config)
     if need_weights:
-        raise FileNotFoundError(f"{path}: no weights.safetensors (pass --weights or a model directory)")
+        raise InputFileError(f"{path}: no weights.safetensors (pass --weights or a model directory)")
     spec_path = path / ARCH_FILE if path.is_dir() else path
     return Source(load_arch(str(spec_path)), None, run_dir, config)
 
@@ -69,7 +70,7 @@ def _data(source: Source, dataset: str | None, seed: int):
 
     name = dataset or source.config.get("dataset")
     if not name:
-        raise ValueError("--dataset is required (the source is not inside a run directory that names one)")
+        raise OptionError("--dataset is required (the source is not inside a run directory that names one)")
     return load_dataset(name, source.spec.resolution, seed=seed)
 
 
@@ -117,7 +118,7 @@ def scale(
     spec = read_source(source, need_weights=False).spec
     explicit = any(value is not None for value in (width, depth, resolution))
     if explicit + (phi is not None) + (latency_budget is not None) != 1:
-        raise ValueError("give exactly one of: --width/--depth/--resolution, --phi, or --latency-budget")
+        raise OptionError("give exactly one of: --width/--depth/--resolution, --phi, or --latency-budget")
     details: dict[str, Any] = {}
     if explicit:
         scaled = scale_spec(spec, width or 1.0, depth or 1.0, resolution)
@@ -167,7 +168,7 @@ def prune(
 
     src = read_source(source, weights, need_weights=True)
     if (ratio is not None) + (policy is not None) + (budget_macs is not None) != 1:
-        raise ValueError("give exactly one of --ratio, --policy or --budget-macs")
+        raise OptionError("give exactly one of --ratio, --policy or --budget-macs")
     data = _data(src, dataset, seed)
     state = {k: v.detach().clone() for k, v in src.model.state_dict().items()}
     report = None
@@ -239,7 +240,7 @@ def quantize(
 
     src = read_source(source, weights, need_weights=True)
     if (bits is not None) + (policy is not None) + search != 1:
-        raise ValueError("give exactly one of --bits, --policy or --search")
+        raise OptionError("give exactly one of --bits, --policy or --search")
     data = _data(src, dataset, seed)
     fp32 = src.model.eval()
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)

@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands.common import error_console, fail_on_user_error
+from nas.rundir.files import RunDirError
+from search_spaces.errors import OptionError
+from nas.commands.common import fail_on_user_error
 
 console = Console()
 
@@ -30,11 +32,11 @@ def parse_latency_ms(text: str) -> float:
     """'6ms', '6', '0.5ms', '500us', '0.006s' -> milliseconds."""
     match = _LATENCY.match(str(text))
     if not match:
-        raise ValueError(f"--latency-budget={text!r}: expected a number with an optional unit ms, us or s "
+        raise OptionError(f"--latency-budget={text!r}: expected a number with an optional unit ms, us or s "
                          "(e.g. 6ms, 0.5ms, 500us; a bare number means ms)")
     value = float(match.group(1)) * _TO_MS[match.group(2)]
     if not value > 0:
-        raise ValueError(f"--latency-budget={text!r}: must be > 0")
+        raise OptionError(f"--latency-budget={text!r}: must be > 0")
     return value
 
 
@@ -85,9 +87,9 @@ def _json_option(text: str | None, option: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{option}: not valid JSON ({error}); e.g. '{{\"ops\": [\"mbconv\"]}}'") from None
+        raise OptionError(f"{option}: not valid JSON ({error}); e.g. '{{\"ops\": [\"mbconv\"]}}'") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{option}: expected a JSON object of keyword arguments")
+        raise OptionError(f"{option}: expected a JSON object of keyword arguments")
     return value
 
 
@@ -153,7 +155,7 @@ def search(
         return
     if name is None or budget_ms is None:
         missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget_ms)) if value is None]
-        raise ValueError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
+        raise OptionError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
     space, dataset, resolution = space or "mnasnet", dataset or "digits", resolution or 32
     seed = 0 if seed is None else seed
     if lut is None:
@@ -185,11 +187,7 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # one line per trial (nas.search.session) is enough next to the progress bar; epochs show with -v
         logging.getLogger("nas.training.train").setLevel(logging.WARNING)
-    try:
-        summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
-    except FileExistsError as error:
-        error_console.print(f"[bold red]error:[/] {error}", highlight=False)
-        raise typer.Exit(2) from None
+    summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
     resumed = f", resumed (replayed {summary.replayed})" if summary.resumed else ""
     console.print(f"{summary.run_dir}: {summary.trials} trials ({summary.ok} ok, {summary.failed} failed, "
                   f"{summary.infeasible} over budget) in {summary.elapsed_s:.0f} s{resumed}")
@@ -324,7 +322,7 @@ def demo(
     )
     directory = RunDirectory(runs_dir / name)
     if directory.path.exists() and any(directory.path.iterdir()) and not directory.exists():
-        raise ValueError(f"{directory.path} exists and is not a search run; choose another --name")
+        raise RunDirError(f"{directory.path} exists and is not a search run; choose another --name")
     directory.clear()  # the demo always starts afresh (the latency table is reused)
     info = {"lut": str(lut), "lut_build_s": round(lut_s, 1), "budget_rule": f"median of {DEMO_BUDGET_SAMPLES}",
             "threads": torch.get_num_threads()}

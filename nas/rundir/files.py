@@ -31,7 +31,7 @@ import torch
 
 from nas.rundir.atomic import json_safe, now_iso, write_atomically, write_json_atomic
 from nas.rundir.model_files import WeightsError, read_header, verify_digests, weights_payload
-from search_spaces.errors import UserError
+from search_spaces.errors import InputFileError, UserError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: corrupt {what} (not valid JSON: {error})") from None
+        raise RunDirError(f"{path}: corrupt {what} (not valid JSON: {error})") from None
 
 
 class RunDirectory:
@@ -107,10 +107,10 @@ class RunDirectory:
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
-            raise FileNotFoundError(f"{self.path} is not a search run: {self.CONFIG} is missing")
+            raise InputFileError(f"{self.path} is not a search run: {self.CONFIG} is missing")
         data = _read_json(self.config_path, "run config")
         if not isinstance(data, dict):
-            raise ValueError(f"{self.config_path}: expected a JSON object, got {type(data).__name__}")
+            raise RunDirError(f"{self.config_path}: expected a JSON object, got {type(data).__name__}")
         return data
 
     # -- trials ------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class RunDirectory:
                     logger.warning("%s: ignoring a torn last line (%d bytes; the run was killed while "
                                    "appending it)", self.trials_path, len(line))
                     continue
-                raise ValueError(f"{self.trials_path}:{number}: corrupt trial record ({error})") from None
+                raise RunDirError(f"{self.trials_path}:{number}: corrupt trial record ({error})") from None
             if is_last:
                 # complete JSON but no newline: the fsync did not finish, so it never counted
                 logger.warning("%s: ignoring an unterminated last line", self.trials_path)
@@ -190,7 +190,7 @@ class RunDirectory:
             return None
         data = _read_json(self.searcher_path, "searcher state")
         if not isinstance(data, dict) or data.get("format") != SEARCHER_FORMAT:
-            raise ValueError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
+            raise RunDirError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
         return data
 
     # -- best ----------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class RunDirectory:
     def read_best_arch(self) -> ArchSpec:
         path = self.best_dir / "arch.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: the run has no feasible trial yet")
+            raise InputFileError(f"{path} does not exist: the run has no feasible trial yet")
         return ArchSpec.from_dict(_read_json(path, "architecture"))
 
     def update_best_metrics(self, changes: dict[str, Any]) -> dict[str, Any]:

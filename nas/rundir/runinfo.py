@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search_spaces.errors import InputFileError, UnknownNameError
 from nas.rundir.files import RunDirectory
 from search_spaces.spec import ArchSpec, SpecError
 
@@ -144,7 +145,7 @@ class RunInfo:
                 return record
         known = sorted(r["trial_id"] for r in self.trials if isinstance(r.get("trial_id"), int))
         shown = f"{known[0]}..{known[-1]}" if known else "none yet"
-        raise KeyError(f"{self.path}: no finished trial with id {trial_id} in trials.jsonl (ids: {shown})")
+        raise UnknownNameError(f"{self.path}: no finished trial with id {trial_id} in trials.jsonl (ids: {shown})")
 
     def count(self, statuses: Iterable[str]) -> int:
         wanted = set(statuses)
@@ -178,7 +179,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     config.json (not a run) and ValueError for a corrupt file other than a torn last trial line."""
     rundir = RunDirectory(path)
     if not rundir.path.is_dir():
-        raise FileNotFoundError(f"run directory {rundir.path} does not exist; pass runs/<name> of a search")
+        raise InputFileError(f"run directory {rundir.path} does not exist; pass runs/<name> of a search")
     config = rundir.read_config()
     info = RunInfo(rundir.path, config, rundir.read_trials())
     if (rundir.best_dir / "arch.json").is_file():

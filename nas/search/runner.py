@@ -19,11 +19,12 @@ from typing import Any
 from nas.training.data import DataSplits, load_dataset
 from nas.search.trial import evaluate_candidate, precheck, retrain, train_candidate
 from nas.search.progress import SearchProgress
-from nas.rundir.files import RunDirectory
+from nas.rundir.files import RunDirError, RunDirectory
 from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS, Candidate, Searcher, SearchObjective
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
+from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ class SearchConfig:
     max_failures: int = 2
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"SearchConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        def bad(name: str, expected: str) -> OptionError:
+            return OptionError(f"SearchConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         for name in ("space", "dataset", "strategy", "lut_path"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -118,13 +119,13 @@ class SearchConfig:
         names = {item.name for item in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown SearchConfig field(s) {unknown}; allowed: {sorted(names)}")
+            raise OptionError(f"unknown SearchConfig field(s) {unknown}; allowed: {sorted(names)}")
         values = dict(data)
         if isinstance(values.get("train"), dict):
             train_names = {item.name for item in fields(TrainConfig)}
             wrong = sorted(set(values["train"]) - train_names)
             if wrong:
-                raise ValueError(f"unknown SearchConfig.train field(s) {wrong}; allowed: {sorted(train_names)}")
+                raise OptionError(f"unknown SearchConfig.train field(s) {wrong}; allowed: {sorted(train_names)}")
             values["train"] = TrainConfig(**values["train"])
         return cls(**values)
 
@@ -138,7 +139,7 @@ class SearchConfig:
             # "train.epochs" names one field of the nested train config
             head, _, sub = name.partition(".")
             if head not in stored or (sub and sub not in stored[head]):
-                raise ValueError(f"unknown SearchConfig field {name!r}")
+                raise OptionError(f"unknown SearchConfig field {name!r}")
             if value is None:
                 continue
             if name == "train" and isinstance(value, TrainConfig):
@@ -149,7 +150,7 @@ class SearchConfig:
             elif value != have:
                 conflicts.append(f"{name}={value!r} (the run has {have!r})")
         if conflicts:
-            raise ValueError("resume: settings conflict with the run's config.json: " + "; ".join(conflicts)
+            raise OptionError("resume: settings conflict with the run's config.json: " + "; ".join(conflicts)
                              + ". Drop them to resume as configured, or start a new run.")
         return replace(self, **changes)
 
@@ -225,7 +226,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
         if config is None:
             raise ValueError("run_search: config is required for a new run")
         if directory.exists():
-            raise FileExistsError(f"{directory.path} already holds a search; resume it with "
+            raise RunDirError(f"{directory.path} already holds a search; resume it with "
                                   f"--resume {directory.path} or choose another --name")
         directory.path.mkdir(parents=True, exist_ok=True)
     directory.repair_trials()
@@ -233,7 +234,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     data = load_search_data(config)
     num_classes = config.num_classes or data.num_classes
     if num_classes != data.num_classes:
-        raise ValueError(f"SearchConfig.num_classes={config.num_classes} but dataset {config.dataset!r} "
+        raise OptionError(f"SearchConfig.num_classes={config.num_classes} but dataset {config.dataset!r} "
                          f"has {data.num_classes} classes")
     if config.num_classes is None:
         config = replace(config, num_classes=num_classes)
@@ -248,7 +249,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     told: set[int] = set()
     if saved is not None:
         if saved.get("strategy") != searcher.name:
-            raise ValueError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
+            raise RunDirError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
                              f"the run uses {searcher.name!r}")
         searcher.load_state_dict(saved["state"])
         told = set(saved.get("told_trial_ids", []))

@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from nas.rundir.files import RunDirError
 from nas.rundir.files import RunDirectory, now_iso
 from nas.strategies.base import Candidate, Result, Searcher, SearchObjective
 
@@ -62,7 +63,7 @@ class SearchSession:
         self.finished_ids: set[int] = set()
         for record in self.records:
             if record["trial_id"] in self.finished_ids:
-                raise ValueError(f"{run_dir.trials_path}: trial_id {record['trial_id']} appears twice")
+                raise RunDirError(f"{run_dir.trials_path}: trial_id {record['trial_id']} appears twice")
             self.finished_ids.add(record["trial_id"])
         self.told: set[int] = set(told_trial_ids or ())
         self.listeners: list[Listener] = []

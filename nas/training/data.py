@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from search_spaces.errors import DatasetError, InputFileError, OptionError
 from nas.training.cifar10 import cifar10_arrays
 
 __all__ = ["ACCEPTED_FORMS", "DataSplits", "load_dataset"]
@@ -91,11 +92,11 @@ def load_dataset(
     each batch file's MD5 against the official archive before unpickling it.)
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution={resolution!r} must be a positive int (e.g. 32)")
+        raise OptionError(f"resolution={resolution!r} must be a positive int (e.g. 32)")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 1), e.g. 0.1")
+        raise OptionError(f"val_fraction={val_fraction!r} must be in (0, 1), e.g. 0.1")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit={limit!r} must be None or a positive int")
+        raise OptionError(f"limit={limit!r} must be None or a positive int")
 
     kind, _, argument = name.partition(":")
     rng = np.random.default_rng(seed)
@@ -113,7 +114,7 @@ def load_dataset(
     elif kind == "imagefolder" and argument:
         return _imagefolder(Path(argument), resolution, rng, val_fraction, limit, name)
     else:
-        raise ValueError(
+        raise DatasetError(
             f"unknown dataset {name!r}; accepted forms: " + "; ".join(ACCEPTED_FORMS)
         )
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = splits
@@ -154,7 +155,7 @@ def _split_off(
     """(kept, held_out) sorted index arrays; at least one item on each side."""
     n = len(labels)
     if n < 2:
-        raise ValueError(f"cannot split {n} item(s) into train and {what}: need at least 2")
+        raise DatasetError(f"cannot split {n} item(s) into train and {what}: need at least 2")
     held = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
     held_out = _stratified_take(labels, held, rng)
     return np.setdiff1d(np.arange(n), held_out), held_out
@@ -256,7 +257,7 @@ def _parse_class_count(argument: str, name: str) -> int:
     except ValueError:
         count = 0
     if count < 2:
-        raise ValueError(f"dataset {name!r}: N in 'synthetic:N' must be an int >= 2")
+        raise DatasetError(f"dataset {name!r}: N in 'synthetic:N' must be an int >= 2")
     return count
 
 
@@ -299,7 +300,7 @@ def _imagefolder(
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise InputFileError(
             f"imagefolder path {str(root)!r} is not a directory; expected train/ and val/ "
             f"(optional test/) class folders, or a single folder of class folders"
         )
@@ -311,7 +312,7 @@ def _imagefolder(
         try:
             return ImageFolder(str(folder), transform=transform)
         except FileNotFoundError as error:
-            raise FileNotFoundError(
+            raise InputFileError(
                 f"imagefolder {str(folder)!r}: {error}; expected one subfolder per class "
                 f"holding image files"
             ) from error
@@ -321,7 +322,7 @@ def _imagefolder(
                    if (root / part).is_dir()}
         for part, folder in folders.items():
             if folder.classes != folders["train"].classes:
-                raise ValueError(
+                raise DatasetError(
                     f"imagefolder {str(root)!r}: {part}/ classes {folder.classes} differ from "
                     f"train/ classes {folders['train'].classes}"
                 )
