@@ -131,8 +131,16 @@ def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_user_error(invoke(*build, "--device", "ftp://x", "--token", TOKEN), "--device", "http://HOST:PORT")
     assert_user_error(invoke("lut", "build", "--space", "nope", "--out", out), "search space 'nope'", "mnasnet")
     assert_user_error(invoke("zoo", "resnet50"), "zoo model 'resnet50'", "mobilenet_v2")
-    assert_user_error(invoke("lut", "predict", out, "zoo:mobilenet_v2"), "latency table", "does not exist")
     assert not Path(out).exists()
+
+
+def test_missing_input_file(tmp_path: Path, empty_table: Path) -> None:
+    missing = str(tmp_path / "nowhere.json")
+    assert_user_error(invoke("lut", "predict", missing, "zoo:mobilenet_v2"), "latency table", missing,
+                      "does not exist")
+    assert_user_error(invoke("lut", "predict", str(empty_table), missing), missing, "neither zoo:NAME")
+    assert_user_error(invoke("lut", "import", missing, "--out", str(tmp_path / "t.json")), missing, "does not exist")
+    assert_user_error(invoke("lut", "build", "--space", "mnasnet", "--out", missing, "--resume"), "--resume", missing)
 
 
 def test_bad_weights_file(model_dir: Path) -> None:
