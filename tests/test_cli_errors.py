@@ -124,8 +124,16 @@ def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_user_error(invoke(*build, "--device", "ftp://x", "--token", TOKEN), "--device", "http://HOST:PORT")
     assert_user_error(invoke("lut", "build", "--space", "nope", "--out", out), "search space 'nope'", "mnasnet")
     assert_user_error(invoke("zoo", "resnet50"), "zoo model 'resnet50'", "mobilenet_v2")
-    assert_user_error(invoke("lut", "predict", out, "zoo:mobilenet_v2"), "latency table", "does not exist")
     assert not Path(out).exists()
+
+
+def test_missing_input_file(tmp_path: Path, empty_table: Path) -> None:
+    missing = str(tmp_path / "nowhere.json")
+    assert_user_error(invoke("lut", "predict", missing, "zoo:mobilenet_v2"), "latency table", missing,
+                      "does not exist")
+    assert_user_error(invoke("lut", "predict", str(empty_table), missing), missing, "neither zoo:NAME")
+    assert_user_error(invoke("lut", "import", missing, "--out", str(tmp_path / "t.json")), missing, "does not exist")
+    assert_user_error(invoke("lut", "build", "--space", "mnasnet", "--out", missing, "--resume"), "--resume", missing)
 
 
 def test_bad_weights_file(model_dir: Path) -> None:
@@ -186,3 +194,27 @@ def test_internal_error_shows_its_traceback_like_the_nas_process(monkeypatch: py
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: boom" in err and "zoo_command" in err
     assert not any(line.startswith("error:") for line in err.splitlines())
+
+
+# -- the classes themselves --------------------------------------------------------------------------
+
+
+def test_user_errors_keep_their_builtin_base_and_plain_message(tmp_path: Path) -> None:
+    from compress.prune import PrunePolicy
+    from predictors.latency.protocol import RemoteAccessError, RemoteError
+    from search_spaces import DeviceError, InputFileError, OptionError, SpecError, UnknownNameError, zoo
+    from search_spaces.spaces import get_space
+
+    with pytest.raises(KeyError) as unknown:  # a failed lookup stays a KeyError ...
+        zoo.get("resnet50")
+    assert isinstance(unknown.value, UnknownNameError) and str(unknown.value).startswith("unknown zoo model")
+    with pytest.raises(OptionError, match=r"space option\(s\) \['depth'\] unknown to search space 'mnasnet'; "
+                                          r"allowed: \['base', 'width_mult', 'ops'"):
+        get_space("mnasnet", resolution=32, num_classes=10, depth=3)
+    with pytest.raises(SpecError, match=r"mnasnet: ops \['conv'\] not in \{mbconv, shuffle, ghost, dsconv\}"):
+        get_space("mnasnet", resolution=32, num_classes=10, ops=["mbconv", "conv"])
+    with pytest.raises(FileNotFoundError) as missing:
+        PrunePolicy.load(tmp_path / "policy.json")
+    assert isinstance(missing.value, InputFileError)
+    assert issubclass(RemoteAccessError, RemoteError) and issubclass(RemoteAccessError, DeviceError)
+    assert issubclass(DeviceError, RuntimeError) and not issubclass(RemoteError, UserError)

@@ -118,6 +118,8 @@ def import_(
     """Convert a published latency table into ours."""
     from predictors.latency import import_table
 
+    if not source.is_file():
+        raise InputFileError(f"FILE {source} does not exist (expected a {format} latency table to import)")
     options = {"device": device} if device else {}
     table = import_table(format, source, **options)
     table.save(out)
