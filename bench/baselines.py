@@ -1,18 +1,5 @@
-"""Hand-designed baselines for `bench/search_quality.py`: zoo networks adapted to small inputs and
-width-scaled to a latency budget by end-to-end measurement.
-
-Small-input rule (the zoo specs are the ImageNet networks, 32x down-sampling):
-
-1. the stem keeps stride 1 and loses its max-pool (ShuffleNetV2's), as the CIFAR variants of
-   MobileNetV2 do and as the `mnasnet` space does at <= 64 px;
-2. while the final feature map would be smaller than `MIN_FINAL_MAP` (4x4), the first stride-2
-   block that is *not* a ShuffleNetV2 unit is set to stride 1. A stride-1 ShuffleNetV2 unit must
-   keep its input width (channel split), so making a width-changing shuffle unit stride 1 would
-   give an invalid network; its stride is left alone and another block is changed instead.
-
-At 32 px this gives: MobileNetV2, MnasNet-A1/B1 and GhostNet 1.0 -> stem s1 plus their first
-stride-2 block at s1 (4x4 final map, exactly the `mnasnet` space's strides); ShuffleNetV2 ->
-stem s1 without pool, no block changed (its three stride-2 shuffle stages end at 4x4).
+"""Hand-designed baselines for `bench.search_quality`: zoo networks adapted to small inputs
+(`search_spaces.small_input`) and width-scaled to a latency budget by end-to-end measurement.
 
 Width: the latency table cannot price zoo ops (other widths, other blocks), so each candidate
 width is built and timed end to end with the table's backend and thread count, and bisected to
@@ -24,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from compress.scale import scale_spec
-from search_spaces import zoo
-from search_spaces.build import conv_output_size
-from search_spaces.spec import ArchSpec, Op
+from search_spaces import final_map_size, small_input, zoo
+from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger("bench.baselines")
 
@@ -42,35 +28,17 @@ ZOO_BASELINES: dict[str, str] = {
     "mnasnet_b1": "MnasNet-B1",
     "mnasnet_a1": "MnasNet-A1",
 }
-MIN_FINAL_MAP = 4
 
 
-def final_map_size(spec: ArchSpec) -> int:
-    size = conv_output_size(spec.resolution, spec.stem.stride)
-    if spec.stem.pool:
-        size = conv_output_size(size, 2)
-    for block in spec.blocks:
-        size = conv_output_size(size, block.stride)
-    return size
-
-
-def adapt_small_input(spec: ArchSpec, min_map: int = MIN_FINAL_MAP) -> tuple[ArchSpec, list[str]]:
-    """`spec` with the small-input rule of the module docstring applied; and what was changed."""
-    notes: list[str] = []
-    if spec.stem.stride != 1 or spec.stem.pool:
-        notes.append(f"stem s{spec.stem.stride}{' +pool' if spec.stem.pool else ''} -> s1")
-        spec = spec.replace(stem=replace(spec.stem, stride=1, pool=False))
-    blocks = list(spec.blocks)
-    while final_map_size(spec.replace(blocks=tuple(blocks))) < min_map:
-        index = next((i for i, b in enumerate(blocks) if b.stride == 2 and b.op is not Op.SHUFFLE), None)
-        if index is None:  # only shuffle units down-sample: nothing may change without breaking widths
-            logger.warning("%s: final map < %d but no non-shuffle stride-2 block left", spec.name, min_map)
-            break
-        blocks[index] = replace(blocks[index], stride=1)
-        notes.append(f"blocks[{index}] ({blocks[index].op.value}) s2 -> s1")
-    adapted = spec.replace(blocks=tuple(blocks))
-    notes.append(f"final map {final_map_size(adapted)}x{final_map_size(adapted)}")
-    return adapted, notes
+def small_input_notes(before: ArchSpec, after: ArchSpec) -> list[str]:
+    """What `small_input` changed, as the report lists it."""
+    notes = []
+    if (before.stem.stride, before.stem.pool) != (after.stem.stride, after.stem.pool):
+        notes.append(f"stem s{before.stem.stride}{' +pool' if before.stem.pool else ''} -> s{after.stem.stride}")
+    notes += [f"blocks[{i}] ({new.op.value}) s{old.stride} -> s{new.stride}"
+              for i, (old, new) in enumerate(zip(before.blocks, after.blocks)) if old.stride != new.stride]
+    size = final_map_size(after)
+    return notes + [f"final map {size}x{size}"]
 
 
 @dataclass
@@ -96,7 +64,9 @@ def fit_width(name: str, resolution: int, num_classes: int, budget_ms: float, me
     invariant "low fits, high does not", so the answer is a measured-feasible width whose
     neighbour (within (high - low) / 2^steps) measured over budget. Widths that round to the
     same network are measured once."""
-    base, notes = adapt_small_input(zoo.get(name, resolution, num_classes))
+    imagenet = zoo.get(name, resolution, num_classes)
+    base = small_input(imagenet)
+    notes = small_input_notes(imagenet, base)
     cache: dict[str, float] = {}
     tried: list[tuple[float, float]] = []
 
@@ -144,7 +114,7 @@ def measure_finals(models: dict[str, dict[str, Any]], measurer: Any) -> dict[str
     return {n: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms} for n, m in zip(names, found)}
 
 
-# -- report helpers (shared with search_quality.py) -------------------------------------------------
+# -- report helpers (shared with search_quality and ray_throughput) -------------------------------------------------
 
 def fmt(value: Any, spec: str = ".3f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
@@ -164,7 +134,7 @@ def zoo_section(settings: dict[str, Any], rows: dict[str, dict[str, Any]], fits:
     """The zoo table of the report: `rows` are the retraining results, `fits` the width fits,
     `measured` the final interleaved measurement (key `zoo-<name>`)."""
     low, high = settings["width_range"]
-    lines = ["", (f"Zoo baselines: small-input strides (rule in `bench/baselines.py`), width multiplier bisected in "
+    lines = ["", (f"Zoo baselines: small-input strides (rule in `search_spaces/small_input.py`), width multiplier bisected in "
              f"[{low}, {high}] ({settings['bisect_steps']} steps) to the largest one measured within the budget "
              "(`compress.scale.scale_spec`: stem, blocks and head scale).")]
     table = []

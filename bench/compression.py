@@ -13,30 +13,24 @@ bits, int8 ONNX vs fp32 latency, and pruned vs unpruned latency against the MACs
 4. Pruning: uniform l1 channel pruning per ratio; MACs/params, latency on onnxruntime and torch
    (1 thread), test accuracy before and after a distilled fine-tune.
 
-    python bench/compression.py                     # ~20-25 min on 2 quiet cores; writes BENCHMARKS.md
-    python bench/compression.py --epochs 1 --qat-epochs 1 --episodes 3 --ratios 0.5 --prune-epochs 1 \
+    python -m bench.compression                     # ~20-25 min on 2 quiet cores; writes BENCHMARKS.md
+    python -m bench.compression --epochs 1 --qat-epochs 1 --episodes 3 --ratios 0.5 --prune-epochs 1 \
         --max-batches 5 --measure 2,3,3 --out runs/bench/compression-smoke --no-write  # ~4 min: every code path
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-import compression_parts as parts
-from report import update_section
-
-from nas.training.data import load_dataset
-from nas.training.train import TrainConfig, train
+from bench import compression_parts as parts
+from bench.report import publish, results_path
+from nas.training import TrainConfig, load_dataset, train
 from predictors.cost import count
 from predictors.latency import MeasureSettings
 from search_spaces.build import build_model
@@ -69,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="auto", help="Training device (latency is always CPU).")
     add("--seed", type=int, default=0, help="Data split, weight init, training order and HAQ agent.")
     add("--out", type=Path, default=Path("runs/bench/compression"))
-    add("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
+    add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
     return parser.parse_args(argv)
 
 
@@ -81,9 +75,8 @@ def _ms(m: dict[str, float]) -> str:
     return f"{m['median_ms']:.3f} ({m['p10_ms']:.3f}–{m['p90_ms']:.3f})"
 
 
-def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
-    base, timing = results["base"], results["timing"]
-    lines = [
+def _base_paragraph(args: argparse.Namespace, base: dict[str, Any], timing: dict[str, float]) -> list[str]:
+    return [
         f"Base `{base['spec']}`: zoo MobileNetV2, width {args.width:g}, 10 classes, 32 px with the small-input "
         f"strides (stem and first stride-2 block at stride 1, 4×4 final map); {base['params']:,} params, "
         f"{base['macs'] / 1e6:.1f}M MACs. Trained fp32 from scratch for {args.epochs} epochs (SGD Nesterov lr "
@@ -93,57 +86,71 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
         f"Wall time {timing['total_s'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()
                                                             if k != "total_s") + ").",
     ]
-    quant = results.get("quantize")
-    if quant:
-        lines += ["", f"**Mixed precision vs uniform 4-bit at the same weight bits.** Activations 8-bit everywhere "
-                  f"(HAQ's size-constrained setting); weights 2–8 bits per layer (linear, per output channel), "
-                  f"budget = the w4a8 policy's {quant['budget_weight_bits']:,} bits (biases 32-bit). HAQ: "
-                  f"{quant['episodes']} DDPG episodes, {quant['per_episode_s']:.1f} s each; reward = accuracy on "
-                  f"{quant['reward']['val_images']} val images after calibration on {quant['calibration_images']} "
-                  f"train images" + (f" and {quant['reward']['finetune_batches']} distilled QAT batches"
-                                     if quant['reward']['finetune_batches'] else " (no fine-tune)") +
-                  f"; best episode {quant['search']['best_episode']} (val {_pct(quant['search']['best']['accuracy'])})."
-                  f" Then w4a8 and HAQ get the same {args.qat_epochs} QAT epochs; w8a8 is calibrated only.", "",
-                  ("| policy | weight bits | vs w4a8 budget | BitFusion cycles (rel.) | test acc, calibrated only "
-                  "| test acc after QAT + KD |"), "|---|---|---|---|---|---|"]
-        for label, row in quant["rows"].items():
-            cycles = "—" if row["bitfusion_cycles"] is None else f"{row['bitfusion_cycles']:,.0f}"
-            lines.append(f"| {label} | {row['weight_bits']:,} ({row['weight_bits'] / 8192:.0f} KiB) | "
-                         f"{row['weight_bits'] / quant['budget_weight_bits']:.3f}× | {cycles} | "
-                         f"{_pct(row['test_accuracy_ptq'])} | {_pct(row['test_accuracy'])} |")
-        lines += ["", "Weight bits per layer in execution order (stem … classifier):", ""]
-        lines += [f"- {label}: `{row['bits']}`" for label, row in quant["rows"].items() if row["bits"]]
-    int8 = results.get("int8")
-    if int8:
-        lines += ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
-                  "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
-                  "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
-                  "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."), "",
-                  "| model @ px | fp32 ms | int8 ms | fp32 / int8 | export check |", "|---|---|---|---|---|"]
-        for row in int8:
-            check = row["export_check"]
-            lines.append(f"| {row['model']} @ {row['resolution']} | {_ms(row['fp32'])} | {_ms(row['int8'])} | "
-                         f"{row['speedup']:.2f}× | {check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs "
-                         f"{check['quantization_error']:.2g}), top-1 "
-                         f"{_pct(check['top1_agreement'])} |")
-    prune = results.get("prune")
-    if prune:
-        backends = list(prune["rows"][0]["latency_ms"])
-        lines += ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
-                  f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
-                  "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
-                  "(speed-up in brackets)."), "",
-                  "| ratio | params | MACs | MACs saved | " + " | ".join(f"{b} ms" for b in backends) +
-                  " | test acc before FT | after FT |", "|---|---|---|---|" + "---|" * len(backends) + "---|---|"]
-        for row in prune["rows"]:
-            speed = [f"{row['latency_ms'][b]['median_ms']:.3f} "
-                     f"({prune['rows'][0]['latency_ms'][b]['median_ms'] / row['latency_ms'][b]['median_ms']:.2f}×)"
-                     for b in backends]
-            lines.append(f"| {row['ratio']:g} | {row['params']:,} | {row['macs'] / 1e6:.2f}M | "
-                         f"{_pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×) | "
-                         + " | ".join(speed) + f" | {_pct(row['test_accuracy_before_finetune'])} | "
-                         f"{_pct(row['test_accuracy'])} |")
-        lines += ["", f"Plot: `{args.out}/prune.png`; raw numbers: `{args.out}/results.json` (not committed)."]
+
+
+def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> list[str]:
+    lines = ["", f"**Mixed precision vs uniform 4-bit at the same weight bits.** Activations 8-bit everywhere "
+             f"(HAQ's size-constrained setting); weights 2–8 bits per layer (linear, per output channel), "
+             f"budget = the w4a8 policy's {quant['budget_weight_bits']:,} bits (biases 32-bit). HAQ: "
+             f"{quant['episodes']} DDPG episodes, {quant['per_episode_s']:.1f} s each; reward = accuracy on "
+             f"{quant['reward']['val_images']} val images after calibration on {quant['calibration_images']} "
+             f"train images" + (f" and {quant['reward']['finetune_batches']} distilled QAT batches"
+                                if quant['reward']['finetune_batches'] else " (no fine-tune)") +
+             f"; best episode {quant['search']['best_episode']} (val {_pct(quant['search']['best']['accuracy'])})."
+             f" Then w4a8 and HAQ get the same {args.qat_epochs} QAT epochs; w8a8 is calibrated only.", "",
+             ("| policy | weight bits | vs w4a8 budget | BitFusion cycles (rel.) | test acc, calibrated only "
+              "| test acc after QAT + KD |"), "|---|---|---|---|---|---|"]
+    for label, row in quant["rows"].items():
+        cycles = "—" if row["bitfusion_cycles"] is None else f"{row['bitfusion_cycles']:,.0f}"
+        lines.append(f"| {label} | {row['weight_bits']:,} ({row['weight_bits'] / 8192:.0f} KiB) | "
+                     f"{row['weight_bits'] / quant['budget_weight_bits']:.3f}× | {cycles} | "
+                     f"{_pct(row['test_accuracy_ptq'])} | {_pct(row['test_accuracy'])} |")
+    lines += ["", "Weight bits per layer in execution order (stem … classifier):", ""]
+    return lines + [f"- {label}: `{row['bits']}`" for label, row in quant["rows"].items() if row["bits"]]
+
+
+def _int8_section(int8: list[dict[str, Any]]) -> list[str]:
+    lines = ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
+             "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
+             "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
+             "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."), "",
+             "| model @ px | fp32 ms | int8 ms | fp32 / int8 | export check |", "|---|---|---|---|---|"]
+    for row in int8:
+        check = row["export_check"]
+        lines.append(f"| {row['model']} @ {row['resolution']} | {_ms(row['fp32'])} | {_ms(row['int8'])} | "
+                     f"{row['speedup']:.2f}× | {check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs "
+                     f"{check['quantization_error']:.2g}), top-1 "
+                     f"{_pct(check['top1_agreement'])} |")
+    return lines
+
+
+def _pruning_section(args: argparse.Namespace, prune: dict[str, Any]) -> list[str]:
+    backends = list(prune["rows"][0]["latency_ms"])
+    lines = ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
+             f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
+             "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
+             "(speed-up in brackets)."), "",
+             "| ratio | params | MACs | MACs saved | " + " | ".join(f"{b} ms" for b in backends) +
+             " | test acc before FT | after FT |", "|---|---|---|---|" + "---|" * len(backends) + "---|---|"]
+    for row in prune["rows"]:
+        speed = [f"{row['latency_ms'][b]['median_ms']:.3f} "
+                 f"({prune['rows'][0]['latency_ms'][b]['median_ms'] / row['latency_ms'][b]['median_ms']:.2f}×)"
+                 for b in backends]
+        lines.append(f"| {row['ratio']:g} | {row['params']:,} | {row['macs'] / 1e6:.2f}M | "
+                     f"{_pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×) | "
+                     + " | ".join(speed) + f" | {_pct(row['test_accuracy_before_finetune'])} | "
+                     f"{_pct(row['test_accuracy'])} |")
+    return lines + ["", f"Plot: `{args.out}/prune.png` (not committed); raw numbers: `{results_path('compression')}`."]
+
+
+def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    lines = _base_paragraph(args, results["base"], results["timing"])
+    if results.get("quantize"):
+        lines += _quantization_section(args, results["quantize"])
+    if results.get("int8"):
+        lines += _int8_section(results["int8"])
+    if results.get("prune"):
+        lines += _pruning_section(args, results["prune"])
     return "\n".join(lines)
 
 
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     cost = count(spec)
     steps = min(len(data.train) // args.batch_size, args.max_batches or 10**9)
     results: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                               "base": {"spec": spec.name, "arch": spec.to_dict(), "params": cost.params,
+                               "base": {"spec": spec.name, "params": cost.params,
                                         "macs": cost.macs, "train_images": len(data.train), "val_images": len(data.val),
                                         "test_images": len(data.test), "train": report.to_dict(),
                                         "epoch_s": report.train_time_s / report.epochs_run, "steps_per_epoch": steps}}
@@ -198,11 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         lap("pruning")
     timing["total_s"] = time.perf_counter() - start
     results["timing"] = timing
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     body = render(args, results)
     print(body)
     if not args.no_write:
-        update_section("compression", "Compression on CIFAR-10 (subset)", body)
+        publish("compression", "Compression on CIFAR-10 (subset)", body, results)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""The pieces of bench/compression.py: the base network, the fine-tune recipe, and the three
-experiments (quantization, int8-vs-fp32 latency, pruning). Each experiment returns plain,
+"""The pieces of `bench.compression`: the base network and the three experiments (quantization, int8-vs-fp32 latency, pruning). Each experiment returns plain,
 JSON-serialisable dicts; compression.py renders them."""
 
 from __future__ import annotations
@@ -35,13 +34,12 @@ from compress import (
 )
 from compress.quantize_cost import LayerInfo
 from compress.scale import scale_spec
-from nas.training.data import DataSplits
-from nas.training.train import TrainConfig, TrainReport, evaluate, train
+from bench.report import omit
+from nas.training import DataSplits, TrainConfig, TrainReport, evaluate, recipe, train
 from predictors.cost import count
 from predictors.latency import LocalMeasurer, MeasureSettings
-from search_spaces import zoo
+from search_spaces import small_input, zoo
 from search_spaces.build import build_model
-from search_spaces.space import small_input_strides
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger("bench.compression")
@@ -50,15 +48,12 @@ EVAL_BATCH = 64  # per-image CPU cost of these small nets grows with batch (cach
 
 def cifar_mobilenet_v2(width: float, resolution: int, num_classes: int) -> ArchSpec:
     """Zoo MobileNetV2 at `width` (scale_spec: channels and the 1280 head conv rounded to multiples
-    of 8), then the project's small-input stride rule (`small_input_strides`, as the mnasnet and
-    proxyless spaces use): at <= 64 px the stem and the first stride-2 block keep stride 1, so
-    32 px ends in a 4x4 map (8x down-sampling, as CIFAR MobileNetV2 variants) instead of 1x1."""
+    of 8), then the small-input rule (`search_spaces.small_input`): at 32 px the stem and the first
+    stride-2 block keep stride 1, so it ends in a 4x4 map (8x down-sampling, as CIFAR MobileNetV2
+    variants) instead of 1x1."""
     spec = zoo.get("mobilenet_v2", resolution, num_classes)
     spec = scale_spec(spec, width) if width != 1.0 else spec  # scale first: stages() splits on strides
-    stem_stride, strides = small_input_strides(resolution, spec.stem.stride, [b.stride for b in spec.blocks])
-    return spec.replace(stem=replace(spec.stem, stride=stem_stride),
-                        blocks=tuple(replace(b, stride=s) for b, s in zip(spec.blocks, strides)),
-                        name=f"mobilenet_v2_w{width:g}_r{resolution}_small_input")
+    return small_input(spec).replace(name=f"mobilenet_v2_w{width:g}_r{resolution}_small_input")
 
 
 def test_accuracy(model: nn.Module, data: DataSplits, device: str) -> float:
@@ -66,9 +61,9 @@ def test_accuracy(model: nn.Module, data: DataSplits, device: str) -> float:
 
 
 def finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, epochs: int, base: TrainConfig) -> TrainReport:
-    """The recipe of `nas compress` (its `_finetune`): AdamW 1e-3, cosine, distillation from the
-    float model (T=4, alpha=0.9); batch size, epoch cap, seed and device from `base`."""
-    config = replace(base, epochs=epochs, optimizer="adamw", lr=1e-3)
+    """The `finetune` recipe with distillation from the float model (T=4, alpha=0.9); batch size,
+    epoch cap, seed and device from `base`."""
+    config = recipe("finetune", base, epochs=epochs)
     return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
 
 
@@ -95,7 +90,7 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
         # search_quant_policy hands over a calibrated copy; it also calls this once on the float
         # model for its reward baseline, which must not be fine-tuned (current_policy is empty)
         if finetune_batches and len(current_policy(qmodel)):
-            short = replace(config, epochs=1, max_batches_per_epoch=finetune_batches, optimizer="adamw", lr=1e-3)
+            short = recipe("finetune", config, epochs=1, max_batches_per_epoch=finetune_batches)
             return train(qmodel, haq_data, short, teacher=base, distill_loss=DistillationLoss()).val_accuracy
         return evaluate(qmodel, haq_data.val, batch_size=EVAL_BATCH, device=config.device)
 
@@ -116,7 +111,7 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
         report = finetune(qmodel, base, data, epochs, config) if epochs else None
         rows[label] = {
             "weight_bits": policy_weight_bits(base, policy), "bits": _weight_bits_string(policy, infos),
-            "policy": policy.to_dict()["layers"], "bitfusion_cycles": bitfusion_cost(infos, policy).cycles,
+            "bitfusion_cycles": bitfusion_cost(infos, policy).cycles,
             "test_accuracy_ptq": ptq, "test_accuracy": report.test_accuracy if report else None,
             "qat_epochs": epochs, "qat": report.to_dict() if report else None, "wall_s": time.perf_counter() - start,
         }
@@ -125,7 +120,9 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
     summary = {"budget_weight_bits": budget, "episodes": episodes, "search_s": search_s,
                "per_episode_s": search_s / episodes,
                "reward": {"val_images": len(haq_data.val), "finetune_batches": finetune_batches},
-               "calibration_images": sum(len(b) for b in calibration), "rows": rows, "search": search}
+               "calibration_images": sum(len(b) for b in calibration), "rows": rows,
+               # per-layer listings left out: the bit strings carry the policies
+               "search": {**omit(search, "layers"), "episodes": [omit(e, "policy") for e in search["episodes"]]}}
     return summary, qmodel.eval()  # the loop's last model: w8a8, calibrated
 
 

@@ -14,10 +14,10 @@ derived networks' latency vs their targets and accuracy next to regularized evol
    train loop) and test accuracy. Evolution (`nas.search.runner`, hard budget = the target) with the
    same final retraining sits next to it.
 
-    python bench/proxyless.py                        # the full benchmark, ~25 min on 2 quiet cores
-    python bench/proxyless.py --threads 1            # the same on a shared machine (OpenMP threads
+    python -m bench.proxyless                        # the full benchmark, ~25 min on 2 quiet cores
+    python -m bench.proxyless --threads 1            # the same on a shared machine (OpenMP threads
                                                      # spin: 2 threads on 2 busy cores run 5-10x slower)
-    python bench/proxyless.py --smoke --no-write     # a minute-scale check of the script itself
+    python -m bench.proxyless --smoke --no-write     # a minute-scale check of the script itself
 
 Time (2 cores, measured on a busy 2-core VM with 1 thread: weight step ~1.2 s, architecture step
 ~0.6 s at batch 64): 3 searches x (180 weight + 150 arch steps) ~15 min, 3 retrainings x 150 steps
@@ -34,12 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from proxyless_memory import MODES, memory_figures, memory_worker
-from report import update_section
+from bench.proxyless_memory import memory_figures
+from bench.report import omit, publish, results_path
 
 logger = logging.getLogger("bench.proxyless")
 
@@ -78,8 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lut", type=Path, default=None, help="Reuse this table (default: build a fresh one under --out).")
     add("--out", type=Path, default=Path("runs/bench/proxyless"))
     add("--smoke", action="store_true", help="Tiny settings: checks the script, figures mean little.")
-    add("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
-    add("--memory-worker", choices=MODES, default=None, help=argparse.SUPPRESS)
+    add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
     args = parser.parse_args(argv)
     if args.smoke:
         args.resolution, args.train_limit, args.batch_size = 16, 256, 32
@@ -109,22 +104,16 @@ def lut_path(args: argparse.Namespace) -> Path:
 
 
 def ensure_lut(args: argparse.Namespace, space: Any, measurer: Any) -> Any:
-    from predictors.latency import LatencyTable, build_table, validate_table
+    from predictors.latency import ensure_table
 
     path = lut_path(args)
     if args.lut is None:
         path.unlink(missing_ok=True)  # measured here and now, never a table left by another machine
     start = time.perf_counter()
-    table = build_table(space, measurer, path, show_progress=sys.stderr.isatty())
-    if args.calibrate_samples and table.calibration is None:
-        report = validate_table(table, space, measurer, samples=args.calibrate_samples, seed=args.seed)
-        if report.calibrated.mape >= report.raw.mape:
-            # a fit on few noisy points can be worse than none (out-of-fold error decides)
-            logger.warning("calibration (%s) does not beat the raw sums out of fold; not used", report.calibration)
-            table.calibration = None
-        table.save(path)
+    table = ensure_table(space, measurer, path, calibration_samples=args.calibrate_samples,
+                         show_progress=sys.stderr.isatty())
     logger.info("table %s: %d entries, ready in %.0fs", path, len(table), time.perf_counter() - start)
-    return LatencyTable.load(path)
+    return table
 
 
 # -- 2. searches ---------------------------------------------------------------------------------------
@@ -143,16 +132,11 @@ def pick_targets(args: argparse.Namespace, space: Any, table: Any) -> list[float
     return [round(fastest + float(f) * (slowest - fastest), 4) for f in args.target_fractions.split(",")]
 
 
-def random_latencies(space: Any, table: Any, seed: int, count: int = 500) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.array([table.predict(space.sample(rng)) for _ in range(count)])
-
-
 def train_config(args: argparse.Namespace, epochs: int) -> Any:
-    from nas.training.train import TrainConfig
+    from nas.training import recipe
 
-    return TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                       max_batches_per_epoch=args.max_batches, device="cpu")
+    return recipe("final", epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                  max_batches_per_epoch=args.max_batches)
 
 
 def proxyless_runs(args: argparse.Namespace, space: Any, table: Any, data: Any, targets: list[float],
@@ -224,20 +208,13 @@ def _mb(value: float) -> str:
     return f"{value / 2**20:.1f} MB"
 
 
-def render(args: argparse.Namespace, table: Any, memory: list[dict[str, Any]], targets: list[float],
-           span: tuple[float, float], sampled: np.ndarray, proxyless: list[dict[str, Any]],
-           evolution: list[dict[str, Any]], wall_s: float) -> str:
+def _memory_section(args: argparse.Namespace, memory: list[dict[str, Any]]) -> list[str]:
     plain = next(row for row in memory if row["mode"] == "plain")
     device = memory[0]["device"]
     how = ("CUDA peak allocation" if device == "cuda" else
            "peak RSS of the step over RSS before it (VmHWM reset via /proc/self/clear_refs)" if memory[0]["hwm_reset"]
            else "ru_maxrss growth over the step")
     lines = [
-        f"`proxyless` space, width {args.width_mult:g}, {args.resolution} px, 10 classes; data `{args.data}`, "
-        f"{args.train_limit} training images; batch {args.batch_size}; torch threads {args.threads}; seed {args.seed}. "
-        f"Latency table: {len(table)} entries, onnxruntime x1 thread, "
-        + (f"calibrated: {table.calibration}." if table.calibration else "raw sums."),
-        "",
         (f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, each "
          f"mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
          "(parameters excluded)."),
@@ -251,23 +228,26 @@ def render(args: argparse.Namespace, table: Any, memory: list[dict[str, Any]], t
         lines.append(f"| {row['mode']} | {paths[row['mode']]} | {_mb(row['peak_bytes'])} | "
                      f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f} | {_mb(row['saved_bytes'])} | "
                      f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f} |")
-    lines += [
-        "",
-        (f"**Targets** {', '.join(f'{t:.3f}' for t in targets)} ms: fractions {args.target_fractions} of the way from "
-         f"the table's fastest ({span[0]:.3f} ms) to its slowest network ({span[1]:.3f} ms), unless given; 500 random "
-         f"networks span {np.min(sampled):.3f}-{np.max(sampled):.3f} ms (median {np.median(sampled):.3f}). ProxylessNAS: "
-         f"{args.search_epochs} epochs ({args.warmup_epochs} weight-only) of {args.steps_per_epoch} weight steps, one "
-         f"two-path architecture step after each; loss `{args.latency_loss}`, arch lr {args.arch_lr:g}. Derivation "
-         f"`{args.derive}` (retrained); the other rule's network is only measured (`argmax`: the most likely option "
-         f"per layer, the paper's; `target`: the most probable network within ±{100 * args.derive_tolerance:g}% of "
-         "the target by the table). Every network "
-         f"is then trained from scratch for {args.retrain_epochs} epochs of at most {args.max_batches} batches and "
-         "tested on the 2000 test images."),
-        "",
-        ("| strategy | target | E[LAT] end | other rule: predicted / measured | derived: predicted | measured | "
-         "measured vs target | search | retrain | test acc | blocks |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    return lines
+
+
+def _targets_paragraph(args: argparse.Namespace, targets: list[float], span: tuple[float, float],
+                       sampled: dict[str, float]) -> str:
+    return (f"**Targets** {', '.join(f'{t:.3f}' for t in targets)} ms: fractions {args.target_fractions} of the way "
+            f"from the table's fastest ({span[0]:.3f} ms) to its slowest network ({span[1]:.3f} ms), unless given; 500 "
+            f"random networks span {sampled['min']:.3f}-{sampled['max']:.3f} ms (median {sampled['median']:.3f}). "
+            f"ProxylessNAS: {args.search_epochs} epochs ({args.warmup_epochs} weight-only) of {args.steps_per_epoch} "
+            f"weight steps, one two-path architecture step after each; loss `{args.latency_loss}`, arch lr "
+            f"{args.arch_lr:g}. Derivation `{args.derive}` (retrained); the other rule's network is only measured "
+            f"(`argmax`: the most likely option per layer, the paper's; `target`: the most probable network within "
+            f"±{100 * args.derive_tolerance:g}% of the target by the table). Every network is then trained from "
+            f"scratch for {args.retrain_epochs} epochs of at most {args.max_batches} batches and tested on the 2000 "
+            "test images.")
+
+
+def _runs_table(args: argparse.Namespace, proxyless: list[dict[str, Any]], evolution: list[dict[str, Any]]) -> list[str]:
+    lines = [("| strategy | target | E[LAT] end | other rule: predicted / measured | derived: predicted | measured | "
+              "measured vs target | search | retrain | test acc | blocks |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in proxyless:
         lines.append(
             f"| proxyless | {row['target_ms']:.3f} ms | {row['history'][-1]['expected_latency_ms']:.3f} ms | "
@@ -285,26 +265,40 @@ def render(args: argparse.Namespace, table: Any, memory: list[dict[str, Any]], t
             f"{row['predicted_latency_ms']:.3f} ms | {row['measured_latency_ms']:.3f} ms | "
             f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}% | {row['search_s']:.0f} s | "
             f"{row['retrain_s']:.0f} s | {row['test_accuracy']:.4f} | {len(row['blocks'])} |")
-    lines += ["", ("Convergence (per epoch: E[LAT] / argmax net / target-rule net in ms, mean entropy in nats; full "
-                   "per-slot "
-                   f"probabilities in `{args.out}/alpha_history_*.json`):"), ""]
+    return lines
+
+
+def _convergence(args: argparse.Namespace, proxyless: list[dict[str, Any]]) -> list[str]:
+    lines = [("Convergence (per epoch: E[LAT] / argmax net / target-rule net in ms, mean entropy in nats; full "
+              f"per-slot probabilities in `{args.out}/alpha_history_*.json`):"), ""]
     for row in proxyless:
         steps = "; ".join(f"{h['expected_latency_ms']:.2f}/{h['latency_by_rule_ms']['argmax']:.2f}/"
                           f"{h['latency_by_rule_ms']['target']:.2f}, {h['entropy']:.2f}" for h in row["history"])
         lines.append(f"- target {row['target_ms']:.3f} ms: {steps}")
-    lines += ["", f"Whole benchmark: {wall_s / 60:.1f} min."]
+    return lines
+
+
+def render(args: argparse.Namespace, table: Any, r: dict[str, Any]) -> str:
+    lines = [
+        f"`proxyless` space, width {args.width_mult:g}, {args.resolution} px, 10 classes; data `{args.data}`, "
+        f"{args.train_limit} training images; batch {args.batch_size}; torch threads {args.threads}; seed {args.seed}. "
+        f"Latency table: {len(table)} entries, onnxruntime x1 thread, "
+        + (f"calibrated: {table.calibration}." if table.calibration else "raw sums."),
+        "", *_memory_section(args, r["memory"]),
+        "", _targets_paragraph(args, r["targets"], r["span"], r["random_ms"]),
+        "", *_runs_table(args, r["proxyless"], r["evolution"]),
+        "", *_convergence(args, r["proxyless"]),
+        "", f"Whole benchmark: {r['wall_s'] / 60:.1f} min. Raw numbers: `{results_path('proxyless')}`.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.memory_worker:
-        memory_worker(args, make_space(args), lut_path(args))
-        return
     import torch
 
-    from nas.training.data import load_dataset
+    from nas.training import load_dataset
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -312,20 +306,20 @@ def main(argv: list[str] | None = None) -> None:
     space = make_space(args)
     measurer = make_measurer(args)
     table = ensure_lut(args, space, measurer)
-    memory = memory_figures(args, Path(__file__), lut_path(args))
+    memory = memory_figures(args, lut_path(args))
     targets = pick_targets(args, space, table)
     span = tuple(pick_targets(argparse.Namespace(targets_ms=None, target_fractions="0,1"), space, table))
-    sampled = random_latencies(space, table, args.seed)
+    random_ms = {name: table.quantile(space, q, 500, args.seed) for name, q in (("min", 0), ("median", 0.5), ("max", 1))}
     data = load_dataset(args.data, args.resolution, seed=args.seed, limit=args.train_limit)
     proxyless = proxyless_runs(args, space, table, data, targets, measurer)
     evolution = evolution_runs(args, targets, measurer)
-    body = render(args, table, memory, targets, span, sampled, proxyless, evolution, time.perf_counter() - started)
-    (args.out / "summary.json").write_text(json.dumps({"memory": memory, "targets": targets, "proxyless": [
-        {k: v for k, v in row.items() if k != "history"} for row in proxyless], "evolution": evolution}, indent=1,
-        default=str))
+    results = {"memory": memory, "targets": targets, "span": span, "random_ms": random_ms, "proxyless": proxyless,
+               "evolution": evolution, "wall_s": time.perf_counter() - started}
+    body = render(args, table, results)
     print(body)
     if not args.no_write:
-        update_section("proxyless", "ProxylessNAS: path-binarization memory, latency targets, accuracy", body)
+        publish("proxyless", "ProxylessNAS: path-binarization memory, latency targets, accuracy", body,
+                {**results, "proxyless": [omit(row, "history") for row in proxyless]})  # per epoch: in the body
 
 
 if __name__ == "__main__":

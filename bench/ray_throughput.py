@@ -1,8 +1,10 @@
-"""The Ray runner's throughput for `search_quality.py`: one random search on embedded Ray at a given
-worker count, and its section of BENCHMARKS.md."""
+"""The Ray runner's throughput for `bench.search_quality`: one random search on embedded Ray at a
+given worker count, and its part of the section. search_quality runs each as a task of its pool:
+`python -m bench.ray_throughput --worker TASK.task.json`, alone on the machine."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -12,20 +14,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from baselines import fmt, md_table
+from bench.baselines import fmt, md_table
+from bench.task_pool import work
 
 
-def ray_task(task: dict[str, Any], space: str, resolution: int, train: Any) -> dict[str, Any]:
+def ray_task(task: dict[str, Any]) -> dict[str, Any]:
     """Random search on the Ray runner. Times are taken from the call of `run_search`: the first
     trial's result therefore includes table and data loading, Ray start-up, Tune's trial launch
     and one trial's training; trials.jsonl's `finished_at` stamps give the rest."""
     from nas.rundir.files import RunDirectory
     from nas.search.runner import SearchConfig, run_search
+    from nas.training import recipe
 
     s, workers = task["settings"], task["workers"]
-    config = SearchConfig(space=space, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
-                          resolution=resolution, strategy="random", seed=0, trials=s["ray_trials"],
-                          train=train, train_limit=s["ray_train_limit"],
+    train = recipe("proxy", epochs=s["ray_epochs"], batch_size=s["batch_size"], seed=0)
+    config = SearchConfig(space=task["space"], latency_budget_ms=task["budget_ms"], lut_path=s["lut"],
+                          dataset=s["data"], resolution=task["resolution"], strategy="random", seed=0,
+                          trials=s["ray_trials"], train=train, train_limit=s["ray_train_limit"],
                           ray=True, workers=workers, cpus_per_trial=1.0)
     run_dir = Path(task["run_dir"])
     RunDirectory(run_dir).clear()
@@ -68,3 +73,13 @@ def ray_section(a: dict[str, Any], ray: dict[str, Any]) -> list[str]:
             text += f", {two['steady_per_hour'] / one['steady_per_hour']:.2f}x steady"
         lines += ["", text + "."]
     return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", type=Path, required=True, help="A task file written by search_quality.")
+    work(parser.parse_args(argv).worker, ray_task)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 At an equal trial budget, each strategy's best feasible architecture (search-time val accuracy,
 then test accuracy after one shared final recipe) against random search and against zoo networks
-(bench/baselines.py) width-scaled by end-to-end measurement to the same budget and trained with
+(`bench.baselines`) width-scaled by end-to-end measurement to the same budget and trained with
 the same final recipe. Then trials per hour with the Ray runner at 1 vs 2 workers.
 
 Phases: latency table (built if absent) -> budget (a quantile of sampled architectures' predicted
@@ -17,37 +17,33 @@ on 800 images + 2 x 1,000 val images) ~22 s; a final training (2 epochs on 9,000
 measurement and Ray ~ 5 min: ~35 min on 2 quiet cores when the table exists (building it adds
 ~10-15 min). Shorter trials (batch 64, or fewer images) leave val accuracy at chance (10%).
 
-    python bench/search_quality.py
-    python bench/search_quality.py --trials 3 --epochs 1 --train-limit 300 --final-epochs 1 --final-limit 600 \
+    python -m bench.search_quality
+    python -m bench.search_quality --trials 3 --epochs 1 --train-limit 300 --final-epochs 1 --final-limit 600 \
         --strategies random evolution --zoo mobilenet_v2 --ray-trials 2 --no-write        # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
-
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(1, str(REPO))
-from baselines import ZOO_BASELINES, fit_zoo, fmt, md_table, measure_finals, pct, zoo_section
-from ray_throughput import ray_section, ray_task
-from report import update_section
-from task_pool import run_pool
+from bench.baselines import ZOO_BASELINES, fit_zoo, fmt, md_table, measure_finals, pct, zoo_section
+from bench.ray_throughput import ray_section
+from bench.report import REPO, omit, publish, results_path
+from bench.task_pool import run_pool, work
+from nas.training import RECIPES, recipe
 
 logger = logging.getLogger("bench.search_quality")
 STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
 SPACE, RESOLUTION, CLASSES = "mnasnet", 32, 10
+PROXY, FINAL = RECIPES.get("proxy"), RECIPES.get("final")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,12 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     add("--seeds", nargs="+", type=int, default=[0])
     add("--trials", type=int, default=16)
-    add("--epochs", type=int, default=2, help="Epochs per search trial.")
+    add("--epochs", type=int, default=PROXY["epochs"], help="Epochs per search trial.")
     add("--train-limit", type=int, default=800, help="Training images per search trial (stratified).")
-    add("--batch-size", type=int, default=16, help="Search trials' batch (16: more steps in a short trial).")
-    add("--final-epochs", type=int, default=2, help="Final recipe, shared by every model.")
+    add("--batch-size", type=int, default=PROXY["batch_size"], help="Search trials' batch (recipe `proxy`).")
+    add("--final-epochs", type=int, default=FINAL["epochs"], help="Final recipe, shared by every model.")
     add("--final-limit", type=int, default=None, help="Final recipe's training images (default: all 9,000).")
-    add("--final-batch-size", type=int, default=64)
+    add("--final-batch-size", type=int, default=FINAL["batch_size"])
     add("--zoo", nargs="+", default=list(ZOO_BASELINES), choices=list(ZOO_BASELINES))
     add("--width-range", nargs=2, type=float, default=[0.1, 2.0])
     add("--bisect-steps", type=int, default=7)
@@ -82,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=REPO / "runs/bench/search_quality")
     add("--skip-ray", action="store_true")
     add("--skip-zoo", action="store_true")
-    add("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
+    add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
     add("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -94,25 +90,19 @@ def make_measurer(backend: str, threads: int, protocol: str) -> Any:
     return LocalMeasurer(backend, threads=threads, settings=MeasureSettings(warmup, blocks, block_runs))
 
 
-def train_config(epochs: int, seed: int, batch_size: int) -> Any:
-    from nas.training.train import TrainConfig
-
-    # CPU explicitly: the budget and the timings are this CPU's, whatever else the machine has
-    return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device="cpu")
-
-
 # -- subprocess tasks -------------------------------------------------------------------------------
 
 def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> dict[str, Any]:
     """The one final recipe for every model (searched or zoo): `nas.search.trial.retrain`, which is
     what `finalize_best` runs, but with the train limit of the recipe and without measuring
     latency here (another job is training on the other core; all measuring is done later, idle)."""
-    from nas.training.data import load_dataset
     from nas.search.trial import retrain
+    from nas.training import load_dataset
 
     data = load_dataset(s["data"], RESOLUTION, seed=seed, limit=s["final_limit"])
     start = time.perf_counter()
-    metrics, _ = retrain(arch, data, train_config(s["final_epochs"], seed, s["final_batch_size"]), None, table)
+    config = recipe("final", epochs=s["final_epochs"], batch_size=s["final_batch_size"], seed=seed)
+    metrics, _ = retrain(arch, data, config, None, table)
     return {**metrics, "final_train_images": len(data.train), "final_wall_s": time.perf_counter() - start}
 
 
@@ -125,7 +115,8 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     s, seed = task["settings"], task["seed"]
     config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
                           resolution=RESOLUTION, strategy=task["strategy"], seed=seed, trials=s["trials"],
-                          train=train_config(s["epochs"], seed, s["batch_size"]), train_limit=s["train_limit"])
+                          train=recipe("proxy", epochs=s["epochs"], batch_size=s["batch_size"], seed=seed),
+                          train_limit=s["train_limit"])
     run_dir = Path(task["run_dir"])
     RunDirectory(run_dir).clear()  # a benchmark run always starts afresh
     start = time.perf_counter()
@@ -157,46 +148,68 @@ def zoo_task(task: dict[str, Any]) -> dict[str, Any]:
     return {"final": final_train(task["settings"], ArchSpec.from_dict(task["arch"]), task["seed"])}
 
 
-def run_worker(path: Path) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core per job: the pool runs --jobs of them side by side
-    task = json.loads(path.read_text())
-    if task["kind"] == "ray":
-        s = task["settings"]
-        result = ray_task(task, SPACE, RESOLUTION, train_config(s["ray_epochs"], 0, s["batch_size"]))
-    else:
-        result = {"search": search_task, "zoo": zoo_task}[task["kind"]](task)
-    path.with_name(path.name.replace(".task.json", ".result.json")).write_text(json.dumps(result, indent=1))
-
-
 # -- main-process phases ----------------------------------------------------------------------------
 
-def ensure_table(args: argparse.Namespace, space: Any) -> tuple[Any, str]:
-    from predictors.latency import LatencyTable, build_table, validate_table
+def ensure_lut(args: argparse.Namespace, space: Any) -> tuple[Any, str, Any]:
+    """The table, whether it existed, and a measurer of its backend and threads (onnxruntime on
+    1 thread for a table this run builds)."""
+    from predictors.latency import LatencyTable, ensure_table
 
-    if args.lut.is_file():
-        table = LatencyTable.load(args.lut)
-        table.check_fits(space=SPACE, resolution=RESOLUTION, num_classes=CLASSES, source=str(args.lut))
-        return table, "existing"
-    logger.info("%s absent: building it (onnxruntime, 1 thread)", args.lut)
-    measurer = make_measurer("onnxruntime", 1, args.measure)
-    table = build_table(space, measurer, args.lut, show_progress=True)
-    if args.calibrate_samples:
-        # so that predictions are in end-to-end milliseconds, like the zoo's measured latencies
-        validate_table(table, space, measurer, samples=args.calibrate_samples, seed=0)
-        table.save(args.lut)
-    return table, "built by this run"
+    existing = LatencyTable.load(args.lut).metadata if args.lut.is_file() else {}
+    measurer = make_measurer(str(existing.get("backend", "onnxruntime")), int(existing.get("threads", 1)), args.measure)
+    # calibrated, so that predictions are in end-to-end milliseconds like the zoo's measured latencies
+    table = ensure_table(space, measurer, args.lut, calibration_samples=args.calibrate_samples)
+    return table, "existing" if existing else "built by this run", measurer
 
 
 def choose_budget(args: argparse.Namespace, space: Any, table: Any) -> tuple[float, str]:
     if args.budget_ms is not None:
         return args.budget_ms, "given (--budget-ms)"
-    rng = np.random.default_rng(0)
-    predicted = [table.predict(space.sample(rng)) for _ in range(args.budget_samples)]
-    budget = round(float(np.quantile(predicted, args.budget_quantile)), 4)
+    budget = round(table.quantile(space, args.budget_quantile, args.budget_samples, seed=0), 4)
+    median = table.quantile(space, 0.5, args.budget_samples, seed=0)
     return budget, (f"{args.budget_quantile:.0%} quantile of the table-predicted latency of {args.budget_samples:,} "
-                    f"architectures sampled from the space (seed 0; median {np.median(predicted):.3f} ms)")
+                    f"architectures sampled from the space (seed 0; median {median:.3f} ms)")
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Workers run from the repository root: every path they are given must be absolute."""
+    args.out, args.lut = args.out.resolve(), args.lut.resolve()
+    kind, colon, where = args.data.partition(":")
+    if colon and kind in ("cifar10", "imagefolder"):
+        args.data = f"{kind}:{Path(where).resolve()}"
+
+
+def train_all(args: argparse.Namespace, settings: dict[str, Any], budget: float, zoo_fits: dict[str, Any]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every search (then its final training) and every zoo network's final training, in the pool."""
+    # searches first (the long tasks), zoo retrainings fill the slots they leave
+    tasks = [{"kind": "search", "name": f"{strategy}-s{seed}", "strategy": strategy, "seed": seed, "budget_ms": budget,
+              "run_dir": str(args.out / "runs" / f"{strategy}-s{seed}"), "settings": settings}
+             for seed in args.seeds for strategy in args.strategies]
+    tasks += [{"kind": "zoo", "name": f"zoo-{name}-s{seed}", "model": name, "seed": seed, "arch": fit["arch"],
+               "settings": settings} for seed in args.seeds for name, fit in zoo_fits.items()]
+    results = run_pool("bench.search_quality", tasks, args.jobs, args.out / "tasks")
+    strategies = {t["name"]: {"strategy": t["strategy"], "seed": t["seed"], **results[t["name"]]}
+                  for t in tasks if t["kind"] == "search"}
+    zoo_rows = {t["name"]: {"model": t["model"], "seed": t["seed"], **results[t["name"]]}
+                for t in tasks if t["kind"] == "zoo"}
+    return strategies, zoo_rows
+
+
+def ray_runs(args: argparse.Namespace, settings: dict[str, Any], budget: float) -> dict[str, Any]:
+    """One random search on Ray per worker count, one at a time (`bench.ray_throughput`)."""
+    tasks = [{"kind": "ray", "name": f"ray-w{w}", "workers": w, "budget_ms": budget, "space": SPACE,
+              "resolution": RESOLUTION, "run_dir": str(args.out / "runs" / f"ray-w{w}"), "settings": settings}
+             for w in args.workers_ray]
+    done = run_pool("bench.ray_throughput", tasks, 1, args.out / "tasks")
+    return {name: {"workers": int(name[5:]), **row} for name, row in done.items()}
+
+
+def _timed(phases: dict[str, float], key: str, step: Callable[[], T]) -> T:
+    mark = time.perf_counter()
+    result = step()
+    phases[key] = time.perf_counter() - mark
+    return result
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -260,7 +273,8 @@ def render(r: dict[str, Any]) -> str:
         lines += zoo_section(r["settings"], r["zoo"], r["zoo_fits"], r["measured"], latency)
     if r["ray"]:
         lines += ray_section(r["settings"], r["ray"])
-    lines += ["", f"Raw numbers: `{r['results_shown']}`; run directories and task logs beside it."]
+    lines += ["", f"Raw numbers: `{r['results_shown']}`; run directories and task logs in "
+              f"`{_shown(Path(r['settings']['out']))}`."]
     return "\n".join(lines)
 
 
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("predictors.latency.measure").setLevel(logging.WARNING)  # per-item retry chatter
     if args.worker is not None:
-        run_worker(args.worker)
+        work(args.worker, lambda task: {"search": search_task, "zoo": zoo_task}[task["kind"]](task))
         return
     import torch
 
@@ -283,66 +297,35 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     started, phases = time.perf_counter(), {}
     load_at_start = os.getloadavg()[0]  # the figures assume a quiet machine: record how quiet it was
-    args.out, args.lut = args.out.resolve(), args.lut.resolve()  # workers run from the repository root
-    kind, colon, where = args.data.partition(":")
-    if colon and kind in ("cifar10", "imagefolder"):
-        args.data = f"{kind}:{Path(where).resolve()}"
+    _absolute_paths(args)
     args.out.mkdir(parents=True, exist_ok=True)
     space = get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES)
-    table, lut_state = ensure_table(args, space)
-    phases["lut_s"] = time.perf_counter() - started
+    table, lut_state, measurer = _timed(phases, "lut_s", lambda: ensure_lut(args, space))
     budget, budget_how = choose_budget(args, space, table)
     logger.info("budget %.4f ms: %s", budget, budget_how)
-    backend, threads = str(table.metadata.get("backend", "onnxruntime")), int(table.metadata.get("threads", 1))
-    measurer = make_measurer(backend, threads, args.measure)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
-
-    mark = time.perf_counter()
-    zoo_fits = {} if args.skip_zoo else fit_zoo(args.zoo, RESOLUTION, CLASSES, budget, measurer,
-                                                 args.width_range, args.bisect_steps)
-    phases["zoo_fit_s"] = time.perf_counter() - mark
-
-    # searches first (the long tasks), zoo retrainings fill the slots they leave
-    tasks = [{"kind": "search", "name": f"{strategy}-s{seed}", "strategy": strategy, "seed": seed, "budget_ms": budget,
-              "run_dir": str(args.out / "runs" / f"{strategy}-s{seed}"), "settings": settings}
-             for seed in args.seeds for strategy in args.strategies]
-    tasks += [{"kind": "zoo", "name": f"zoo-{name}-s{seed}", "model": name, "seed": seed, "arch": fit["arch"],
-               "settings": settings} for seed in args.seeds for name, fit in zoo_fits.items()]
-    mark = time.perf_counter()
-    results = run_pool(Path(__file__), tasks, args.jobs, args.out / "tasks")
-    phases["train_s"] = time.perf_counter() - mark
-    strategies = {t["name"]: {"strategy": t["strategy"], "seed": t["seed"], **results[t["name"]]}
-                  for t in tasks if t["kind"] == "search"}
-    zoo_rows = {t["name"]: {"model": t["model"], "seed": t["seed"], **results[t["name"]]}
-                for t in tasks if t["kind"] == "zoo"}
-
-    mark = time.perf_counter()
+    zoo_fits = _timed(phases, "zoo_fit_s", lambda: {} if args.skip_zoo else fit_zoo(
+        args.zoo, RESOLUTION, CLASSES, budget, measurer, args.width_range, args.bisect_steps))
+    strategies, zoo_rows = _timed(phases, "train_s", lambda: train_all(args, settings, budget, zoo_fits))
     finals = {name: row["arch"] for name, row in strategies.items() if "arch" in row}
     finals.update({f"zoo-{name}": fit["arch"] for name, fit in zoo_fits.items()})
-    measured = measure_finals(finals, measurer)
-    phases["measure_s"] = time.perf_counter() - mark
-
-    ray: dict[str, Any] = {}
-    if not args.skip_ray:
-        mark = time.perf_counter()
-        ray_tasks = [{"kind": "ray", "name": f"ray-w{w}", "workers": w, "budget_ms": budget,
-                      "run_dir": str(args.out / "runs" / f"ray-w{w}"), "settings": settings} for w in args.workers_ray]
-        ray = {name: {"workers": int(name[5:]), **row} for name, row in run_pool(Path(__file__), ray_tasks, 1, args.out / "tasks").items()}
-        phases["ray_s"] = time.perf_counter() - mark
+    measured = _timed(phases, "measure_s", lambda: measure_finals(finals, measurer))
+    ray = {} if args.skip_ray else _timed(phases, "ray_s", lambda: ray_runs(args, settings, budget))
     phases["total_s"] = time.perf_counter() - started
 
     calibration = (f"calibrated: {table.calibration}"
                    if table.calibration else "raw per-op sums, no calibration: predicted and measured ms may differ")
-    results_path = args.out / "results.json"
     report = {"settings": settings, "budget_ms": budget, "budget_how": budget_how, "lut_state": lut_state,
-              "lut_backend": backend, "lut_threads": threads, "load_at_start": load_at_start, "lut_calibration": calibration, "phases": phases,
+              "lut_backend": table.metadata.get("backend"), "lut_threads": table.metadata.get("threads"),
+              "load_at_start": load_at_start, "lut_calibration": calibration, "phases": phases,
               "strategies": strategies, "zoo_fits": zoo_fits, "zoo": zoo_rows, "measured": measured, "ray": ray,
-              "lut_shown": _shown(args.lut), "results_shown": _shown(results_path)}
-    results_path.write_text(json.dumps(report, indent=1, default=str))
+              "lut_shown": _shown(args.lut), "results_shown": results_path("search_quality")}
     body = render(report)
     print(body)
-    if not args.no_write:
-        update_section("search_quality", "Search quality on CIFAR-10 (subset)", body)
+    if not args.no_write:  # specs and per-trial logs stay in the run directories
+        publish("search_quality", "Search quality on CIFAR-10 (subset)", body, {
+            **report, "strategies": {k: omit(row, "arch", "trial_log") for k, row in strategies.items()},
+            "zoo_fits": {k: omit(fit, "arch") for k, fit in zoo_fits.items()}})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Run benchmark tasks (JSON files) in subprocesses, a few at a time, each with one OpenMP thread:
-the script given re-runs itself with ``--worker TASK.task.json`` and writes ``TASK.result.json``."""
+"""Run benchmark tasks (JSON files) in subprocesses, a few at a time, each with one torch/OpenMP
+thread: `python -m MODULE --worker TASK.task.json` reads the task and writes TASK.result.json
+(`work` is that side)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,31 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("bench.task_pool")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run_pool(script: Path, tasks: list[dict[str, Any]], jobs: int, folder: Path) -> dict[str, dict[str, Any]]:
+def _result_path(task_path: Path) -> Path:
+    return task_path.with_name(task_path.name.replace(".task.json", ".result.json"))
+
+
+def work(task_path: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The worker side: one task file in, `handler`'s result in the result file beside it."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per job: the pool runs `jobs` of them side by side
+    result = handler(json.loads(task_path.read_text()))
+    _result_path(task_path).write_text(json.dumps(result, indent=1))
+
+
+def run_pool(module: str, tasks: list[dict[str, Any]], jobs: int, folder: Path) -> dict[str, dict[str, Any]]:
     """Run tasks in `jobs` subprocesses at a time, in order; a failed task is a result with an error."""
     folder.mkdir(parents=True, exist_ok=True)
-    repo = script.resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     pending, running, results = list(tasks), {}, {}
     try:
         while pending or running:
@@ -27,10 +42,10 @@ def run_pool(script: Path, tasks: list[dict[str, Any]], jobs: int, folder: Path)
                 task = pending.pop(0)
                 path = folder / f"{task['name']}.task.json"
                 path.write_text(json.dumps(task, indent=1))
-                path.with_name(path.name.replace(".task.json", ".result.json")).unlink(missing_ok=True)  # stale
+                _result_path(path).unlink(missing_ok=True)  # stale
                 log = (folder / f"{task['name']}.log").open("w")
-                process = subprocess.Popen([sys.executable, str(script.resolve()), "--worker", str(path)],
-                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo)
+                process = subprocess.Popen([sys.executable, "-m", module, "--worker", str(path)],
+                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
                 running[task["name"]] = (process, time.perf_counter(), path, log)
                 logger.info("started %s (pid %d)", task["name"], process.pid)
             time.sleep(0.5)
@@ -39,9 +54,8 @@ def run_pool(script: Path, tasks: list[dict[str, Any]], jobs: int, folder: Path)
                     continue
                 log.close()
                 del running[name]
-                result_path = path.with_name(path.name.replace(".task.json", ".result.json"))
-                if process.returncode == 0 and result_path.is_file():
-                    results[name] = json.loads(result_path.read_text())
+                if process.returncode == 0 and _result_path(path).is_file():
+                    results[name] = json.loads(_result_path(path).read_text())
                 else:
                     results[name] = {"error": f"exit code {process.returncode}; see {folder / (name + '.log')}"}
                 results[name]["task_wall_s"] = time.perf_counter() - start

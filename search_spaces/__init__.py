@@ -4,6 +4,7 @@ from search_spaces.blocks import BLOCKS, build_block, make_divisible
 from search_spaces.build import LayerShape, Network, build_head, build_layer, build_model, build_stem, layer_shapes
 from search_spaces.errors import DatasetError, DeviceError, InputFileError, OptionError, UnknownNameError, UserError
 from search_spaces.registry import Registry
+from search_spaces.small_input import final_map_size, small_input
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, SpecError, StemSpec
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "build_layer",
     "build_model",
     "build_stem",
+    "final_map_size",
     "layer_shapes",
     "make_divisible",
+    "small_input",
 ]

@@ -40,44 +40,23 @@ def parse_latency_ms(text: str) -> float:
     return value
 
 
-CALIBRATION_SAMPLES = 20  # end-to-end measurements behind a table that `nas search` builds itself
-
-
 def lut_path_for(space: str, resolution: int, num_classes: int, backend: str, threads: int,
                  space_options: dict[str, Any], root: Path = Path("runs/luts")) -> Path:
-    """Where this machine's table for a space lives, so every search on it reuses one table."""
-    import hashlib
+    """`predictors.latency.lut_path_for`, where the rule lives; the CLI's callers import it from here."""
+    from predictors.latency import lut_path_for
 
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
-    options = ""
-    if space_options:  # a restricted space has fewer ops: its own table
-        digest = hashlib.sha256(json.dumps(space_options, sort_keys=True).encode()).hexdigest()[:8]
-        options = f"_o{digest}"
-    return root / f"{space}_r{resolution}_c{num_classes}{options}_{backend}_t{threads}_{host}.json"
+    return lut_path_for(space, resolution, num_classes, backend, threads, space_options, root)
 
 
 def ensure_lut(space_name: str, resolution: int, num_classes: int, space_options: dict[str, Any], backend: str,
                threads: int, root: Path, settings: Any = None) -> Path:
-    from predictors.latency import LocalMeasurer, build_table
+    from predictors.latency import LocalMeasurer, ensure_table
     from search_spaces.space import get_space
 
     path = lut_path_for(space_name, resolution, num_classes, backend, threads, space_options, root)
     space = get_space(space_name, resolution=resolution, num_classes=num_classes, **space_options)
     console.print(f"latency table: {path} ({len(space.candidate_ops())} candidate ops; existing entries are reused)")
-    measurer = LocalMeasurer(backend, threads=threads, settings=settings)
-    table = build_table(space, measurer, path, show_progress=True)
-    if table.calibration is None:
-        # A sum of per-op timings counts each op's call overhead, which a whole network pays once
-        # per inference instead (raw sums over-predict small networks by ~40% here): calibrate
-        # against end-to-end runs, as `nas lut validate` does with more samples.
-        from predictors.latency import validate_table
-
-        console.print(f"calibrating the table on {CALIBRATION_SAMPLES} networks measured end to end ...")
-        report = validate_table(table, space, measurer, samples=CALIBRATION_SAMPLES, seed=0,
-                                plot_path=path.with_suffix(".validation.png"))
-        table.save(path)
-        console.print(f"  raw sum MAPE {100 * report.raw.mape:.1f}%, calibrated (out of fold) "
-                      f"{100 * report.calibrated.mape:.1f}%, Kendall tau {report.raw.kendall_tau:.2f}")
+    ensure_table(space, LocalMeasurer(backend, threads=threads, settings=settings), path)
     return path
 
 
@@ -271,15 +250,6 @@ DEMO_BUDGET_SAMPLES = 500
 DEMO_TRAIN_THREADS = 1
 
 
-def median_latency(space: Any, table: Any, samples: int, seed: int) -> float:
-    """Median predicted latency of random networks of the space: a budget that rules out about
-    half of it, whatever this machine's speed."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return float(np.median([table.predict(space.sample(rng)) for _ in range(samples)]))
-
-
 @fail_on_user_error
 def demo(
     name: str = typer.Option("demo", help="Run name (runs/NAME is replaced)."),
@@ -310,7 +280,7 @@ def demo(
     table = LatencyTable.load(lut)
     space = get_space(DEMO_SPACE, resolution=DEMO_RESOLUTION, num_classes=classes, **DEMO_SPACE_OPTIONS)
     lut_s = time.perf_counter() - started
-    budget = round(median_latency(space, table, DEMO_BUDGET_SAMPLES, seed=0), 4)
+    budget = round(table.quantile(space, 0.5, DEMO_BUDGET_SAMPLES, seed=0), 4)
     console.print(f"{space.name} ({', '.join(f'{k}={v}' for k, v in DEMO_SPACE_OPTIONS.items())}): "
                   f"{space.size():.2e} networks; budget = median predicted latency of {DEMO_BUDGET_SAMPLES} "
                   f"random ones = {budget:.3f} ms")

@@ -1,0 +1,7 @@
+
+
+from nas.training.data import DataSplits, load_dataset
+from nas.training.recipes import RECIPES, recipe
+from nas.training.train import TrainConfig, TrainReport, evaluate, train
+
+__all__ = ["RECIPES", "DataSplits", "TrainConfig", "TrainReport", "evaluate", "load_dataset", "recipe", "train"]

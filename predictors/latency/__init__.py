@@ -7,6 +7,7 @@ from predictors.latency.builder import (
     MeasureSettings,
     build_table,
 )
+from predictors.latency.ensure import ensure_table, lut_path_for
 from predictors.latency.importers import import_proxyless_yaml, import_table
 from predictors.latency.lut import (
     Calibration,
@@ -44,9 +45,11 @@ __all__ = [
     "ValidationReport",
     "arch_signatures",
     "build_table",
+    "ensure_table",
     "get_backend",
     "import_proxyless_yaml",
     "import_table",
+    "lut_path_for",
     "measure_module",
     "measure_modules",
     "validate_table",

@@ -41,10 +41,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from predictors.cost import layer_weights
 from predictors.latency.measure import Measurement
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.errors import InputFileError, UserError
+from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -173,6 +176,13 @@ class LatencyTable:
         if calibrated and self.calibration is not None:
             return self.calibration.layer_ms(raw, layer_weights(layer))
         return raw
+
+    def quantile(self, space: SearchSpace, q: float, n: int, seed: int) -> float:
+        """The q-quantile of the predicted latency of `n` architectures sampled from `space` with
+        `np.random.default_rng(seed)`: a budget that a known share of the space meets, whatever
+        this machine's speed."""
+        rng = np.random.default_rng(seed)
+        return float(np.quantile([self.predict(space.sample(rng)) for _ in range(n)], q))
 
     @property
     def intercept_ms(self) -> float:
