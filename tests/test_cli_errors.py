@@ -21,7 +21,7 @@ from nas.rundir.model_files import save
 from predictors.latency import LatencyTable
 from predictors.latency.agent import serve
 from predictors.latency.builder import LocalMeasurer
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
+from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, UserError, build_model
 
 runner = CliRunner()
 TOKEN = "cli-errors-token-0123456789"
