@@ -171,7 +171,8 @@ def proxyless_runs(args: argparse.Namespace, space: Any, table: Any, data: Any, 
 
 def evolution_runs(args: argparse.Namespace, targets: list[float], measurer: Any) -> list[dict[str, Any]]:
     from nas.rundir.files import RunDirectory
-    from nas.search.runner import SearchConfig, finalize_best, run_search
+    from nas.search.config import SearchConfig
+    from nas.search.runner import finalize_best, run_search
 
     chosen = {"middle": targets[len(targets) // 2:len(targets) // 2 + 1], "all": targets, "none": []}
     rows = []

@@ -23,7 +23,8 @@ def ray_task(task: dict[str, Any]) -> dict[str, Any]:
     trial's result therefore includes table and data loading, Ray start-up, Tune's trial launch
     and one trial's training; trials.jsonl's `finished_at` stamps give the rest."""
     from nas.rundir.files import RunDirectory
-    from nas.search.runner import SearchConfig, run_search
+    from nas.search.config import SearchConfig
+    from nas.search.runner import run_search
     from nas.training import recipe
 
     s, workers = task["settings"], task["workers"]

@@ -108,7 +108,8 @@ def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> d
 
 def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.rundir.files import RunDirectory
-    from nas.search.runner import SearchConfig, open_table, run_search
+    from nas.search.config import SearchConfig
+    from nas.search.runner import open_table, run_search
     from search_spaces.space import get_space
     from search_spaces.spec import ArchSpec
 

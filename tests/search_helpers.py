@@ -13,7 +13,7 @@ from typing import Any
 
 from tiny_space import TinySpace
 
-from nas.search.runner import SearchConfig
+from nas.search.config import SearchConfig
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurement, build_table

@@ -17,7 +17,7 @@ import torch
 
 from nas.training.data import load_dataset
 from nas.rundir.files import RunDirectory, load_weights
-from nas.search.runner import SearchConfig
+from nas.search.config import SearchConfig
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
 from nas.oneshot.proxyless_run import proxyless_config_from, run_proxyless_search
 from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha

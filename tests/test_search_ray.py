@@ -20,7 +20,8 @@ import pytest
 from search_helpers import read_jsonl, tiny_config
 from test_search_runner import _test_registrations, check_best, lut  # noqa: F401  (shared fixtures)
 
-from nas.search.runner import SearchConfig, run_search
+from nas.search.config import SearchConfig
+from nas.search.runner import run_search
 
 pytestmark = pytest.mark.ray
 RAY = Path(sys.executable).with_name("ray")

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 import nas.search.trial
 from nas.training.data import load_dataset
 from nas.rundir.files import RunDirError, RunDirectory, load_weights
-from nas.search.runner import SearchConfig, run_search
+from nas.search.config import SearchConfig
+from nas.search.runner import run_search
 from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS
 from nas.training.train import evaluate

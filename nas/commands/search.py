@@ -112,7 +112,7 @@ def search(
                                                                  "(default: torch's; 1 is safest on a shared box)."),
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
-    from nas.search.runner import SearchConfig
+    from nas.search.config import SearchConfig
     from nas.training.train import TrainConfig
 
     if train_threads is not None:
@@ -184,7 +184,8 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
 
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any]:
     from nas.rundir.files import RunDirectory
-    from nas.search.runner import SearchConfig, finalize_best
+    from nas.search.config import SearchConfig
+    from nas.search.runner import finalize_best
     from predictors.latency import LatencyTable, LocalMeasurer
 
     directory = RunDirectory(run_dir)
@@ -266,7 +267,7 @@ def demo(
     import torch
 
     from nas.rundir.files import RunDirectory, write_json_atomic
-    from nas.search.runner import SearchConfig
+    from nas.search.config import SearchConfig
     from nas.training.train import TrainConfig
     from predictors.latency import LatencyTable
     from search_spaces.space import get_space

@@ -36,7 +36,8 @@ from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch
 
 if TYPE_CHECKING:
-    from nas.search.runner import SearchConfig, SearchSummary
+    from nas.search.config import SearchConfig
+    from nas.search.runner import SearchSummary
 
 __all__ = ["STATE_DIR", "load_checkpoint", "proxyless_config_from", "run_proxyless_search", "save_checkpoint"]
 
@@ -151,7 +152,7 @@ def proxyless_config_from(config: SearchConfig) -> ProxylessConfig:
 
 def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume: bool,
                     given: dict[str, Any] | None) -> SearchConfig:
-    from nas.search.runner import SearchConfig
+    from nas.search.config import SearchConfig
 
     if resume:
         stored = SearchConfig.from_dict(directory.read_config())
