@@ -14,7 +14,7 @@ from typing import Any
 from tiny_space import TinySpace
 
 from nas.search.config import SearchConfig
-from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurement, build_table
 from search_spaces.space import SPACES
@@ -28,9 +28,9 @@ class CycleSearcher(Searcher):
     name = "test-cycle"
     ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
 
-    def __init__(self, space: Any, objective: Any, *, seed: int = 0, is_feasible: Any = None) -> None:
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
-        self.archs = space.all_archs()
+    def __init__(self, context: StrategyContext, options: Any = None) -> None:
+        super().__init__(context, options)
+        self.archs = context.space.all_archs()
         self.told_ids: list[int] = []
 
     def arch_for(self, trial_id: int) -> ArchSpec:

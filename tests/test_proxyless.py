@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,11 @@ from nas.training.data import load_dataset
 from nas.rundir.files import RunDirectory, load_weights
 from nas.search.config import SearchConfig
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
-from nas.oneshot.proxyless_run import proxyless_config_from, run_proxyless_search
+from nas.oneshot.checkpoint import load_checkpoint, save_checkpoint
+from nas.oneshot.proxyless_strategy import ProxylessSearcher
+from nas.search.runner import run_search
+from nas.strategies.base import SearchObjective, StrategyContext
+from search_spaces.errors import OptionError
 from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
 from nas.oneshot.layout import LayoutError, layout_for_space
 from nas.training.train import TrainConfig
@@ -310,9 +315,9 @@ def test_resume_from_a_checkpoint_repeats_the_next_epoch(space, table, data, tmp
     first = ProxylessSearch(space, table, data, settings)
     first.run_epoch()
     first.run_epoch()
-    first.save(tmp_path)
+    save_checkpoint(first, tmp_path)
     resumed = ProxylessSearch(space, table, data, settings)
-    assert resumed.load(tmp_path) and resumed.epoch == 2
+    assert load_checkpoint(resumed, tmp_path) and resumed.epoch == 2
     resumed.run_epoch()
     for a, b in zip(straight.supernet.alphas, resumed.supernet.alphas):
         assert torch.equal(a, b)
@@ -320,7 +325,7 @@ def test_resume_from_a_checkpoint_repeats_the_next_epoch(space, table, data, tmp
     assert all(torch.equal(straight_state[key], resumed_state[key]) for key in straight_state)
     assert [r["probabilities"] for r in straight.history] == [r["probabilities"] for r in resumed.history]
     with pytest.raises(ValueError, match="arch_lr"):
-        ProxylessSearch(space, table, data, config(epochs=3, warmup_epochs=1, arch_lr=0.3)).load(tmp_path)
+        load_checkpoint(ProxylessSearch(space, table, data, config(epochs=3, warmup_epochs=1, arch_lr=0.3)), tmp_path)
 
 
 # -- the run directory -------------------------------------------------------------------------------
@@ -335,7 +340,7 @@ def run_config(lut: Path, **strategy: Any) -> SearchConfig:
 
 def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     straight = tmp_path / "straight"
-    summary = run_proxyless_search(run_config(lut), straight, progress=False)
+    summary = run_search(run_config(lut), straight, progress=False)
     assert summary.trials == summary.ok == 1 and summary.best is not None
     records = [json.loads(line) for line in (straight / "trials.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["result"]["status"] == "ok"
@@ -350,7 +355,7 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
     assert json.loads((straight / "searcher.json").read_text())["state"]["finished"] is True
     assert sorted(p.name for p in (straight / "proxyless").glob("*.safetensors")) == [
         "optimizers-e0002.safetensors", "supernet-e0002.safetensors"]
-    again = run_proxyless_search(None, straight, resume=True, progress=False)  # finished: nothing retrained
+    again = run_search(None, straight, resume=True, progress=False)  # finished: nothing retrained
     assert again.best["finished_at"] == summary.best["finished_at"]
 
     killed = tmp_path / "killed"
@@ -363,31 +368,34 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
 
     monkeypatch.setattr(ProxylessSearch, "run_epoch", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        run_proxyless_search(run_config(lut), killed, progress=False)
+        run_search(run_config(lut), killed, progress=False)
     assert not (killed / "trials.jsonl").exists()
     monkeypatch.setattr(ProxylessSearch, "run_epoch", original)
-    run_proxyless_search(None, killed, resume=True, progress=False)
+    run_search(None, killed, resume=True, progress=False)
     for name in ("proxyless/alpha_history.json", "best/arch.json"):
         ours, theirs = json.loads((killed / name).read_text()), json.loads((straight / name).read_text())
         if name.endswith("history.json"):
             ours, theirs = ([e["probabilities"] for e in h["epochs"]] for h in (ours, theirs))
         assert ours == theirs
     with pytest.raises(ValueError, match="conflict"):
-        run_proxyless_search(run_config(lut, arch_lr=0.5), killed, resume=True, progress=False)
+        run_search(run_config(lut, arch_lr=0.5), killed, resume=True, progress=False)
 
 
-def test_run_search_dispatches_the_one_shot_strategy(lut: Path, tmp_path: Path) -> None:
-    from nas.search.runner import run_search
-
+def test_a_one_shot_run_has_one_trial_and_refuses_ray(lut: Path, tmp_path: Path) -> None:
     summary = run_search(run_config(lut), tmp_path / "run", progress=False)
     assert summary.trials == 1
+    assert json.loads((tmp_path / "run/config.json").read_text())["trials"] == 1
     assert (tmp_path / "run/proxyless/alpha_history.json").is_file()
-    again = run_search(None, tmp_path / "run", resume=True, progress=False)
-    assert again.trials == 1
+    with pytest.raises(OptionError, match="drop --ray"):
+        run_search(replace(run_config(lut), ray=True), tmp_path / "ray", progress=False)
 
 
-def test_the_supernet_trains_for_the_runs_epochs_unless_the_options_say_otherwise(lut: Path) -> None:
-    config = run_config(lut)
-    plain = SearchConfig(**{**config.__dict__, "strategy_options": {}})
-    assert (proxyless_config_from(plain).epochs, proxyless_config_from(plain).warmup_epochs) == (1, 0)
-    assert proxyless_config_from(config).epochs == 2  # strategy_options {"epochs": 2} wins
+def test_the_supernet_trains_for_the_runs_epochs_unless_the_options_say_otherwise(space) -> None:
+    context = StrategyContext(space, SearchObjective(6.0), seed=3, train=TrainConfig(epochs=1, batch_size=8))
+    plain = ProxylessSearcher.from_options(context, {}).options
+    assert (plain.epochs, plain.warmup_epochs, plain.batch_size, plain.target_ms, plain.seed) == (1, 0, 8, 6.0, 3)
+    assert ProxylessSearcher.from_options(context, {"epochs": 2}).options.epochs == 2
+    with pytest.raises(OptionError, match="set by the search"):
+        ProxylessSearcher.from_options(context, {"target_ms": 5.0})
+    with pytest.raises(OptionError, match=r"\['epoch'\] unknown to 'proxyless'"):
+        ProxylessSearcher.from_options(context, {"epoch": 2})

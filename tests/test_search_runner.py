@@ -29,7 +29,7 @@ from nas.rundir.files import RunDirError, RunDirectory, load_weights
 from nas.search.config import SearchConfig
 from nas.search.runner import run_search
 from nas.search.session import SearchSession
-from nas.strategies.base import SEARCHERS
+from nas.strategies.base import SEARCHERS, StrategyContext
 from nas.training.train import evaluate
 from predictors.latency import LatencyTable
 from search_spaces.build import build_model
@@ -81,7 +81,7 @@ def test_local_run_writes_the_full_layout(lut: Path, tmp_path: Path) -> None:
     records = read_jsonl(run / "trials.jsonl")
     assert [r["trial_id"] for r in records] == list(range(6))
     assert all(set(r) == RECORD_KEYS for r in records)
-    assert [r["candidate"]["arch"] for r in records] == [CycleSearcher(TinySpace(), None).arch_for(i).to_dict()
+    assert [r["candidate"]["arch"] for r in records] == [CycleSearcher(StrategyContext(TinySpace(), None)).arch_for(i).to_dict()
                                                          for i in range(6)]
     # trial 5 is arch 5 (13.9 ms > 13.4 ms): infeasible, never trained
     assert [r["result"]["status"] for r in records] == ["ok"] * 5 + ["infeasible"]
@@ -251,7 +251,7 @@ def test_sigkill_and_resume_finishes_exactly_the_planned_trials(lut: Path, tmp_p
     assert len(records) == 8 and len(set(ids)) == 8
     # at most the one trial in flight at the kill was lost, and its id is never reused
     assert ids == sorted(ids) and max(ids) <= 8
-    searcher = CycleSearcher(TinySpace(), None)
+    searcher = CycleSearcher(StrategyContext(TinySpace(), None))
     assert all(r["candidate"]["arch"] == searcher.arch_for(r["trial_id"]).to_dict() for r in records)
     state = json.loads((run / "searcher.json").read_text())
     assert state["told_trial_ids"] == ids and state["state"]["told_ids"] == ids

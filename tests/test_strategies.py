@@ -35,10 +35,12 @@ from nas.strategies import (
     Result,
     Searcher,
 )
+from nas.strategies.base import ASK_TELL, ONE_SHOT, StrategyContext
 from nas.strategies.optuna_search import open_storage
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
-NAMES = SEARCHERS.names()
+NAMES = [name for name in SEARCHERS.names() if SEARCHERS.get(name).kind == ASK_TELL]
 OPTUNA_NAMES = [name for name in NAMES if issubclass(SEARCHERS.get(name), OptunaSearcher)]
 
 # Small settings so a dozen trials already reach each strategy's learned phase (the parts that
@@ -56,12 +58,13 @@ def synthetic() -> tuple[SyntheticSpace, TableObjective]:
     return space, TableObjective(space)
 
 
-def make(name: str, seed: int = 0, storage: str | None = None, **options: Any) -> Searcher:
+def make(name: str, seed: int = 0, storage: str | None = None, trials: int | None = None,
+         is_feasible: Any = None, **options: Any) -> Searcher:
+    """The strategy as the runner builds it: one context, options by name."""
     space, table = synthetic()
-    options = {**CONTRACT_OPTIONS.get(name, {}), **options}
-    if name in OPTUNA_NAMES:
-        options.setdefault("storage", storage)
-    return SEARCHERS.get(name)(space, table.objective, seed=seed, **options)
+    context = StrategyContext(space, table.objective, seed=seed, is_feasible=is_feasible, trials=trials,
+                              storage=storage)
+    return SEARCHERS.get(name).from_options(context, {**CONTRACT_OPTIONS.get(name, {}), **options})
 
 
 def sqlite_url(path: Path) -> str:
@@ -73,8 +76,11 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
     return [[int(v) for v in space.encode(arch)] for arch, _ in history]
 
 
-def test_registry_holds_the_five_strategies() -> None:
+def test_registry_holds_five_ask_tell_strategies_and_the_one_shot_one() -> None:
+    import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
+
     assert NAMES == ["evolution", "mnas-rl", "nsga2", "random", "tpe"]
+    assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
 # -- the contract every searcher meets ------------------------------------------------------------
@@ -146,11 +152,8 @@ def test_proposals_pass_the_feasibility_check(name: str) -> None:
 # -- beating random search ------------------------------------------------------------------------
 IMPROVE_SEEDS = range(10)
 IMPROVE_TRIALS = 60
-# The budget is passed as the runner does (`num_trials`, to the strategies that take it):
-# evolution's population becomes 15, NSGA-II's generations 10, TPE's startup trials 10.
-IMPROVE_OPTIONS: dict[str, dict[str, Any]] = {
-    name: {"num_trials": IMPROVE_TRIALS} for name in ("evolution", "nsga2", "tpe")
-}
+# The budget is in the context, as the runner passes it: evolution's population becomes 15,
+# NSGA-II's generations 10, TPE's startup trials 10.
 
 
 @functools.cache
@@ -160,7 +163,7 @@ def search_scores(name: str) -> tuple[float, float]:
     space, table = synthetic()
     bests, volumes = [], []
     for seed in IMPROVE_SEEDS:
-        searcher = SEARCHERS.get(name)(space, table.objective, seed=seed, **IMPROVE_OPTIONS.get(name, {}))
+        searcher = SEARCHERS.get(name)(StrategyContext(space, table.objective, seed=seed, trials=IMPROVE_TRIALS))
         history = run_search(searcher, table, trials=IMPROVE_TRIALS)
         bests.append(best_reward(history, table.objective))
         volumes.append(hypervolume_2d([(r.accuracy, r.latency_ms) for _, r in history], (0.0, table.budget_ms)))
@@ -185,7 +188,8 @@ def test_beats_random_search(name: str) -> None:
 # -- random search --------------------------------------------------------------------------------
 def test_random_never_repeats_then_degrades_to_a_feasible_repeat(caplog: pytest.LogCaptureFixture) -> None:
     space = TinySpace()
-    searcher = RandomSearcher(space, TableObjective(space).objective, is_feasible=lambda a: a.blocks[0].kernel == 3)
+    objective = TableObjective(space).objective
+    searcher = RandomSearcher(StrategyContext(space, objective, is_feasible=lambda a: a.blocks[0].kernel == 3))
     first = [searcher.ask().arch for _ in range(4)]  # exactly 4 of the 8 pass the check
     assert len({arch.content_hash() for arch in first}) == 4
     with caplog.at_level(logging.WARNING, logger="nas.strategies.random_search"):
@@ -197,7 +201,7 @@ def test_random_never_repeats_then_degrades_to_a_feasible_repeat(caplog: pytest.
 # -- regularized evolution ------------------------------------------------------------------------
 def test_evolution_ages_out_the_oldest_and_mutates_one_decision() -> None:
     space, table = synthetic()
-    searcher = EvolutionSearcher(space, table.objective, seed=1, population_size=6, sample_size=3)
+    searcher = EvolutionSearcher(StrategyContext(space, table.objective, seed=1), population_size=6, sample_size=3)
     asked = []
     for _ in range(20):
         candidate = searcher.ask()
@@ -216,23 +220,25 @@ def test_evolution_ages_out_the_oldest_and_mutates_one_decision() -> None:
 
 def test_optuna_settings_follow_the_budget() -> None:
     assert make("tpe", n_startup_trials=None).n_startup_trials == 10
-    assert make("tpe", n_startup_trials=None, num_trials=20).n_startup_trials == 4
-    assert make("nsga2", population_size=None, num_trials=60).population_size == 10
+    assert make("tpe", n_startup_trials=None, trials=20).n_startup_trials == 4
+    assert make("nsga2", population_size=None, trials=60).population_size == 10
     assert make("nsga2", population_size=None).population_size == 20
 
 
 def test_evolution_population_shrinks_with_the_budget() -> None:
     space, table = synthetic()
-    assert EvolutionSearcher(space, table.objective).population_size == 20
-    assert EvolutionSearcher(space, table.objective, num_trials=60).population_size == 15
-    assert EvolutionSearcher(space, table.objective, num_trials=8).population_size == 4
-    with pytest.raises(ValueError, match="population_size"):
-        EvolutionSearcher(space, table.objective, population_size=1)
+    assert EvolutionSearcher(StrategyContext(space, table.objective)).population_size == 20
+    assert EvolutionSearcher(StrategyContext(space, table.objective, trials=60)).population_size == 15
+    assert EvolutionSearcher(StrategyContext(space, table.objective, trials=8)).population_size == 4
+    with pytest.raises(OptionError, match="population_size=1 must be >= 2"):
+        make("evolution", population_size=1)
+    with pytest.raises(OptionError, match=r"\['population'\] unknown to 'evolution'; allowed: population_size"):
+        make("evolution", population=8)
 
 
 def test_evolution_proposes_randomly_until_a_result_arrives() -> None:
     space, table = synthetic()
-    searcher = EvolutionSearcher(space, table.objective, population_size=2)
+    searcher = EvolutionSearcher(StrategyContext(space, table.objective), population_size=2)
     asked = [searcher.ask() for _ in range(5)]  # nothing told yet: no population to select from
     assert all(c.info["origin"] == "random" for c in asked)
 
@@ -380,3 +386,18 @@ def test_mnas_rl_learns_the_reward() -> None:
     trained = [table.reward(searcher.space.decode(searcher.controller.sample(torch.Generator().manual_seed(s))))
                for s in range(40)]
     assert np.mean(trained) > np.mean(untrained)
+
+
+def test_nas_strategies_lists_every_kind_and_its_options_as_json() -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    result = CliRunner().invoke(app, ["strategies", "--json"])
+    assert result.exit_code == 0, result.output
+    described = {entry["name"]: entry for entry in json.loads(result.output)}
+    assert {name: described[name]["kind"] for name in ("evolution", "tpe", "proxyless")} == {
+        "evolution": "ask-tell", "tpe": "ask-tell", "proxyless": "one-shot"}
+    assert described["evolution"]["options"] == {"population_size": None, "sample_size": 5, "mutation_tries": 32}
+    assert "target_ms" not in described["proxyless"]["options"]  # the latency budget, set by the search
+    assert described["random"]["options"] == {}

@@ -1,8 +1,8 @@
 """CLI command groups, one module each; `nas.cli` registers them in this order."""
 
-from nas.commands import device, lut, search, spaces, zoo
+from nas.commands import device, lut, search, spaces, strategies, zoo
 
-COMMAND_MODULES = [zoo, spaces, lut, device, search]
+COMMAND_MODULES = [zoo, spaces, strategies, lut, device, search]
 
 from nas.commands import export, report  # noqa: E402  (appended: keeps other groups' lines untouched)
 

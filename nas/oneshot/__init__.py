@@ -1,0 +1,7 @@
+"""One-shot strategies: a supernet trained once, then the network derived from it.
+
+Importing this package registers them in `nas.strategies.SEARCHERS` (`proxyless`)."""
+
+from nas.oneshot.proxyless_strategy import ProxylessSearcher
+
+__all__ = ["ProxylessSearcher"]

@@ -34,7 +34,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,7 +81,7 @@ def _batches(data: TensorDataset, batch_size: int, generator: torch.Generator) -
 
 class ProxylessSearch:
     """One supernet search: `run_epoch` until `config.epochs`, then `derive()` the network.
-    `save`/`load` checkpoint a finished epoch (`nas.oneshot.proxyless_run`)."""
+    `nas.oneshot.checkpoint` saves and restores a finished epoch."""
 
     def __init__(self, space: SearchSpace, table: LatencyTable, data: DataSplits, config: ProxylessConfig) -> None:
         self.space, self.data, self.config = space, data, config
@@ -260,16 +259,3 @@ class ProxylessSearch:
         return {"format": "hwnas-proxyless-alpha-history", "space": self.space.name,
                 "slots": [{"name": s.name, "labels": list(s.labels)} for s in self.layout.slots],
                 "target_ms": self.config.target_ms, "epochs": self.history}
-
-    # -- checkpoints -------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Checkpoint the finished epoch into `directory` (`proxyless_run.save_checkpoint`)."""
-        from nas.oneshot.proxyless_run import save_checkpoint  # it imports this module
-
-        return save_checkpoint(self, Path(directory))
-
-    def load(self, directory: str | Path) -> bool:
-        """Restore the last saved epoch from `directory`; False when it holds none."""
-        from nas.oneshot.proxyless_run import load_checkpoint
-
-        return load_checkpoint(self, Path(directory))

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from search_spaces.errors import OptionError
+
 __all__ = ["BINARIZE", "DERIVE_RULES", "LOSS_FORMS", "ProxylessConfig", "latency_loss"]
 
 LOSS_FORMS = ("abs", "add_linear", "mul_log")
@@ -75,8 +77,8 @@ class ProxylessConfig:
     layout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"ProxylessConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        def bad(name: str, expected: str) -> OptionError:
+            return OptionError(f"ProxylessConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
         if not (isinstance(self.target_ms, (int, float)) and math.isfinite(self.target_ms) and self.target_ms > 0):

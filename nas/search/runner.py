@@ -7,7 +7,6 @@ update best, one trial at a time (see `nas.search.session` for why in that order
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ from nas.search.trial import evaluate_candidate, precheck, retrain, train_candid
 from nas.search.progress import SearchProgress
 from nas.rundir.files import RunDirError, RunDirectory
 from nas.search.session import SearchSession
-from nas.strategies.base import SEARCHERS, Candidate, Searcher, SearchObjective
+from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
 from search_spaces.errors import OptionError
@@ -29,7 +28,7 @@ from search_spaces.space import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SearchConfig", "SearchSummary", "finalize_best", "make_searcher", "run_search"]
+__all__ = ["SearchConfig", "SearchSummary", "finalize_best", "make_searcher", "run_search", "strategy_descriptions"]
 
 @dataclass(frozen=True)
 class SearchSummary:
@@ -44,13 +43,18 @@ class SearchSummary:
     replayed: int = 0
 
 
-def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
-                  run_dir: RunDirectory) -> Searcher:
-    """The strategy named in the config. Optional constructor arguments (Optuna's storage, the
-    trial budget) are passed to the strategies that take them."""
-    import nas.strategies  # noqa: F401  (registers the built-in strategies)
+def strategy_descriptions() -> list[dict[str, Any]]:
+    """Every registered strategy, ask/tell and one-shot, as `Searcher.describe` gives it."""
+    import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
+    import nas.strategies  # noqa: F401  (registers the ask/tell strategies)
 
-    cls = SEARCHERS.get(config.strategy)
+    return [SEARCHERS.get(name).describe() for name in SEARCHERS.names()]
+
+
+def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
+                  run_dir: RunDirectory, data: DataSplits | None = None, progress: bool = False) -> Searcher:
+    """The strategy named in the config, given the one context every strategy receives."""
+    strategy_descriptions()  # registers the built-in strategies
 
     def is_feasible(arch: Any) -> bool:
         try:
@@ -58,13 +62,12 @@ def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObj
         except MissingEntriesError:
             return False  # the table cannot vouch for it
 
-    parameters = inspect.signature(cls).parameters
-    offered = {"storage": run_dir.optuna_storage, "num_trials": config.trials}
-    options = {key: value for key, value in offered.items() if key in parameters}
-    options.update(config.strategy_options)
     # a soft constraint trains over-budget networks too, so nothing is pre-rejected
-    feasible = is_feasible if config.constraint == "hard" else None
-    return cls(space, objective, seed=config.seed, is_feasible=feasible, **options)
+    context = StrategyContext(
+        space, objective, seed=config.seed, is_feasible=is_feasible if config.constraint == "hard" else None,
+        trials=config.trials, storage=run_dir.optuna_storage, work_dir=run_dir.path, table=table, data=data,
+        train=config.train, progress=progress)
+    return SEARCHERS.get(config.strategy).from_options(context, config.strategy_options)
 
 
 def load_search_data(config: SearchConfig) -> DataSplits:
@@ -80,68 +83,54 @@ def open_table(config: SearchConfig, space: SearchSpace) -> LatencyTable:
 
 def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
                progress: bool = True, given: dict[str, Any] | None = None) -> SearchSummary:
-    """Run (or resume) a search into `run_dir`.
+    """Run (or resume) a search into `run_dir`, whatever the strategy's kind.
 
     Fresh: `config` is required and `run_dir` must not hold a run. Resume: the run's config.json
     is the config; `config` (or `given`, a dict of only the settings the user passed) must agree
     with it except for execution settings (Ray, workers)."""
     directory = RunDirectory(run_dir)
-    strategy = SearchConfig.from_dict(directory.read_config()).strategy if resume else getattr(config, "strategy", None)
-    if strategy == "proxyless":  # one-shot: a supernet trained once, not an ask/tell Searcher
-        from nas.oneshot.proxyless_run import run_proxyless_search  # function-level: avoids an import cycle
-
-        return run_proxyless_search(config, run_dir, resume=resume, progress=progress, given=given)
-    if resume:
-        stored = SearchConfig.from_dict(directory.read_config())
-        overrides = dict(given or {})
-        if config is not None:
-            overrides = {**config.to_dict(), **overrides}
-        config = stored.resumed_with(overrides)
-        directory.write_config(config.to_dict())
-    else:
-        if config is None:
-            raise ValueError("run_search: config is required for a new run")
-        if directory.exists():
-            raise RunDirError(f"{directory.path} already holds a search; resume it with "
-                                  f"--resume {directory.path} or choose another --name")
-        directory.path.mkdir(parents=True, exist_ok=True)
+    config = _resolve_config(directory, config, resume, given)
     directory.repair_trials()
-
     data = load_search_data(config)
-    num_classes = config.num_classes or data.num_classes
-    if num_classes != data.num_classes:
+    if config.num_classes not in (None, data.num_classes):
         raise OptionError(f"SearchConfig.num_classes={config.num_classes} but dataset {config.dataset!r} "
-                         f"has {data.num_classes} classes")
-    if config.num_classes is None:
-        config = replace(config, num_classes=num_classes)
-    if not resume:
-        directory.write_config(config.to_dict())
-    space = get_space(config.space, resolution=config.resolution, num_classes=num_classes, **config.space_options)
+                          f"has {data.num_classes} classes")
+    config = replace(config, num_classes=data.num_classes)
+    space = get_space(config.space, resolution=config.resolution, num_classes=data.num_classes,
+                      **config.space_options)
     table = open_table(config, space)
     objective = SearchObjective(config.latency_budget_ms, config.constraint)
-    searcher = make_searcher(config, space, objective, table, directory)
+    searcher = make_searcher(config, space, objective, table, directory, data, progress)
+    if searcher.kind == ONE_SHOT:
+        config = _one_shot_config(config)
+    directory.write_config(config.to_dict())
 
     saved = directory.read_searcher_state()
     told: set[int] = set()
     if saved is not None:
         if saved.get("strategy") != searcher.name:
             raise RunDirError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
-                             f"the run uses {searcher.name!r}")
+                              f"the run uses {searcher.name!r}")
         searcher.load_state_dict(saved["state"])
         told = set(saved.get("told_trial_ids", []))
     session = SearchSession(directory, searcher, objective, config.trials, told_trial_ids=told)
     if session.finished > config.trials:
         logger.warning("%s holds %d trials, more than trials=%d", directory.trials_path, session.finished, config.trials)
     replayed = session.replay()
+    # a one-shot strategy's derived network is its answer: trained even when it ends over the budget
+    trial_objective = objective if searcher.kind != ONE_SHOT else replace(objective, constraint="soft")
 
     def retrain_trial(candidate: Candidate) -> Any:
-        checked = precheck(candidate, table, objective)
+        checked = precheck(candidate, table, trial_objective)
         if checked.verdict is not None:
             return None
         return train_candidate(candidate, checked, data=data, train_config=config.train)[1]
 
     session.reconcile_best(retrain_trial)
     started = session.started = time.perf_counter()
+    if session.remaining > 0:
+        searcher.prepare()
+        session.save_state()
     with SearchProgress(session, enabled=progress):
         if session.remaining == 0:
             logger.info("%s already holds all %d trials", directory.path, config.trials)
@@ -150,12 +139,34 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
 
             run_on_ray(config, session, table, objective)
         else:
-            _run_local(config, session, data, table, objective)
+            _run_local(config, session, data, table, trial_objective)
     session.reconcile_best(retrain_trial)
     counts = session.counts()
     return SearchSummary(directory.path, session.finished, counts.get("ok", 0), counts.get("failed", 0),
                          counts.get("infeasible", 0), session.best, time.perf_counter() - started,
                          resumed=resume, replayed=replayed)
+
+
+def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume: bool,
+                    given: dict[str, Any] | None) -> SearchConfig:
+    if resume:
+        stored = SearchConfig.from_dict(directory.read_config())
+        return stored.resumed_with({**(config.to_dict() if config is not None else {}), **(given or {})})
+    if config is None:
+        raise ValueError("run_search: config is required for a new run")
+    if directory.exists():
+        raise RunDirError(f"{directory.path} already holds a search; resume it with "
+                          f"--resume {directory.path} or choose another --name")
+    directory.path.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _one_shot_config(config: SearchConfig) -> SearchConfig:
+    """A one-shot strategy trains its supernet in this process and derives one network."""
+    if config.uses_ray:
+        raise OptionError(f"strategy {config.strategy!r} trains one supernet in this process: "
+                          "drop --ray/--ray-address/--workers")
+    return replace(config, trials=1)
 
 
 def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, table: LatencyTable,

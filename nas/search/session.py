@@ -25,7 +25,7 @@ from torch import nn
 
 from nas.rundir.files import RunDirError
 from nas.rundir.files import RunDirectory, now_iso
-from nas.strategies.base import Candidate, Result, Searcher, SearchObjective
+from nas.strategies.base import ONE_SHOT, Candidate, Result, Searcher, SearchObjective
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,9 @@ class SearchSession:
 
     # -- best --------------------------------------------------------------------------------------
     def _better(self, record: dict[str, Any]) -> bool:
-        # best = highest validation accuracy among feasible trials; ties keep the earlier one
-        if not record.get("feasible"):
+        # best = highest validation accuracy among feasible trials (a one-shot strategy's derived
+        # network whatever its latency: it is the search's answer); ties keep the earlier one
+        if not record.get("feasible") and self.searcher.kind != ONE_SHOT:
             return False
         accuracy = record["result"].get("accuracy")
         if accuracy is None:

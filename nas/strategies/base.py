@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nas.strategies.objective import HARD_ALPHA, HARD_BETA, SOFT_EXPONENT, mnas_reward, mnas_weight
+from search_spaces.errors import OptionError
 from search_spaces.registry import Registry
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
@@ -100,28 +102,83 @@ class SearchObjective:
         return result.ok and result.latency_ms is not None and result.latency_ms <= self.latency_budget_ms
 
 
+ASK_TELL = "ask-tell"
+ONE_SHOT = "one-shot"
+KINDS = (ASK_TELL, ONE_SHOT)
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """Everything a strategy receives from the run, in one typed object.
+
+    Ask/tell strategies need the first five; `storage` is where a strategy may keep a database
+    (Optuna), `work_dir` where it may keep its own files (checkpoints). A one-shot strategy also
+    trains, so it gets the latency table, the data and the training settings."""
+
+    space: SearchSpace
+    objective: SearchObjective
+    seed: int = 0
+    is_feasible: Callable[[ArchSpec], bool] | None = None
+    trials: int | None = None  # the trial budget, when the run has one
+    storage: str | None = None
+    work_dir: Path | None = None
+    table: Any = None  # predictors.latency.LatencyTable
+    data: Any = None  # nas.training.data.DataSplits
+    train: Any = None  # nas.training.train.TrainConfig
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy without options of its own."""
+
+
 class Searcher(ABC):
     """Base of every strategy. Subclasses implement `_propose` (an architecture, and optional
-    info) and `_observe`; trial ids, the RNG and the record of what was asked live here."""
+    info) and `_observe`; trial ids, the RNG and the record of what was asked live here.
+
+    `kind` is ``ask-tell`` (propose, learn from trained trials) or ``one-shot`` (`prepare` trains a
+    supernet, then the single derived network is the answer: it is trained and kept in best/
+    even when its predicted latency ends above the budget). `Options` is the dataclass of the
+    strategy's own settings (`--strategy-options`)."""
 
     name: str = ""
+    kind: str = ASK_TELL
+    Options: type = NoOptions
+    set_by_search: tuple[str, ...] = ()  # fields of Options the run fills in, not the user
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-    ) -> None:
-        self.space = space
-        self.objective = objective
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+    def __init__(self, context: StrategyContext, options: Any = None, **settings: Any) -> None:
+        self.context = context
+        self.options = options if options is not None else self.Options(**settings)
+        self.space = context.space
+        self.objective = context.objective
+        self.seed = context.seed
+        self.rng = np.random.default_rng(context.seed)
         # A cheap pre-check (usually the latency table): strategies use it to avoid proposing
         # architectures that cannot meet the budget, so no trial is spent training them.
-        self.is_feasible = is_feasible or (lambda arch: True)
+        self.is_feasible = context.is_feasible or (lambda arch: True)
         self.next_trial_id = 0
+
+    @classmethod
+    def from_options(cls, context: StrategyContext, options: dict[str, Any]) -> Searcher:
+        """The strategy with `options` (a JSON object, e.g. `--strategy-options`), checked by name."""
+        allowed = {item.name: item.default for item in fields(cls.Options)}
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise OptionError(f"strategy_options {unknown} unknown to {cls.name!r}; allowed: "
+                              + (", ".join(f"{k} (default {v!r})" for k, v in allowed.items()) or "none"))
+        return cls(context, cls.Options(**options))
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Name, kind, summary and options with their defaults (`nas strategies`)."""
+        options = {item.name: None if item.default is MISSING else item.default
+                   for item in fields(cls.Options) if item.name not in cls.set_by_search}
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        return {"name": cls.name, "kind": cls.kind, "summary": summary, "options": options}
+
+    def prepare(self) -> None:
+        """Work before the first ask (a one-shot strategy trains its supernet here); resumable."""
 
     def ask(self) -> Candidate:
         arch, info = self._propose()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.strategies.random_search import draw_unseen
-from search_spaces.space import SearchSpace
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -41,36 +41,35 @@ def default_population_size(num_trials: int | None) -> int:
     return max(MIN_POPULATION, min(DEFAULT_POPULATION, num_trials // 4))
 
 
+@dataclass(frozen=True)
+class EvolutionOptions:
+    population_size: int | None = None  # P; None: `default_population_size` of the trial budget
+    sample_size: int = DEFAULT_SAMPLE  # S
+    mutation_tries: int = 32
+
+    def __post_init__(self) -> None:
+        if self.population_size is not None and self.population_size < 2:
+            raise OptionError(f"population_size={self.population_size} must be >= 2 (a tournament needs members)")
+        if self.sample_size < 1:
+            raise OptionError(f"sample_size={self.sample_size} must be >= 1 (S=5 in Real et al. at small scale)")
+        if self.mutation_tries < 1:
+            raise OptionError(f"mutation_tries={self.mutation_tries} must be >= 1")
+
+
 @SEARCHERS.register("evolution")
 class EvolutionSearcher(Searcher):
     """Aging evolution with tournament selection of size S from a population of P."""
 
     name = "evolution"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-        population_size: int | None = None,
-        sample_size: int = DEFAULT_SAMPLE,
-        num_trials: int | None = None,
-        mutation_tries: int = 32,
-    ) -> None:
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
-        population_size = population_size if population_size is not None else default_population_size(num_trials)
-        if population_size < 2:
-            raise ValueError(f"population_size={population_size} must be >= 2 (a tournament needs members)")
-        if sample_size < 1:
-            raise ValueError(f"sample_size={sample_size} must be >= 1 (S=5 in Real et al. at small scale)")
-        if mutation_tries < 1:
-            raise ValueError(f"mutation_tries={mutation_tries} must be >= 1")
-        self.population_size = population_size
+    Options = EvolutionOptions
+
+    def __init__(self, context: StrategyContext, options: EvolutionOptions | None = None, **settings: Any) -> None:
+        super().__init__(context, options, **settings)
+        self.population_size = self.options.population_size or default_population_size(context.trials)
         # a tournament larger than the population would always pick the global best: no diversity
-        self.sample_size = min(sample_size, population_size)
-        self.mutation_tries = mutation_tries
+        self.sample_size = min(self.options.sample_size, self.population_size)
+        self.mutation_tries = self.options.mutation_tries
         # (trial_id, arch, reward), oldest first
         self.population: deque[tuple[int, ArchSpec, float]] = deque()
         self.seen: set[str] = set()

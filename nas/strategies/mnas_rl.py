@@ -42,14 +42,15 @@ both RNG states as JSON lists: no pickle, and a loaded controller continues bit 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
-from search_spaces.space import SearchSpace
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -137,46 +138,46 @@ def _optimizer_from_json(data: dict[str, Any]) -> dict[str, Any]:
     return {"state": state, "param_groups": groups}
 
 
+@dataclass(frozen=True)
+class MnasRLOptions:
+    hidden_size: int = 64
+    learning_rate: float = 0.003
+    baseline_decay: float = 0.9
+    entropy_weight: float = 0.01
+    tanh_constant: float = 2.5
+    update_every: int = 1
+    max_rejections: int = 64
+    normalize: bool = True
+    advantage_clip: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.baseline_decay < 1.0:
+            raise OptionError(f"baseline_decay={self.baseline_decay} must be in [0, 1) (MnasNet-style EMA, e.g. 0.9)")
+        if self.update_every < 1 or self.max_rejections < 0 or self.hidden_size < 1:
+            raise OptionError(f"update_every={self.update_every} (>= 1), max_rejections={self.max_rejections} "
+                              f"(>= 0) and hidden_size={self.hidden_size} (>= 1) are out of range")
+        if self.advantage_clip is not None and not self.advantage_clip > 0:
+            raise OptionError(f"advantage_clip={self.advantage_clip} must be > 0 (in reward standard deviations) "
+                              "or None")
+
+
 @SEARCHERS.register("mnas-rl")
 class MnasRLSearcher(Searcher):
     """REINFORCE-trained LSTM controller over the space's decisions (MnasNet)."""
 
     name = "mnas-rl"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-        hidden_size: int = 64,
-        learning_rate: float = 0.003,
-        baseline_decay: float = 0.9,
-        entropy_weight: float = 0.01,
-        tanh_constant: float = 2.5,
-        update_every: int = 1,
-        max_rejections: int = 64,
-        normalize: bool = True,
-        advantage_clip: float | None = 3.0,
-    ) -> None:
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
-        if not 0.0 <= baseline_decay < 1.0:
-            raise ValueError(f"baseline_decay={baseline_decay} must be in [0, 1) (MnasNet-style EMA, e.g. 0.9)")
-        if update_every < 1 or max_rejections < 0 or hidden_size < 1:
-            raise ValueError(f"update_every={update_every} (>= 1), max_rejections={max_rejections} (>= 0) and "
-                             f"hidden_size={hidden_size} (>= 1) are out of range")
-        if advantage_clip is not None and not advantage_clip > 0:
-            raise ValueError(f"advantage_clip={advantage_clip} must be > 0 (in reward standard deviations) or None")
-        self.normalize = normalize
-        self.advantage_clip = advantage_clip
-        self.baseline_decay = baseline_decay
-        self.entropy_weight = entropy_weight
-        self.update_every = update_every
-        self.max_rejections = max_rejections
-        self.generator = torch.Generator().manual_seed(seed)
-        self.controller = Controller(space.cardinalities, hidden_size, tanh_constant, self.generator)
-        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=learning_rate)
+    Options = MnasRLOptions
+
+    def __init__(self, context: StrategyContext, options: MnasRLOptions | None = None, **settings: Any) -> None:
+        super().__init__(context, options, **settings)
+        o = self.options
+        self.normalize, self.advantage_clip = o.normalize, o.advantage_clip
+        self.baseline_decay, self.entropy_weight = o.baseline_decay, o.entropy_weight
+        self.update_every, self.max_rejections = o.update_every, o.max_rejections
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.controller = Controller(self.space.cardinalities, o.hidden_size, o.tanh_constant, self.generator)
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=o.learning_rate)
         self.baseline: float | None = None
         self.reward_var: float | None = None  # EMA of (R - b)^2, the scale of the advantages
         # samples waiting for the next policy step: (tokens, reward, told) -- told=False marks a

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -48,9 +48,9 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import Trial, TrialState
 
-from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.strategies.random_search import draw_unseen
-from search_spaces.space import SearchSpace
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -74,33 +74,54 @@ def open_storage(storage: str | None) -> str | BaseStorage | None:
     return JournalStorage(JournalFileBackend(path))
 
 
+@dataclass(frozen=True)
+class OptunaOptions:
+    study_name: str | None = None  # None: nas-<strategy>
+    max_rejections: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_rejections < 0:
+            raise OptionError(f"max_rejections={self.max_rejections} must be >= 0")
+
+
+@dataclass(frozen=True)
+class TPEOptions(OptunaOptions):
+    n_startup_trials: int | None = None  # None: see TPESearcher
+    multivariate: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_startup_trials is not None and self.n_startup_trials < 0:
+            raise OptionError(f"n_startup_trials={self.n_startup_trials} must be >= 0")
+
+
+@dataclass(frozen=True)
+class NSGA2Options(OptunaOptions):
+    population_size: int | None = None  # None: see NSGA2Searcher
+    constrained: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.population_size is not None and self.population_size < 2:
+            raise OptionError(f"population_size={self.population_size} must be >= 2")
+
+
 class OptunaSearcher(Searcher):
     """Shared ask/tell plumbing; subclasses choose the sampler and the values told."""
 
     directions: tuple[str, ...] = ()
+    Options: type = OptunaOptions
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-        storage: str | None = None,
-        study_name: str | None = None,
-        max_rejections: int = 16,
-    ) -> None:
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
-        if max_rejections < 0:
-            raise ValueError(f"max_rejections={max_rejections} must be >= 0")
+    def __init__(self, context: StrategyContext, options: Any = None, **settings: Any) -> None:
+        super().__init__(context, options, **settings)
         # per-trial "Trial N finished with value ..." lines would drown the run's own log
         if optuna.logging.get_verbosity() < optuna.logging.WARNING:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage = storage
-        self.study_name = study_name or f"nas-{self.name}"
-        self.max_rejections = max_rejections
+        self.storage = context.storage
+        self.study_name = self.options.study_name or f"nas-{self.name}"
+        self.max_rejections = self.options.max_rejections
         self.study = optuna.create_study(
-            storage=open_storage(storage), sampler=self._fresh_sampler(), study_name=self.study_name,
+            storage=open_storage(self.storage), sampler=self._fresh_sampler(), study_name=self.study_name,
             directions=list(self.directions), load_if_exists=True,
         )
         self.pending: dict[int, Trial] = {}  # our trial id -> Optuna trial asked, not yet told
@@ -233,32 +254,18 @@ class TPESearcher(OptunaSearcher):
     name = "tpe"
     directions = ("maximize",)
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-        storage: str | None = None,
-        study_name: str | None = None,
-        n_startup_trials: int | None = None,
-        num_trials: int | None = None,
-        multivariate: bool = True,
-        max_rejections: int = 16,
-    ) -> None:
-        if n_startup_trials is None:
-            n_startup_trials = DEFAULT_STARTUP if num_trials is None else max(3, min(DEFAULT_STARTUP, num_trials // 5))
-        if n_startup_trials < 0:
-            raise ValueError(f"n_startup_trials={n_startup_trials} must be >= 0")
-        self.n_startup_trials = n_startup_trials
-        self.multivariate = multivariate
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible, storage=storage,
-                         study_name=study_name, max_rejections=max_rejections)
+    Options = TPEOptions
+
+    @property
+    def n_startup_trials(self) -> int:
+        if self.options.n_startup_trials is not None:
+            return self.options.n_startup_trials
+        trials = self.context.trials
+        return DEFAULT_STARTUP if trials is None else max(3, min(DEFAULT_STARTUP, trials // 5))
 
     def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
-                                          multivariate=self.multivariate)
+                                          multivariate=self.options.multivariate)
 
     def _values(self, result: Result | None, reward: float) -> tuple[list[float], float | None]:
         return [reward], None  # the reward already folds the budget in
@@ -276,28 +283,14 @@ class NSGA2Searcher(OptunaSearcher):
     name = "nsga2"
     directions = ("maximize", "minimize")
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-        storage: str | None = None,
-        study_name: str | None = None,
-        population_size: int | None = None,
-        num_trials: int | None = None,
-        constrained: bool = True,
-        max_rejections: int = 16,
-    ) -> None:
-        if population_size is None:
-            population_size = DEFAULT_POPULATION if num_trials is None else max(4, min(DEFAULT_POPULATION, num_trials // 6))
-        if population_size < 2:
-            raise ValueError(f"population_size={population_size} must be >= 2")
-        self.population_size = population_size
-        self.constrained = constrained
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible, storage=storage,
-                         study_name=study_name, max_rejections=max_rejections)
+    Options = NSGA2Options
+
+    @property
+    def population_size(self) -> int:
+        if self.options.population_size is not None:
+            return self.options.population_size
+        trials = self.context.trials
+        return DEFAULT_POPULATION if trials is None else max(4, min(DEFAULT_POPULATION, trials // 6))
 
     def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
@@ -310,6 +303,6 @@ class NSGA2Searcher(OptunaSearcher):
         if result is None or not result.ok:
             # never better than any trained network: zero accuracy and at least a unit violation
             violation: float | None = max(1.0, latency - budget)
-            return [0.0, float(latency)], violation if self.constrained else None
+            return [0.0, float(latency)], violation if self.options.constrained else None
         violation = float(latency - budget)
-        return [float(result.accuracy), float(latency)], violation if self.constrained else None
+        return [float(result.accuracy), float(latency)], violation if self.options.constrained else None

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
-from search_spaces.space import SearchSpace
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -54,15 +52,8 @@ class RandomSearcher(Searcher):
 
     name = "random"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objective: SearchObjective,
-        *,
-        seed: int = 0,
-        is_feasible: Callable[[ArchSpec], bool] | None = None,
-    ) -> None:
-        super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
+    def __init__(self, context: StrategyContext, options: Any = None, **settings: Any) -> None:
+        super().__init__(context, options, **settings)
         self.seen: set[str] = set()
 
     def _propose(self) -> tuple[ArchSpec, dict[str, Any] | None]:
