@@ -33,6 +33,7 @@ from nas.strategies.base import SEARCHERS, StrategyContext
 from nas.training.train import evaluate
 from predictors.latency import LatencyTable
 from search_spaces.build import build_model
+from search_spaces.errors import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {"trial_id", "candidate", "arch_hash", "blocks", "result", "reward", "feasible", "finished_at",
@@ -290,3 +291,10 @@ def test_trials_file_tolerates_only_a_torn_last_line(tmp_path: Path, caplog: pyt
     run.trials_path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
     with pytest.raises(ValueError, match=r"trials.jsonl:2: corrupt trial record"):
         run.read_trials()
+
+
+def test_bad_strategy_options_are_refused_before_the_run_directory_exists(lut: Path, tmp_path: Path) -> None:
+    config = tiny_config(lut, strategy="evolution", strategy_options={"population": 4})
+    with pytest.raises(OptionError, match=r"\['population'\] unknown to 'evolution'; allowed: population_size"):
+        run_search(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # the name is not burned: the corrected command may use it

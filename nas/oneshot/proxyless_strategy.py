@@ -62,8 +62,8 @@ class ProxylessSearcher(Searcher):
         self.progress: dict[str, Any] = {}  # where the supernet stands, for searcher.json
 
     @classmethod
-    def from_options(cls, context: StrategyContext, options: dict[str, Any]) -> ProxylessSearcher:
-        return cls(context, proxyless_config(context, options))
+    def parse_options(cls, context: StrategyContext, options: dict[str, Any]) -> ProxylessConfig:
+        return proxyless_config(context, options)
 
     def prepare(self) -> None:
         context = self.context

@@ -67,7 +67,10 @@ def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObj
         space, objective, seed=config.seed, is_feasible=is_feasible if config.constraint == "hard" else None,
         trials=config.trials, storage=run_dir.optuna_storage, work_dir=run_dir.path, table=table, data=data,
         train=config.train, progress=progress)
-    return SEARCHERS.get(config.strategy).from_options(context, config.strategy_options)
+    strategy = SEARCHERS.get(config.strategy)
+    options = strategy.parse_options(context, config.strategy_options)
+    run_dir.path.mkdir(parents=True, exist_ok=True)  # everything checked: a strategy may keep files here
+    return strategy(context, options)
 
 
 def load_search_data(config: SearchConfig) -> DataSplits:
@@ -157,8 +160,7 @@ def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume
     if directory.exists():
         raise RunDirError(f"{directory.path} already holds a search; resume it with "
                           f"--resume {directory.path} or choose another --name")
-    directory.path.mkdir(parents=True, exist_ok=True)
-    return config
+    return config  # the directory is created with config.json, once everything has been checked
 
 
 def _one_shot_config(config: SearchConfig) -> SearchConfig:

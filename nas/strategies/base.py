@@ -160,14 +160,19 @@ class Searcher(ABC):
         self.next_trial_id = 0
 
     @classmethod
-    def from_options(cls, context: StrategyContext, options: dict[str, Any]) -> Searcher:
-        """The strategy with `options` (a JSON object, e.g. `--strategy-options`), checked by name."""
+    def parse_options(cls, context: StrategyContext, options: dict[str, Any]) -> Any:
+        """`options` (a JSON object, e.g. `--strategy-options`) as the strategy's typed Options,
+        checked by name and value; no side effects, so a run can check them before it starts."""
         allowed = {item.name: item.default for item in fields(cls.Options)}
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise OptionError(f"strategy_options {unknown} unknown to {cls.name!r}; allowed: "
                               + (", ".join(f"{k} (default {v!r})" for k, v in allowed.items()) or "none"))
-        return cls(context, cls.Options(**options))
+        return cls.Options(**options)
+
+    @classmethod
+    def from_options(cls, context: StrategyContext, options: dict[str, Any]) -> Searcher:
+        return cls(context, cls.parse_options(context, options))
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
