@@ -372,7 +372,7 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
         if name.endswith("history.json"):
             ours, theirs = ([e["probabilities"] for e in h["epochs"]] for h in (ours, theirs))
         assert ours == theirs
-    with pytest.raises(ValueError, match="conflict"):
+    with pytest.raises(ValueError, match="resumes with its config.json"):
         run_proxyless_search(run_config(lut, arch_lr=0.5), killed, resume=True, progress=False)
 
 

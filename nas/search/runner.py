@@ -83,8 +83,8 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     """Run (or resume) a search into `run_dir`.
 
     Fresh: `config` is required and `run_dir` must not hold a run. Resume: the run's config.json
-    is the config; `config` (or `given`, a dict of only the settings the user passed) must agree
-    with it except for execution settings (Ray, workers)."""
+    is the config; `given` (the settings the user passed) may hold execution settings (Ray,
+    workers) only (`SearchConfig.resumed_with`)."""
     directory = RunDirectory(run_dir)
     strategy = SearchConfig.from_dict(directory.read_config()).strategy if resume else getattr(config, "strategy", None)
     if strategy == "proxyless":  # one-shot: a supernet trained once, not an ask/tell Searcher
