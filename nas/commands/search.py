@@ -16,7 +16,7 @@ from rich.table import Table
 
 from nas.commands.common import fail_on_user_error
 from nas.rundir.files import RunDirError
-from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, refuse_on_resume
+from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of, refuse_on_resume
 from nas.training.train import TrainConfig
 from search_spaces.errors import OptionError
 
@@ -75,37 +75,28 @@ def _json_option(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
-# Options whose text is parsed into their field (units, JSON), so declared by hand; every other
-# setting becomes an option by `_with_setting_options`.
+# Settings given as text and parsed here (units, JSON; a table built when none is given)
 _PARSED = ("latency_budget_ms", "lut_path", "space_options", "strategy_options")
 _TRAIN = [name.partition(".")[2] for name in SETTINGS if name.startswith("train.")]
 # Besides the execution settings, what may change on resume: how this process shows and finishes it.
 _RESUMABLE = ("resume", "progress", "train_threads", "final_epochs")
 
 
-def _help(name: str) -> str:
-    return SETTINGS[name].metadata["help"]
-
-
 def search(
     ctx: typer.Context,
     name: Optional[str] = typer.Option(None, help="Run name: files go to runs/NAME."),
-    latency_budget: Optional[str] = typer.Option(None, help=_help("latency_budget_ms")),
-    lut: Optional[Path] = typer.Option(None, help=_help("lut_path")),
-    space_options: Optional[str] = typer.Option(None, help=_help("space_options")),
-    strategy_options: Optional[str] = typer.Option(None, help=_help("strategy_options")),
     final_epochs: int = typer.Option(10, min=0, help="Retrain the best architecture this long at the end "
                                                       "(0: skip the final step)."),
     backend: str = typer.Option("onnxruntime", help="Latency backend for building the table and the final "
                                                     "measurement: torch | onnxruntime | cuda."),
     threads: int = typer.Option(1, min=1, help="Threads of the latency backend."),
-    resume: Optional[Path] = typer.Option(None, help="Resume the run in this directory (runs/NAME) with its "
-                                                     "config.json; only execution settings (Ray, workers) may be given."),
+    resume: Optional[Path] = typer.Option(None, help="Resume the run in this directory (runs/NAME) as its config.json "
+                                                     "says; only execution settings (Ray, workers) may be given."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where runs (and built tables, under luts/) go."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
     train_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for in-process training "
                                                                  "(default: torch's; 1 is safest on a shared box)."),
-    **settings: Any,
+    **settings: Any,  # an option per SETTINGS entry, added by `_with_setting_options`
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
     if train_threads is not None:
@@ -119,11 +110,13 @@ def search(
         given = {p.name: ctx.params[p.name] for p in passed if p.name in EXECUTION_FIELDS}
         run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
         return
-    if name is None or latency_budget is None:
-        missing = [flag for flag, value in (("--name", name), ("--latency-budget", latency_budget)) if value is None]
+    budget, lut = settings.pop("latency_budget"), settings.pop("lut")
+    if name is None or budget is None:
+        missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget)) if value is None]
         raise OptionError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
-    budget_ms = parse_latency_ms(latency_budget)
-    options = _json_option(space_options, "--space-options")
+    budget_ms = parse_latency_ms(budget)
+    options = _json_option(settings.pop("space_options"), "--space-options")
+    strategy_options = _json_option(settings.pop("strategy_options"), "--strategy-options")
     train = TrainConfig(seed=settings["seed"], **{key: settings.pop(key) for key in _TRAIN})
     if lut is None:
         from nas.training.data import load_dataset
@@ -132,29 +125,26 @@ def search(
                                limit=settings["train_limit"]).num_classes
         lut = ensure_lut(settings["space"], settings["resolution"], classes, options, backend, threads,
                          runs_dir / "luts")
-    config = SearchConfig(latency_budget_ms=budget_ms, lut_path=str(lut.resolve()), space_options=options,
-                          strategy_options=_json_option(strategy_options, "--strategy-options"), train=train,
-                          **settings)
+    config = SearchConfig(latency_budget_ms=budget_ms, lut_path=str(Path(lut).resolve()), space_options=options,
+                          strategy_options=strategy_options, train=train, **settings)
     run_and_report(config, runs_dir / name, final_epochs=final_epochs, progress=progress)
 
 
 def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
-    """`command` taking an option per setting of SearchConfig not in `_PARSED`: typer reads the
-    signature, so the option shows the dataclass's default and help."""
-    hints = {prefix + key: kind for prefix, cls in (("", SearchConfig), ("train.", TrainConfig))
-             for key, kind in get_type_hints(cls).items()}
+    """`command` taking an option per SearchConfig setting, named by its flag: typer reads the
+    signature, so --help shows the dataclass's default and help."""
+    hints = {prefix + key: hint for prefix, cls in (("", SearchConfig), ("train.", TrainConfig))
+             for key, hint in get_type_hints(cls).items()}
     own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
     parameters = own[:1]  # ctx; the settings come first in --help
     for name, item in SETTINGS.items():
-        if name in _PARSED:
-            continue
-        kind = hints[name]
-        if type(None) in get_args(kind):  # Optional: None is the default, not a value to parse
-            kind = get_args(kind)[0]
-        option = typer.Option(item.default, help=item.metadata["help"], min=item.metadata["min"])
-        parameters.append(inspect.Parameter(name.rpartition(".")[2], inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                            default=option, annotation=kind))
-    command.__signature__ = inspect.signature(command).replace(parameters=parameters + own[1:])  # type: ignore[attr-defined]
+        hint, default = (str, None) if name in _PARSED else (hints[name], item.default)
+        if type(None) in get_args(hint):  # Optional: None is the default, not a value to parse
+            hint = get_args(hint)[0]
+        option = typer.Option(default, help=item.metadata["help"], min=item.metadata["min"])
+        parameters.append(inspect.Parameter(flag_of(name)[2:].replace("-", "_"), own[0].kind,  # as ctx: positional
+                                            default=option, annotation=hint))
+    command.__signature__ = inspect.signature(command).replace(parameters=parameters + own[1:])  # type: ignore
     return command
 
 

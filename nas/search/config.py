@@ -1,6 +1,5 @@
-"""`SearchConfig`: everything that defines a search, stored as the run's config.json. Its fields
-carry what `nas search` needs to offer them as options (help, flag, bound), so defaults and help
-live here only."""
+"""`SearchConfig`: everything that defines a search, stored as the run's config.json. Its fields carry
+what `nas search` needs to offer them as options, so defaults and help live here only."""
 
 from __future__ import annotations
 
@@ -19,9 +18,8 @@ CONSTRAINTS = ("hard", "soft")
 def setting(help: str, default: Any = MISSING, *, flag: str | None = None, execution: bool = False,
             min: float | None = None, **kwargs: Any) -> Any:
     """A field `nas search` offers: `flag` where it is not --the-name; `execution` for how trials
-    run, not what is searched (a resumed run may change it); `min`, click's bound."""
-    return field(default=default, metadata={"help": help, "flag": flag, "execution": execution, "min": min},
-                 **kwargs)
+    run, not what is searched (a resumed run may change it); `min`, the lower bound."""
+    return field(default=default, metadata=dict(help=help, flag=flag, execution=execution, min=min), **kwargs)
 
 
 def _is_int(value: object) -> bool:
@@ -33,8 +31,7 @@ class SearchConfig:
     """Everything that defines a search; stored as the run's config.json."""
 
     space: str = setting("Search space (`nas spaces` lists them).", "mnasnet")
-    latency_budget_ms: float = setting("Latency budget: 6ms, 0.5ms, 500us; a bare number is ms.",
-                                       flag="--latency-budget")
+    latency_budget_ms: float = setting("Latency budget: 6ms, 0.5ms, 500us; a bare number: ms.", flag="--latency-budget")
     lut_path: str = setting("Latency table; default: build or reuse runs/luts/<space>_r<res>_c<classes>_<backend>_"
                             "t<threads>_<host>.json on this machine.", flag="--lut")
     dataset: str = setting("digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH.", "digits")
@@ -50,11 +47,9 @@ class SearchConfig:
     trials: int = setting("Trials to finish.", 60, min=1)
     constraint: str = setting("hard (over budget: never trained) | soft (MnasNet's penalty).", "hard")
     train: TrainConfig = field(default_factory=TrainConfig)  # its fields with metadata are options
-    train_limit: int | None = setting("Use at most this many training images per trial (a stratified subset).",
-                                      None, min=1)
+    train_limit: int | None = setting("Use at most this many training images per trial (stratified).", None, min=1)
     ray: bool = setting("Run trials on an embedded local Ray.", False, execution=True)
-    ray_address: str | None = setting("Run trials on the Ray cluster at ADDR ('auto' allowed); implies --ray.",
-                                      None, execution=True)
+    ray_address: str | None = setting("Run trials on the Ray cluster at ADDR ('auto' allowed).", None, execution=True)
     workers: int = setting("Trials in parallel (Ray).", 1, execution=True, min=1)
     cpus_per_trial: float = setting("CPUs per Ray trial (fractions share a CPU).", 1.0, execution=True, min=0.01)
     asha: bool = setting("Stop weak trials early (Ray ASHA).", False)
@@ -70,8 +65,10 @@ class SearchConfig:
         budget = self.latency_budget_ms
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (math.isfinite(budget) and budget > 0):
             raise bad("latency_budget_ms", "a finite number of milliseconds > 0")
-        if not _is_int(self.resolution) or self.resolution < 8:
-            raise bad("resolution", "an int >= 8")
+        for item in fields(self):  # the int bounds `nas search` gives click, for every caller
+            low, value = item.metadata.get("min"), getattr(self, item.name)
+            if _is_int(low) and not ((value is None and item.default is None) or (_is_int(value) and value >= low)):
+                raise bad(item.name, f"{'None or ' if item.default is None else ''}an int >= {low}")
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
             raise bad("num_classes", "None (the dataset's) or an int >= 2")
         for name in ("space_options", "strategy_options"):
@@ -79,21 +76,13 @@ class SearchConfig:
                 raise bad(name, "a JSON object of keyword arguments")
         if not _is_int(self.seed):
             raise bad("seed", "an int")
-        if not _is_int(self.trials) or self.trials < 1:
-            raise bad("trials", "an int >= 1")
         if self.constraint not in CONSTRAINTS:
             raise bad("constraint", f"one of {list(CONSTRAINTS)}")
         if not isinstance(self.train, TrainConfig):
             raise bad("train", "a TrainConfig")
-        if self.train_limit is not None and (not _is_int(self.train_limit) or self.train_limit < 1):
-            raise bad("train_limit", "None or an int >= 1")
-        if not _is_int(self.workers) or self.workers < 1:
-            raise bad("workers", "an int >= 1")
         if isinstance(self.cpus_per_trial, bool) or not isinstance(self.cpus_per_trial, (int, float)) \
                 or not self.cpus_per_trial > 0:
             raise bad("cpus_per_trial", "a number > 0 (fractions share a CPU)")
-        if not _is_int(self.max_failures) or self.max_failures < 0:
-            raise bad("max_failures", "an int >= 0")
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
             raise bad("ray_address", "None or an address such as 'auto' or '10.0.0.5:6379'")
         if (self.workers > 1 or self.asha) and not self.uses_ray:
