@@ -116,11 +116,9 @@ class SearchConfig:
     def resumed_with(self, given: dict[str, Any]) -> SearchConfig:
         """This (stored) config with the execution settings (Ray, workers, ...) a user passed on
         resume (None: not passed). A search setting is refused even when it equals the stored one."""
-        stored = self.to_dict()
-        for name in given:
-            head, _, sub = name.partition(".")  # "train.epochs": a field of the nested train config
-            if head not in stored or (sub and sub not in stored[head]):
-                raise OptionError(f"unknown SearchConfig field {name!r}")
+        known = {item.name for item in fields(self)} | {f"train.{item.name}" for item in fields(TrainConfig)}
+        if unknown := sorted(set(given) - known):
+            raise OptionError(f"unknown SearchConfig field(s) {unknown}")
         given = {name: value for name, value in given.items() if value is not None}
         refuse_on_resume([name for name in given if name not in EXECUTION_FIELDS])
         return replace(self, **given)
