@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.baselines import fmt, md_table
 from bench.task_pool import work
+from nas.search.config import SearchConfig
 
 
 def ray_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -23,16 +24,14 @@ def ray_task(task: dict[str, Any]) -> dict[str, Any]:
     trial's result therefore includes table and data loading, Ray start-up, Tune's trial launch
     and one trial's training; trials.jsonl's `finished_at` stamps give the rest."""
     from nas.rundir.files import RunDirectory
-    from nas.search.config import SearchConfig
     from nas.search.runner import run_search
     from nas.training import recipe
 
     s, workers = task["settings"], task["workers"]
-    train = recipe("proxy", epochs=s["ray_epochs"], batch_size=s["batch_size"], seed=0)
+    train = recipe("proxy", epochs=s["ray_epochs"], batch_size=s["batch_size"], seed=SearchConfig.seed)
     config = SearchConfig(space=task["space"], latency_budget_ms=task["budget_ms"], lut_path=s["lut"],
-                          dataset=s["data"], resolution=task["resolution"], strategy="random", seed=0,
-                          trials=s["ray_trials"], train=train, train_limit=s["ray_train_limit"],
-                          ray=True, workers=workers, cpus_per_trial=1.0)
+                          dataset=s["data"], resolution=task["resolution"], strategy="random", trials=s["ray_trials"],
+                          train=train, train_limit=s["ray_train_limit"], ray=True, workers=workers)
     run_dir = Path(task["run_dir"])
     RunDirectory(run_dir).clear()
     # a short temp dir of our own: otherwise the runner makes one per run under /tmp and leaves it there
@@ -55,7 +54,7 @@ def ray_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_section(a: dict[str, Any], ray: dict[str, Any]) -> list[str]:
-    lines = ["", (f"Ray runner (embedded local Ray, `cpus_per_trial=1`): random strategy, {a['ray_trials']} trials of "
+    lines = ["", (f"Ray runner (embedded local Ray, `cpus_per_trial={SearchConfig.cpus_per_trial:g}`): random strategy, {a['ray_trials']} trials of "
              f"{a['ray_epochs']} epoch(s) on {a['ray_train_limit']} images (batch {a['batch_size']}), nothing else of the benchmark running. "
              "Clock from the `run_search` call: the first result includes table and data loading, Ray start-up, "
              "Tune's trial launch and one trial's training; *steady* = trials finished after every worker's first "

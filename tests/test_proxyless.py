@@ -377,8 +377,8 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
         if name.endswith("history.json"):
             ours, theirs = ([e["probabilities"] for e in h["epochs"]] for h in (ours, theirs))
         assert ours == theirs
-    with pytest.raises(ValueError, match="conflict"):
-        run_search(run_config(lut, arch_lr=0.5), killed, resume=True, progress=False)
+    with pytest.raises(ValueError, match="resumes with its config.json"):
+        run_search(None, killed, resume=True, progress=False, given={"strategy_options": {"arch_lr": 0.5}})
 
 
 def test_a_one_shot_run_has_one_trial_and_refuses_ray(lut: Path, tmp_path: Path) -> None:

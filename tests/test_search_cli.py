@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import typer.main
 from search_helpers import make_table, read_jsonl, registered
 from typer.testing import CliRunner
 
 from nas.cli import app
 from nas.commands.search import lut_path_for, parse_latency_ms
+from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of
 
 
 @pytest.fixture(autouse=True)
@@ -66,14 +69,40 @@ def test_cli_search_retrains_tests_and_measures_the_best(tmp_path: Path) -> None
     for label in ("test accuracy (final)", "latency predicted (table)", "latency measured (end to end)",
                   "3 trials"):
         assert label in flat(result.output)
-    # resume: conflicting settings are refused naming the field; matching ones are fine
-    conflict = CliRunner().invoke(app, ["search", "--resume", str(run), "--epochs", "2", "--final-epochs", "0",
-                                        "--no-progress"])
-    assert conflict.exit_code == 2 and "train.epochs=2 (the run has 1)" in flat(conflict.output)
-    resumed = CliRunner().invoke(app, ["search", "--resume", str(run), "--trials", "3", "--final-epochs", "0",
-                                       "--no-progress"])
+    # resume: any search setting is refused, even the stored value, naming the flags; execution settings change
+    for extra in (["--epochs", "2"], ["--space", "tiny", "--trials", "3", "--no-asha"]):
+        refused = CliRunner().invoke(app, ["search", "--resume", str(run), *extra, "--final-epochs", "0"])
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+        flags = ", ".join(flag for flag in extra if flag.startswith("--")).replace("--no-asha", "--asha")
+        assert f"{flags}: not allowed with --resume: the run resumes with its config.json" in flat(refused.output)
+    resumed = CliRunner().invoke(app, ["search", "--resume", str(run), "--max-failures", "3", "--final-epochs", "0",
+                                       "--no-progress", "--train-threads", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert "3 trials" in flat(resumed.output) and len(read_jsonl(run / "trials.jsonl")) == 3
+    assert json.loads((run / "config.json").read_text())["max_failures"] == 3
+
+
+def test_every_setting_is_an_option_with_the_dataclass_default_and_help() -> None:
+    command = typer.main.get_command(app).commands["search"]
+    options = {param.opts[0]: param for param in command.params}
+    assert set(options) >= {  # every flag `nas search` had before its options came from SearchConfig
+        "--space", "--dataset", "--resolution", "--latency-budget", "--lut", "--strategy", "--strategy-options",
+        "--trials", "--epochs", "--name", "--seed", "--final-epochs", "--ray", "--ray-address", "--workers",
+        "--cpus-per-trial", "--asha", "--backend", "--threads", "--constraint", "--train-limit", "--space-options",
+        "--batch-size", "--resume", "--runs-dir", "--progress", "--train-threads"}
+    internal = {"num_classes", "train"}  # the dataset's class count; train's fields are listed one by one
+    assert {item.name for item in fields(SearchConfig) if item.name not in internal} | {"train.epochs", "train.batch_size"} \
+        == set(SETTINGS)
+    parsed = {"latency_budget_ms", "lut_path", "space_options", "strategy_options"}  # text -> value by the command
+    for name, item in SETTINGS.items():
+        option = options[flag_of(name)]
+        assert option.help == item.metadata["help"]
+        if name not in parsed:
+            assert option.default == item.default, name
+    assert set(EXECUTION_FIELDS) == {"ray", "ray_address", "workers", "cpus_per_trial", "max_failures"}
+    text = flat(CliRunner().invoke(app, ["search", "--help"]).output.replace("│", " "))  # rich's box, wrapped
+    for shown in ("mnasnet", "digits", "32", "evolution", "60", "hard", "no-ray", "1.0", "no-asha", "2", "3", "64"):
+        assert f"[default: {shown}]" in text
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

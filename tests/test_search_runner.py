@@ -179,12 +179,15 @@ def test_resume_refuses_conflicting_settings(lut: Path, tmp_path: Path) -> None:
     run_search(config, tmp_path / "run", progress=False)
     with pytest.raises(RunDirError, match="--resume"):
         run_search(config, tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match=r"trials=3 \(the run has 2\)"):
-        run_search(None, tmp_path / "run", resume=True, given={"trials": 3}, progress=False)
-    with pytest.raises(ValueError, match=r"train.epochs=2 \(the run has 1\)"):
-        run_search(None, tmp_path / "run", resume=True, given={"train.epochs": 2, "seed": None}, progress=False)
-    summary = run_search(None, tmp_path / "run", resume=True, given={"trials": 2}, progress=False)
+    # resume takes config.json: a search setting is refused even at its stored value; None means not given
+    for given, named in (({"trials": 3}, "trials"), ({"trials": 2}, "trials"),
+                         ({"train.epochs": 2, "seed": None, "max_failures": 1}, "train.epochs")):
+        with pytest.raises(OptionError, match=rf"^{named}: not allowed with --resume: .*config.json"):
+            run_search(None, tmp_path / "run", resume=True, given=given, progress=False)
+    summary = run_search(None, tmp_path / "run", resume=True, given={"max_failures": 5, "trials": None},
+                         progress=False)
     assert summary.trials == 2 and summary.replayed == 0
+    assert SearchConfig.from_dict(RunDirectory(tmp_path / "run").read_config()).max_failures == 5
 
 
 def test_config_validation_names_the_field(lut: Path) -> None:

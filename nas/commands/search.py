@@ -3,19 +3,22 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas.rundir.files import RunDirError
-from search_spaces.errors import OptionError
 from nas.commands.common import fail_on_user_error
+from nas.rundir.files import RunDirError
+from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of, refuse_on_resume
+from nas.training.train import TrainConfig
+from search_spaces.errors import OptionError
 
 console = Console()
 
@@ -72,88 +75,80 @@ def _json_option(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
+# Settings given as text and parsed here (units, JSON; a table built when none is given)
+_PARSED = ("latency_budget_ms", "lut_path", "space_options", "strategy_options")
+_TRAIN = [name.partition(".")[2] for name in SETTINGS if name.startswith("train.")]
+# Besides the execution settings, what may change on resume: how this process shows and finishes it.
+_RESUMABLE = ("resume", "progress", "train_threads", "final_epochs")
+
+
 def search(
-    space: Optional[str] = typer.Option(None, help="Search space (`nas spaces` lists them). [default: mnasnet]"),
-    dataset: Optional[str] = typer.Option(None, help="digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH. "
-                                                      "[default: digits]"),
-    resolution: Optional[int] = typer.Option(None, min=8, help="Input resolution. [default: 32]"),
-    latency_budget: Optional[str] = typer.Option(None, help="Latency budget: 6ms, 0.5ms, 500us; a bare number is ms."),
-    lut: Optional[Path] = typer.Option(None, help="Latency table; default: build or reuse runs/luts/<space>_r<res>_"
-                                                  "c<classes>_<backend>_t<threads>_<host>.json on this machine."),
-    strategy: Optional[str] = typer.Option(None, help="random | evolution | mnas-rl | tpe | nsga2 | proxyless "
-                                                      "(one-shot). [default: evolution]"),
-    strategy_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the strategy, e.g. "
-                                                              "'{\"epochs\": 20, \"derive\": \"target\"}' "
-                                                              "(proxyless: ProxylessConfig fields)."),
-    trials: Optional[int] = typer.Option(None, min=1, help="Trials to finish. [default: 60]"),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs per trial. [default: 3]"),
+    ctx: typer.Context,
     name: Optional[str] = typer.Option(None, help="Run name: files go to runs/NAME."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the searcher, data split and training. [default: 0]"),
     final_epochs: int = typer.Option(10, min=0, help="Retrain the best architecture this long at the end "
                                                       "(0: skip the final step)."),
-    ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="Run trials on an embedded local Ray."),
-    ray_address: Optional[str] = typer.Option(None, help="Run trials on the Ray cluster at ADDR ('auto' allowed)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Trials in parallel (Ray). [default: 1]"),
-    cpus_per_trial: Optional[float] = typer.Option(None, min=0.01, help="CPUs per Ray trial. [default: 1]"),
-    asha: Optional[bool] = typer.Option(None, "--asha/--no-asha", help="Stop weak trials early (Ray ASHA)."),
     backend: str = typer.Option("onnxruntime", help="Latency backend for building the table and the final "
                                                     "measurement: torch | onnxruntime | cuda."),
     threads: int = typer.Option(1, min=1, help="Threads of the latency backend."),
-    constraint: Optional[str] = typer.Option(None, help="hard (over budget: never trained) | soft "
-                                                        "(MnasNet's penalty). [default: hard]"),
-    train_limit: Optional[int] = typer.Option(None, min=1, help="Use at most this many training images per trial."),
-    space_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the space, e.g. "
-                                                           "'{\"ops\": [\"mbconv\"]}'."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size. [default: 64]"),
-    resume: Optional[Path] = typer.Option(None, help="Resume the run in this directory (runs/NAME)."),
+    resume: Optional[Path] = typer.Option(None, help="Resume the run in this directory (runs/NAME) as its config.json "
+                                                     "says; only execution settings (Ray, workers) may be given."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where runs (and built tables, under luts/) go."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
     train_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for in-process training "
                                                                  "(default: torch's; 1 is safest on a shared box)."),
+    **settings: Any,  # an option per SETTINGS entry, added by `_with_setting_options`
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
-    from nas.search.config import SearchConfig
-    from nas.training.train import TrainConfig
-
     if train_threads is not None:
         import torch
 
         torch.set_num_threads(train_threads)
-
-    budget_ms = parse_latency_ms(latency_budget) if latency_budget is not None else None
-    options = _json_option(space_options, "--space-options") if space_options is not None else None
-    strategy_kw = _json_option(strategy_options, "--strategy-options") if strategy_options is not None else None
     if resume is not None:
-        given = {"space": space, "dataset": dataset, "resolution": resolution, "latency_budget_ms": budget_ms,
-                 "lut_path": str(lut.resolve()) if lut else None, "strategy": strategy, "trials": trials,
-                 "seed": seed, "constraint": constraint, "train_limit": train_limit, "space_options": options,
-                 "train.epochs": epochs, "train.batch_size": batch_size, "ray": ray, "ray_address": ray_address,
-                 "workers": workers, "cpus_per_trial": cpus_per_trial, "asha": asha,
-                 "strategy_options": strategy_kw}
+        # by name: typer bundles its own click, whose ParameterSource is not click's
+        passed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"]
+        refuse_on_resume([p.opts[0] for p in passed if p.name not in (*EXECUTION_FIELDS, *_RESUMABLE)])
+        given = {p.name: ctx.params[p.name] for p in passed if p.name in EXECUTION_FIELDS}
         run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
         return
-    if name is None or budget_ms is None:
-        missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget_ms)) if value is None]
+    budget, lut = settings.pop("latency_budget"), settings.pop("lut")
+    if name is None or budget is None:
+        missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget)) if value is None]
         raise OptionError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
-    space, dataset, resolution = space or "mnasnet", dataset or "digits", resolution or 32
-    seed = 0 if seed is None else seed
+    budget_ms = parse_latency_ms(budget)
+    options = _json_option(settings.pop("space_options"), "--space-options")
+    strategy_options = _json_option(settings.pop("strategy_options"), "--strategy-options")
+    train = TrainConfig(seed=settings["seed"], **{key: settings.pop(key) for key in _TRAIN})
     if lut is None:
         from nas.training.data import load_dataset
 
-        classes = load_dataset(dataset, resolution, seed=seed, limit=train_limit).num_classes
-        lut = ensure_lut(space, resolution, classes, options or {}, backend, threads, runs_dir / "luts")
-    train = TrainConfig(epochs=epochs or 3, batch_size=batch_size or 64, seed=seed)
-    config = SearchConfig(
-        space=space, latency_budget_ms=budget_ms, lut_path=str(lut.resolve()), dataset=dataset,
-        resolution=resolution, space_options=options or {}, strategy=strategy or "evolution",
-        strategy_options=strategy_kw or {}, seed=seed, trials=trials or 60, constraint=constraint or "hard", train=train, train_limit=train_limit,
-        ray=bool(ray), ray_address=ray_address, workers=workers or 1, cpus_per_trial=cpus_per_trial or 1.0,
-        asha=bool(asha),
-    )
+        classes = load_dataset(settings["dataset"], settings["resolution"], seed=settings["seed"],
+                               limit=settings["train_limit"]).num_classes
+        lut = ensure_lut(settings["space"], settings["resolution"], classes, options, backend, threads,
+                         runs_dir / "luts")
+    config = SearchConfig(latency_budget_ms=budget_ms, lut_path=str(Path(lut).resolve()), space_options=options,
+                          strategy_options=strategy_options, train=train, **settings)
     run_and_report(config, runs_dir / name, final_epochs=final_epochs, progress=progress)
 
 
-search = fail_on_user_error(search)
+def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` taking an option per SearchConfig setting, named by its flag: typer reads the
+    signature, so --help shows the dataclass's default and help."""
+    hints = {prefix + key: hint for prefix, cls in (("", SearchConfig), ("train.", TrainConfig))
+             for key, hint in get_type_hints(cls).items()}
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    parameters = own[:1]  # ctx; the settings come first in --help
+    for name, item in SETTINGS.items():
+        hint, default = (str, None) if name in _PARSED else (hints[name], item.default)
+        if type(None) in get_args(hint):  # Optional: None is the default, not a value to parse
+            hint = get_args(hint)[0]
+        option = typer.Option(default, help=item.metadata["help"], min=item.metadata["min"])
+        parameters.append(inspect.Parameter(flag_of(name)[2:].replace("-", "_"), own[0].kind,  # as ctx: positional
+                                            default=option, annotation=hint))
+    command.__signature__ = inspect.signature(command).replace(parameters=parameters + own[1:])  # type: ignore
+    return command
+
+
+search = fail_on_user_error(_with_setting_options(search))
 
 
 def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: dict[str, Any] | None = None,
@@ -184,7 +179,6 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
 
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any]:
     from nas.rundir.files import RunDirectory
-    from nas.search.config import SearchConfig
     from nas.search.runner import finalize_best
     from predictors.latency import LatencyTable, LocalMeasurer
 
@@ -267,8 +261,6 @@ def demo(
     import torch
 
     from nas.rundir.files import RunDirectory, write_json_atomic
-    from nas.search.config import SearchConfig
-    from nas.training.train import TrainConfig
     from predictors.latency import LatencyTable
     from search_spaces.space import get_space
 

@@ -1,49 +1,59 @@
-"""`SearchConfig`: everything that defines a search, stored as the run's config.json."""
+"""`SearchConfig`: everything that defines a search, stored as the run's config.json. Its fields carry
+what `nas search` needs to offer them as options, so defaults and help live here only."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nas.training.train import TrainConfig
 from search_spaces.errors import OptionError
 
-__all__ = ["CONSTRAINTS", "EXECUTION_FIELDS", "SearchConfig"]
+__all__ = ["CONSTRAINTS", "EXECUTION_FIELDS", "SETTINGS", "SearchConfig", "flag_of", "refuse_on_resume"]
 
 CONSTRAINTS = ("hard", "soft")
-# Settings of *how* trials run, not *what* is searched: a resumed run may change them.
-EXECUTION_FIELDS = ("ray", "ray_address", "workers", "cpus_per_trial", "max_failures")
+
+
+def setting(help: str, default: Any = MISSING, *, flag: str | None = None, execution: bool = False,
+            min: float | None = None, **kwargs: Any) -> Any:
+    """A field `nas search` offers: `flag` where it is not --the-name; `execution` for how trials
+    run, not what is searched (a resumed run may change it); `min`, the lower bound."""
+    return field(default=default, metadata=dict(help=help, flag=flag, execution=execution, min=min), **kwargs)
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # keyword-only: a default for `space` before required fields
 class SearchConfig:
     """Everything that defines a search; stored as the run's config.json."""
 
-    space: str
-    latency_budget_ms: float
-    lut_path: str
-    dataset: str = "digits"
-    resolution: int = 32
-    num_classes: int | None = None  # None: the dataset's
-    space_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the space
-    strategy: str = "evolution"
-    strategy_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    trials: int = 60
-    constraint: str = "hard"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    train_limit: int | None = None  # cap on training images per trial (a stratified subset)
-    ray: bool = False
-    ray_address: str | None = None  # implies ray
-    workers: int = 1
-    cpus_per_trial: float = 1.0
-    asha: bool = False
-    max_failures: int = 2
+    space: str = setting("Search space (`nas spaces` lists them).", "mnasnet")
+    latency_budget_ms: float = setting("Latency budget: 6ms, 0.5ms, 500us; a bare number: ms.", flag="--latency-budget")
+    lut_path: str = setting("Latency table; default: build or reuse runs/luts/<space>_r<res>_c<classes>_<backend>_"
+                            "t<threads>_<host>.json on this machine.", flag="--lut")
+    dataset: str = setting("digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH.", "digits")
+    resolution: int = setting("Input resolution.", 32, min=8)
+    num_classes: int | None = None  # None: the dataset's; no flag, the dataset decides
+    space_options: dict[str, Any] = setting("JSON keyword arguments of the space, e.g. '{\"ops\": [\"mbconv\"]}'.",
+                                            default_factory=dict)
+    strategy: str = setting("random | evolution | mnas-rl | tpe | nsga2 | proxyless (one-shot).", "evolution")
+    strategy_options: dict[str, Any] = setting(
+        "JSON keyword arguments of the strategy, e.g. '{\"epochs\": 20, \"derive\": \"target\"}' "
+        "(proxyless: ProxylessConfig fields).", default_factory=dict)
+    seed: int = setting("Seed of the searcher, data split and training.", 0)
+    trials: int = setting("Trials to finish.", 60, min=1)
+    constraint: str = setting("hard (over budget: never trained) | soft (MnasNet's penalty).", "hard")
+    train: TrainConfig = field(default_factory=TrainConfig)  # its fields with metadata are options
+    train_limit: int | None = setting("Use at most this many training images per trial (stratified).", None, min=1)
+    ray: bool = setting("Run trials on an embedded local Ray.", False, execution=True)
+    ray_address: str | None = setting("Run trials on the Ray cluster at ADDR ('auto' allowed).", None, execution=True)
+    workers: int = setting("Trials in parallel (Ray).", 1, execution=True, min=1)
+    cpus_per_trial: float = setting("CPUs per Ray trial (fractions share a CPU).", 1.0, execution=True, min=0.01)
+    asha: bool = setting("Stop weak trials early (Ray ASHA).", False)
+    max_failures: int = setting("Retries of a Ray trial whose worker died.", 2, execution=True, min=0)
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> OptionError:
@@ -55,8 +65,10 @@ class SearchConfig:
         budget = self.latency_budget_ms
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (math.isfinite(budget) and budget > 0):
             raise bad("latency_budget_ms", "a finite number of milliseconds > 0")
-        if not _is_int(self.resolution) or self.resolution < 8:
-            raise bad("resolution", "an int >= 8")
+        for item in fields(self):  # the int bounds `nas search` gives click, for every caller
+            low, value = item.metadata.get("min"), getattr(self, item.name)
+            if _is_int(low) and not ((value is None and item.default is None) or (_is_int(value) and value >= low)):
+                raise bad(item.name, f"{'None or ' if item.default is None else ''}an int >= {low}")
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
             raise bad("num_classes", "None (the dataset's) or an int >= 2")
         for name in ("space_options", "strategy_options"):
@@ -64,21 +76,13 @@ class SearchConfig:
                 raise bad(name, "a JSON object of keyword arguments")
         if not _is_int(self.seed):
             raise bad("seed", "an int")
-        if not _is_int(self.trials) or self.trials < 1:
-            raise bad("trials", "an int >= 1")
         if self.constraint not in CONSTRAINTS:
             raise bad("constraint", f"one of {list(CONSTRAINTS)}")
         if not isinstance(self.train, TrainConfig):
             raise bad("train", "a TrainConfig")
-        if self.train_limit is not None and (not _is_int(self.train_limit) or self.train_limit < 1):
-            raise bad("train_limit", "None or an int >= 1")
-        if not _is_int(self.workers) or self.workers < 1:
-            raise bad("workers", "an int >= 1")
         if isinstance(self.cpus_per_trial, bool) or not isinstance(self.cpus_per_trial, (int, float)) \
                 or not self.cpus_per_trial > 0:
             raise bad("cpus_per_trial", "a number > 0 (fractions share a CPU)")
-        if not _is_int(self.max_failures) or self.max_failures < 0:
-            raise bad("max_failures", "an int >= 0")
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
             raise bad("ray_address", "None or an address such as 'auto' or '10.0.0.5:6379'")
         if (self.workers > 1 or self.asha) and not self.uses_ray:
@@ -110,26 +114,28 @@ class SearchConfig:
         return cls(**values)
 
     def resumed_with(self, given: dict[str, Any]) -> SearchConfig:
-        """This (stored) config with the settings a user passed on resume. Search settings must
-        match what is stored; execution settings (Ray, workers) may change."""
-        conflicts = []
-        changes = {}
-        stored = self.to_dict()
-        for name, value in given.items():
-            # "train.epochs" names one field of the nested train config
-            head, _, sub = name.partition(".")
-            if head not in stored or (sub and sub not in stored[head]):
-                raise OptionError(f"unknown SearchConfig field {name!r}")
-            if value is None:
-                continue
-            if name == "train" and isinstance(value, TrainConfig):
-                value = asdict(value)
-            have = stored[head][sub] if sub else stored[head]
-            if name in EXECUTION_FIELDS:
-                changes[name] = value
-            elif value != have:
-                conflicts.append(f"{name}={value!r} (the run has {have!r})")
-        if conflicts:
-            raise OptionError("resume: settings conflict with the run's config.json: " + "; ".join(conflicts)
-                             + ". Drop them to resume as configured, or start a new run.")
-        return replace(self, **changes)
+        """This (stored) config with the execution settings (Ray, workers, ...) a user passed on
+        resume (None: not passed). A search setting is refused even when it equals the stored one."""
+        known = {item.name for item in fields(self)} | {f"train.{item.name}" for item in fields(TrainConfig)}
+        if unknown := sorted(set(given) - known):
+            raise OptionError(f"unknown SearchConfig field(s) {unknown}")
+        given = {name: value for name, value in given.items() if value is not None}
+        refuse_on_resume([name for name in given if name not in EXECUTION_FIELDS])
+        return replace(self, **given)
+
+
+# "trials", "train.epochs", ...: the fields `nas search` offers as options
+SETTINGS: dict[str, Field] = {prefix + item.name: item for prefix, cls in (("", SearchConfig), ("train.", TrainConfig))
+                              for item in fields(cls) if "help" in item.metadata}
+EXECUTION_FIELDS = tuple(name for name, item in SETTINGS.items() if item.metadata.get("execution"))
+
+
+def flag_of(name: str) -> str:
+    return SETTINGS[name].metadata.get("flag") or "--" + name.rpartition(".")[2].replace("_", "-")
+
+
+def refuse_on_resume(names: list[str]) -> None:
+    """A resumed run keeps what it searches: its trials so far were run under config.json."""
+    if names:
+        raise OptionError(f"{', '.join(names)}: not allowed with --resume: the run resumes with its config.json "
+                          "(start a new run to change them)")

@@ -89,8 +89,8 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     """Run (or resume) a search into `run_dir`, whatever the strategy's kind.
 
     Fresh: `config` is required and `run_dir` must not hold a run. Resume: the run's config.json
-    is the config; `config` (or `given`, a dict of only the settings the user passed) must agree
-    with it except for execution settings (Ray, workers)."""
+    is the config; `given` (the settings the user passed) may hold execution settings (Ray,
+    workers) only (`SearchConfig.resumed_with`)."""
     directory = RunDirectory(run_dir)
     config = _resolve_config(directory, config, resume, given)
     directory.repair_trials()
@@ -153,8 +153,9 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
 def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume: bool,
                     given: dict[str, Any] | None) -> SearchConfig:
     if resume:
-        stored = SearchConfig.from_dict(directory.read_config())
-        return stored.resumed_with({**(config.to_dict() if config is not None else {}), **(given or {})})
+        if config is not None:
+            raise ValueError("run_search: a resumed run keeps its config.json; pass execution settings as given=")
+        return SearchConfig.from_dict(directory.read_config()).resumed_with(given or {})
     if config is None:
         raise ValueError("run_search: config is required for a new run")
     if directory.exists():

@@ -59,8 +59,9 @@ class TrainConfig:
     them) for quick proxy trials.
     """
 
-    epochs: int = 3
-    batch_size: int = 64
+    # metadata: what `nas search` needs to offer the field as an option (nas.search.config)
+    epochs: int = field(default=3, metadata={"help": "Training epochs (per trial in a search).", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size.", "min": 1})
     optimizer: str = "sgd"
     lr: float | None = None
     momentum: float = 0.9
