@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nas.rundir.files import RunDirectory, load_weights, now_iso, save_weights, write_json_atomic
+from nas.rundir.records import BestMetrics, TrialRecord
 from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch
 
@@ -166,18 +167,11 @@ def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume
     return config
 
 
-def _best_metrics(record: dict[str, Any], result: Result, objective: SearchObjective,
-                  search: ProxylessSearch) -> dict[str, Any]:
-    last = search.history[-1]
-    return {
-        "trial_id": record["trial_id"], "arch_hash": record["arch_hash"], "blocks": record["blocks"],
-        "val_accuracy": result.accuracy, "latency_ms": result.latency_ms,
-        "measured_latency_ms": result.measured_latency_ms, "params": result.params, "macs": result.macs,
-        "reward": record["reward"], "epochs": result.epochs, "train_time_s": result.train_time_s,
-        "latency_budget_ms": objective.latency_budget_ms, "weights": "weights.safetensors", "weights_from": "trial",
-        "updated_at": now_iso(), "strategy": STRATEGY, "feasible": record["feasible"],
-        "search_epochs": search.epoch, "search_expected_latency_ms": last["expected_latency_ms"],
-    }
+def _best_metrics(record: TrialRecord, result: Result, objective: SearchObjective,
+                  search: ProxylessSearch) -> BestMetrics:
+    return BestMetrics.from_trial(replace(record, result=result), objective.latency_budget_ms, extra={
+        "strategy": STRATEGY, "feasible": record.feasible, "search_epochs": search.epoch,
+        "search_expected_latency_ms": search.history[-1]["expected_latency_ms"]})
 
 
 def run_proxyless_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
@@ -228,10 +222,10 @@ def run_proxyless_search(config: SearchConfig | None, run_dir: str | os.PathLike
     records = directory.read_trials()
     record = records[0] if records else None
     metrics = directory.read_best_metrics()
-    if record is not None and metrics is not None and metrics.get("trial_id") == 0 \
+    if record is not None and metrics is not None and metrics.trial_id == 0 \
             and directory.best_weights_path.is_file():
         logger.info("%s: the derived network's trial is already recorded", directory.path)
-        result = Result.from_dict(record["result"])
+        result = record.result
     else:
         # the budget is the search's target: the derived network is trained even above it
         checked = precheck(candidate, table, SearchObjective(config.latency_budget_ms, "soft"))
@@ -247,7 +241,7 @@ def run_proxyless_search(config: SearchConfig | None, run_dir: str | os.PathLike
         if record is None:
             record = trial_record(candidate, result, objective)
             directory.append_trial(record)
-        if not record["feasible"]:
+        if not record.feasible:
             logger.warning("proxyless: the derived network's predicted latency %s ms exceeds the budget %g ms",
                            result.latency_ms, config.latency_budget_ms)
         if model is not None:
