@@ -93,7 +93,8 @@ def test_config_json_is_stamped_on_write_and_unwrapped_on_read(tmp_path: Path) -
 def test_an_unknown_version_is_refused_naming_it_and_the_readable_ones(read, data: dict, readable: str) -> None:
     with pytest.raises(RunDirError) as error:
         read({**data, "schema_version": 99}, "run/some.json")
-    assert str(error.value) == f"run/some.json: schema_version=99 not in {readable}; written by another version of hwnas"
+    assert str(error.value) == (f"run/some.json: schema_version=99 not in {readable}; "
+                                "written by another version of hwnas")
 
 
 def test_an_unknown_config_version_is_refused_naming_the_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ Layout (``runs/<name>/``)::
 
     config.json      everything needed to reproduce or resume (a `SearchConfig` as JSON)
     trials.jsonl     one `TrialRecord` per finished trial, appended, flushed and fsync'ed
-    searcher.json    {"strategy", "told_trial_ids", "state", "saved_at"}, replaced atomically
+    searcher.json    {format, schema_version, strategy, told_trial_ids, state, saved_at}, replaced atomically
     best/            arch.json, weights.safetensors, metrics.json (`BestMetrics`) of the best feasible trial
     study.db         Optuna storage, for the Optuna strategies (optuna-dashboard reads it)
     ray_results/     Ray Tune's own files, for runs on Ray
