@@ -199,7 +199,7 @@ def evolution_runs(args: argparse.Namespace, targets: list[float], measurer: Any
             continue
         rows.append({"target_ms": target, "search_s": search_s, "retrain_s": time.perf_counter() - start,
                      "trials": summary.trials, "ok_trials": summary.ok,
-                     "blocks": RunDirectory(run_dir).read_best_arch().block_strings(), **metrics})
+                     "blocks": RunDirectory(run_dir).read_best_arch().block_strings(), **metrics.to_json()})
     return rows
 
 

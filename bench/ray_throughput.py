@@ -42,9 +42,9 @@ def ray_task(task: dict[str, Any]) -> dict[str, Any]:
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     wall = time.time() - started
-    trained = [r for r in RunDirectory(run_dir).read_trials() if r.get("executor") == "ray"]
-    ends = sorted(datetime.fromisoformat(r["finished_at"]).timestamp() - started for r in trained)
-    times = [r["result"]["train_time_s"] for r in trained if r["result"].get("train_time_s")]
+    trained = [r for r in RunDirectory(run_dir).read_trials() if r.executor == "ray"]
+    ends = sorted(datetime.fromisoformat(r.finished_at).timestamp() - started for r in trained)
+    times = [r.result.train_time_s for r in trained if r.result.train_time_s]
     # steady state: from every worker's first result on (they start together and finish about together)
     k = min(workers, len(ends)) - 1
     steady = (len(ends) - 1 - k) / (ends[-1] - ends[k]) * 3600 if len(ends) > k + 1 and ends[-1] > ends[k] else None

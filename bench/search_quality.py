@@ -111,7 +111,6 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.search.config import SearchConfig
     from nas.search.runner import open_table, run_search
     from search_spaces.space import get_space
-    from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
     config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
@@ -126,20 +125,19 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
                            "trials": summary.trials, "ok": summary.ok, "failed": summary.failed,
                            "infeasible": summary.infeasible}
     records = RunDirectory(run_dir).read_trials()
-    out["feasible"] = sum(1 for r in records if r.get("feasible"))
-    out["trial_log"] = [{"trial_id": r["trial_id"], "status": r["result"]["status"], "feasible": r.get("feasible"),
-                         "val_accuracy": r["result"].get("accuracy"), "latency_ms": r["result"].get("latency_ms"),
-                         "train_time_s": r["result"].get("train_time_s")} for r in records]
+    out["feasible"] = sum(1 for r in records if r.feasible)
+    out["trial_log"] = [{"trial_id": r.trial_id, "status": r.result.status, "feasible": r.feasible,
+                         "val_accuracy": r.result.accuracy, "latency_ms": r.result.latency_ms,
+                         "train_time_s": r.result.train_time_s} for r in records]
     times = [t["train_time_s"] for t in out["trial_log"] if t["status"] == "ok" and t["train_time_s"]]
     out["mean_trial_s"] = statistics.fmean(times) if times else None
     if summary.best is None:
         return out
     best = summary.best
-    arch = ArchSpec.from_dict(best["candidate"]["arch"])
-    out.update(best_trial=best["trial_id"], best_val_accuracy=best["result"]["accuracy"],
-               predicted_ms=best["result"]["latency_ms"], blocks=best["blocks"], arch=arch.to_dict())
+    out.update(best_trial=best.trial_id, best_val_accuracy=best.result.accuracy,
+               predicted_ms=best.result.latency_ms, blocks=best.arch.block_strings(), arch=best.arch.to_dict())
     table = open_table(config, get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES))
-    out["final"] = final_train(s, arch, seed, table)
+    out["final"] = final_train(s, best.arch, seed, table)
     return out
 
 

@@ -2,7 +2,7 @@
 model without pickle, tampering and spec/weights mismatches fail clearly, the card is complete.
 
 The run directories are written by hand in the runner's shapes (config.json from `SearchConfig`,
-trials.jsonl records of `nas.search.session.trial_record`, best/ of `RunDirectory.write_best`), so these
+`TrialRecord`s in trials.jsonl, `BestMetrics` in best/ of `RunDirectory.write_best`), so these
 tests do not depend on the runner."""
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from nas.cli import app
 from nas.artifacts.export import FORMATS, ExportError, export_run, load, parse_formats
 from nas.rundir.model_files import ArchMismatchError, WeightsError
 from nas.rundir.files import RunDirectory
+from nas.rundir.records import BestMetrics, TrialRecord
+from nas.strategies.base import Candidate, Result
 from predictors.latency import (
     LatencyTable,
     Measurement,
@@ -61,16 +63,12 @@ def trained_like(arch: ArchSpec, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _record(trial_id: int, arch: ArchSpec, status: str, accuracy: float | None, latency: float | None) -> dict:
+def _record(trial_id: int, arch: ArchSpec, status: str, accuracy: float | None, latency: float | None) -> TrialRecord:
     feasible = status == "ok" and accuracy is not None and latency is not None and latency <= BUDGET_MS
     reward = 0.0 if accuracy is None else accuracy * (1.0 if latency <= BUDGET_MS else BUDGET_MS / latency)
-    result = {"status": status, "accuracy": accuracy, "latency_ms": latency, "measured_latency_ms": None,
-              "macs": 40000, "params": 2000, "train_time_s": 1.0, "epochs": 1,
-              "reason": None if status == "ok" else f"{status} for the test", "extra": {}}
-    return {"trial_id": trial_id, "candidate": {"trial_id": trial_id, "arch": arch.to_dict(), "policy": None,
-                                                "info": {}},
-            "arch_hash": arch.content_hash(), "blocks": arch.block_strings(), "result": result, "reward": reward,
-            "feasible": feasible, "finished_at": "2026-11-22T01:00:00.000+00:00"}
+    result = Result(status, accuracy, latency, macs=40000, params=2000, train_time_s=1.0, epochs=1,
+                    reason=None if status == "ok" else f"{status} for the test")
+    return TrialRecord(Candidate(trial_id, arch), result, reward, feasible, "2026-11-22T01:00:00.000+00:00")
 
 
 # (kernel, expand, status, accuracy): latencies come from the fake table, so k5/e6 are slower
@@ -108,16 +106,15 @@ def make_run(root: Path, *, finished: bool = True, name: str = "run") -> Path:
     for record in records:
         run.append_trial(record)
     if finished:
-        best = records[max((r for r in records if r["feasible"]), key=lambda r: r["result"]["accuracy"])["trial_id"]]
-        arch = archs[best["trial_id"]]
-        run.write_best(arch, {"trial_id": best["trial_id"], "arch_hash": arch.content_hash(),
-                              "val_accuracy": best["result"]["accuracy"],
-                              "test_accuracy": 0.68, "final_val_accuracy": 0.71, "weights_from": "final"},
-                       state_dict=trained_like(arch).state_dict())
-        run.write_searcher_state("evolution", {"name": "evolution"}, [r["trial_id"] for r in records])
+        best = max((r for r in records if r.feasible), key=lambda r: r.result.accuracy)
+        metrics = BestMetrics(best.trial_id, best.arch_hash, tuple(best.arch.block_strings()),
+                              val_accuracy=best.result.accuracy, test_accuracy=0.68, final_val_accuracy=0.71,
+                              weights="weights.safetensors", weights_from="final")
+        run.write_best(best.arch, metrics, state_dict=trained_like(best.arch).state_dict())
+        run.write_searcher_state("evolution", {"name": "evolution"}, [r.trial_id for r in records])
     else:
         with open(run.trials_path, "ab") as file:
-            file.write(json.dumps(_record(99, archs[0], "ok", 0.9, 1.0))[:57].encode())
+            file.write(json.dumps(_record(99, archs[0], "ok", 0.9, 1.0).to_json())[:57].encode())
     return run.path
 
 

@@ -348,7 +348,7 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
     arch = run.read_best_arch()
     assert arch.content_hash() == records[0]["arch_hash"]
     build_model(arch).load_state_dict(load_weights(run.best_weights_path))
-    assert run.read_best_metrics()["trial_id"] == 0
+    assert run.read_best_metrics().trial_id == 0
     history = json.loads((straight / "proxyless/alpha_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
     assert len(history["epochs"][-1]["probabilities"]) == len(history["slots"]) == len(SmallProxylessSpace().decisions)
@@ -356,7 +356,7 @@ def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkey
     assert sorted(p.name for p in (straight / "proxyless").glob("*.safetensors")) == [
         "optimizers-e0002.safetensors", "supernet-e0002.safetensors"]
     again = run_search(None, straight, resume=True, progress=False)  # finished: nothing retrained
-    assert again.best["finished_at"] == summary.best["finished_at"]
+    assert again.best.finished_at == summary.best.finished_at
 
     killed = tmp_path / "killed"
     original = ProxylessSearch.run_epoch

@@ -45,8 +45,8 @@ def test_report_of_a_finished_run(tmp_path: Path) -> None:
     assert "best/arch.json" in html and "5 layers" in html
     info = read_run(run)
     top = top_trials(info)
-    assert top[0]["trial_id"] == BEST_TRIAL  # feasible first, then by accuracy: 0.74 is over budget
-    assert [r["trial_id"] for r in top[:3]] == [3, 6, 2] and top[-1]["trial_id"] == 5
+    assert top[0].trial_id == BEST_TRIAL  # feasible first, then by accuracy: 0.74 is over budget
+    assert [r.trial_id for r in top[:3]] == [3, 6, 2] and top[-1].trial_id == 5
     first_row = html.split("<tr><td>")[1]
     assert first_row.startswith(f"{BEST_TRIAL}</td><td>ok</td><td>yes</td><td>70.00</td>")
 

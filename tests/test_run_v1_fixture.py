@@ -40,9 +40,9 @@ def old_run(tmp_path: Path) -> Path:
 
 def test_an_old_run_reads_with_its_three_trials_and_best(old_run: Path) -> None:
     info = read_run(old_run)
-    assert [record["trial_id"] for record in info.trials] == [0, 1, 2]
+    assert [record.trial_id for record in info.trials] == [0, 1, 2]
     assert info.budget_ms == 13.4
-    assert info.best_metrics["trial_id"] == 0 and info.best_metrics["val_accuracy"] == 0.5
+    assert info.best_metrics.trial_id == 0 and info.best_metrics.val_accuracy == 0.5
     assert info.best_arch.content_hash() == "c38ea727ff34086d"
 
 

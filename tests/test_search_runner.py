@@ -26,18 +26,19 @@ from torch import Tensor, nn
 import nas.search.trial
 from nas.training.data import load_dataset
 from nas.rundir.files import RunDirError, RunDirectory, load_weights
+from nas.rundir.records import TrialRecord
 from nas.search.config import SearchConfig
 from nas.search.runner import run_search
 from nas.search.session import SearchSession
-from nas.strategies.base import SEARCHERS, StrategyContext
+from nas.strategies.base import SEARCHERS, Candidate, Result, StrategyContext
 from nas.training.train import evaluate
 from predictors.latency import LatencyTable
 from search_spaces.build import build_model
 from search_spaces.errors import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORD_KEYS = {"trial_id", "candidate", "arch_hash", "blocks", "result", "reward", "feasible", "finished_at",
-               "executor", "executor_trial_id"}
+RECORD_KEYS = {"schema_version", "trial_id", "candidate", "arch_hash", "blocks", "result", "reward", "feasible",
+               "finished_at", "executor", "executor_trial_id"}
 ARCHS = TinySpace().all_archs()  # latencies 9.2 11.9 9.7 12.9 10.2 13.9 10.7 14.9 ms; budget 13.4 ms
 
 
@@ -77,7 +78,7 @@ def test_local_run_writes_the_full_layout(lut: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["best", "config.json", "searcher.json", "trials.jsonl"]
     assert sorted(p.name for p in (run / "best").iterdir()) == ["arch.json", "metrics.json", "weights.safetensors"]
-    stored = json.loads((run / "config.json").read_text())
+    stored = RunDirectory(run).read_config()
     assert SearchConfig.from_dict(stored) == SearchConfig.from_dict({**config.to_dict(), "num_classes": 4})
     records = read_jsonl(run / "trials.jsonl")
     assert [r["trial_id"] for r in records] == list(range(6))
@@ -91,7 +92,7 @@ def test_local_run_writes_the_full_layout(lut: Path, tmp_path: Path) -> None:
     assert state["state"]["next_trial_id"] == 6
     assert (summary.trials, summary.ok, summary.infeasible, summary.failed) == (6, 5, 1, 0)
     metrics = check_best(run, config)
-    assert summary.best["trial_id"] == metrics["trial_id"]
+    assert summary.best.trial_id == metrics["trial_id"]
     assert metrics["latency_ms"] <= config.latency_budget_ms
     assert metrics["params"] > 0 and metrics["macs"] > 0
 
@@ -134,7 +135,7 @@ def test_failed_and_infeasible_trials_are_recorded_and_the_search_goes_on(
     assert "13.900 ms > budget 13.4 ms" in infeasible["reason"]
     assert all(by_arch[i]["status"] == "ok" for i in (0, 3, 4, 6))
     assert (summary.trials, summary.ok, summary.failed, summary.infeasible) == (8, 4, 3, 1)
-    assert summary.best["result"]["accuracy"] == max(by_arch[i]["accuracy"] for i in (0, 3, 4, 6))
+    assert summary.best.result.accuracy == max(by_arch[i]["accuracy"] for i in (0, 3, 4, 6))
 
 
 @pytest.mark.parametrize("killed_after", ["ask", "tell"])
@@ -259,7 +260,7 @@ def test_sigkill_and_resume_finishes_exactly_the_planned_trials(lut: Path, tmp_p
     assert all(r["candidate"]["arch"] == searcher.arch_for(r["trial_id"]).to_dict() for r in records)
     state = json.loads((run / "searcher.json").read_text())
     assert state["told_trial_ids"] == ids and state["state"]["told_ids"] == ids
-    check_best(run, SearchConfig.from_dict(json.loads((run / "config.json").read_text())))
+    check_best(run, SearchConfig.from_dict(RunDirectory(run).read_config()))
 
 
 def test_optuna_strategy_keeps_its_study_in_the_run(lut: Path, tmp_path: Path) -> None:
@@ -281,15 +282,19 @@ def test_optuna_strategy_keeps_its_study_in_the_run(lut: Path, tmp_path: Path) -
 
 def test_trials_file_tolerates_only_a_torn_last_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = RunDirectory(tmp_path)
-    run.append_trial({"trial_id": 0, "result": {"status": "ok"}})
-    run.append_trial({"trial_id": 1, "result": {"status": "ok"}})
+
+    def record(trial_id: int) -> TrialRecord:
+        return TrialRecord(Candidate(trial_id, ARCHS[0]), Result("failed"), reward=0.0, feasible=False)
+
+    run.append_trial(record(0))
+    run.append_trial(record(1))
     with open(run.trials_path, "a") as file:
         file.write('{"trial_id": 2, "resu')  # SIGKILL mid-append
-    assert [r["trial_id"] for r in run.read_trials()] == [0, 1]
+    assert [r.trial_id for r in run.read_trials()] == [0, 1]
     assert "torn last line" in caplog.text
     assert run.repair_trials() == len('{"trial_id": 2, "resu')
-    run.append_trial({"trial_id": 2, "result": {"status": "ok"}})
-    assert [r["trial_id"] for r in run.read_trials()] == [0, 1, 2]
+    run.append_trial(record(2))
+    assert [r.trial_id for r in run.read_trials()] == [0, 1, 2]
     lines = run.trials_path.read_text().splitlines()
     run.trials_path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
     with pytest.raises(ValueError, match=r"trials.jsonl:2: corrupt trial record"):

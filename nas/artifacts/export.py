@@ -53,7 +53,8 @@ from nas.rundir.model_files import (
     load_model_files,
     save,
 )
-from nas.rundir.runinfo import RunInfo, read_run, trial_arch
+from nas.rundir.records import BestMetrics
+from nas.rundir.runinfo import RunInfo, read_run
 from predictors.latency.backends import (
     EXPORT_ATOL,
     EXPORT_RTOL,
@@ -143,11 +144,10 @@ def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
 def _source(info: RunInfo, trial: int | None) -> tuple[Path, str, int | None]:
     """The directory holding the weights to export, a description, and the trial id."""
     best = info.rundir.best_dir
-    best_id = info.best_trial_id
+    best_id = info.best_metrics.trial_id if info.best_metrics is not None else None
     if trial is not None:
-        record = info.trial(trial)  # KeyError naming the known ids
-        arch = trial_arch(record)
-        same = trial == best_id or (best_id is None and info.best_arch is not None and arch is not None
+        arch = info.trial(trial).arch  # UnknownNameError naming the known ids
+        same = trial == best_id or (best_id is None and info.best_arch is not None
                                     and arch.content_hash() == info.best_arch.content_hash())
         if not same:
             held = f"trial {best_id}" if best_id is not None else "the best trial"
@@ -177,8 +177,8 @@ def _load_consistent(best: Path) -> nn.Module:
     after = metrics_path.read_bytes() if metrics_path.is_file() else None
     if after != before:
         raise InputFileError(f"{best} changed while it was read (a new best trial is being saved); export again")
-    recorded = json.loads(before).get("arch_hash")
-    if recorded is not None and recorded != model.spec.content_hash():
+    recorded = BestMetrics.from_json(json.loads(before), str(metrics_path)).arch_hash
+    if recorded != model.spec.content_hash():
         raise ArchMismatchError(f"{metrics_path} names arch_hash {recorded} but {best}/arch.json hashes to "
                                 f"{model.spec.content_hash()}: best/ is inconsistent; `nas search --resume` repairs it")
     return model
@@ -287,7 +287,7 @@ def calibration_inputs(info: RunInfo | None, arch: ArchSpec, kind: str) -> torch
     if kind == "dataset":
         from nas.training.data import load_dataset
 
-        name = info.value("dataset") if info is not None else None
+        name = info.dataset if info is not None else None
         if not isinstance(name, str):
             raise OptionError("--calibration dataset: config.json names no dataset; use --calibration random")
         splits = load_dataset(name, arch.resolution, seed=0)

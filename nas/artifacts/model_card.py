@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from nas.rundir.records import BestMetrics
 from nas.rundir.runinfo import RunInfo
 from search_spaces.build import layer_shapes
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, StemSpec
@@ -135,17 +136,9 @@ def _table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[s
             *("| " + " | ".join(row) + " |" for row in escape)]
 
 
-def _metric(metrics: dict[str, Any], *names: str) -> tuple[float | None, str | None]:
-    flat = {**metrics, **(metrics.get("result") or {} if isinstance(metrics.get("result"), dict) else {})}
-    for name in names:
-        value = flat.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), name
-    return None, None
-
-
-def _percent(value: float | None, key: str | None) -> str:
-    return f"{100 * value:.2f}% (`{key}`)" if value is not None else "not recorded"
+def _percent(metrics: BestMetrics | None, name: str) -> str:
+    value = getattr(metrics, name, None)  # None also when best/ has no metrics.json (yet)
+    return f"{100 * value:.2f}% (`{name}`)" if value is not None else "not recorded"
 
 
 def _ms(value: float | None) -> str:
@@ -157,6 +150,88 @@ def _int8_samples(report: ExportReport) -> str:
     return str(item.details.get("samples", "?")) if item is not None else "no"
 
 
+def _measured_text(report: ExportReport, notes: list[str]) -> str:
+    measured = report.measured_latency
+    if not measured:
+        return "not measured (--no-measure, or no latency table)"
+    if measured.get("table_device") and measured.get("table_device") != measured.get("device"):
+        notes.append(f"latency measured on {measured.get('device')}, the table on {measured.get('table_device')}")
+    return (f"{measured['median_ms']:.4f} ms median (p10 {measured['p10_ms']:.4f}, p90 {measured['p90_ms']:.4f}, "
+            f"{measured['runs']} runs), {measured['backend']} x{measured['threads']} thread(s) on "
+            f"{measured.get('device')} ({measured.get('cpu_model')})")
+
+
+def _summary(info: RunInfo, report: ExportReport, cost: Any, table: LatencyTable | None, predicted: float | None,
+             notes: list[str]) -> list[str]:
+    arch = report.arch
+    meta = table.metadata if table is not None else {}
+    return ["## Summary", "", *_table(["", ""], [
+        ["task", f"image classification, {arch.num_classes} classes"],
+        ["dataset", (f"`{info.dataset or 'not recorded'}` (inputs normalised per channel as "
+                     "`nas.training.data.load_dataset` does)")],
+        ["input", f"1 x {arch.in_channels} x {arch.resolution} x {arch.resolution} (batch axis dynamic in ONNX)"],
+        ["validation accuracy, search trial", _percent(info.best_metrics, "val_accuracy")],
+        ["validation accuracy, final retrain", _percent(info.best_metrics, "final_val_accuracy")],
+        ["test accuracy", _percent(info.best_metrics, "test_accuracy")],
+        ["parameters", f"{cost.params:,}"],
+        ["MACs", f"{cost.macs:,} (conv + linear multiply-adds, `predictors.cost`)"],
+        ["latency, LUT-predicted", f"{_ms(predicted)} ({table.label if table is not None else 'no table'})"],
+        ["latency, measured", _measured_text(report, notes)],
+        ["table device", (", ".join(str(x) for x in (meta.get("device"), meta.get("cpu_model")) if x) or "n/a")
+                         + f" (backend {meta.get('backend', 'n/a')} x{meta.get('threads', '?')} thread(s))"],
+    ]), ""]
+
+
+def _search(info: RunInfo) -> list[str]:
+    counts = {status: info.count([status]) for status in ("ok", "infeasible", "failed")}
+    return ["## Search", "", *_table(["", ""], [
+        ["space", info.space or "not recorded"],
+        ["strategy", info.strategy or "not recorded"],
+        ["latency budget", f"{info.budget_ms:g} ms ({info.constraint or 'constraint not recorded'})"
+                           if info.budget_ms is not None else "not recorded"],
+        ["trial budget", str(info.planned_trials or "not recorded")],
+        ["trials finished", (f"{len(info.trials)} ({counts['ok']} ok, {counts['infeasible']} infeasible, "
+                             f"{counts['failed']} failed)")],
+    ]), ""]
+
+
+def _architecture(arch: ArchSpec, cost: Any, per_layer_ms: dict[str, float] | None) -> list[str]:
+    per_layer_cost = {layer.name: (layer.params, layer.macs) for layer in cost.per_layer}
+    return ["## Architecture", "",
+            ("Stages group consecutive blocks of one op and width (a stride-2 block starts a new one). Expansion is "
+             "the ratio (inner channels); params, MACs and LUT latency are per layer."), "",
+            *_table(ROW_COLUMNS, architecture_rows(arch, per_layer_cost, per_layer_ms)), "",
+            "Blocks as strings: " + ", ".join(f"`{text}`" for text in arch.block_strings()), ""]
+
+
+def _exported_files(report: ExportReport) -> list[str]:
+    return ["## Exported files", "",
+            (f"ONNX opset {report.opset}; verification inputs: seeded N(0,1) images at batch 2 (the ONNX models were "
+             f"exported at batch 1 with a dynamic batch axis). int8: uniform 8-bit weights and activations, BN folded, "
+             f"calibrated on {report.calibration} inputs, checked on {_int8_samples(report)} inputs against the "
+             "fake-quantized PyTorch model, relative to the quantization error max |fake-quant - float| "
+             "(`compress.quantize_export`)."), "",
+            *_table(["format", "file", "size", "verified by", "tolerance", "max observed |diff|"], [
+                [item.format, f"`{item.path.name}`", f"{item.size_bytes:,} B", item.criterion,
+                 ", ".join(f"{k}={v:g}" for k, v in item.tolerance.items()) or "exact", f"{item.max_abs_diff:.3g}"
+                 + (f" ({item.details['relative']:.2f} x the quantization error; top-1 vs fp32 "
+                    f"{100 * item.details['top1_agreement_fp32']:.0f}%)"
+                    if item.format == "onnx-int8" else "")]
+                for item in report.formats
+            ]), ""]
+
+
+def _how_to_load(report: ExportReport) -> list[str]:
+    arch = report.arch
+    return ["## How to load", "", "```python",
+            "import torch, nas.artifacts.export   # load() rebuilds from arch.json + weights.safetensors: no pickle",
+            f"model = nas.artifacts.export.load(\"{_relative(report.out_dir, Path.cwd())}\")  # checks arch hash, shapes, digests",
+            f"logits = model(torch.randn(1, {arch.in_channels}, {arch.resolution}, {arch.resolution}))  # eval mode",
+            "```", "",
+            ("TorchScript (`model.torchscript.pt`) is a pickle: load it only if you made it yourself. `nas load` never "
+             "opens it."), ""]
+
+
 def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, table: LatencyTable | None) -> Path:
     """Write MODEL_CARD.md into the export directory and return its path."""
     from predictors.cost import count
@@ -164,7 +239,6 @@ def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, tabl
 
     arch = report.arch
     cost = count(model)
-    per_layer_cost = {layer.name: (layer.params, layer.macs) for layer in cost.per_layer}
     notes = list(info.notes)
     per_layer_ms, predicted = None, None
     if table is not None:
@@ -173,83 +247,17 @@ def write_model_card(info: RunInfo, report: ExportReport, model: nn.Module, tabl
             predicted = table.predict(arch)
         except MissingEntriesError as error:
             notes.append(f"the latency table lacks {len(error.keys)} layer(s) of this model: no LUT prediction")
-    metrics = info.best_metrics or {}
-    search_val, search_key = _metric(metrics, "val_accuracy", "accuracy")
-    final_val, final_key = _metric(metrics, "final_val_accuracy")
-    test, test_key = _metric(metrics, "test_accuracy")
-    shape = f"1 x {arch.in_channels} x {arch.resolution} x {arch.resolution} (batch axis dynamic in ONNX)"
-    meta = table.metadata if table is not None else {}
-    measured = report.measured_latency
-    if measured:
-        measured_text = (f"{measured['median_ms']:.4f} ms median (p10 {measured['p10_ms']:.4f}, p90 "
-                         f"{measured['p90_ms']:.4f}, {measured['runs']} runs), {measured['backend']} x"
-                         f"{measured['threads']} thread(s) on {measured.get('device')} ({measured.get('cpu_model')})")
-        if measured.get("table_device") and measured.get("table_device") != measured.get("device"):
-            notes.append(f"latency measured on {measured.get('device')}, the table on {measured.get('table_device')}")
-    else:
-        measured_text = "not measured (--no-measure, or no latency table)"
-    counts = {status: info.count([status]) for status in ("ok", "infeasible", "failed")}
-    budget = info.budget_ms
-    title = arch.name or info.name
     lines = [
-        f"# Model card: {title}", "",
+        f"# Model card: {arch.name or info.name}", "",
         f"Exported from run `{info.name}`, {report.source}; architecture hash `{arch.content_hash()}`.", "",
-        "## Summary", "",
-        *_table(["", ""], [
-            ["task", f"image classification, {arch.num_classes} classes"],
-            ["dataset", (f"`{info.value('dataset') or 'not recorded'}` (inputs normalised per channel as "
-                         "`nas.training.data.load_dataset` does)")],
-            ["input", shape],
-            ["validation accuracy, search trial", _percent(search_val, search_key)],
-            ["validation accuracy, final retrain", _percent(final_val, final_key)],
-            ["test accuracy", _percent(test, test_key)],
-            ["parameters", f"{cost.params:,}"],
-            ["MACs", f"{cost.macs:,} (conv + linear multiply-adds, `predictors.cost`)"],
-            ["latency, LUT-predicted", f"{_ms(predicted)} ({table.label if table is not None else 'no table'})"],
-            ["latency, measured", measured_text],
-            ["table device", (", ".join(str(x) for x in (meta.get("device"), meta.get("cpu_model")) if x) or "n/a")
-                             + f" (backend {meta.get('backend', 'n/a')} x{meta.get('threads', '?')} thread(s))"],
-        ]), "",
-        "## Search", "",
-        *_table(["", ""], [
-            ["space", str(info.value("space") or "not recorded")],
-            ["strategy", str(info.value("strategy") or "not recorded")],
-            ["latency budget", f"{budget:g} ms ({info.value('constraint') or 'constraint not recorded'})"
-                               if budget is not None else "not recorded"],
-            ["trial budget", str(info.value("trials") or "not recorded")],
-            ["trials finished", (f"{len(info.trials)} ({counts['ok']} ok, {counts['infeasible']} infeasible, "
-                                 f"{counts['failed']} failed)")],
-        ]), "",
+        *_summary(info, report, cost, table, predicted, notes),
+        *_search(info),
         "## Compression policy", "",
         *_policy_lines(find_policies(info.rundir.best_dir, report.out_dir), info.path), "",
-        *_variant_lines(info.path), 
-        "## Architecture", "",
-        ("Stages group consecutive blocks of one op and width (a stride-2 block starts a new one). Expansion is "
-         "the ratio (inner channels); params, MACs and LUT latency are per layer."), "",
-        *_table(ROW_COLUMNS, architecture_rows(arch, per_layer_cost, per_layer_ms)), "",
-        "Blocks as strings: " + ", ".join(f"`{text}`" for text in arch.block_strings()), "",
-        "## Exported files", "",
-        (f"ONNX opset {report.opset}; verification inputs: seeded N(0,1) images at batch 2 (the ONNX models were "
-         f"exported at batch 1 with a dynamic batch axis). int8: uniform 8-bit weights and activations, BN folded, "
-         f"calibrated on {report.calibration} inputs, checked on {_int8_samples(report)} inputs against the "
-        "fake-quantized PyTorch model, relative to the quantization error max |fake-quant - float| "
-        "(`compress.quantize_export`)."), "",
-        *_table(["format", "file", "size", "verified by", "tolerance", "max observed |diff|"], [
-            [item.format, f"`{item.path.name}`", f"{item.size_bytes:,} B", item.criterion,
-             ", ".join(f"{k}={v:g}" for k, v in item.tolerance.items()) or "exact", f"{item.max_abs_diff:.3g}"
-             + (f" ({item.details['relative']:.2f} x the quantization error; top-1 vs fp32 "
-                f"{100 * item.details['top1_agreement_fp32']:.0f}%)"
-                if item.format == "onnx-int8" else "")]
-            for item in report.formats
-        ]), "",
-        "## How to load", "",
-        "```python",
-        "import torch, nas.artifacts.export   # load() rebuilds from arch.json + weights.safetensors: no pickle",
-        f"model = nas.artifacts.export.load(\"{_relative(report.out_dir, Path.cwd())}\")  # checks arch hash, shapes, digests",
-        f"logits = model(torch.randn(1, {arch.in_channels}, {arch.resolution}, {arch.resolution}))  # eval mode",
-        "```", "",
-        ("TorchScript (`model.torchscript.pt`) is a pickle: load it only if you made it yourself. `nas load` never "
-         "opens it."), "",
+        *_variant_lines(info.path),
+        *_architecture(arch, cost, per_layer_ms),
+        *_exported_files(report),
+        *_how_to_load(report),
     ]
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]

@@ -23,15 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.strategies.objective import pareto_front
-from nas.rundir.runinfo import (
-    RunInfo,
-    read_run,
-    trial_accuracy,
-    trial_arch,
-    trial_feasible,
-    trial_latency,
-    trial_status,
-)
+from nas.rundir.records import TrialRecord
+from nas.rundir.runinfo import RunInfo, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -61,31 +54,31 @@ def _empty(ax: Any, message: str) -> None:
             wrap=True)
 
 
-def _trained(info: RunInfo) -> list[dict[str, Any]]:
-    return [r for r in info.trials if trial_accuracy(r) is not None and trial_latency(r) is not None]
+def _points(records: list[TrialRecord]) -> tuple[list[float], list[float]]:  # x: latency, y: accuracy %
+    return [r.result.latency_ms for r in records], [100 * r.result.accuracy for r in records]
 
 
 def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
     figure = _figure(9.0, 4.8)  # wide: the legend sits outside the axes, clear of the points
     ax = figure.add_subplot()
     budget = info.budget_ms
-    trained = _trained(info)
-    feasible = [r for r in trained if trial_feasible(r, budget)]
-    over = [r for r in trained if not trial_feasible(r, budget)]
-    untrained = [r for r in info.trials if trial_accuracy(r) is None and trial_status(r) == "infeasible"
-                 and trial_latency(r) is not None]
+    trained = [r for r in info.trials if r.result.accuracy is not None and r.result.latency_ms is not None]
+    feasible = [r for r in trained if r.feasible]
+    over = [r for r in trained if not r.feasible]
+    untrained = [r for r in info.trials if r.result.accuracy is None and r.result.status == "infeasible"
+                 and r.result.latency_ms is not None]
     failed = info.count(["failed"])
     ax.set_title(f"{info.name}: accuracy vs predicted latency ({len(info.trials)} trials)")
     ax.set_xlabel("LUT-predicted latency (ms)")
     ax.set_ylabel("validation accuracy (%)")
     if feasible:
-        ax.scatter([trial_latency(r) for r in feasible], [100 * trial_accuracy(r) for r in feasible], s=28,
+        ax.scatter(*_points(feasible), s=28,
                    color="#1f77b4", alpha=0.8, label=f"feasible ({len(feasible)})", zorder=3)
     if over:
-        ax.scatter([trial_latency(r) for r in over], [100 * trial_accuracy(r) for r in over], s=34, marker="x",
+        ax.scatter(*_points(over), s=34, marker="x",
                    color="#d62728", label=f"over budget, trained ({len(over)})", zorder=3)
     if trained:
-        points = [(trial_accuracy(r), trial_latency(r)) for r in trained]
+        points = [(r.result.accuracy, r.result.latency_ms) for r in trained]
         front = sorted((points[i] for i in pareto_front(points)), key=lambda p: p[1])
         # the attainment staircase runs on to the slowest trial, so a one-point front still shows a line
         right = max(p[1] for p in points)
@@ -94,13 +87,13 @@ def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
         ax.plot([p[1] for p in front], [100 * p[0] for p in front], "o", markerfacecolor="none", markersize=9,
                 color="#2ca02c", zorder=6)
         ax.plot([], [], "-o", color="#2ca02c", markerfacecolor="none", label=f"Pareto front ({len(front)})")
-        leader = max(feasible, key=trial_accuracy) if feasible else None
+        leader = max(feasible, key=lambda r: r.result.accuracy) if feasible else None
         if leader is not None:
-            ax.scatter([trial_latency(leader)], [100 * trial_accuracy(leader)], s=160, marker="*", color="#ffbf00",
-                       edgecolor="black", label=f"best feasible (trial {leader.get('trial_id')})", zorder=5)
+            ax.scatter(*_points([leader]), s=160, marker="*", color="#ffbf00",
+                       edgecolor="black", label=f"best feasible (trial {leader.trial_id})", zorder=5)
     if untrained:
         # no accuracy: a tick along the bottom edge shows where their latencies fell
-        ax.plot([trial_latency(r) for r in untrained], [0.01] * len(untrained), "|", color="#d62728",
+        ax.plot([r.result.latency_ms for r in untrained], [0.01] * len(untrained), "|", color="#d62728",
                 markersize=14, transform=ax.get_xaxis_transform(), label=f"infeasible, not trained ({len(untrained)})")
     if budget is not None:
         ax.axvline(budget, color="black", linestyle="--", linewidth=1.2, label=f"budget {budget:g} ms")
@@ -119,28 +112,27 @@ def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
 def plot_progress(info: RunInfo, path: Path) -> None:
     figure = _figure(9.0, 4.8)
     ax = figure.add_subplot()
-    budget = info.budget_ms
-    records = sorted((r for r in info.trials if isinstance(r.get("trial_id"), int)), key=lambda r: r["trial_id"])
+    records = sorted(info.trials, key=lambda r: r.trial_id)
     ax.set_title(f"{info.name}: best feasible accuracy so far")
     ax.set_xlabel("trial id")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
-    trained = [r for r in records if trial_accuracy(r) is not None]
+    trained = [r for r in records if r.result.accuracy is not None]
     for over, style in ((False, {"color": "#888888", "marker": "o", "label": "trained trial, feasible"}),
                         (True, {"color": "#d62728", "marker": "x", "label": "trained trial, over budget"})):
-        chosen = [r for r in trained if trial_feasible(r, budget) != over]
+        chosen = [r for r in trained if r.feasible != over]
         if chosen:
-            ax.scatter([r["trial_id"] for r in chosen], [100 * trial_accuracy(r) for r in chosen], s=18, zorder=2,
+            ax.scatter([r.trial_id for r in chosen], [100 * r.result.accuracy for r in chosen], s=18, zorder=2,
                        **style)
     xs, ys, best = [], [], None
     for record in records:
-        accuracy = trial_accuracy(record)
-        if accuracy is not None and trial_feasible(record, budget) and (best is None or accuracy > best):
+        accuracy = record.result.accuracy
+        if accuracy is not None and record.feasible and (best is None or accuracy > best):
             best = accuracy
         if best is not None:
-            xs.append(record["trial_id"])
+            xs.append(record.trial_id)
             ys.append(100 * best)
     if xs:
         ax.step(xs, ys, where="post", color="#1f77b4", linewidth=2, label="best feasible so far", zorder=3)
@@ -196,12 +188,11 @@ def plot_layer_latency(info: RunInfo, path: Path) -> str:
     return caption
 
 
-def top_trials(info: RunInfo, limit: int = 10) -> list[dict[str, Any]]:
+def top_trials(info: RunInfo, limit: int = 10) -> list[TrialRecord]:
     """Trained trials, feasible first, by accuracy (then by lower latency)."""
-    budget = info.budget_ms
-    trained = [r for r in info.trials if trial_accuracy(r) is not None]
-    trained.sort(key=lambda r: (not trial_feasible(r, budget), -(trial_accuracy(r) or 0.0),
-                                trial_latency(r) if trial_latency(r) is not None else float("inf")))
+    trained = [r for r in info.trials if r.result.accuracy is not None]
+    trained.sort(key=lambda r: (not r.feasible, -r.result.accuracy,
+                                r.result.latency_ms if r.result.latency_ms is not None else float("inf")))
     return trained[:limit]
 
 
@@ -212,16 +203,13 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def _trial_rows(info: RunInfo) -> str:
     rows = []
     for record in top_trials(info):
-        result = record.get("result") if isinstance(record.get("result"), dict) else record
-        arch = trial_arch(record)
-        accuracy = trial_accuracy(record)
+        result = record.result
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-            _cell(record.get("trial_id")), _cell(trial_status(record)),
-            "yes" if trial_feasible(record, info.budget_ms) else "no",
-            _cell(100 * accuracy if accuracy is not None else None, "{:.2f}"),
-            _cell(trial_latency(record), "{:.4f}"), _cell(record.get("reward"), "{:.4f}"),
-            _cell(result.get("params"), "{:,}"), _cell(result.get("macs"), "{:,}"),
-            f"<code>{html.escape(' '.join(arch.block_strings()))}</code>" if arch else "-",
+            _cell(record.trial_id), _cell(result.status), "yes" if record.feasible else "no",
+            _cell(100 * result.accuracy, "{:.2f}"),
+            _cell(result.latency_ms, "{:.4f}"), _cell(record.reward, "{:.4f}"),
+            _cell(result.params, "{:,}"), _cell(result.macs, "{:,}"),
+            f"<code>{html.escape(' '.join(record.arch.block_strings()))}</code>",
         )) + "</tr>")
     return "\n".join(rows) or '<tr><td colspan="9">no trained trial yet</td></tr>'
 
@@ -229,13 +217,12 @@ def _trial_rows(info: RunInfo) -> str:
 def _index_html(info: RunInfo, figures: list[Path], layer_caption: str) -> str:
     counts = {status: info.count([status]) for status in ("ok", "infeasible", "failed")}
     budget = info.budget_ms
-    planned = info.value("trials")
-    done = isinstance(planned, int) and len(info.trials) >= planned
+    done = info.planned_trials is not None and len(info.trials) >= info.planned_trials
     state = "search finished" if done else "in progress, or stopped early (`nas search --resume` continues it)"
     summary = [
-        ("strategy", info.value("strategy")), ("space", info.value("space")), ("dataset", info.value("dataset")),
+        ("strategy", info.strategy), ("space", info.space), ("dataset", info.dataset),
         ("latency budget", f"{budget:g} ms" if budget is not None else None),
-        ("trials", (f"{len(info.trials)} finished of {info.value('trials') or '?'}: {counts['ok']} ok, "
+        ("trials", (f"{len(info.trials)} finished of {info.planned_trials or '?'}: {counts['ok']} ok, "
                     f"{counts['infeasible']} infeasible, {counts['failed']} failed")),
         ("state", state), ("best", info.best_or_leader()[1]),
     ]

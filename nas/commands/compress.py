@@ -38,6 +38,7 @@ class Source:
 
 
 def read_source(source: str, weights: Path | None = None, *, need_weights: bool) -> Source:
+    from nas.rundir.files import RunDirectory
     from nas.rundir.model_files import ARCH_FILE, load
 
     if source.startswith("zoo:"):
@@ -48,7 +49,7 @@ def read_source(source: str, weights: Path | None = None, *, need_weights: bool)
     if (path / "config.json").is_file() and (path / "best").is_dir():
         path = path / "best"
     run_dir = path.parent if (path.parent / "config.json").is_file() else None
-    config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
+    config = RunDirectory(run_dir).read_config() if run_dir else {}
     has_weights = weights is not None or (path.is_dir() and (path / "weights.safetensors").is_file())
     if has_weights:
         model = load(path, weights)

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nas.rundir.records import BestMetrics
 from nas.commands.common import fail_on_user_error
 from nas.rundir.files import RunDirError
 from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of, refuse_on_resume
@@ -152,7 +153,7 @@ search = fail_on_user_error(_with_setting_options(search))
 
 
 def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: dict[str, Any] | None = None,
-                   final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                   final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None) -> BestMetrics | None:
     """Search, then retrain / test / measure the winner, print it and save it under best/."""
     import logging
 
@@ -172,19 +173,19 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     if demo_info:
         from nas.rundir.files import RunDirectory
 
-        metrics = RunDirectory(summary.run_dir).update_best_metrics({"demo": demo_info})
+        metrics = RunDirectory(summary.run_dir).update_best_metrics(extra={**metrics.extra, "demo": demo_info})
     _print_best(summary.run_dir, metrics)
     return metrics
 
 
-def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any]:
+def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> BestMetrics:
     from nas.rundir.files import RunDirectory
     from nas.search.runner import finalize_best
     from predictors.latency import LatencyTable, LocalMeasurer
 
     directory = RunDirectory(run_dir)
     if final_epochs == 0:
-        return directory.read_best_metrics() or {}
+        return directory.read_best_metrics(required=True)
     table = LatencyTable.load(SearchConfig.from_dict(directory.read_config()).lut_path)
     backend, threads = table.metadata.get("backend", "onnxruntime"), int(table.metadata.get("threads", 1))
     try:
@@ -197,11 +198,11 @@ def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> dict[str, Any
     return finalize_best(run_dir, epochs=final_epochs, measurer=measurer, progress=progress)
 
 
-def _print_best(run_dir: Path, metrics: dict[str, Any]) -> None:
+def _print_best(run_dir: Path, metrics: BestMetrics) -> None:
     from nas.rundir.files import RunDirectory
 
     arch = RunDirectory(run_dir).read_best_arch()
-    console.print(f"[bold]best architecture[/] (trial {metrics.get('trial_id')}, {run_dir / 'best'}):")
+    console.print(f"[bold]best architecture[/] (trial {metrics.trial_id}, {run_dir / 'best'}):")
     console.print(f"  stem {arch.stem.out_channels}ch s{arch.stem.stride} -> " + " -> ".join(arch.block_strings())
                   + f" -> head {arch.head.conv_channels or arch.final_channels}ch, {arch.num_classes} classes "
                   f"@ {arch.resolution}px", highlight=False)
@@ -210,14 +211,14 @@ def _print_best(run_dir: Path, metrics: dict[str, Any]) -> None:
     def row(label: str, value: Any, fmt: str = "{}") -> None:
         table.add_row(label, "-" if value is None else fmt.format(value))
 
-    row("val accuracy (search)", metrics.get("val_accuracy"), "{:.4f}")
-    row("val accuracy (final)", metrics.get("final_val_accuracy"), "{:.4f}")
-    row("test accuracy (final)", metrics.get("test_accuracy"), "{:.4f}")
-    row("params", metrics.get("params"), "{:,}")
-    row("MACs", metrics.get("macs"), "{:,}")
-    row("latency budget", metrics.get("latency_budget_ms"), "{:.3f} ms")
-    predicted = metrics.get("predicted_latency_ms", metrics.get("latency_ms"))
-    measured = metrics.get("measured_latency_ms")
+    row("val accuracy (search)", metrics.val_accuracy, "{:.4f}")
+    row("val accuracy (final)", metrics.final_val_accuracy, "{:.4f}")
+    row("test accuracy (final)", metrics.test_accuracy, "{:.4f}")
+    row("params", metrics.params, "{:,}")
+    row("MACs", metrics.macs, "{:,}")
+    row("latency budget", metrics.latency_budget_ms, "{:.3f} ms")
+    predicted = metrics.latency_ms if metrics.predicted_latency_ms is None else metrics.predicted_latency_ms
+    measured = metrics.measured_latency_ms
     row("latency predicted (table)", predicted, "{:.3f} ms")
     row("latency measured (end to end)", measured, "{:.3f} ms")
     if predicted and measured:
@@ -291,5 +292,6 @@ def demo(
             "threads": torch.get_num_threads()}
     metrics = run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, demo_info=info)
     wall = time.perf_counter() - started
-    write_json_atomic(directory.path / "demo.json", {**info, "wall_time_s": round(wall, 1), "best": metrics})
+    write_json_atomic(directory.path / "demo.json", {**info, "wall_time_s": round(wall, 1),
+                                                     "best": metrics and metrics.to_json()})
     console.print(f"demo finished in {wall / 60:.1f} min (table {lut_s:.0f} s); results in {directory.path}")

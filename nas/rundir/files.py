@@ -4,9 +4,9 @@ finished trial.
 Layout (``runs/<name>/``)::
 
     config.json      everything needed to reproduce or resume (a `SearchConfig` as JSON)
-    trials.jsonl     one JSON object per finished trial, appended, flushed and fsync'ed
-    searcher.json    {"strategy", "told_trial_ids", "state", "saved_at"}, replaced atomically
-    best/            arch.json, weights.safetensors, metrics.json of the best feasible trial
+    trials.jsonl     one `TrialRecord` per finished trial, appended, flushed and fsync'ed
+    searcher.json    {format, schema_version, strategy, told_trial_ids, state, saved_at}, replaced atomically
+    best/            arch.json, weights.safetensors, metrics.json (`BestMetrics`) of the best feasible trial
     study.db         Optuna storage, for the Optuna strategies (optuna-dashboard reads it)
     ray_results/     Ray Tune's own files, for runs on Ray
 
@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ import torch
 
 from nas.rundir.atomic import json_safe, now_iso, write_atomically, write_json_atomic
 from nas.rundir.model_files import WeightsError, read_header, verify_digests, weights_payload
-from search_spaces.errors import InputFileError, UserError
+from nas.rundir.records import SCHEMA_KEY, BestMetrics, RunDirError, TrialRecord, check_version
+from search_spaces.errors import InputFileError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -39,17 +41,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunDirError", "RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
 
 SEARCHER_FORMAT = "hwnas-searcher-state"
+# config.json and searcher.json hold others' data (SearchConfig, a strategy's state) in this envelope
+CONFIG_VERSION = SEARCHER_VERSION = 1
 
 
-class RunDirError(UserError, ValueError):
-    """A run directory is missing, corrupt, of another schema version, or already in use."""
-
-
-def _read_json(path: Path, what: str) -> Any:
+def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunDirError(f"{path}: corrupt {what} (not valid JSON: {error})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: corrupt {what} (expected a JSON object, got {type(data).__name__})")
+    return data
 
 
 class RunDirectory:
@@ -63,39 +66,19 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.config_path, self.trials_path = self.path / self.CONFIG, self.path / self.TRIALS
+        self.searcher_path, self.study_path = self.path / self.SEARCHER, self.path / self.STUDY
+        self.best_dir = self.path / self.BEST
+        self.best_weights_path = self.best_dir / "weights.safetensors"
+        self.ray_results = self.path / "ray_results"
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
-
-    # -- paths -------------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def trials_path(self) -> Path:
-        return self.path / self.TRIALS
-
-    @property
-    def searcher_path(self) -> Path:
-        return self.path / self.SEARCHER
-
-    @property
-    def best_dir(self) -> Path:
-        return self.path / self.BEST
-
-    @property
-    def study_path(self) -> Path:
-        return self.path / self.STUDY
 
     @property
     def optuna_storage(self) -> str:
         """SQLAlchemy URL of the Optuna study: absolute, so it works from any working directory."""
         return f"sqlite:///{self.study_path.resolve()}"
-
-    @property
-    def ray_results(self) -> Path:
-        return self.path / "ray_results"
 
     # -- config ------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -103,20 +86,20 @@ class RunDirectory:
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.config_path, config)
+        write_json_atomic(self.config_path, {SCHEMA_KEY: CONFIG_VERSION, **config})
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise InputFileError(f"{self.path} is not a search run: {self.CONFIG} is missing")
         data = _read_json(self.config_path, "run config")
-        if not isinstance(data, dict):
-            raise RunDirError(f"{self.config_path}: expected a JSON object, got {type(data).__name__}")
+        check_version(data, CONFIG_VERSION, str(self.config_path))
+        data.pop(SCHEMA_KEY, None)
         return data
 
     # -- trials ------------------------------------------------------------------------------------
-    def append_trial(self, record: dict[str, Any]) -> None:
+    def append_trial(self, record: TrialRecord) -> None:
         """One line, durable before returning: the trial counts as finished from then on."""
-        line = json.dumps(json_safe(record), allow_nan=False, separators=(",", ":"))
+        line = json.dumps(json_safe(record.to_json()), allow_nan=False, separators=(",", ":"))
         if "\n" in line:
             raise ValueError("a trial record must serialise to one line")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -125,14 +108,14 @@ class RunDirectory:
             file.flush()
             os.fsync(file.fileno())
 
-    def read_trials(self) -> list[dict[str, Any]]:
+    def read_trials(self) -> list[TrialRecord]:
         """Every finished trial, in file order. A torn last line (killed mid-append) is skipped
         with a warning; a corrupt line anywhere else is an error naming its line number."""
         if not self.trials_path.is_file():
             return []
         raw = self.trials_path.read_bytes()
         lines = raw.split(b"\n")
-        records: list[dict[str, Any]] = []
+        records: list[TrialRecord] = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -151,7 +134,7 @@ class RunDirectory:
                 # complete JSON but no newline: the fsync did not finish, so it never counted
                 logger.warning("%s: ignoring an unterminated last line", self.trials_path)
                 continue
-            records.append(record)
+            records.append(TrialRecord.from_json(record, f"{self.trials_path}:{number}"))
         return records
 
     def repair_trials(self) -> int:
@@ -177,6 +160,7 @@ class RunDirectory:
     def write_searcher_state(self, strategy: str, state: dict[str, Any], told_trial_ids: list[int]) -> None:
         write_json_atomic(self.searcher_path, {
             "format": SEARCHER_FORMAT,
+            SCHEMA_KEY: SEARCHER_VERSION,
             "strategy": strategy,
             "saved_at": now_iso(),
             # which finished trials this state has learned from: the replay on resume tells the
@@ -189,16 +173,13 @@ class RunDirectory:
         if not self.searcher_path.is_file():
             return None
         data = _read_json(self.searcher_path, "searcher state")
-        if not isinstance(data, dict) or data.get("format") != SEARCHER_FORMAT:
+        if data.get("format") != SEARCHER_FORMAT:
             raise RunDirError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
+        check_version(data, SEARCHER_VERSION, str(self.searcher_path))
         return data
 
     # -- best ----------------------------------------------------------------------------------------
-    @property
-    def best_weights_path(self) -> Path:
-        return self.best_dir / "weights.safetensors"
-
-    def write_best(self, arch: ArchSpec, metrics: dict[str, Any], *,
+    def write_best(self, arch: ArchSpec, metrics: BestMetrics, *,
                    state_dict: dict[str, torch.Tensor] | None = None,
                    weights_file: str | os.PathLike | None = None) -> None:
         """Weights first, then arch.json, then metrics.json: metrics.json names the trial, so a
@@ -213,13 +194,15 @@ class RunDirectory:
         else:
             self.best_weights_path.unlink(missing_ok=True)
         write_json_atomic(self.best_dir / "arch.json", arch.to_dict())
-        write_json_atomic(self.best_dir / "metrics.json", metrics)
+        write_json_atomic(self.best_dir / "metrics.json", metrics.to_json())
 
-    def read_best_metrics(self) -> dict[str, Any] | None:
+    def read_best_metrics(self, *, required: bool = False) -> BestMetrics | None:
         path = self.best_dir / "metrics.json"
-        if not path.is_file():
-            return None
-        return _read_json(path, "best metrics")
+        if path.is_file():
+            return BestMetrics.from_json(_read_json(path, "best metrics"), str(path))
+        if required:  # written last: a kill while best/ was being saved; the resume rewrites it
+            raise RunDirError(f"{path} is missing; `nas search --resume` repairs best/")
+        return None
 
     def read_best_arch(self) -> ArchSpec:
         path = self.best_dir / "arch.json"
@@ -227,9 +210,10 @@ class RunDirectory:
             raise InputFileError(f"{path} does not exist: the run has no feasible trial yet")
         return ArchSpec.from_dict(_read_json(path, "architecture"))
 
-    def update_best_metrics(self, changes: dict[str, Any]) -> dict[str, Any]:
-        metrics = {**(self.read_best_metrics() or {}), **changes}
-        write_json_atomic(self.best_dir / "metrics.json", metrics)
+    def update_best_metrics(self, **changes: Any) -> BestMetrics:
+        """metrics.json with `changes` (BestMetrics fields); best/'s other files stay as they are."""
+        metrics = replace(self.read_best_metrics(required=True), **changes)
+        write_json_atomic(self.best_dir / "metrics.json", metrics.to_json())
         return metrics
 
     def clear(self) -> None:

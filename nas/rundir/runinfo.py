@@ -2,106 +2,29 @@
 
 The runner owns the run directory and writes it (`nas.rundir.files.RunDirectory`); this module only
 reads it, and tolerates a run that is still going: trials.jsonl may end in a torn line (skipped by
-`RunDirectory.read_trials`), best/ and searcher.json may not exist yet. Trial records are read
-defensively (`trial_*` accessors) because only a few fields are guaranteed: ``trial_id``,
-``candidate.arch`` and ``result.status``; everything else may be missing or null.
+`RunDirectory.read_trials`), best/ and searcher.json may not exist yet.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces.errors import InputFileError, UnknownNameError
 from nas.rundir.files import RunDirectory
-from search_spaces.spec import ArchSpec, SpecError
+from nas.rundir.records import BestMetrics, TrialRecord
+from search_spaces.errors import InputFileError, UnknownNameError
+from search_spaces.spec import ArchSpec
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "RunInfo", "config_value", "read_run", "trial_accuracy", "trial_arch", "trial_feasible", "trial_latency",
-    "trial_result", "trial_status",
-]
-
-# Config keys by meaning, in order of preference; looked up at any depth of config.json, so the
-# runner may nest them (e.g. {"objective": {"latency_budget_ms": 6}}) without breaking readers.
-CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "lut": ("lut", "lut_path", "table", "table_path", "latency_table"),
-    "budget_ms": ("latency_budget_ms", "budget_ms", "latency_budget"),
-    "strategy": ("strategy", "searcher"),
-    "trials": ("trials", "n_trials", "max_trials", "num_trials"),
-    "dataset": ("dataset", "data"),
-    "space": ("space", "search_space"),
-    "constraint": ("constraint",),
-    "seed": ("seed",),
-}
+__all__ = ["RunInfo", "read_run"]
 
 
-def config_value(config: dict[str, Any], meaning: str) -> Any:
-    """The first non-empty scalar under any of `CONFIG_KEYS[meaning]`, breadth first; None if absent."""
-    names = CONFIG_KEYS[meaning]
-    queue: list[Any] = [config]
-    while queue:
-        node = queue.pop(0)
-        if isinstance(node, dict):
-            for name in names:
-                value = node.get(name)
-                if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
-                    return value
-            queue.extend(value for value in node.values() if isinstance(value, (dict, list)))
-        elif isinstance(node, list):
-            queue.extend(value for value in node if isinstance(value, (dict, list)))
-    return None
-
-
-def trial_result(record: dict[str, Any]) -> dict[str, Any]:
-    result = record.get("result")
-    return result if isinstance(result, dict) else record
-
-
-def trial_status(record: dict[str, Any]) -> str:
-    return str(trial_result(record).get("status", "ok"))
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def trial_accuracy(record: dict[str, Any]) -> float | None:
-    return _finite(trial_result(record).get("accuracy"))
-
-
-def trial_latency(record: dict[str, Any]) -> float | None:
-    """The table-predicted latency (what the search optimised); None when unknown."""
-    return _finite(trial_result(record).get("latency_ms"))
-
-
-def trial_feasible(record: dict[str, Any], budget_ms: float | None) -> bool:
-    """The runner's verdict when recorded, else: ok, with an accuracy, within the budget."""
-    if isinstance(record.get("feasible"), bool):
-        return record["feasible"]
-    latency = trial_latency(record)
-    within = budget_ms is None or (latency is not None and latency <= budget_ms)
-    return trial_status(record) == "ok" and trial_accuracy(record) is not None and within
-
-
-def trial_arch(record: dict[str, Any]) -> ArchSpec | None:
-    candidate = record.get("candidate")
-    data = candidate.get("arch") if isinstance(candidate, dict) else record.get("arch")
-    if not isinstance(data, dict):
-        return None
-    try:
-        return ArchSpec.from_dict(data)
-    except SpecError as error:
-        logger.warning("trial %s: unreadable architecture (%s)", record.get("trial_id"), error)
-        return None
+def _setting(config: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    # a hand-written or foreign config.json may lack a SearchConfig field: the reader says "not recorded"
+    value = config.get(name)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -109,12 +32,21 @@ class RunInfo:
     """Everything `export` and `report` read from a run, loaded once."""
 
     path: Path
-    config: dict[str, Any]
-    trials: list[dict[str, Any]]
+    config: dict[str, Any]  # config.json: a `SearchConfig`'s fields
+    trials: list[TrialRecord]
     best_arch: ArchSpec | None = None
-    best_metrics: dict[str, Any] | None = None
+    best_metrics: BestMetrics | None = None
     searcher: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable, for the reader
+
+    def __post_init__(self) -> None:
+        self.space: str | None = _setting(self.config, "space", str)
+        self.strategy: str | None = _setting(self.config, "strategy", str)
+        self.dataset: str | None = _setting(self.config, "dataset", str)
+        self.constraint: str | None = _setting(self.config, "constraint", str)
+        self.lut: str | None = _setting(self.config, "lut_path", str)
+        self.planned_trials: int | None = _setting(self.config, "trials", int)
+        self.budget_ms: float | None = _setting(self.config, "latency_budget_ms", (int, float))
 
     @property
     def name(self) -> str:
@@ -124,54 +56,38 @@ class RunInfo:
     def rundir(self) -> RunDirectory:
         return RunDirectory(self.path)
 
-    def value(self, meaning: str) -> Any:
-        return config_value(self.config, meaning)
-
-    @property
-    def budget_ms(self) -> float | None:
-        return _finite(self.value("budget_ms"))
-
-    @property
-    def best_trial_id(self) -> int | None:
-        metrics = self.best_metrics or {}
-        for key in ("trial_id", "trial"):
-            if isinstance(metrics.get(key), int) and not isinstance(metrics.get(key), bool):
-                return int(metrics[key])
-        return None
-
-    def trial(self, trial_id: int) -> dict[str, Any]:
+    def trial(self, trial_id: int) -> TrialRecord:
         for record in self.trials:
-            if record.get("trial_id") == trial_id:
+            if record.trial_id == trial_id:
                 return record
-        known = sorted(r["trial_id"] for r in self.trials if isinstance(r.get("trial_id"), int))
+        known = sorted(r.trial_id for r in self.trials)
         shown = f"{known[0]}..{known[-1]}" if known else "none yet"
         raise UnknownNameError(f"{self.path}: no finished trial with id {trial_id} in trials.jsonl (ids: {shown})")
 
     def count(self, statuses: Iterable[str]) -> int:
         wanted = set(statuses)
-        return sum(trial_status(record) in wanted for record in self.trials)
+        return sum(record.result.status in wanted for record in self.trials)
 
     def lut_path(self) -> Path | None:
         """config.json's latency table path: as written (absolute or relative to the working
         directory the run was started from), else relative to the run directory."""
-        value = self.value("lut")
-        if not isinstance(value, str):
+        if self.lut is None:
             return None
-        for candidate in (Path(value), self.path / value, self.path.parent / value):
+        for candidate in (Path(self.lut), self.path / self.lut, self.path.parent / self.lut):
             if candidate.is_file():
                 return candidate
-        self.notes.append(f"latency table {value!r} from config.json was not found")
+        self.notes.append(f"latency table {self.lut!r} from config.json was not found")
         return None
 
     def best_or_leader(self) -> tuple[ArchSpec | None, str]:
         """best/arch.json, or (for a run without best/ yet) the most accurate feasible trial."""
         if self.best_arch is not None:
             return self.best_arch, "best/arch.json"
-        feasible = [r for r in self.trials if trial_feasible(r, self.budget_ms) and trial_accuracy(r) is not None]
+        feasible = [r for r in self.trials if r.feasible and r.result.accuracy is not None]
         if not feasible:
             return None, "no feasible trial yet"
-        leader = max(feasible, key=lambda r: trial_accuracy(r) or 0.0)
-        return trial_arch(leader), f"trial {leader.get('trial_id')} (best feasible so far; best/ not written yet)"
+        leader = max(feasible, key=lambda r: r.result.accuracy)
+        return leader.arch, f"trial {leader.trial_id} (best feasible so far; best/ not written yet)"
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:

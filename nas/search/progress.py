@@ -67,8 +67,7 @@ class SearchProgress:
         best = self.session.best
         if best is None:
             return "best: none under budget yet"
-        result = best["result"]
-        return f"best acc {result['accuracy']:.3f} @ {result['latency_ms']:.2f} ms (trial {best['trial_id']})"
+        return f"best acc {best.result.accuracy:.3f} @ {best.result.latency_ms:.2f} ms (trial {best.trial_id})"
 
     def update(self, session: SearchSession) -> None:
         if self.task is None:

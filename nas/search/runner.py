@@ -18,6 +18,7 @@ from nas.training.data import DataSplits, load_dataset
 from nas.search.trial import evaluate_candidate, precheck, retrain, train_candidate
 from nas.search.progress import SearchProgress
 from nas.rundir.files import RunDirError, RunDirectory
+from nas.rundir.records import BestMetrics, TrialRecord
 from nas.search.session import SearchSession
 from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
@@ -37,7 +38,7 @@ class SearchSummary:
     ok: int
     failed: int
     infeasible: int
-    best: dict[str, Any] | None  # the trials.jsonl record of the best feasible trial
+    best: TrialRecord | None  # the best feasible trial
     elapsed_s: float
     resumed: bool = False
     replayed: int = 0
@@ -182,7 +183,7 @@ def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, t
 
 
 def finalize_best(run_dir: str | os.PathLike, *, epochs: int, measurer: Measurer | None,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False) -> BestMetrics:
     """Retrain best/'s architecture for `epochs` from scratch (train split; val monitors), report
     test accuracy, measure it end to end with `measurer`, and save weights and metrics in best/."""
     directory = RunDirectory(run_dir)
@@ -194,7 +195,8 @@ def finalize_best(run_dir: str | os.PathLike, *, epochs: int, measurer: Measurer
                       **config.space_options)
     table = open_table(config, space)
     train_config = replace(config.train, epochs=epochs, warmup_epochs=min(config.train.warmup_epochs, epochs))
+    best = directory.read_best_metrics(required=True)
     metrics, model = retrain(arch, data, train_config, measurer, table, progress=progress)
-    directory.write_best(arch, {**(directory.read_best_metrics() or {}), **metrics, "weights_from": "final"},
-                         state_dict=model.state_dict())
-    return directory.read_best_metrics() or metrics
+    best = best.finalized(metrics)
+    directory.write_best(arch, best, state_dict=model.state_dict())
+    return best

@@ -19,12 +19,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from nas.rundir.files import RunDirError
-from nas.rundir.files import RunDirectory, now_iso
+from nas.rundir.files import RunDirError, RunDirectory, now_iso
+from nas.rundir.records import BestMetrics, TrialRecord
 from nas.strategies.base import ONE_SHOT, Candidate, Result, Searcher, SearchObjective
 
 logger = logging.getLogger(__name__)
@@ -36,20 +35,10 @@ Retrainer = Callable[[Candidate], "nn.Module | None"]
 
 
 def trial_record(candidate: Candidate, result: Result, objective: SearchObjective, *, executor: str = "local",
-                 executor_trial_id: str | None = None) -> dict[str, Any]:
-    """One line of trials.jsonl; the same keys whichever way the trial ran."""
-    return {
-        "trial_id": candidate.trial_id,
-        "candidate": candidate.to_dict(),
-        "arch_hash": candidate.arch.content_hash(),
-        "blocks": candidate.arch.block_strings(),
-        "result": result.to_dict(),
-        "reward": objective.reward(result),
-        "feasible": objective.feasible(result),
-        "finished_at": now_iso(),
-        "executor": executor,  # local | ray (a worker) | ray-driver (rejected before training)
-        "executor_trial_id": executor_trial_id,  # Ray Tune's trial id
-    }
+                 executor_trial_id: str | None = None) -> TrialRecord:
+    """The trials.jsonl line of a trial just finished, judged by `objective`."""
+    return TrialRecord(candidate, result, objective.reward(result), objective.feasible(result), now_iso(),
+                       executor, executor_trial_id)
 
 
 class SearchSession:
@@ -59,17 +48,17 @@ class SearchSession:
         self.searcher = searcher
         self.objective = objective
         self.trials = trials
-        self.records: list[dict[str, Any]] = run_dir.read_trials()
+        self.records: list[TrialRecord] = run_dir.read_trials()
         self.finished_ids: set[int] = set()
         for record in self.records:
-            if record["trial_id"] in self.finished_ids:
-                raise RunDirError(f"{run_dir.trials_path}: trial_id {record['trial_id']} appears twice")
-            self.finished_ids.add(record["trial_id"])
+            if record.trial_id in self.finished_ids:
+                raise RunDirError(f"{run_dir.trials_path}: trial_id {record.trial_id} appears twice")
+            self.finished_ids.add(record.trial_id)
         self.told: set[int] = set(told_trial_ids or ())
         self.listeners: list[Listener] = []
         self.started = time.perf_counter()
         self.session_finished = 0  # trials finished by this process (for the time-left estimate)
-        self.best: dict[str, Any] | None = None
+        self.best: TrialRecord | None = None
         for record in self.records:
             if self._better(record):
                 self.best = record
@@ -91,8 +80,7 @@ class SearchSession:
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "failed": 0, "infeasible": 0}
         for record in self.records:
-            status = record["result"].get("status", "failed")
-            counts[status] = counts.get(status, 0) + 1
+            counts[record.result.status] += 1  # `Result` admits no other status
         return counts
 
     # -- the durable steps -------------------------------------------------------------------------
@@ -109,7 +97,7 @@ class SearchSession:
 
     def finish(self, candidate: Candidate, result: Result, *, model: nn.Module | None = None,
                weights_file: str | Path | None = None, executor: str = "local",
-               executor_trial_id: str | None = None) -> dict[str, Any] | None:
+               executor_trial_id: str | None = None) -> TrialRecord | None:
         """Record a finished trial; returns its record (None for a duplicate report)."""
         if candidate.trial_id in self.finished_ids:
             logger.warning("trial %d reported twice; keeping the first result", candidate.trial_id)
@@ -142,11 +130,10 @@ class SearchSession:
         sure it never hands out a finished trial's id again. Returns how many were told."""
         replayed = 0
         for record in self.records:
-            if record["trial_id"] in self.told:
+            if record.trial_id in self.told:
                 continue
-            candidate = Candidate.from_dict(record["candidate"])
-            self.searcher.tell(candidate, Result.from_dict(record["result"]))
-            self.told.add(candidate.trial_id)
+            self.searcher.tell(record.candidate, record.result)
+            self.told.add(record.trial_id)
             replayed += 1
         if self.finished_ids:
             self.searcher.next_trial_id = max(self.searcher.next_trial_id, max(self.finished_ids) + 1)
@@ -165,11 +152,11 @@ class SearchSession:
 
                 shutil.rmtree(self.run_dir.best_dir)
             return
-        complete = (metrics is not None and metrics.get("trial_id") == self.best["trial_id"]
+        complete = (metrics is not None and metrics.trial_id == self.best.trial_id
                     and self.run_dir.best_weights_path.is_file() and (self.run_dir.best_dir / "arch.json").is_file())
         if complete:
             return
-        candidate = Candidate.from_dict(self.best["candidate"])
+        candidate = self.best.candidate
         logger.warning("best/ does not hold trial %d's weights (killed before they were saved, or written on "
                        "another node); retraining it with the trial's seed", candidate.trial_id)
         model = retrain(candidate)
@@ -178,39 +165,20 @@ class SearchSession:
         self._write_best(self.best, model=model, weights_from="retrained")
 
     # -- best --------------------------------------------------------------------------------------
-    def _better(self, record: dict[str, Any]) -> bool:
+    def _better(self, record: TrialRecord) -> bool:
         # best = highest validation accuracy among feasible trials (a one-shot strategy's derived
         # network whatever its latency: it is the search's answer); ties keep the earlier one
-        if not record.get("feasible") and self.searcher.kind != ONE_SHOT:
+        accuracy = record.result.accuracy
+        if accuracy is None or not (record.feasible or self.searcher.kind == ONE_SHOT):
             return False
-        accuracy = record["result"].get("accuracy")
-        if accuracy is None:
-            return False
-        return self.best is None or accuracy > self.best["result"]["accuracy"]
+        return self.best is None or accuracy > self.best.result.accuracy
 
-    def _write_best(self, record: dict[str, Any], *, model: nn.Module | None = None,
+    def _write_best(self, record: TrialRecord, *, model: nn.Module | None = None,
                     weights_file: str | Path | None = None, weights_from: str = "trial") -> None:
-        candidate = Candidate.from_dict(record["candidate"])
-        result = record["result"]
         has_weights = model is not None or (weights_file is not None and Path(weights_file).is_file())
-        metrics = {
-            "trial_id": record["trial_id"],
-            "arch_hash": record["arch_hash"],
-            "blocks": record["blocks"],
-            "val_accuracy": result.get("accuracy"),
-            "latency_ms": result.get("latency_ms"),
-            "measured_latency_ms": result.get("measured_latency_ms"),
-            "params": result.get("params"),
-            "macs": result.get("macs"),
-            "reward": record["reward"],
-            "epochs": result.get("epochs"),
-            "train_time_s": result.get("train_time_s"),
-            "latency_budget_ms": self.objective.latency_budget_ms,
-            "weights": "weights.safetensors" if has_weights else None,
-            "weights_from": weights_from if has_weights else None,
-            "updated_at": now_iso(),
-        }
-        self.run_dir.write_best(candidate.arch, metrics,
+        metrics = BestMetrics.from_trial(record, self.objective.latency_budget_ms,
+                                         weights_from=weights_from if has_weights else None)
+        self.run_dir.write_best(record.arch, metrics,
                                 state_dict=model.state_dict() if model is not None else None,
                                 weights_file=weights_file if model is None and has_weights else None)
 
