@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- shared set-up -----------------------------------------------------------------------------------
 
 def make_space(args: argparse.Namespace) -> Any:
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     return get_space("proxyless", resolution=args.resolution, num_classes=10, width_mult=args.width_mult)
 

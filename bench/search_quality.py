@@ -110,7 +110,7 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.rundir.files import RunDirectory
     from nas.search.config import SearchConfig
     from nas.search.runner import open_table, run_search
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
     from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import torch
 
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     torch.set_num_threads(1)
     started, phases = time.perf_counter(), {}

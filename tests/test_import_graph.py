@@ -14,11 +14,7 @@ LAYER = {name: rank for rank, name in enumerate(PACKAGES)}
 
 # Each remaining cycle as the sorted modules of its strongly connected component.
 KNOWN_CYCLES = {
-    ("nas.artifacts.export", "nas.artifacts.model_card"),
     ("nas.oneshot.proxyless", "nas.oneshot.proxyless_run", "nas.search.runner"),
-    ("search_spaces.block_strings", "search_spaces.spec"),
-    ("search_spaces.space", "search_spaces.spaces", "search_spaces.spaces.mnasnet", "search_spaces.spaces.proxyless"),
-    ("compress", "compress.prune", "compress.prune_search"),  # modules importing their package's re-exports
 }
 
 

@@ -25,7 +25,8 @@ from nas.oneshot.layout import LayoutError, layout_for_space
 from nas.training.train import TrainConfig
 from predictors.latency import Calibration, LatencyTable, Measurement, build_table
 from search_spaces.build import LayerShape, build_model, layer_shapes
-from search_spaces.space import SPACES, Decision, SearchSpace
+from search_spaces.space import Decision, SearchSpace
+from search_spaces.spaces import SPACES
 from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spaces.proxyless import KERNELS, PAIR_LABELS, PAIRS, ProxylessSpace
 from search_spaces.spec import Activation, ArchSpec, HeadSpec, StemSpec

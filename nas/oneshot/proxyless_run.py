@@ -186,7 +186,7 @@ def run_proxyless_search(config: SearchConfig | None, run_dir: str | os.PathLike
     from nas.search.trial import precheck, train_candidate
     from nas.search.runner import SearchSummary, load_search_data, open_table
     from nas.search.session import trial_record
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     started = time.perf_counter()
     directory = RunDirectory(run_dir)
