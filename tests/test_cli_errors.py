@@ -127,6 +127,21 @@ def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not Path(out).exists()
 
 
+def test_bad_compression_option(model_dir: Path, tmp_path: Path) -> None:
+    common = ["--dataset", "synthetic:2", "--epochs", "0", "--out", str(tmp_path / "out")]
+    assert_user_error(invoke("compress", "quantize", str(model_dir), "--search", "--size-ratio", "0.01", *common),
+                      "below the smallest reachable")
+    assert_user_error(invoke("compress", "prune", str(model_dir), "--budget-macs", "1", "--no-measure", *common),
+                      "budget unreachable", "max_ratio=0.8")
+
+
+def test_unknown_latency_table_format(tmp_path: Path) -> None:
+    source = tmp_path / "table.yaml"
+    source.write_text("{}")
+    assert_user_error(invoke("lut", "import", str(source), "--format", "bogus", "--out", str(tmp_path / "t.json")),
+                      "latency table format 'bogus'", "proxyless")
+
+
 def test_missing_input_file(tmp_path: Path, empty_table: Path) -> None:
     missing = str(tmp_path / "nowhere.json")
     assert_user_error(invoke("lut", "predict", missing, "zoo:mobilenet_v2"), "latency table", missing,
