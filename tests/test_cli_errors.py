@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -113,6 +114,18 @@ def test_bad_dataset(model_dir: Path, tmp_path: Path) -> None:
     result = invoke("compress", "prune", str(model_dir), "--ratio", "0.5", "--dataset", "bogus:x", "--epochs", "0",
                     "--no-measure", "--out", str(tmp_path / "out"))
     assert_user_error(result, "'bogus:x'", "synthetic")
+
+
+def test_bad_cifar10_file(model_dir: Path, tmp_path: Path) -> None:
+    def prune_on(dataset: str) -> Result:
+        return invoke("compress", "prune", str(model_dir), "--ratio", "0.5", "--dataset", dataset, "--epochs", "0",
+                      "--no-measure", "--out", str(tmp_path / "out"))
+
+    missing = tmp_path / "nowhere.npz"
+    assert_user_error(prune_on(f"cifar10:{missing}"), str(missing), "does not exist")
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, x_train=np.zeros((2, 32, 32, 3), np.uint8))
+    assert_user_error(prune_on(f"cifar10:{partial}"), str(partial), "lacks key(s)", "y_train")
 
 
 def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
