@@ -155,6 +155,16 @@ def test_unknown_latency_table_format(tmp_path: Path) -> None:
                       "latency table format 'bogus'", "proxyless")
 
 
+def test_bad_strategy_option(tmp_path: Path, empty_table: Path) -> None:
+    search = ["search", "--space", "mnasnet", "--resolution", "32", "--dataset", "digits", "--lut", str(empty_table),
+              "--latency-budget", "5ms", "--trials", "1", "--epochs", "1", "--final-epochs", "0", "--no-progress",
+              "--runs-dir", str(tmp_path / "runs")]
+    assert_user_error(invoke(*search, "--name", "evo", "--strategy", "evolution",
+                             "--strategy-options", '{"population_size": 1}'), "population_size=1", ">= 2")
+    assert_user_error(invoke(*search, "--name", "rl", "--strategy", "mnas-rl",
+                             "--strategy-options", '{"baseline_decay": 1.5}'), "baseline_decay=1.5", "[0, 1)")
+
+
 def test_missing_input_file(tmp_path: Path, empty_table: Path) -> None:
     missing = str(tmp_path / "nowhere.json")
     assert_user_error(invoke("lut", "predict", missing, "zoo:mobilenet_v2"), "latency table", missing,

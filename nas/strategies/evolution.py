@@ -23,6 +23,7 @@ from typing import Any
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
 from nas.strategies.random_search import draw_unseen
+from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
@@ -62,11 +63,11 @@ class EvolutionSearcher(Searcher):
         super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
         population_size = population_size if population_size is not None else default_population_size(num_trials)
         if population_size < 2:
-            raise ValueError(f"population_size={population_size} must be >= 2 (a tournament needs members)")
+            raise OptionError(f"population_size={population_size} must be >= 2 (a tournament needs members)")
         if sample_size < 1:
-            raise ValueError(f"sample_size={sample_size} must be >= 1 (S=5 in Real et al. at small scale)")
+            raise OptionError(f"sample_size={sample_size} must be >= 1 (S=5 in Real et al. at small scale)")
         if mutation_tries < 1:
-            raise ValueError(f"mutation_tries={mutation_tries} must be >= 1")
+            raise OptionError(f"mutation_tries={mutation_tries} must be >= 1")
         self.population_size = population_size
         # a tournament larger than the population would always pick the global best: no diversity
         self.sample_size = min(sample_size, population_size)

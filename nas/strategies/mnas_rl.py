@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
+from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
@@ -162,12 +163,12 @@ class MnasRLSearcher(Searcher):
     ) -> None:
         super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
         if not 0.0 <= baseline_decay < 1.0:
-            raise ValueError(f"baseline_decay={baseline_decay} must be in [0, 1) (MnasNet-style EMA, e.g. 0.9)")
+            raise OptionError(f"baseline_decay={baseline_decay} must be in [0, 1) (MnasNet-style EMA, e.g. 0.9)")
         if update_every < 1 or max_rejections < 0 or hidden_size < 1:
-            raise ValueError(f"update_every={update_every} (>= 1), max_rejections={max_rejections} (>= 0) and "
+            raise OptionError(f"update_every={update_every} (>= 1), max_rejections={max_rejections} (>= 0) and "
                              f"hidden_size={hidden_size} (>= 1) are out of range")
         if advantage_clip is not None and not advantage_clip > 0:
-            raise ValueError(f"advantage_clip={advantage_clip} must be > 0 (in reward standard deviations) or None")
+            raise OptionError(f"advantage_clip={advantage_clip} must be > 0 (in reward standard deviations) or None")
         self.normalize = normalize
         self.advantage_clip = advantage_clip
         self.baseline_decay = baseline_decay

@@ -50,6 +50,7 @@ from optuna.trial import Trial, TrialState
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
 from nas.strategies.random_search import draw_unseen
+from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
@@ -70,7 +71,7 @@ def open_storage(storage: str | None) -> str | BaseStorage | None:
         return storage
     path = storage[len(JOURNAL_PREFIX):]
     if not path:
-        raise ValueError(f"storage={storage!r}: a journal needs a file, e.g. 'journal:///runs/x/journal.log'")
+        raise OptionError(f"storage={storage!r}: a journal needs a file, e.g. 'journal:///runs/x/journal.log'")
     return JournalStorage(JournalFileBackend(path))
 
 
@@ -92,7 +93,7 @@ class OptunaSearcher(Searcher):
     ) -> None:
         super().__init__(space, objective, seed=seed, is_feasible=is_feasible)
         if max_rejections < 0:
-            raise ValueError(f"max_rejections={max_rejections} must be >= 0")
+            raise OptionError(f"max_rejections={max_rejections} must be >= 0")
         # per-trial "Trial N finished with value ..." lines would drown the run's own log
         if optuna.logging.get_verbosity() < optuna.logging.WARNING:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -204,7 +205,7 @@ class OptunaSearcher(Searcher):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if state.get("study_name") != self.study_name:
-            raise ValueError(f"{self.name}: state is for study {state.get('study_name')!r}, "
+            raise OptionError(f"{self.name}: state is for study {state.get('study_name')!r}, "
                              f"this searcher opened {self.study_name!r}; pass study_name={state.get('study_name')!r}")
         if self.storage is None:
             logger.warning("%s: resuming with in-memory storage: the study's trials are lost, the sampler "
@@ -250,7 +251,7 @@ class TPESearcher(OptunaSearcher):
         if n_startup_trials is None:
             n_startup_trials = DEFAULT_STARTUP if num_trials is None else max(3, min(DEFAULT_STARTUP, num_trials // 5))
         if n_startup_trials < 0:
-            raise ValueError(f"n_startup_trials={n_startup_trials} must be >= 0")
+            raise OptionError(f"n_startup_trials={n_startup_trials} must be >= 0")
         self.n_startup_trials = n_startup_trials
         self.multivariate = multivariate
         super().__init__(space, objective, seed=seed, is_feasible=is_feasible, storage=storage,
@@ -293,7 +294,7 @@ class NSGA2Searcher(OptunaSearcher):
         if population_size is None:
             population_size = DEFAULT_POPULATION if num_trials is None else max(4, min(DEFAULT_POPULATION, num_trials // 6))
         if population_size < 2:
-            raise ValueError(f"population_size={population_size} must be >= 2")
+            raise OptionError(f"population_size={population_size} must be >= 2")
         self.population_size = population_size
         self.constrained = constrained
         super().__init__(space, objective, seed=seed, is_feasible=is_feasible, storage=storage,
