@@ -92,13 +92,6 @@ def make_space(args: argparse.Namespace) -> Any:
     return get_space("proxyless", resolution=args.resolution, num_classes=10, width_mult=args.width_mult)
 
 
-def make_measurer(args: argparse.Namespace) -> Any:
-    from predictors.latency import LocalMeasurer, MeasureSettings
-
-    warmup, blocks, block_runs = (int(v) for v in args.measure.split(","))
-    return LocalMeasurer("onnxruntime", threads=1, settings=MeasureSettings(warmup, blocks, block_runs))
-
-
 def lut_path(args: argparse.Namespace) -> Path:
     return args.lut or args.out / f"lut_proxyless_w{args.width_mult:g}_r{args.resolution}_onnxruntime_t1.json"
 
@@ -300,12 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from nas.training import load_dataset
+    from predictors.latency import LocalMeasurer, MeasureSettings
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     space = make_space(args)
-    measurer = make_measurer(args)
+    measurer = LocalMeasurer("onnxruntime", threads=1, settings=MeasureSettings.parse(args.measure))
     table = ensure_lut(args, space, measurer)
     memory = memory_figures(args, lut_path(args))
     targets = pick_targets(args, space, table)

@@ -74,25 +74,8 @@ def _data(source: Source, dataset: str | None, seed: int):
     return load_dataset(name, source.spec.resolution, seed=seed)
 
 
-def _calibration_batches(data: Any, seed: int, images: int = 256, batch: int = 64) -> list:
-    """Random training images: splits may be grouped by class, so the first N would be one class."""
-    import torch
-
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:images]
-    inputs = data.train.tensors[0][order]
-    return [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
-
-
 def _write(out: Path, name: str, data: Any) -> None:
     (out / name).write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _finetune(model, teacher, data, epochs: int, seed: int) -> Any:
-    from compress.distill import DistillationLoss
-    from nas.training.train import TrainConfig, train
-
-    config = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, seed=seed)
-    return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
 
 
 @compress_app.command("scale")
@@ -161,7 +144,7 @@ def prune(
     from compress.prune import plan_prune
     from compress.prune import prune as prune_weights
     from nas.rundir.model_files import save
-    from nas.training.train import evaluate
+    from nas.training import TrainConfig, distilled_finetune, evaluate
     from predictors.cost import count
     from search_spaces.build import build_model
 
@@ -175,7 +158,7 @@ def prune(
     model = build_model(pruned_spec)
     model.load_state_dict(pruned_state, strict=True)
     accuracy_before_finetune = evaluate(model, data.val)
-    train_report = _finetune(model, src.model, data, epochs, seed) if epochs else None
+    train_report = distilled_finetune(model, src.model, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     out_dir = _output_dir(src, "prune", out)
     chosen.save(out_dir / "policy.json")
     save(model, pruned_spec, out_dir)
@@ -247,7 +230,7 @@ def quantize(
     from compress.quantize import prepare_qat
     from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
     from compress.quantize_export import export_qdq
-    from nas.training.train import evaluate
+    from nas.training import TrainConfig, distilled_finetune, evaluate
 
     src = read_source(source, weights, need_weights=True)
     if (bits is not None) + (policy is not None) + search != 1:
@@ -255,10 +238,10 @@ def quantize(
     data = _data(src, dataset, seed)
     fp32 = src.model.eval()
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
-    calibration = _calibration_batches(data, seed)
+    calibration = data.calibration_batches(seed)
     chosen, report = _quant_policy(fp32, data, calibration, bits, policy, size_ratio, episodes, seed)
     qmodel = prepare_qat(fp32, chosen, calibration=calibration)
-    train_report = _finetune(qmodel, fp32, data, epochs, seed) if epochs else None
+    train_report = distilled_finetune(qmodel, fp32, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     qmodel.eval()
     out_dir = _output_dir(src, "quantize", out)
     _save_quantized(out_dir, chosen, src.spec, qmodel)

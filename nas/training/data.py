@@ -77,6 +77,12 @@ class DataSplits:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
+    def calibration_batches(self, seed: int, images: int = 256, batch: int = 64) -> list[Tensor]:
+        """`images` training images drawn at random, in batches: the splits may be grouped by
+        class, so the first N would be one or two classes."""
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))[:images]
+        return list(self.train.tensors[0][order].split(batch))
+
 
 def load_dataset(
     name: str,
