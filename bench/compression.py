@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bench import compression_parts as parts
-from bench.report import pct, publish, results_path
+from bench.report import md_table, pct, publish, results_path
 from nas.training import TrainConfig, load_dataset, train
 from predictors.cost import count
 from predictors.latency import MeasureSettings
@@ -106,37 +106,30 @@ def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> li
 
 
 def _int8_section(int8: list[dict[str, Any]]) -> list[str]:
-    lines = ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
-             "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
-             "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
-             "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."), "",
-             "| model @ px | fp32 ms | int8 ms | fp32 / int8 | export check |", "|---|---|---|---|---|"]
-    for row in int8:
-        check = row["export_check"]
-        lines.append(f"| {row['model']} @ {row['resolution']} | {_ms(row['fp32'])} | {_ms(row['int8'])} | "
-                     f"{row['speedup']:.2f}× | {check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs "
-                     f"{check['quantization_error']:.2g}), top-1 "
-                     f"{pct(check['top1_agreement'])} |")
-    return lines
+    rows = [[f"{row['model']} @ {row['resolution']}", _ms(row["fp32"]), _ms(row["int8"]), f"{row['speedup']:.2f}×",
+             f"{check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs {check['quantization_error']:.2g}), top-1 "
+             f"{pct(check['top1_agreement'])}"] for row in int8 for check in [row["export_check"]]]
+    return ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
+            "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
+            "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
+            "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."),
+            *md_table(["model @ px", "fp32 ms", "int8 ms", "fp32 / int8", "export check"], rows)]
 
 
 def _pruning_section(args: argparse.Namespace, prune: dict[str, Any]) -> list[str]:
-    backends = list(prune["rows"][0]["latency_ms"])
-    lines = ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
-             f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
-             "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
-             "(speed-up in brackets)."), "",
-             "| ratio | params | MACs | MACs saved | " + " | ".join(f"{b} ms" for b in backends) +
-             " | test acc before FT | after FT |", "|---|---|---|---|" + "---|" * len(backends) + "---|---|"]
-    for row in prune["rows"]:
-        speed = [f"{row['latency_ms'][b]['median_ms']:.3f} "
-                 f"({prune['rows'][0]['latency_ms'][b]['median_ms'] / row['latency_ms'][b]['median_ms']:.2f}×)"
-                 for b in backends]
-        lines.append(f"| {row['ratio']:g} | {row['params']:,} | {row['macs'] / 1e6:.2f}M | "
-                     f"{pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×) | "
-                     + " | ".join(speed) + f" | {pct(row['test_accuracy_before_finetune'])} | "
-                     f"{pct(row['test_accuracy'])} |")
-    return lines + ["", f"Plot: `{args.out}/prune.png` (not committed); raw numbers: `{results_path('compression')}`."]
+    backends, unpruned = list(prune["rows"][0]["latency_ms"]), prune["rows"][0]["latency_ms"]
+    rows = [[f"{row['ratio']:g}", f"{row['params']:,}", f"{row['macs'] / 1e6:.2f}M",
+             f"{pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×)",
+             *(f"{ms[b]['median_ms']:.3f} ({unpruned[b]['median_ms'] / ms[b]['median_ms']:.2f}×)" for b in backends),
+             pct(row["test_accuracy_before_finetune"]), pct(row["test_accuracy"])]
+            for row in prune["rows"] for ms in [row["latency_ms"]]]
+    return ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
+            f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
+            "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
+            "(speed-up in brackets)."),
+            *md_table(["ratio", "params", "MACs", "MACs saved", *(f"{b} ms" for b in backends), "test acc before FT",
+                       "after FT"], rows),
+            "", f"Plot: `{args.out}/prune.png` (not committed); raw numbers: `{results_path('compression')}`."]
 
 
 def render(args: argparse.Namespace, results: dict[str, Any]) -> str:

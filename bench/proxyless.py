@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.proxyless_memory import memory_figures
-from bench.report import omit, publish, results_path
+from bench.report import md_table, omit, publish, results_path
 
 logger = logging.getLogger("bench.proxyless")
 
@@ -208,21 +208,15 @@ def _memory_section(args: argparse.Namespace, memory: list[dict[str, Any]]) -> l
     how = ("CUDA peak allocation" if device == "cuda" else
            "peak RSS of the step over RSS before it (VmHWM reset via /proc/self/clear_refs)" if memory[0]["hwm_reset"]
            else "ru_maxrss growth over the step")
-    lines = [
-        (f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, each "
-         f"mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
-         "(parameters excluded)."),
-        "",
-        "| mode | paths run | peak | × plain | saved activations | × plain |",
-        "|---|---|---|---|---|---|",
-    ]
     paths = {"plain": "1 (a plain network)", "binarized-weight": "1 per layer", "binarized-arch": "2 per layer (1 no-grad)",
              "all-paths": "all (DARTS-style)"}
-    for row in memory:
-        lines.append(f"| {row['mode']} | {paths[row['mode']]} | {_mb(row['peak_bytes'])} | "
-                     f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f} | {_mb(row['saved_bytes'])} | "
-                     f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f} |")
-    return lines
+    rows = [[row["mode"], paths[row["mode"]], _mb(row["peak_bytes"]),
+             f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}", _mb(row["saved_bytes"]),
+             f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f}"] for row in memory]
+    return [(f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, "
+             f"each mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
+             "(parameters excluded)."),
+            *md_table(["mode", "paths run", "peak", "× plain", "saved activations", "× plain"], rows)]
 
 
 def _targets_paragraph(args: argparse.Namespace, targets: list[float], span: tuple[float, float],
