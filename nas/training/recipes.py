@@ -12,7 +12,6 @@ from typing import Any
 
 from torch import nn
 
-from compress.distill import DistillationLoss
 from nas.training.data import DataSplits
 from nas.training.train import TrainConfig, TrainReport, train
 from search_spaces.registry import Registry
@@ -37,5 +36,7 @@ def distilled_finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, b
                        **overrides: Any) -> TrainReport:
     """The `finetune` recipe over `base`, distilling from `teacher` (`DistillationLoss`: T=4,
     alpha=0.9), with the test split evaluated at the end."""
+    from compress.distill import DistillationLoss  # deferred: `compress` costs a second to import
+
     return train(model, data, recipe("finetune", base, **overrides), teacher=teacher,
                  distill_loss=DistillationLoss(), evaluate_test=True)
