@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.report import fmt, md_table, pct
 from compress.scale import scale_spec
 from search_spaces import final_map_size, small_input, zoo
 from search_spaces.spec import ArchSpec
@@ -112,21 +113,6 @@ def measure_finals(models: dict[str, dict[str, Any]], measurer: Any) -> dict[str
     names = list(models)
     found = measurer.measure_archs([ArchSpec.from_dict(models[n]) for n in names]) if names else []
     return {n: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms} for n, m in zip(names, found)}
-
-
-# -- report helpers (shared with search_quality and ray_throughput) -------------------------------------------------
-
-def fmt(value: Any, spec: str = ".3f", suffix: str = "") -> str:
-    return "—" if value is None else f"{value:{spec}}{suffix}"
-
-
-def pct(value: Any) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def zoo_section(settings: dict[str, Any], rows: dict[str, dict[str, Any]], fits: dict[str, dict[str, Any]],

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bench import compression_parts as parts
-from bench.report import publish, results_path
+from bench.report import md_table, pct, publish, results_path
 from nas.training import TrainConfig, load_dataset, train
 from predictors.cost import count
 from predictors.latency import MeasureSettings
@@ -67,10 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 def _ms(m: dict[str, float]) -> str:
     return f"{m['median_ms']:.3f} ({m['p10_ms']:.3f}–{m['p90_ms']:.3f})"
 
@@ -96,7 +92,7 @@ def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> li
              f"{quant['reward']['val_images']} val images after calibration on {quant['calibration_images']} "
              f"train images" + (f" and {quant['reward']['finetune_batches']} distilled QAT batches"
                                 if quant['reward']['finetune_batches'] else " (no fine-tune)") +
-             f"; best episode {quant['search']['best_episode']} (val {_pct(quant['search']['best']['accuracy'])})."
+             f"; best episode {quant['search']['best_episode']} (val {pct(quant['search']['best']['accuracy'])})."
              f" Then w4a8 and HAQ get the same {args.qat_epochs} QAT epochs; w8a8 is calibrated only.", "",
              ("| policy | weight bits | vs w4a8 budget | BitFusion cycles (rel.) | test acc, calibrated only "
               "| test acc after QAT + KD |"), "|---|---|---|---|---|---|"]
@@ -104,43 +100,36 @@ def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> li
         cycles = "—" if row["bitfusion_cycles"] is None else f"{row['bitfusion_cycles']:,.0f}"
         lines.append(f"| {label} | {row['weight_bits']:,} ({row['weight_bits'] / 8192:.0f} KiB) | "
                      f"{row['weight_bits'] / quant['budget_weight_bits']:.3f}× | {cycles} | "
-                     f"{_pct(row['test_accuracy_ptq'])} | {_pct(row['test_accuracy'])} |")
+                     f"{pct(row['test_accuracy_ptq'])} | {pct(row['test_accuracy'])} |")
     lines += ["", "Weight bits per layer in execution order (stem … classifier):", ""]
     return lines + [f"- {label}: `{row['bits']}`" for label, row in quant["rows"].items() if row["bits"]]
 
 
 def _int8_section(int8: list[dict[str, Any]]) -> list[str]:
-    lines = ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
-             "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
-             "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
-             "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."), "",
-             "| model @ px | fp32 ms | int8 ms | fp32 / int8 | export check |", "|---|---|---|---|---|"]
-    for row in int8:
-        check = row["export_check"]
-        lines.append(f"| {row['model']} @ {row['resolution']} | {_ms(row['fp32'])} | {_ms(row['int8'])} | "
-                     f"{row['speedup']:.2f}× | {check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs "
-                     f"{check['quantization_error']:.2g}), top-1 "
-                     f"{_pct(check['top1_agreement'])} |")
-    return lines
+    rows = [[f"{row['model']} @ {row['resolution']}", _ms(row["fp32"]), _ms(row["int8"]), f"{row['speedup']:.2f}×",
+             f"{check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs {check['quantization_error']:.2g}), top-1 "
+             f"{pct(check['top1_agreement'])}"] for row in int8 for check in [row["export_check"]]]
+    return ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
+            "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
+            "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
+            "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."),
+            *md_table(["model @ px", "fp32 ms", "int8 ms", "fp32 / int8", "export check"], rows)]
 
 
 def _pruning_section(args: argparse.Namespace, prune: dict[str, Any]) -> list[str]:
-    backends = list(prune["rows"][0]["latency_ms"])
-    lines = ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
-             f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
-             "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
-             "(speed-up in brackets)."), "",
-             "| ratio | params | MACs | MACs saved | " + " | ".join(f"{b} ms" for b in backends) +
-             " | test acc before FT | after FT |", "|---|---|---|---|" + "---|" * len(backends) + "---|---|"]
-    for row in prune["rows"]:
-        speed = [f"{row['latency_ms'][b]['median_ms']:.3f} "
-                 f"({prune['rows'][0]['latency_ms'][b]['median_ms'] / row['latency_ms'][b]['median_ms']:.2f}×)"
-                 for b in backends]
-        lines.append(f"| {row['ratio']:g} | {row['params']:,} | {row['macs'] / 1e6:.2f}M | "
-                     f"{_pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×) | "
-                     + " | ".join(speed) + f" | {_pct(row['test_accuracy_before_finetune'])} | "
-                     f"{_pct(row['test_accuracy'])} |")
-    return lines + ["", f"Plot: `{args.out}/prune.png` (not committed); raw numbers: `{results_path('compression')}`."]
+    backends, unpruned = list(prune["rows"][0]["latency_ms"]), prune["rows"][0]["latency_ms"]
+    rows = [[f"{row['ratio']:g}", f"{row['params']:,}", f"{row['macs'] / 1e6:.2f}M",
+             f"{pct(row['macs_reduction'])} ({1 / (1 - row['macs_reduction']):.2f}×)",
+             *(f"{ms[b]['median_ms']:.3f} ({unpruned[b]['median_ms'] / ms[b]['median_ms']:.2f}×)" for b in backends),
+             pct(row["test_accuracy_before_finetune"]), pct(row["test_accuracy"])]
+            for row in prune["rows"] for ms in [row["latency_ms"]]]
+    return ["", (f"**Pruning**: uniform l1 channel pruning of the trained base (inner and output widths, "
+            f"multiples of {prune['round_to']}), then {prune['finetune_epochs']} distilled fine-tune epochs. "
+            "Latency: all specs measured in one interleaved call per backend, 1 thread, batch 1 "
+            "(speed-up in brackets)."),
+            *md_table(["ratio", "params", "MACs", "MACs saved", *(f"{b} ms" for b in backends), "test acc before FT",
+                       "after FT"], rows),
+            "", f"Plot: `{args.out}/prune.png` (not committed); raw numbers: `{results_path('compression')}`."]
 
 
 def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
@@ -161,8 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    warmup, blocks, block_runs = (int(v) for v in args.measure.split(","))
-    measure = MeasureSettings(warmup=warmup, blocks=blocks, block_runs=block_runs)
+    measure = MeasureSettings.parse(args.measure)
     models = [(name, int(px or 224)) for name, _, px in (m.partition(":") for m in args.models)]
     timing: dict[str, float] = {}
     start = phase = time.perf_counter()

@@ -35,7 +35,7 @@ from compress import (
 from compress.quantize_cost import LayerInfo
 from compress.scale import scale_spec
 from bench.report import omit
-from nas.training import DataSplits, TrainConfig, TrainReport, evaluate, recipe, train
+from nas.training import DataSplits, TrainConfig, distilled_finetune, evaluate, recipe, train
 from predictors.cost import count
 from predictors.latency import LocalMeasurer, MeasureSettings
 from search_spaces import small_input, zoo
@@ -60,13 +60,6 @@ def test_accuracy(model: nn.Module, data: DataSplits, device: str) -> float:
     return evaluate(model, data.test, batch_size=EVAL_BATCH, device=device)
 
 
-def finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, epochs: int, base: TrainConfig) -> TrainReport:
-    """The `finetune` recipe with distillation from the float model (T=4, alpha=0.9); batch size,
-    epoch cap, seed and device from `base`."""
-    config = recipe("finetune", base, epochs=epochs)
-    return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
-
-
 def _weight_bits_string(policy: QuantPolicy, infos: Sequence[LayerInfo]) -> str:
     # activations are 8 everywhere here (size-constrained HAQ), so the weights tell the policy apart;
     # execution order, not the policy's key order (a policy read back from JSON has its keys sorted)
@@ -78,7 +71,7 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
                  ) -> tuple[dict[str, Any], nn.Module]:
     """Uniform w4a8 and HAQ (budget = w4a8's weight bits) with the same QAT; w8a8 calibrated only.
     Returns the results and the calibrated w8a8 model (for the int8 latency part)."""
-    calibration = calibration_images(data, calibration_batches, seed)
+    calibration = data.calibration_batches(seed, images=64 * calibration_batches)
     infos = layer_infos(base, (1, *calibration[0].shape[1:]))
     uniform4, uniform8 = uniform_policy(base, 4, 8), uniform_policy(base, 8, 8)
     budget = policy_weight_bits(base, uniform4)
@@ -108,7 +101,7 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
         start = time.perf_counter()
         qmodel = prepare_qat(base, policy, calibration=calibration)
         ptq = test_accuracy(qmodel, data, config.device)
-        report = finetune(qmodel, base, data, epochs, config) if epochs else None
+        report = distilled_finetune(qmodel, base, data, config, epochs=epochs) if epochs else None
         rows[label] = {
             "weight_bits": policy_weight_bits(base, policy), "bits": _weight_bits_string(policy, infos),
             "bitfusion_cycles": bitfusion_cost(infos, policy).cycles,
@@ -137,14 +130,6 @@ def _random_net_like_quantize_export(model: nn.Module, batches: Sequence[Tensor]
             model(batch)
     nn.init.normal_([m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight, 0.0, 0.05)
     model.eval()
-
-
-def calibration_images(data: DataSplits, batches: int, seed: int) -> list[Tensor]:
-    """`batches` x 64 train images drawn at random: the splits are grouped by class, so the first
-    256 images (what `nas compress quantize` takes) would all be airplanes."""
-    images = data.train.tensors[0]
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: 64 * batches]
-    return list(images[pick].split(64))
 
 
 def int8_latency(base: nn.Module, qmodel8: nn.Module, data: DataSplits, models: Sequence[tuple[str, int]],
@@ -201,7 +186,7 @@ def pruning(spec: ArchSpec, base: nn.Module, data: DataSplits, config: TrainConf
         model.load_state_dict(pruned_state, strict=True)
         cost = count(pruned_spec)
         before = test_accuracy(model, data, config.device)
-        report = finetune(model, base, data, epochs, config) if epochs else None
+        report = distilled_finetune(model, base, data, config, epochs=epochs) if epochs else None
         rows.append({"ratio": ratio, "params": cost.params, "macs": cost.macs, "test_accuracy_before_finetune": before,
                      "test_accuracy": report.test_accuracy if report else before,
                      "blocks": [b.to_string() for b in pruned_spec.blocks], "wall_s": time.perf_counter() - start})

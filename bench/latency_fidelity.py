@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import publish, results_path
+from bench.report import md_table, publish, results_path
 from predictors import cost
 from predictors.latency import LatencyTable, LocalMeasurer, build_table, validate_table
 from predictors.latency.lut import arch_layers
@@ -85,28 +85,25 @@ def measure_pair(args: argparse.Namespace, name: str, resolution: int, backend: 
 
 
 def _fidelity_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| space @ px | backend | entries | build | median arch | prediction | within ±10% | Kendall tau | MAPE "
-             "| RMSE |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table = []
     for row in rows:
         build = f"{row['build_s']:.0f} s" + (" (resumed: last part only)" if row["resumed"] else "")
         for label, key in (("raw sum", "raw"), ("calibrated", "calibrated_out_of_fold")):
             figures = row["validation"][key]
-            lines.append(
-                f"| {row['space']} @ {row['resolution']} | {row['backend']} | {row['entries']} | {build} | "
-                f"{row['median_ms']:.3f} ms | {label} | {100 * figures['within_10pct']:.0f}% | "
-                f"{figures['kendall_tau']:.3f} | {100 * figures['mape']:.1f}% | {figures['rmse_ms']:.3f} ms |")
-    return lines
+            table.append([f"{row['space']} @ {row['resolution']}", row["backend"], str(row["entries"]), build,
+                          f"{row['median_ms']:.3f} ms", label, f"{100 * figures['within_10pct']:.0f}%",
+                          f"{figures['kendall_tau']:.3f}", f"{100 * figures['mape']:.1f}%", f"{figures['rmse_ms']:.3f} ms"])
+    return md_table(["space @ px", "backend", "entries", "build", "median arch", "prediction", "within ±10%",
+                     "Kendall tau", "MAPE", "RMSE"], table)
 
 
 def _calibration_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| space @ px | backend | slope | ms per M weights | intercept | lookups/s cold | lookups/s warm "
-             "| validation time |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        cal = row["validation"]["calibration"]
-        lines.append(f"| {row['space']} @ {row['resolution']} | {row['backend']} | {cal['slope']:.3f} | "
-                     f"{cal['ms_per_mweight']:.4f} | {cal['intercept_ms']:+.4f} ms | {row['lookups_cold']:,.0f} | "
-                     f"{row['lookups_warm']:,.0f} | {row['validate_s']:.0f} s |")
-    return lines
+    return md_table(["space @ px", "backend", "slope", "ms per M weights", "intercept", "lookups/s cold",
+                     "lookups/s warm", "validation time"],
+                    [[f"{row['space']} @ {row['resolution']}", row["backend"], f"{cal['slope']:.3f}",
+                      f"{cal['ms_per_mweight']:.4f}", f"{cal['intercept_ms']:+.4f} ms", f"{row['lookups_cold']:,.0f}",
+                      f"{row['lookups_warm']:,.0f}", f"{row['validate_s']:.0f} s"]
+                     for row in rows for cal in [row["validation"]["calibration"]]])
 
 
 def render(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
@@ -119,10 +116,9 @@ def render(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         "count; see `predictors/latency/validate.py`) fitted by least squares with non-negative coefficients, "
         "scored out-of-fold (5-fold), so the figure is not flattered by fitting and scoring on the same points. mnasnet and proxyless at 32 px use the "
         "small-input strides (CIFAR/digits setting, 10 classes); at 224 px the ImageNet setting (1000 classes).",
-        "",
         *_fidelity_table(rows),
         "", "Calibration fitted on all samples (stored in the table) and lookup speed "
-        "(10,000 distinct sampled architectures; cold = first query, warm = repeated query):", "",
+        "(10,000 distinct sampled architectures; cold = first query, warm = repeated query):",
         *_calibration_table(rows),
         "", f"Scatter plots: `{args.out}/*.png` (not committed; re-run the command to regenerate). "
         f"Raw numbers: `{results_path('latency_fidelity')}`.",

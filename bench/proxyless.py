@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.proxyless_memory import memory_figures
-from bench.report import omit, publish, results_path
+from bench.report import md_table, omit, publish, results_path
 
 logger = logging.getLogger("bench.proxyless")
 
@@ -87,16 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- shared set-up -----------------------------------------------------------------------------------
 
 def make_space(args: argparse.Namespace) -> Any:
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     return get_space("proxyless", resolution=args.resolution, num_classes=10, width_mult=args.width_mult)
-
-
-def make_measurer(args: argparse.Namespace) -> Any:
-    from predictors.latency import LocalMeasurer, MeasureSettings
-
-    warmup, blocks, block_runs = (int(v) for v in args.measure.split(","))
-    return LocalMeasurer("onnxruntime", threads=1, settings=MeasureSettings(warmup, blocks, block_runs))
 
 
 def lut_path(args: argparse.Namespace) -> Path:
@@ -215,21 +208,15 @@ def _memory_section(args: argparse.Namespace, memory: list[dict[str, Any]]) -> l
     how = ("CUDA peak allocation" if device == "cuda" else
            "peak RSS of the step over RSS before it (VmHWM reset via /proc/self/clear_refs)" if memory[0]["hwm_reset"]
            else "ru_maxrss growth over the step")
-    lines = [
-        (f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, each "
-         f"mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
-         "(parameters excluded)."),
-        "",
-        "| mode | paths run | peak | × plain | saved activations | × plain |",
-        "|---|---|---|---|---|---|",
-    ]
     paths = {"plain": "1 (a plain network)", "binarized-weight": "1 per layer", "binarized-arch": "2 per layer (1 no-grad)",
              "all-paths": "all (DARTS-style)"}
-    for row in memory:
-        lines.append(f"| {row['mode']} | {paths[row['mode']]} | {_mb(row['peak_bytes'])} | "
-                     f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f} | {_mb(row['saved_bytes'])} | "
-                     f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f} |")
-    return lines
+    rows = [[row["mode"], paths[row["mode"]], _mb(row["peak_bytes"]),
+             f"{row['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}", _mb(row["saved_bytes"]),
+             f"{row['saved_bytes'] / max(plain['saved_bytes'], 1):.2f}"] for row in memory]
+    return [(f"**Memory of one training step** (forward + backward, batch {args.memory_batch}, same sampled path, "
+             f"each mode in a fresh process on {device}). *Peak* = {how}; *saved* = bytes autograd keeps for backward "
+             "(parameters excluded)."),
+            *md_table(["mode", "paths run", "peak", "× plain", "saved activations", "× plain"], rows)]
 
 
 def _targets_paragraph(args: argparse.Namespace, targets: list[float], span: tuple[float, float],
@@ -300,12 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from nas.training import load_dataset
+    from predictors.latency import LocalMeasurer, MeasureSettings
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     space = make_space(args)
-    measurer = make_measurer(args)
+    measurer = LocalMeasurer("onnxruntime", threads=1, settings=MeasureSettings.parse(args.measure))
     table = ensure_lut(args, space, measurer)
     memory = memory_figures(args, lut_path(args))
     targets = pick_targets(args, space, table)

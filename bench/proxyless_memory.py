@@ -87,7 +87,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, Any]:
     from nas.oneshot.layout import layout_for_space
     from nas.oneshot.supernet import LatencyModel, Supernet
     from predictors.latency import LatencyTable
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.baselines import fmt, md_table
+from bench.report import fmt, md_table
 from bench.task_pool import work
 from nas.search.config import SearchConfig
 

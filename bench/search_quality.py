@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.baselines import ZOO_BASELINES, fit_zoo, fmt, md_table, measure_finals, pct, zoo_section
+from bench.baselines import ZOO_BASELINES, fit_zoo, measure_finals, zoo_section
 from bench.ray_throughput import ray_section
-from bench.report import REPO, omit, publish, results_path
+from bench.report import REPO, fmt, md_table, omit, pct, publish, results_path
 from bench.task_pool import run_pool, work
 from nas.training import RECIPES, recipe
 
@@ -83,13 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_measurer(backend: str, threads: int, protocol: str) -> Any:
-    from predictors.latency import LocalMeasurer, MeasureSettings
-
-    warmup, blocks, block_runs = (int(v) for v in protocol.split(","))
-    return LocalMeasurer(backend, threads=threads, settings=MeasureSettings(warmup, blocks, block_runs))
-
-
 # -- subprocess tasks -------------------------------------------------------------------------------
 
 def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> dict[str, Any]:
@@ -110,7 +103,8 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.rundir.files import RunDirectory
     from nas.search.config import SearchConfig
     from nas.search.runner import open_table, run_search
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
+    from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
     config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
@@ -152,10 +146,11 @@ def zoo_task(task: dict[str, Any]) -> dict[str, Any]:
 def ensure_lut(args: argparse.Namespace, space: Any) -> tuple[Any, str, Any]:
     """The table, whether it existed, and a measurer of its backend and threads (onnxruntime on
     1 thread for a table this run builds)."""
-    from predictors.latency import LatencyTable, ensure_table
+    from predictors.latency import LatencyTable, LocalMeasurer, MeasureSettings, ensure_table
 
     existing = LatencyTable.load(args.lut).metadata if args.lut.is_file() else {}
-    measurer = make_measurer(str(existing.get("backend", "onnxruntime")), int(existing.get("threads", 1)), args.measure)
+    measurer = LocalMeasurer(str(existing.get("backend", "onnxruntime")), threads=int(existing.get("threads", 1)),
+                             settings=MeasureSettings.parse(args.measure))
     # calibrated, so that predictions are in end-to-end milliseconds like the zoo's measured latencies
     table = ensure_table(space, measurer, args.lut, calibration_samples=args.calibrate_samples)
     return table, "existing" if existing else "built by this run", measurer
@@ -291,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import torch
 
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     torch.set_num_threads(1)
     started, phases = time.perf_counter(), {}

@@ -55,6 +55,7 @@ from compress.quantize_cost import (
     policy_weight_bits,
 )
 from compress.quantize_policy import QuantPolicy
+from search_spaces.errors import OptionError
 
 __all__ = ["HaqAgent", "HaqConfig", "cut_to_budget", "search_quant_policy", "state_features"]
 
@@ -82,9 +83,9 @@ class HaqConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int) and 2 <= self.min_bits <= self.max_bits <= 8):
-            raise ValueError(f"HaqConfig: min_bits={self.min_bits!r}, max_bits={self.max_bits!r}; need 2 <= min <= max <= 8")
+            raise OptionError(f"HaqConfig: min_bits={self.min_bits!r}, max_bits={self.max_bits!r}; need 2 <= min <= max <= 8")
         if not 2 <= self.fixed_activation_bits <= 8:
-            raise ValueError(f"HaqConfig.fixed_activation_bits={self.fixed_activation_bits!r} not in 2..8")
+            raise OptionError(f"HaqConfig.fixed_activation_bits={self.fixed_activation_bits!r} not in 2..8")
 
 
 def state_features(infos: Sequence[LayerInfo], search_activations: bool) -> np.ndarray:
@@ -229,6 +230,102 @@ def cut_to_budget(bits: list[int], cost: Callable[[list[int]], float], budget: f
     return bits
 
 
+class _QuantProblem:
+    """What one search decides over: the layers of the (folded) model, the steps of an episode,
+    which steps are pinned or may be cut, and the budget a policy's resource must meet. Each
+    policy's accuracy is evaluated once."""
+
+    def __init__(self, base: nn.Module, batches: list, config: HaqConfig, search_activations: bool,
+                 budget: float, by_cost: bool) -> None:
+        first = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
+        self.base, self.batches, self.config, self.budget, self.by_cost = base, batches, config, budget, by_cost
+        self.search_activations = search_activations
+        self.infos = layer_infos(base, tuple(first.shape))
+        self.names = [info.name for info in self.infos]
+        self.per_layer = 2 if search_activations else 1
+        self.steps = len(self.names) * self.per_layer
+        self.pinned: set[int] = set()
+        if config.keep_first_last and len(self.names) > 1:
+            self.pinned = {*range(self.per_layer), *range(self.steps - self.per_layer, self.steps)}
+        # a size budget only responds to weight steps; lowering activations there would cost accuracy for nothing
+        self.cuttable = [i for i in range(self.steps)
+                         if i not in self.pinned and (by_cost or i % self.per_layer == 0)]
+        self.cache: dict[QuantPolicy, float] = {}
+
+    def policy_of(self, bits: list[int]) -> QuantPolicy:
+        if self.search_activations:
+            return QuantPolicy({n: (bits[2 * i], bits[2 * i + 1]) for i, n in enumerate(self.names)})
+        return QuantPolicy({n: (bits[i], self.config.fixed_activation_bits) for i, n in enumerate(self.names)})
+
+    def resource(self, policy: QuantPolicy) -> float:
+        if not self.by_cost:
+            return float(policy_weight_bits(self.base, policy))
+        return bitfusion_cost(self.infos, policy).cycles
+
+    def allowed(self, bits: list[int]) -> list[int]:
+        return [self.config.max_bits if i in self.pinned else b for i, b in enumerate(bits)]
+
+    def check_reachable(self) -> None:
+        config = self.config
+        smallest = self.resource(self.policy_of(self.allowed([config.min_bits] * self.steps)))
+        if smallest > self.budget:
+            raise OptionError(f"search_quant_policy: budget {self.budget:g} is below the smallest reachable resource "
+                              f"{smallest:g} (every searched bit-width at min_bits={config.min_bits}"
+                              + (f", first and last layers at max_bits={config.max_bits})" if self.pinned else ")"))
+
+    def fit(self, bits: list[int]) -> list[int]:
+        return cut_to_budget(self.allowed(bits), lambda b: self.resource(self.policy_of(b)), self.budget,
+                             self.cuttable, self.config.min_bits)
+
+    def accuracy_of(self, policy: QuantPolicy, evaluate: Callable[[nn.Module], float]) -> float:
+        if policy not in self.cache:
+            qmodel = calibrate(apply_policy(self.base, policy, fold_batchnorm=False), self.batches).eval()
+            value = float(evaluate(qmodel))
+            if not math.isfinite(value):
+                raise ValueError(f"evaluate() returned {value!r}; expected a finite accuracy")
+            self.cache[policy] = value
+        return self.cache[policy]
+
+
+def _checked_budget(budget_weight_bits: int | None, budget_cost: float | None, episodes: int) -> float:
+    """The one budget as a number, after checking the search's arguments."""
+    if (budget_weight_bits is None) == (budget_cost is None):
+        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits or budget_cost")
+    budget = float(budget_weight_bits if budget_weight_bits is not None else budget_cost)  # type: ignore[arg-type]
+    if not (math.isfinite(budget) and budget > 0):
+        raise OptionError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise OptionError(f"search_quant_policy: episodes={episodes!r} must be an int >= 1")
+    return budget
+
+
+def _run_episode(agent: HaqAgent, problem: _QuantProblem, evaluate: Callable[[nn.Module], float],
+                 features: np.ndarray, episode: int, warmup: int, float_accuracy: float) -> dict[str, Any]:
+    """Act through every step, cut to the budget, evaluate, learn; the episode's history entry."""
+    config = problem.config
+    explore = "random" if episode < warmup else "noise"
+    states, proposed, previous = features.copy(), [], 0.0
+    for step in range(problem.steps):
+        states[step, 9] = previous
+        previous = agent.act(states[step], explore)
+        proposed.append(previous)
+    bits = problem.fit([_action_to_bits(a, config) for a in proposed])
+    policy = problem.policy_of(bits)
+    accuracy = problem.accuracy_of(policy, evaluate)
+    executed = [_bits_to_action(b, config) for b in bits]
+    states[1:, 9] = executed[:-1]  # the state each executed action was (now) taken in
+    reward = config.reward_scale * (accuracy - float_accuracy)
+    advantage = agent.observe(states, executed, reward)
+    losses = [agent.update() for _ in range(problem.steps)] if episode >= warmup else []
+    if episode >= warmup:
+        agent.noise *= config.noise_decay
+    return {
+        "episode": episode, "explore": explore, "bits": policy.bits_string(), "resource": problem.resource(policy),
+        "accuracy": accuracy, "reward": reward, "advantage": advantage,
+        "critic_loss": losses[-1][0] if losses else None, "policy": policy.to_dict()["layers"],
+    }
+
+
 def search_quant_policy(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
@@ -251,99 +348,30 @@ def search_quant_policy(
     ``config.fixed_activation_bits``). Returns the best policy found (highest accuracy; ties go to
     the smaller resource) and a JSON-serialisable report of every episode."""
     config = config or HaqConfig()
-    if (budget_weight_bits is None) == (budget_cost is None):
-        raise ValueError("search_quant_policy: give exactly one of budget_weight_bits or budget_cost")
-    budget = float(budget_weight_bits if budget_weight_bits is not None else budget_cost)  # type: ignore[arg-type]
-    if not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"search_quant_policy: episodes={episodes!r} must be an int >= 1")
+    budget = _checked_budget(budget_weight_bits, budget_cost, episodes)
     search_activations = budget_cost is not None if search_activations is None else search_activations
     batches = list(calibration)
     if not batches:
-        raise ValueError("search_quant_policy: calibration is empty; give at least one input batch")
-    first = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
+        raise OptionError("search_quant_policy: calibration is empty; give at least one input batch")
     base = copy.deepcopy(model).eval()
     if fold_batchnorm:
         fold_conv_batchnorm(base)
-    infos = layer_infos(base, tuple(first.shape))
-    names = [info.name for info in infos]
-    per_layer = 2 if search_activations else 1
-
-    def policy_of(bits: list[int]) -> QuantPolicy:
-        if search_activations:
-            return QuantPolicy({n: (bits[2 * i], bits[2 * i + 1]) for i, n in enumerate(names)})
-        return QuantPolicy({n: (bits[i], config.fixed_activation_bits) for i, n in enumerate(names)})
-
-    def resource(policy: QuantPolicy) -> float:
-        if budget_weight_bits is not None:
-            return float(policy_weight_bits(base, policy))
-        return bitfusion_cost(infos, policy).cycles
-
-    steps = len(names) * per_layer
-    pinned = set()
-    if config.keep_first_last and len(names) > 1:
-        pinned = {*range(per_layer), *range(steps - per_layer, steps)}
-
-    def allowed(bits: list[int]) -> list[int]:
-        return [config.max_bits if i in pinned else b for i, b in enumerate(bits)]
-
-    # a size budget only responds to weight steps; lowering activations there would cost accuracy for nothing
-    cuttable = [i for i in range(steps) if i not in pinned and (budget_cost is not None or i % per_layer == 0)]
-    smallest = resource(policy_of(allowed([config.min_bits] * steps)))
-    if smallest > budget:
-        raise ValueError(f"search_quant_policy: budget {budget:g} is below the smallest reachable resource "
-                         f"{smallest:g} (every searched bit-width at min_bits={config.min_bits}"
-                         + (f", first and last layers at max_bits={config.max_bits})" if pinned else ")"))
-
-    def fit(bits: list[int]) -> list[int]:
-        return cut_to_budget(allowed(bits), lambda b: resource(policy_of(b)), budget, cuttable, config.min_bits)
-
-    cache: dict[QuantPolicy, float] = {}
-
-    def accuracy_of(policy: QuantPolicy) -> float:
-        if policy not in cache:
-            qmodel = calibrate(apply_policy(base, policy, fold_batchnorm=False), batches).eval()
-            value = float(evaluate(qmodel))
-            if not math.isfinite(value):
-                raise ValueError(f"evaluate() returned {value!r}; expected a finite accuracy")
-            cache[policy] = value
-        return cache[policy]
-
+    problem = _QuantProblem(base, batches, config, search_activations, budget, by_cost=budget_cost is not None)
+    problem.check_reachable()
     float_accuracy = float(evaluate(copy.deepcopy(base)))
     agent = HaqAgent(config, seed)
-    features = state_features(infos, search_activations)
+    features = state_features(problem.infos, search_activations)
     warmup = config.warmup_episodes if config.warmup_episodes is not None else min(20, episodes // 4)
     history: list[dict[str, Any]] = []
     for episode in range(episodes):
-        explore = "random" if episode < warmup else "noise"
-        states, proposed, previous = features.copy(), [], 0.0
-        for step in range(steps):
-            states[step, 9] = previous
-            previous = agent.act(states[step], explore)
-            proposed.append(previous)
-        bits = fit([_action_to_bits(a, config) for a in proposed])
-        policy = policy_of(bits)
-        accuracy = accuracy_of(policy)
-        executed = [_bits_to_action(b, config) for b in bits]
-        states[1:, 9] = executed[:-1]  # the state each executed action was (now) taken in
-        reward = config.reward_scale * (accuracy - float_accuracy)
-        advantage = agent.observe(states, executed, reward)
-        losses = [agent.update() for _ in range(steps)] if episode >= warmup else []
-        if episode >= warmup:
-            agent.noise *= config.noise_decay
-        history.append({
-            "episode": episode, "explore": explore, "bits": policy.bits_string(), "resource": resource(policy),
-            "accuracy": accuracy, "reward": reward, "advantage": advantage,
-            "critic_loss": losses[-1][0] if losses else None, "policy": policy.to_dict()["layers"],
-        })
-        logger.info("HAQ episode %d/%d (%s): accuracy %.4f, resource %.4g / %.4g", episode + 1, episodes, explore,
-                    accuracy, history[-1]["resource"], budget)
+        history.append(_run_episode(agent, problem, evaluate, features, episode, warmup, float_accuracy))
+        logger.info("HAQ episode %d/%d (%s): accuracy %.4f, resource %.4g / %.4g", episode + 1, episodes,
+                    history[-1]["explore"], history[-1]["accuracy"], history[-1]["resource"], budget)
     best = max(history, key=lambda h: (h["accuracy"], -h["resource"], -h["episode"]))
     report = {
-        "budget": {"kind": "weight_bits" if budget_weight_bits is not None else "bitfusion_cycles", "value": budget},
+        "budget": {"kind": "bitfusion_cycles" if problem.by_cost else "weight_bits", "value": budget},
         "float_accuracy": float_accuracy, "search_activations": search_activations, "seed": seed,
-        "config": asdict(config), "layers": [info.to_dict() for info in infos], "best_episode": best["episode"],
+        "config": asdict(config), "layers": [info.to_dict() for info in problem.infos], "best_episode": best["episode"],
         "best": {k: best[k] for k in ("accuracy", "resource", "bits")}, "episodes": history,
     }
     return QuantPolicy(best["policy"]), report

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compress import prune_graph as graph
+import compress.prune_graph as graph
 from compress.policy import PolicyEnvelope, PolicyError, check_choice, check_layers, check_number
 from compress.prune_graph import INNER, Unit, analyse, block_inputs, has_expand
 from search_spaces.build import Network, build_model

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from compress.prune import MAX_RATIO, PrunePolicy, plan_prune, prunable_units, prune
 from predictors.cost import macs_of_spec
+from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,82 @@ class PruneSearchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class _BudgetedRatios:
+    """Ratio vectors over `names` and their costs (cached per pruned network), with the repair that
+    moves a vector into the budget."""
+
+    def __init__(self, spec: ArchSpec, names: list[str], criterion: str, round_to: int, max_ratio: float,
+                 budget_macs: int | None, budget_ms: float | None, predict: Callable[[ArchSpec], float] | None) -> None:
+        self.spec, self.names, self.criterion, self.round_to, self.max_ratio = spec, names, criterion, round_to, max_ratio
+        self.budget_macs, self.budget_ms, self.predict = budget_macs, budget_ms, predict
+        self.costs: dict[str, tuple[int, float | None]] = {}
+
+    def policy_of(self, vector: np.ndarray) -> PrunePolicy:
+        return PrunePolicy(self.criterion, {n: float(r) for n, r in zip(self.names, vector)}, self.round_to)
+
+    def cost(self, vector: np.ndarray) -> tuple[ArchSpec, int, float | None, bool]:
+        pruned = plan_prune(self.spec, self.policy_of(vector)).spec
+        key = pruned.content_hash()
+        if key not in self.costs:
+            self.costs[key] = (macs_of_spec(pruned), None if self.predict is None else float(self.predict(pruned)))
+        macs, ms = self.costs[key]
+        fits = ((self.budget_macs is None or macs <= self.budget_macs)
+                and (self.budget_ms is None or ms <= self.budget_ms))
+        return pruned, macs, ms, fits
+
+    def repair(self, vector: np.ndarray) -> np.ndarray:
+        max_ratio = self.max_ratio
+        # ceil to 4 decimals: readable policies, and rounding up only prunes more
+        vector = np.minimum(np.ceil(np.clip(vector, 0.0, max_ratio) * 1e4) / 1e4, max_ratio)
+        if self.cost(vector)[3]:
+            return vector
+        low, high = 0.0, 1.0
+        for _ in range(20):
+            middle = (low + high) / 2
+            if self.cost(vector + middle * (max_ratio - vector))[3]:
+                high = middle
+            else:
+                low = middle
+        return np.minimum(np.ceil((vector + high * (max_ratio - vector)) * 1e4) / 1e4, max_ratio)
+
+    def check_reachable(self) -> None:
+        _, smallest_macs, smallest_ms, fits = self.cost(np.full(len(self.names), self.max_ratio))
+        if not fits:
+            raise OptionError(
+                f"budget unreachable: pruning every unit by max_ratio={self.max_ratio} leaves {smallest_macs} MACs"
+                + (f", {smallest_ms:.3f} ms" if smallest_ms is not None else "")
+                + f" (budget: {self.budget_macs} MACs, {self.budget_ms} ms)"
+            )
+
+
+def _check_arguments(budget_macs: int | None, budget_ms: float | None, latency: Any, max_ratio: float,
+                     trials: int) -> None:
+    if budget_macs is None and budget_ms is None:
+        raise OptionError("search_prune_policy needs budget_macs and/or budget_ms")
+    if budget_ms is not None and latency is None:
+        raise OptionError("budget_ms needs a latency predictor: latency=LatencyTable or a callable spec -> ms")
+    if not 0 < max_ratio <= MAX_RATIO:
+        raise OptionError(f"max_ratio={max_ratio!r} must be in (0, {MAX_RATIO}]")
+    if trials < 1:
+        raise OptionError(f"trials={trials!r} must be >= 1")
+
+
+def _propose(ratios: _BudgetedRatios, history: list[dict[str, Any]], attempt: int, rng: np.random.Generator,
+             population: int, sigma: float) -> np.ndarray:
+    """The `attempt`-th candidate (1-based), repaired into the budget: the smallest uniform ratio
+    that fits, then random vectors, then mutations of one of the best so far."""
+    names, max_ratio = ratios.names, ratios.max_ratio
+    if attempt == 1:
+        return ratios.repair(np.zeros(len(names)))
+    if attempt <= population:
+        return ratios.repair(rng.uniform(0.0, max_ratio, len(names)))
+    ranked = sorted(history, key=lambda trial: -trial["reward"])[:population]
+    parent = np.array([ranked[rng.integers(len(ranked))]["ratios"][n] for n in names])
+    mask = rng.random(len(names)) < max(1.0 / len(names), 0.3)
+    mask[rng.integers(len(names))] = True
+    return ratios.repair(parent + mask * rng.normal(0.0, sigma, len(names)))
 
 
 def search_prune_policy(
@@ -77,74 +154,24 @@ def search_prune_policy(
 
     `latency` (callable spec -> ms, or an object with `.predict(spec)`) is required with
     `budget_ms`. `units` restricts the search to some prunable units (default: all)."""
-    if budget_macs is None and budget_ms is None:
-        raise ValueError("search_prune_policy needs budget_macs and/or budget_ms")
-    if budget_ms is not None and latency is None:
-        raise ValueError("budget_ms needs a latency predictor: latency=LatencyTable or a callable spec -> ms")
-    if not 0 < max_ratio <= MAX_RATIO:
-        raise ValueError(f"max_ratio={max_ratio!r} must be in (0, {MAX_RATIO}]")
-    if trials < 1:
-        raise ValueError(f"trials={trials!r} must be >= 1")
+    _check_arguments(budget_macs, budget_ms, latency, max_ratio, trials)
     names = list(units) if units is not None else list(prunable_units(spec))
     PrunePolicy(criterion, dict.fromkeys(names, 0.0), round_to).validate(spec)
     predict = None if latency is None else (latency.predict if hasattr(latency, "predict") else latency)
     rng = np.random.default_rng(seed)
-    costs: dict[str, tuple[int, float | None]] = {}
-
-    def policy_of(vector: np.ndarray) -> PrunePolicy:
-        return PrunePolicy(criterion, {n: float(r) for n, r in zip(names, vector)}, round_to)
-
-    def cost(vector: np.ndarray) -> tuple[ArchSpec, int, float | None, bool]:
-        pruned = plan_prune(spec, policy_of(vector)).spec
-        key = pruned.content_hash()
-        if key not in costs:
-            costs[key] = (macs_of_spec(pruned), None if predict is None else float(predict(pruned)))
-        macs, ms = costs[key]
-        fits = (budget_macs is None or macs <= budget_macs) and (budget_ms is None or ms <= budget_ms)
-        return pruned, macs, ms, fits
-
-    def repair(vector: np.ndarray) -> np.ndarray:
-        # ceil to 4 decimals: readable policies, and rounding up only prunes more
-        vector = np.minimum(np.ceil(np.clip(vector, 0.0, max_ratio) * 1e4) / 1e4, max_ratio)
-        if cost(vector)[3]:
-            return vector
-        low, high = 0.0, 1.0
-        for _ in range(20):
-            middle = (low + high) / 2
-            if cost(vector + middle * (max_ratio - vector))[3]:
-                high = middle
-            else:
-                low = middle
-        return np.minimum(np.ceil((vector + high * (max_ratio - vector)) * 1e4) / 1e4, max_ratio)
-
-    ceiling = np.full(len(names), max_ratio)
-    _, smallest_macs, smallest_ms, fits = cost(ceiling)
-    if not fits:
-        raise ValueError(
-            f"budget unreachable: pruning every unit by max_ratio={max_ratio} leaves {smallest_macs} MACs"
-            + (f", {smallest_ms:.3f} ms" if smallest_ms is not None else "")
-            + f" (budget: {budget_macs} MACs, {budget_ms} ms)"
-        )
+    ratios = _BudgetedRatios(spec, names, criterion, round_to, max_ratio, budget_macs, budget_ms, predict)
+    ratios.check_reachable()
     evaluated: dict[str, float] = {}
     history: list[dict[str, Any]] = []
     attempts = 0
     while len(evaluated) < trials and attempts < trials * 20:
         attempts += 1
-        if attempts == 1:
-            vector = repair(np.zeros(len(names)))  # the smallest uniform ratio that fits
-        elif attempts <= population:
-            vector = repair(rng.uniform(0.0, max_ratio, len(names)))
-        else:
-            ranked = sorted(history, key=lambda trial: -trial["reward"])[:population]
-            parent = np.array([ranked[rng.integers(len(ranked))]["ratios"][n] for n in names])
-            mask = rng.random(len(names)) < max(1.0 / len(names), 0.3)
-            mask[rng.integers(len(names))] = True
-            vector = repair(parent + mask * rng.normal(0.0, sigma, len(names)))
-        pruned, macs, ms, fits = cost(vector)
+        vector = _propose(ratios, history, attempts, rng, population, sigma)
+        pruned, macs, ms, fits = ratios.cost(vector)
         key = pruned.content_hash()
         if key in evaluated or not fits:
             continue
-        policy = policy_of(vector)
+        policy = ratios.policy_of(vector)
         pruned_spec, pruned_state = prune(spec, policy, state_dict)
         reward = float(evaluate(pruned_spec, pruned_state))
         evaluated[key] = reward
@@ -153,7 +180,6 @@ def search_prune_policy(
         logger.info("prune trial %d: reward %.4f, %d MACs%s", len(history) - 1, reward, macs,
                     f", {ms:.3f} ms" if ms is not None else "")
     best = max(history, key=lambda trial: trial["reward"])  # first of equals: the uniform baseline wins ties
-    policy = PrunePolicy(criterion, best["ratios"], round_to)
     report = PruneSearchReport(
         base_macs=macs_of_spec(spec), budget_macs=budget_macs, budget_ms=budget_ms, best_reward=best["reward"],
         best_macs=best["macs"], best_latency_ms=best["latency_ms"], best_ratios=dict(best["ratios"]),
@@ -161,4 +187,4 @@ def search_prune_policy(
     )
     if len(history) < trials:
         logger.warning("only %d distinct pruned networks found for %d trials", len(history), trials)
-    return policy, report
+    return PrunePolicy(criterion, best["ratios"], round_to), report

@@ -1,14 +1,15 @@
 """Compact, human-readable block strings in timm's spirit: `mb_k5_e6_c40_s2_se0.25_relu`.
 
 Parsed from a table of field codes (not an if/elif chain), and exact round trips:
-`BlockSpec.from_string(block.to_string()) == block`.
+`BlockSpec.from_string(block.to_string()) == block`. The codec reads and yields plain fields, not
+`BlockSpec`s, so that `spec.py` can use it without this module importing the spec back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.spec import Activation, BlockSpec, Op, SEStyle, SpecError
+from search_spaces.spec_vocabulary import Activation, Op, SEStyle, SpecError
 
 _OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds"}
 _SE_STYLE_CODES = {SEStyle.EFFICIENTNET: "", SEStyle.MOBILENETV3: "v3", SEStyle.GHOSTNET: "g"}
@@ -23,7 +24,8 @@ _FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
 }
 
 
-def block_to_string(block: BlockSpec) -> str:
+def block_to_string(block: Any) -> str:
+    """`block` is a `BlockSpec` (any object with its fields)."""
     parts = [_OP_CODES[block.op]]
     for code, (name, _, fmt) in _FIELD_CODES.items():
         value = getattr(block, name)
@@ -36,7 +38,8 @@ def block_to_string(block: BlockSpec) -> str:
     return "_".join(parts)
 
 
-def block_from_string(text: str) -> BlockSpec:
+def block_fields_from_string(text: str) -> dict[str, Any]:
+    """The `BlockSpec` fields a block string names; the spec validates them."""
     pieces = text.strip().split("_")
     ops = {code: op for op, code in _OP_CODES.items()}
     if not pieces or pieces[0] not in ops:
@@ -62,7 +65,7 @@ def block_from_string(text: str) -> BlockSpec:
             )
     if "out_channels" not in values:
         raise SpecError(f"block string {text!r}: missing output channels (c<N>)")
-    return BlockSpec(**values)
+    return values
 
 
 def _parse(parse: Any, raw: str, text: str, code: str) -> Any:

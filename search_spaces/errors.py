@@ -8,10 +8,11 @@ lives in the lowest package so that every package can raise it without importing
 The subclasses keep a builtin as a second base (`ValueError`, `KeyError`, `FileNotFoundError`,
 `RuntimeError`), so library callers that catch the builtin keep working.
 
-The family (the first five are defined next to the code that reads what they are about)::
+The family (the first six are defined next to the code that reads what they are about)::
 
     UserError
       SpecError             search_spaces.spec          an architecture / block spec or spec file
+      SupernetPlanError     search_spaces.supernet_plan a space (or its options) without a supernet plan
       LatencyTableError     predictors.latency.lut      a latency table file
         MissingEntriesError                             ... lacks layers of an architecture
       PolicyError           compress.policy             a compression policy

@@ -4,7 +4,7 @@ index per decision to an `ArchSpec`.
 Everything a searcher needs follows from that pair: sampling picks random indices, mutation
 changes one, the vector encoding *is* the indices, Optuna suggests one categorical per decision,
 and the RL controller emits one token per decision. Concrete spaces (`spaces/`) define the
-decisions, the decoder and `candidate_ops()`; they register by name in `SPACES`.
+decisions, the decoder and `candidate_ops()`; `spaces/` registers them by name in `SPACES`.
 
 Several vectors may decode to the same network (a skipped layer's position, the expansion of a
 block type that has none). Each network has one *canonical* vector: `encode(arch)` returns it,
@@ -13,7 +13,6 @@ block type that has none). Each network has one *canonical* vector: `encode(arch
 
 from __future__ import annotations
 
-import inspect
 import math
 import operator
 from abc import ABC, abstractmethod
@@ -25,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from search_spaces.build import LayerShape, layer_shapes
-from search_spaces.errors import OptionError
-from search_spaces.registry import Registry
 from search_spaces.spec import ArchSpec, SpecError
+from search_spaces.supernet_plan import SupernetPlan, SupernetPlanError
 
 # Inputs at or below this size (CIFAR-10, digits) get the small-input stride rule.
 SMALL_INPUT_MAX_RESOLUTION = 64
@@ -127,6 +125,13 @@ class SearchSpace(ABC):
         """Number of distinct architectures; the number of vectors unless a space overrides it."""
         return self.num_vectors()
 
+    def supernet_plan(self, **options: Any) -> SupernetPlan:
+        """How a one-shot supernet (`nas.oneshot`) covers this space: its slots and where their
+        layers sit. Spaces that support one-shot search override this; `options` are theirs."""
+        raise SupernetPlanError(f"no supernet layout: {type(self).__name__} does not implement supernet_plan(); "
+                                "the built-in proxyless (every layer) and mnasnet (per-stage MBConv kernel x "
+                                "expansion) spaces do")
+
     # -- derived -----------------------------------------------------------------------------------
     @property
     def cardinalities(self) -> list[int]:
@@ -210,30 +215,3 @@ class SearchSpace(ABC):
             "log10_size": round(self.log10_size(), 2),
         }
 
-
-SPACES: Registry[type[SearchSpace]] = Registry("search space")
-
-
-def get_space(name: str, resolution: int = 224, num_classes: int = 1000, **options: Any) -> SearchSpace:
-    # The built-in spaces register when their package is imported; import it here so callers
-    # need not know that (a function-level import: `spaces/` imports this module).
-    import search_spaces.spaces  # noqa: F401
-
-    space_class = SPACES.get(name)
-    _check_options(name, space_class, options)
-    space = space_class(resolution=resolution, num_classes=num_classes, **options)
-    space.options = dict(options)  # so a table built for a restricted space can rebuild that space
-    return space
-
-
-def _check_options(name: str, space_class: type[SearchSpace], options: dict[str, Any]) -> None:
-    """Space options (`--space-options`, a table's `space_options`) must be keyword arguments of
-    the space; say which are allowed instead of Python's "unexpected keyword argument"."""
-    parameters = inspect.signature(space_class).parameters
-    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
-        return
-    allowed = [key for key, parameter in parameters.items() if key not in ("resolution", "num_classes")
-               and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise OptionError(f"space option(s) {unknown} unknown to search space {name!r}; allowed: {allowed}")

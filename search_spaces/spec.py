@@ -17,46 +17,16 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
-from search_spaces.errors import UserError
-
-
-class SpecError(UserError, ValueError):
-    """An architecture or block specification is invalid; the message names the field."""
-
-
-class Op(str, Enum):
-    """Block types; each maps to one module class in the block registry."""
-
-    MBCONV = "mbconv"  # inverted residual with linear bottleneck (MobileNetV2, MnasNet, EfficientNet)
-    SHUFFLE = "shuffle"  # ShuffleNetV2 unit (channel split, shuffle; stride-2 variant)
-    GHOST = "ghost"  # Ghost bottleneck (GhostNet)
-    DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
-
-
-class Activation(str, Enum):
-    RELU = "relu"
-    RELU6 = "relu6"
-    HSWISH = "hswish"
-    SWISH = "swish"
-
-
-class SEStyle(str, Enum):
-    """How squeeze-excite sizes its bottleneck and gates, as each paper does.
-
-    - `efficientnet` (MnasNet, EfficientNet): squeeze = max(1, int(block_in * ratio)), sigmoid gate,
-      the block's activation inside.
-    - `mobilenetv3`: squeeze = make_divisible(mid * ratio, 8), hard-sigmoid gate, ReLU inside.
-    - `ghostnet`: squeeze = make_divisible(mid * ratio, 4), hard-sigmoid gate, ReLU inside.
-    """
-
-    EFFICIENTNET = "efficientnet"
-    MOBILENETV3 = "mobilenetv3"
-    GHOSTNET = "ghostnet"
-
-
-KERNELS = (3, 5, 7)
-STRIDES = (1, 2)
-STEM_KERNELS = (1, 3, 5, 7)
+from search_spaces.block_strings import block_fields_from_string, block_to_string
+from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
+    KERNELS,
+    STEM_KERNELS,
+    STRIDES,
+    Activation,
+    Op,
+    SEStyle,
+    SpecError,
+)
 
 
 def _enum_value(enum: type[Enum], value: Any, path: str) -> Enum:
@@ -151,17 +121,11 @@ class BlockSpec:
         return part_from_dict(cls, data, path)
 
     def to_string(self) -> str:
-        from search_spaces.block_strings import (
-            block_to_string,  # the codec needs these types
-        )
-
         return block_to_string(self)
 
     @classmethod
     def from_string(cls, text: str) -> BlockSpec:
-        from search_spaces.block_strings import block_from_string
-
-        return block_from_string(text)
+        return cls(**block_fields_from_string(text))
 
 
 @dataclass(frozen=True, slots=True)

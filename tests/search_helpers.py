@@ -17,7 +17,7 @@ from nas.search.config import SearchConfig
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurement, build_table
-from search_spaces.space import SPACES
+from search_spaces.spaces import SPACES
 from search_spaces.spec import ArchSpec
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -115,6 +116,18 @@ def test_bad_dataset(model_dir: Path, tmp_path: Path) -> None:
     assert_user_error(result, "'bogus:x'", "synthetic")
 
 
+def test_bad_cifar10_file(model_dir: Path, tmp_path: Path) -> None:
+    def prune_on(dataset: str) -> Result:
+        return invoke("compress", "prune", str(model_dir), "--ratio", "0.5", "--dataset", dataset, "--epochs", "0",
+                      "--no-measure", "--out", str(tmp_path / "out"))
+
+    missing = tmp_path / "nowhere.npz"
+    assert_user_error(prune_on(f"cifar10:{missing}"), str(missing), "does not exist")
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, x_train=np.zeros((2, 32, 32, 3), np.uint8))
+    assert_user_error(prune_on(f"cifar10:{partial}"), str(partial), "lacks key(s)", "y_train")
+
+
 def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NAS_DEVICE_TOKEN", raising=False)
     out = str(tmp_path / "table.json")
@@ -125,6 +138,31 @@ def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_user_error(invoke("lut", "build", "--space", "nope", "--out", out), "search space 'nope'", "mnasnet")
     assert_user_error(invoke("zoo", "resnet50"), "zoo model 'resnet50'", "mobilenet_v2")
     assert not Path(out).exists()
+
+
+def test_bad_compression_option(model_dir: Path, tmp_path: Path) -> None:
+    common = ["--dataset", "synthetic:2", "--epochs", "0", "--out", str(tmp_path / "out")]
+    assert_user_error(invoke("compress", "quantize", str(model_dir), "--search", "--size-ratio", "0.01", *common),
+                      "below the smallest reachable")
+    assert_user_error(invoke("compress", "prune", str(model_dir), "--budget-macs", "1", "--no-measure", *common),
+                      "budget unreachable", "max_ratio=0.8")
+
+
+def test_unknown_latency_table_format(tmp_path: Path) -> None:
+    source = tmp_path / "table.yaml"
+    source.write_text("{}")
+    assert_user_error(invoke("lut", "import", str(source), "--format", "bogus", "--out", str(tmp_path / "t.json")),
+                      "latency table format 'bogus'", "proxyless")
+
+
+def test_bad_strategy_option(tmp_path: Path, empty_table: Path) -> None:
+    search = ["search", "--space", "mnasnet", "--resolution", "32", "--dataset", "digits", "--lut", str(empty_table),
+              "--latency-budget", "5ms", "--trials", "1", "--epochs", "1", "--final-epochs", "0", "--no-progress",
+              "--runs-dir", str(tmp_path / "runs")]
+    assert_user_error(invoke(*search, "--name", "evo", "--strategy", "evolution",
+                             "--strategy-options", '{"population_size": 1}'), "population_size=1", ">= 2")
+    assert_user_error(invoke(*search, "--name", "rl", "--strategy", "mnas-rl",
+                             "--strategy-options", '{"baseline_decay": 1.5}'), "baseline_decay=1.5", "[0, 1)")
 
 
 def test_missing_input_file(tmp_path: Path, empty_table: Path) -> None:

@@ -30,10 +30,12 @@ from nas.oneshot.layout import LayoutError, layout_for_space
 from nas.training.train import TrainConfig
 from predictors.latency import Calibration, LatencyTable, Measurement, build_table
 from search_spaces.build import LayerShape, build_model, layer_shapes
-from search_spaces.space import SPACES, Decision, SearchSpace
+from search_spaces.space import Decision, SearchSpace
+from search_spaces.spaces import SPACES
 from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spaces.proxyless import KERNELS, PAIR_LABELS, PAIRS, ProxylessSpace
 from search_spaces.spec import Activation, ArchSpec, HeadSpec, StemSpec
+from search_spaces.supernet_plan import Slot, SupernetPlan
 
 RESOLUTION, CLASSES = 8, 4
 
@@ -149,6 +151,21 @@ def test_layout_refuses_other_spaces() -> None:
         layout_for_space(TinySpace())
     with pytest.raises(LayoutError, match="no mbconv"):
         layout_for_space(MnasNetSpace(resolution=RESOLUTION, num_classes=CLASSES, ops=["ghost"]))
+
+
+def test_a_space_gets_a_supernet_by_implementing_its_plan() -> None:
+    from tiny_space import TinySpace
+
+    class PlannedTinySpace(TinySpace):
+        def supernet_plan(self, **options: Any) -> SupernetPlan:  # kernel x expansion, depth fixed at 2
+            pairs = list(itertools.product(range(2), range(2)))
+            slot = Slot("blocks", tuple(f"k{k}_e{e}" for k, e in pairs), tuple(((0, k), (1, e)) for k, e in pairs))
+            return SupernetPlan((slot,), (0, 0, 1), ((0, 1),))
+
+    space = PlannedTinySpace()
+    layout = layout_for_space(space)
+    assert [len(layer.candidates) for layer in layout.layers] == [4, 4]
+    assert layout.derive([3]) == space.decode([1, 1, 1])
 
 
 @pytest.mark.parametrize("calibration", [None, Calibration(slope=1.3, intercept_ms=0.2, samples=9, ms_per_mweight=0.5)])

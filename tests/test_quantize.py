@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
+from conftest import needs_exact_int8_kernels
 import torch
 from torch import nn
 
@@ -244,6 +245,7 @@ def test_bitfusion_cost_decreases_with_bits() -> None:
 # ---- ONNX QDQ export ----------------------------------------------------------------------------
 
 
+@needs_exact_int8_kernels
 @pytest.mark.parametrize("fold", [True, False])
 def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     model = tiny_model()

@@ -7,9 +7,11 @@ import dataclasses
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from nas.training.data import DataSplits, load_dataset
 from nas.training.train import TrainConfig, TrainReport, evaluate, train
+from search_spaces.errors import DatasetError, OptionError
 
 torch.set_num_threads(1)
 
@@ -181,8 +183,16 @@ def test_report_to_dict() -> None:
     ],
 )
 def test_bad_config_names_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}="):
+    with pytest.raises(OptionError, match=rf"TrainConfig\.{field}="):  # a ValueError too
         TrainConfig(**{field: value})
+
+
+def test_an_empty_split_is_a_dataset_error(synthetic8: DataSplits) -> None:
+    empty = TensorDataset(synthetic8.val.tensors[0][:0], synthetic8.val.tensors[1][:0])
+    with pytest.raises(DatasetError, match="data.val .* is empty"):
+        train(tiny_cnn(), dataclasses.replace(synthetic8, val=empty), TrainConfig(epochs=1))
+    with pytest.raises(DatasetError, match="the dataset is empty"):
+        evaluate(tiny_cnn(), empty)
 
 
 def test_config_default_lr_per_optimizer() -> None:

@@ -37,7 +37,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from search_spaces.errors import InputFileError, OptionError
+from nas.artifacts.export_report import ExportReport, FormatResult
 from nas.rundir.model_files import (
     ArchMismatchError,
     WeightsError,
@@ -87,46 +87,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 class ExportError(RuntimeError):
     """An exported file does not reproduce the model within its tolerance, or cannot be made."""
-
-
-@dataclass
-class FormatResult:
-    format: str
-    path: Path
-    size_bytes: int
-    criterion: str  # how it was verified, in words (goes into the model card)
-    max_abs_diff: float  # observed, on the verification inputs
-    tolerance: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path)}
-
-
-@dataclass
-class ExportReport:
-    run_dir: Path
-    out_dir: Path
-    source: str  # where the weights came from, e.g. "best/ (trial 3)"
-    trial_id: int | None
-    arch: ArchSpec
-    formats: list[FormatResult]
-    opset: int = ONNX_OPSET
-    calibration: str = "random"
-    measured_latency: dict[str, Any] | None = None
-    card_path: Path | None = None
-
-    def result(self, name: str) -> FormatResult | None:
-        return next((item for item in self.formats if item.format == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir), "out_dir": str(self.out_dir), "source": self.source,
-            "trial_id": self.trial_id, "arch_hash": self.arch.content_hash(), "opset": self.opset,
-            "calibration": self.calibration, "formats": [item.to_dict() for item in self.formats],
-            "measured_latency": self.measured_latency, "card_path": str(self.card_path) if self.card_path else None,
-        }
 
 
 def parse_formats(formats: str | Sequence[str] | None) -> list[str]:

@@ -20,7 +20,7 @@ from search_spaces.build import layer_shapes
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, StemSpec
 
 if TYPE_CHECKING:
-    from nas.artifacts.export import ExportReport
+    from nas.artifacts.export_report import ExportReport
     from predictors.latency import LatencyTable
 
 logger = logging.getLogger(__name__)

@@ -75,25 +75,8 @@ def _data(source: Source, dataset: str | None, seed: int):
     return load_dataset(name, source.spec.resolution, seed=seed)
 
 
-def _calibration_batches(data: Any, seed: int, images: int = 256, batch: int = 64) -> list:
-    """Random training images: splits may be grouped by class, so the first N would be one class."""
-    import torch
-
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:images]
-    inputs = data.train.tensors[0][order]
-    return [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
-
-
 def _write(out: Path, name: str, data: Any) -> None:
     (out / name).write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _finetune(model, teacher, data, epochs: int, seed: int) -> Any:
-    from compress.distill import DistillationLoss
-    from nas.training.train import TrainConfig, train
-
-    config = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, seed=seed)
-    return train(model, data, config, teacher=teacher, distill_loss=DistillationLoss(), evaluate_test=True)
 
 
 @compress_app.command("scale")
@@ -159,11 +142,10 @@ def prune(
     measure: bool = typer.Option(True, help="Measure latency before/after on ONNX Runtime (1 thread)."),
 ) -> None:
     """Remove channels physically (valid smaller spec + weights), then fine-tune with distillation."""
-    from compress.prune import PrunePolicy, plan_prune
+    from compress.prune import plan_prune
     from compress.prune import prune as prune_weights
-    from compress.prune_search import search_prune_policy
     from nas.rundir.model_files import save
-    from nas.training.train import evaluate
+    from nas.training import TrainConfig, distilled_finetune, evaluate
     from predictors.cost import count
     from search_spaces.build import build_model
 
@@ -172,24 +154,12 @@ def prune(
         raise OptionError("give exactly one of --ratio, --policy or --budget-macs")
     data = _data(src, dataset, seed)
     state = {k: v.detach().clone() for k, v in src.model.state_dict().items()}
-    report = None
-    if ratio is not None:
-        chosen = PrunePolicy.uniform(src.spec, ratio, criterion)
-    elif policy is not None:
-        chosen = PrunePolicy.load(policy)
-    else:
-        def score(spec, state_dict) -> float:
-            model = build_model(spec)
-            model.load_state_dict(state_dict)
-            return evaluate(model, data.val)
-
-        chosen, report = search_prune_policy(src.spec, state, score, budget_macs=budget_macs,
-                                             criterion=criterion, trials=trials, seed=seed)
+    chosen, report = _prune_policy(src, data, state, ratio, policy, budget_macs, criterion, trials, seed)
     pruned_spec, pruned_state = prune_weights(src.spec, chosen, state)
     model = build_model(pruned_spec)
     model.load_state_dict(pruned_state, strict=True)
     accuracy_before_finetune = evaluate(model, data.val)
-    train_report = _finetune(model, src.model, data, epochs, seed) if epochs else None
+    train_report = distilled_finetune(model, src.model, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     out_dir = _output_dir(src, "prune", out)
     chosen.save(out_dir / "policy.json")
     save(model, pruned_spec, out_dir)
@@ -204,15 +174,42 @@ def prune(
         "changed_widths": {name: list(widths) for name, widths in plan_prune(src.spec, chosen).widths.items()},
     }
     if measure:
-        from predictors.latency import LocalMeasurer
-
-        measured = LocalMeasurer("onnxruntime", threads=1).measure_archs([src.spec, pruned_spec])
-        metrics["latency_ms_onnxruntime_1thread"] = [measured[0].median_ms, measured[1].median_ms]
+        metrics["latency_ms_onnxruntime_1thread"] = _measure_before_after(src.spec, pruned_spec)
     _write(out_dir, "metrics.json", metrics)
     console.print(f"{out_dir}: params {base.params:,} -> {pruned.params:,}, MACs {base.macs:,} -> {pruned.macs:,}, "
                   f"val accuracy {metrics['val_accuracy_unpruned']:.4f} -> {metrics['val_accuracy']:.4f}"
                   + (f", latency {metrics['latency_ms_onnxruntime_1thread'][0]:.3f} -> "
                      f"{metrics['latency_ms_onnxruntime_1thread'][1]:.3f} ms" if measure else ""))
+
+
+def _prune_policy(src: Source, data: Any, state: dict[str, Any], ratio: float | None, policy: Path | None,
+                  budget_macs: int | None, criterion: str, trials: int, seed: int) -> tuple[Any, Any]:
+    """The policy `nas compress prune` applies, and the search report when it searched for it."""
+    from compress.prune import PrunePolicy
+    from compress.prune_search import search_prune_policy
+    from nas.training.train import evaluate
+    from search_spaces.build import build_model
+
+    if ratio is not None:
+        return PrunePolicy.uniform(src.spec, ratio, criterion), None
+    if policy is not None:
+        return PrunePolicy.load(policy), None
+
+    def score(spec, state_dict) -> float:
+        model = build_model(spec)
+        model.load_state_dict(state_dict)
+        return evaluate(model, data.val)
+
+    return search_prune_policy(src.spec, state, score, budget_macs=budget_macs, criterion=criterion,
+                               trials=trials, seed=seed)
+
+
+def _measure_before_after(before: Any, after: Any) -> list[float]:
+    """Median latency of both specs on ONNX Runtime, one thread, interleaved in one session."""
+    from predictors.latency import LocalMeasurer
+
+    measured = LocalMeasurer("onnxruntime", threads=1).measure_archs([before, after])
+    return [measured[0].median_ms, measured[1].median_ms]
 
 
 @compress_app.command("quantize")
@@ -231,13 +228,10 @@ def quantize(
     seed: int = typer.Option(0),
 ) -> None:
     """Mixed-precision (HAQ) or uniform fake-quantization, QAT with distillation, int8 ONNX when all 8-bit."""
-    from compress.haq import search_quant_policy
     from compress.quantize import prepare_qat
     from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
     from compress.quantize_export import export_qdq
-    from compress.quantize_policy import QuantPolicy, uniform_policy
-    from nas.training.train import evaluate
-    from safetensors.torch import save_file
+    from nas.training import TrainConfig, distilled_finetune, evaluate
 
     src = read_source(source, weights, need_weights=True)
     if (bits is not None) + (policy is not None) + search != 1:
@@ -245,24 +239,13 @@ def quantize(
     data = _data(src, dataset, seed)
     fp32 = src.model.eval()
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
-    calibration = _calibration_batches(data, seed)
-    report = None
-    if bits is not None:
-        chosen = uniform_policy(fp32, bits)
-    elif policy is not None:
-        chosen = QuantPolicy.from_json(policy.read_text())
-    else:
-        budget = int(size_ratio * policy_weight_bits(fp32, uniform_policy(fp32, 8)))
-        chosen, report = search_quant_policy(fp32, lambda q: evaluate(q, data.val), calibration=calibration,
-                                             budget_weight_bits=budget, episodes=episodes, seed=seed)
+    calibration = data.calibration_batches(seed)
+    chosen, report = _quant_policy(fp32, data, calibration, bits, policy, size_ratio, episodes, seed)
     qmodel = prepare_qat(fp32, chosen, calibration=calibration)
-    train_report = _finetune(qmodel, fp32, data, epochs, seed) if epochs else None
+    train_report = distilled_finetune(qmodel, fp32, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     qmodel.eval()
     out_dir = _output_dir(src, "quantize", out)
-    (out_dir / "policy.json").write_text(chosen.to_json() + "\n")
-    (out_dir / "arch.json").write_text(src.spec.to_json() + "\n")
-    save_file({k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()},
-              str(out_dir / "weights.safetensors"))
+    _save_quantized(out_dir, chosen, src.spec, qmodel)
     infos = layer_infos(fp32, shape)
     metrics: dict[str, Any] = {
         "policy": chosen.bits_string(),
@@ -282,3 +265,30 @@ def quantize(
     console.print(f"{out_dir}: {metrics['policy']}; weight bits {metrics['weight_bits']:,} "
                   f"(fp32 {metrics['weight_bits_fp32']:,}); val accuracy {metrics['val_accuracy_fp32']:.4f} -> "
                   f"{metrics['val_accuracy']:.4f}")
+
+
+def _quant_policy(fp32: Any, data: Any, calibration: list, bits: int | None, policy: Path | None,
+                  size_ratio: float, episodes: int, seed: int) -> tuple[Any, dict[str, Any] | None]:
+    """The policy `nas compress quantize` applies, and HAQ's report when it searched for it."""
+    from compress.haq import search_quant_policy
+    from compress.quantize_cost import policy_weight_bits
+    from compress.quantize_policy import QuantPolicy, uniform_policy
+    from nas.training.train import evaluate
+
+    if bits is not None:
+        return uniform_policy(fp32, bits), None
+    if policy is not None:
+        return QuantPolicy.from_json(policy.read_text()), None
+    budget = int(size_ratio * policy_weight_bits(fp32, uniform_policy(fp32, 8)))
+    return search_quant_policy(fp32, lambda q: evaluate(q, data.val), calibration=calibration,
+                               budget_weight_bits=budget, episodes=episodes, seed=seed)
+
+
+def _save_quantized(out_dir: Path, chosen: Any, spec: Any, qmodel: Any) -> None:
+    """policy.json, arch.json and the QAT model's state as weights.safetensors."""
+    from safetensors.torch import save_file
+
+    (out_dir / "policy.json").write_text(chosen.to_json() + "\n")
+    (out_dir / "arch.json").write_text(spec.to_json() + "\n")
+    save_file({k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()},
+              str(out_dir / "weights.safetensors"))

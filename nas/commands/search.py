@@ -55,7 +55,7 @@ def lut_path_for(space: str, resolution: int, num_classes: int, backend: str, th
 def ensure_lut(space_name: str, resolution: int, num_classes: int, space_options: dict[str, Any], backend: str,
                threads: int, root: Path, settings: Any = None) -> Path:
     from predictors.latency import LocalMeasurer, ensure_table
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     path = lut_path_for(space_name, resolution, num_classes, backend, threads, space_options, root)
     space = get_space(space_name, resolution=resolution, num_classes=num_classes, **space_options)
@@ -263,7 +263,7 @@ def demo(
 
     from nas.rundir.files import RunDirectory, write_json_atomic
     from predictors.latency import LatencyTable
-    from search_spaces.space import get_space
+    from search_spaces.spaces import get_space
 
     started = time.perf_counter()
     # One training thread: on a 2-core VM shared with another busy process, two OpenMP threads made

@@ -1,7 +1,7 @@
 """`SupernetLayout`: which layers of a search space become mixed layers, what their candidates
 are, and how a choice per mixed layer maps back to the space's decision vector.
 
-A layout is built from the space's *public* interface only (`decisions`, `decode`, `layer_shapes`):
+A layout is built from the space's *public* interface only (`supernet_plan`, `decode`, `layer_shapes`):
 every candidate block is read off a network the space itself decoded, so the blocks a supernet
 trains are exactly the blocks of the architecture it derives (same `BlockSpec`, same input shape,
 same latency-table key). The constructor checks this and refuses spaces where it would not hold.
@@ -11,45 +11,27 @@ layer* is one position of the supernet, with one candidate module per option of 
 `proxyless` every decision is one layer (22 slots, 22 layers, `skip` is an option of every
 non-first layer of a stage). In `mnasnet` the space repeats one block per stage, so a slot is a
 stage's (kernel, expansion) pair of MBConv and all layers of the stage share it; the stage's op
-(MBConv), SE ratio, layer count and width are fixed (see `mnasnet_layout`) -- a supernet over
-those would mix networks of different shapes, which this module does not attempt.
+(MBConv), SE ratio, layer count and width are fixed (see `MnasNetSpace.supernet_plan`) -- a
+supernet over those would mix networks of different shapes, which this module does not attempt.
+Each space says this in its `supernet_plan()`; this module knows no space by name.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.space import SearchSpace
-from search_spaces.spaces.mnasnet import FIELDS as MNASNET_FIELDS
-from search_spaces.spaces.mnasnet import MnasNetSpace
-from search_spaces.spaces.proxyless import ProxylessSpace
-from search_spaces.spec import ArchSpec, Op, SpecError
+from search_spaces.spec import ArchSpec, SpecError
+from search_spaces.supernet_plan import Slot, SupernetPlanError
 
 __all__ = ["LayoutError", "MixedLayerSpec", "Slot", "SupernetLayout", "layout_for_space"]
 
 
 class LayoutError(ValueError):
     """A space (or its options) cannot be turned into a supernet; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One vector of architecture logits. `assignments[o]` is what option `o` sets in the space's
-    decision vector, as (decision index, option index) pairs; `skip` is the option that removes
-    the slot's layers (None when there is none)."""
-
-    name: str
-    labels: tuple[str, ...]
-    assignments: tuple[tuple[tuple[int, int], ...], ...]
-    skip: int | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,64 +129,11 @@ class SupernetLayout:
                               "or the head's input; a supernet shares them")
 
 
-# -- the layouts of the built-in spaces --------------------------------------------------------------
-
-def per_layer_layout(space: SearchSpace) -> SupernetLayout:
-    """Spaces where decision `i` is block `i` of the network and a `None` option removes it
-    (`proxyless`): one slot per decision, named and labelled like it."""
-    slots, base = [], []
-    for index, decision in enumerate(space.decisions):
-        present = [o for o, option in enumerate(decision.options) if option is not None]
-        if not present:
-            raise LayoutError(f"{space.name}: decision {decision.name!r} only offers skip")
-        skips = [o for o, option in enumerate(decision.options) if option is None]
-        slots.append(Slot(decision.name, decision.labels, tuple(((index, o),) for o in range(len(decision.options))),
-                          skips[0] if skips else None))
-        base.append(present[0])
-    return SupernetLayout(space, slots, base, [[i] for i in range(len(slots))])
-
-
-def mnasnet_layout(space: MnasNetSpace, *, se_index: int = 0, layers_index: int | None = None,
-                   width_index: int | None = None) -> SupernetLayout:
-    """One slot per stage over its (kernel, expansion) pairs of MBConv, shared by the stage's layers.
-    Fixed per stage: op = mbconv, SE = option `se_index`, layers and width = option `layers_index` /
-    `width_index` (default: the middle of the options, rounded down, which is the base network's
-    value for the default deltas {-1, 0, +1} and multipliers {0.75, 1.0, 1.25})."""
-    fields = {name: i for i, name in enumerate(MNASNET_FIELDS)}
-    slots, base, positions, position = [], [], [], 0
-    for s, stage in enumerate(space.stages):
-        if Op.MBCONV not in stage.ops:
-            raise LayoutError(f"mnasnet: stage{stage.index} offers no mbconv (ops {[o.value for o in stage.ops]})")
-        fixed = {"op": stage.ops.index(Op.MBCONV), "kernel": 0, "expand_ratio": 0, "se_ratio": se_index,
-                 "layers": (len(stage.layers) - 1) // 2 if layers_index is None else layers_index,
-                 "width": (len(stage.widths) - 1) // 2 if width_index is None else width_index}
-        for name in ("se_ratio", "layers", "width"):
-            if not 0 <= fixed[name] < len(stage.options(name)):
-                raise LayoutError(f"mnasnet: stage{stage.index}.{name} index {fixed[name]} not in "
-                                  f"0..{len(stage.options(name)) - 1}")
-        offset = s * len(MNASNET_FIELDS)
-        base += [fixed[name] for name in MNASNET_FIELDS]
-        pairs = list(itertools.product(range(len(stage.kernels)), range(len(stage.expand_ratios))))
-        labels = tuple(f"k{stage.kernels[k]}_e{stage.expand_ratios[e]:g}" for k, e in pairs)
-        assignments = tuple(((offset + fields["kernel"], k), (offset + fields["expand_ratio"], e)) for k, e in pairs)
-        slots.append(Slot(f"stage{stage.index}", labels, assignments))
-        count = stage.layers[fixed["layers"]]
-        positions.append(list(range(position, position + count)))
-        position += count
-    return SupernetLayout(space, slots, base, positions)
-
-
 def layout_for_space(space: SearchSpace, **options: Any) -> SupernetLayout:
-    """The supernet layout of a built-in space (`proxyless`, `mnasnet`; their subclasses too).
-    `options` go to `mnasnet_layout` (the proxyless layout has none)."""
+    """The supernet layout of the plan `space.supernet_plan(**options)` gives (the mnasnet space
+    takes `se_index`, `layers_index`, `width_index`; the proxyless space none)."""
     try:
-        if isinstance(space, ProxylessSpace):
-            if options:
-                raise LayoutError(f"proxyless: the layout takes no options, got {sorted(options)}")
-            return per_layer_layout(space)
-        if isinstance(space, MnasNetSpace):
-            return mnasnet_layout(space, **options)
-    except SpecError as error:
+        plan = space.supernet_plan(**options)
+        return SupernetLayout(space, plan.slots, plan.base_vector, plan.positions)
+    except (SpecError, SupernetPlanError) as error:
         raise LayoutError(f"{space.name}: {error}") from None
-    raise LayoutError(f"no supernet layout for space {space.name!r} ({type(space).__name__}); "
-                      "supported: proxyless (every layer), mnasnet (per-stage MBConv kernel x expansion)")

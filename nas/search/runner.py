@@ -25,7 +25,8 @@ from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
 from search_spaces.errors import OptionError
 from nas.search.config import SearchConfig
-from search_spaces.space import SearchSpace, get_space
+from search_spaces.space import SearchSpace
+from search_spaces.spaces import get_space
 
 logger = logging.getLogger(__name__)
 

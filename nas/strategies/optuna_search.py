@@ -70,7 +70,7 @@ def open_storage(storage: str | None) -> str | BaseStorage | None:
         return storage
     path = storage[len(JOURNAL_PREFIX):]
     if not path:
-        raise ValueError(f"storage={storage!r}: a journal needs a file, e.g. 'journal:///runs/x/journal.log'")
+        raise OptionError(f"storage={storage!r}: a journal needs a file, e.g. 'journal:///runs/x/journal.log'")
     return JournalStorage(JournalFileBackend(path))
 
 
@@ -225,7 +225,7 @@ class OptunaSearcher(Searcher):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if state.get("study_name") != self.study_name:
-            raise ValueError(f"{self.name}: state is for study {state.get('study_name')!r}, "
+            raise OptionError(f"{self.name}: state is for study {state.get('study_name')!r}, "
                              f"this searcher opened {self.study_name!r}; pass study_name={state.get('study_name')!r}")
         if self.storage is None:
             logger.warning("%s: resuming with in-memory storage: the study's trials are lost, the sampler "

@@ -7,21 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
+from search_spaces.errors import DatasetError, InputFileError
+
 CIFAR_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def cifar10_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputFileError(
             f"cifar10 path {str(path)!r} does not exist; expected an .npz file with "
             f"{', '.join(CIFAR_KEYS)} or a torchvision CIFAR-10 root directory"
         )
     if path.is_dir():
         return cifar10_torchvision(path)
-    with np.load(path, allow_pickle=False) as archive:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:  # not an .npz, or one holding pickled objects
+        raise DatasetError(f"cifar10 path {str(path)!r} is not a readable .npz of arrays ({error})") from None
+    with archive:
         missing = [key for key in CIFAR_KEYS if key not in archive.files]
         if missing:
-            raise ValueError(
+            raise DatasetError(
                 f"cifar10 npz {str(path)!r} lacks key(s) {missing}; expected "
                 f"{list(CIFAR_KEYS)}, found {archive.files}"
             )
@@ -30,19 +36,19 @@ def cifar10_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         x_key, y_key = f"x_{part}", f"y_{part}"
         x, y = arrays[x_key], arrays[y_key]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise ValueError(
+            raise DatasetError(
                 f"cifar10 npz {str(path)!r}: {x_key} is {x.dtype} {x.shape}; "
                 f"expected uint8 of shape (N, 32, 32, 3) (NHWC)"
             )
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]  # Keras stores labels as (N, 1)
         if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-            raise ValueError(
+            raise DatasetError(
                 f"cifar10 npz {str(path)!r}: {y_key} is {y.dtype} {y.shape}; expected "
                 f"integer labels of shape ({len(x)},)"
             )
         if len(y) and (y.min() < 0 or y.max() > 9):
-            raise ValueError(
+            raise DatasetError(
                 f"cifar10 npz {str(path)!r}: {y_key} has labels in [{y.min()}, {y.max()}]; "
                 f"expected 0..9"
             )
@@ -59,7 +65,7 @@ def cifar10_torchvision(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         train = CIFAR10(str(root), train=True, download=False)
         test = CIFAR10(str(root), train=False, download=False)
     except RuntimeError as error:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"cifar10 root {str(root)!r} holds no intact CIFAR-10 python batches "
             f"(expected {str(root / 'cifar-10-batches-py')!r} from the official archive; "
             f"nothing is downloaded): {error}"

@@ -30,6 +30,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,12 @@ class DataSplits:
     name: str
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+
+    def calibration_batches(self, seed: int, images: int = 256, batch: int = 64) -> list[Tensor]:
+        """`images` training images drawn at random, in batches: the splits may be grouped by
+        class, so the first N would be one or two classes."""
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))[:images]
+        return list(self.train.tensors[0][order].split(batch))
 
 
 def load_dataset(
@@ -297,7 +304,6 @@ def _imagefolder(
 ) -> DataSplits:
     """Decode only the images that end up in a split; each is squashed to a square."""
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
         raise InputFileError(
@@ -307,47 +313,60 @@ def _imagefolder(
     transform = transforms.Compose(
         [transforms.Resize((resolution, resolution)), transforms.PILToTensor()]
     )
-
-    def open_folder(folder: Path) -> ImageFolder:
-        try:
-            return ImageFolder(str(folder), transform=transform)
-        except FileNotFoundError as error:
-            raise InputFileError(
-                f"imagefolder {str(folder)!r}: {error}; expected one subfolder per class "
-                f"holding image files"
-            ) from error
-
     if (root / "train").is_dir() and (root / "val").is_dir():
-        folders = {part: open_folder(root / part) for part in ("train", "val", "test")
-                   if (root / part).is_dir()}
-        for part, folder in folders.items():
-            if folder.classes != folders["train"].classes:
-                raise DatasetError(
-                    f"imagefolder {str(root)!r}: {part}/ classes {folder.classes} differ from "
-                    f"train/ classes {folders['train'].classes}"
-                )
-        train_labels = np.asarray(folders["train"].targets, dtype=np.int64)
-        if "test" in folders:
-            train_idx = np.arange(len(train_labels))
-            test_pick = (folders["test"], np.arange(len(folders["test"])))
-        else:  # val/ stays the val split; a test split is carved from train/
-            train_idx, test_idx = _split_off(train_labels, TEST_FRACTION, rng, "test")
-            test_pick = (folders["train"], test_idx)
-        picks: list[tuple[ImageFolder, np.ndarray]] = [
-            (folders["train"], train_idx),
-            (folders["val"], np.arange(len(folders["val"]))),
-            test_pick,
-        ]
+        picks = _picks_of_split_folders(root, transform, rng)
     else:  # one folder of class folders: split it like digits
-        folder = open_folder(root)
-        labels = np.asarray(folder.targets, dtype=np.int64)
-        pool, test_idx = _split_off(labels, TEST_FRACTION, rng, "test")
-        keep, val = _split_off(labels[pool], val_fraction, rng, "val")
-        picks = [(folder, pool[keep]), (folder, pool[val]), (folder, test_idx)]
+        picks = _picks_of_one_folder(_open_image_folder(root, transform), rng, val_fraction)
     train_folder, train_idx = picks[0]
     if limit is not None and limit < len(train_idx):
         train_labels = np.asarray(train_folder.targets, dtype=np.int64)[train_idx]
         picks[0] = (train_folder, train_idx[_stratified_take(train_labels, limit, rng)])
+    return _finish(_decode_picks(picks, resolution), resolution, len(picks[0][0].classes), name)
+
+
+Pick = tuple[Any, np.ndarray]  # (an ImageFolder, the indices of its images in one split)
+
+
+def _open_image_folder(folder: Path, transform: Any) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as error:
+        raise InputFileError(
+            f"imagefolder {str(folder)!r}: {error}; expected one subfolder per class "
+            f"holding image files"
+        ) from error
+
+
+def _picks_of_split_folders(root: Path, transform: Any, rng: np.random.Generator) -> list[Pick]:
+    """train/, val/ and test/ as given; without test/, a test split is carved from train/."""
+    folders = {part: _open_image_folder(root / part, transform) for part in ("train", "val", "test")
+               if (root / part).is_dir()}
+    for part, folder in folders.items():
+        if folder.classes != folders["train"].classes:
+            raise DatasetError(
+                f"imagefolder {str(root)!r}: {part}/ classes {folder.classes} differ from "
+                f"train/ classes {folders['train'].classes}"
+            )
+    train_labels = np.asarray(folders["train"].targets, dtype=np.int64)
+    if "test" in folders:
+        train_idx = np.arange(len(train_labels))
+        test_pick = (folders["test"], np.arange(len(folders["test"])))
+    else:  # val/ stays the val split
+        train_idx, test_idx = _split_off(train_labels, TEST_FRACTION, rng, "test")
+        test_pick = (folders["train"], test_idx)
+    return [(folders["train"], train_idx), (folders["val"], np.arange(len(folders["val"]))), test_pick]
+
+
+def _picks_of_one_folder(folder: Any, rng: np.random.Generator, val_fraction: float) -> list[Pick]:
+    labels = np.asarray(folder.targets, dtype=np.int64)
+    pool, test_idx = _split_off(labels, TEST_FRACTION, rng, "test")
+    keep, val = _split_off(labels[pool], val_fraction, rng, "val")
+    return [(folder, pool[keep]), (folder, pool[val]), (folder, test_idx)]
+
+
+def _decode_picks(picks: list[Pick], resolution: int) -> list[tuple[Tensor, np.ndarray]]:
     splits = []
     for folder, indices in picks:
         images = torch.empty((len(indices), 3, resolution, resolution), dtype=torch.uint8)
@@ -355,4 +374,4 @@ def _imagefolder(
         for row, index in enumerate(indices):
             images[row], labels_out[row] = folder[int(index)]
         splits.append((images, labels_out))
-    return _finish(splits, resolution, len(picks[0][0].classes), name)
+    return splits

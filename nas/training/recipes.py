@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from nas.training.train import TrainConfig
+from torch import nn
+
+from nas.training.data import DataSplits
+from nas.training.train import TrainConfig, TrainReport, train
 from search_spaces.registry import Registry
 
 RECIPES: Registry[dict[str, Any]] = Registry("training recipe")
@@ -27,3 +30,13 @@ RECIPES.add("final", {"epochs": 2, "batch_size": 64, "device": "cpu"})
 def recipe(name: str, base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """`base` (default: `TrainConfig()`) with recipe `name`'s fields, then `overrides`, set."""
     return replace(base or TrainConfig(), **{**RECIPES.get(name), **overrides})
+
+
+def distilled_finetune(model: nn.Module, teacher: nn.Module, data: DataSplits, base: TrainConfig | None = None,
+                       **overrides: Any) -> TrainReport:
+    """The `finetune` recipe over `base`, distilling from `teacher` (`DistillationLoss`: T=4,
+    alpha=0.9), with the test split evaluated at the end."""
+    from compress.distill import DistillationLoss  # deferred: `compress` costs a second to import
+
+    return train(model, data, recipe("finetune", base, **overrides), teacher=teacher,
+                 distill_loss=DistillationLoss(), evaluate_test=True)

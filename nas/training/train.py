@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from nas.training.data import DataSplits
+from search_spaces.errors import DatasetError, OptionError
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
 
@@ -76,8 +77,8 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        def bad(name: str, expected: str) -> OptionError:
+            return OptionError(f"TrainConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         if not _is_int(self.epochs) or self.epochs < 1:
             raise bad("epochs", "an int >= 1")
@@ -148,7 +149,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+        raise OptionError(f"device {str(device)!r} requested but CUDA is not available")
     return resolved
 
 
@@ -217,7 +218,7 @@ def train(
         raise ValueError("train(): teacher and distill_loss must be given together")
     for split in ("train", "val"):
         if len(getattr(data, split)) == 0:
-            raise ValueError(f"train(): data.{split} of {data.name!r} is empty")
+            raise DatasetError(f"train(): data.{split} of {data.name!r} is empty")
     device = resolve_device(config.device)
     home = _module_device(model)
     teacher_home = _module_device(teacher) if teacher is not None else None
@@ -236,6 +237,108 @@ def train(
             teacher.to(teacher_home).train(teacher_was_training)
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """How many optimizer steps an epoch and the run take, and the learning rate at each."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    base_lr: float
+
+    @classmethod
+    def of(cls, n_train: int, config: TrainConfig) -> _Schedule:
+        steps_per_epoch = n_train // config.batch_size if n_train > config.batch_size else 1
+        if config.max_batches_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, config.max_batches_per_epoch)
+        return cls(steps_per_epoch, steps_per_epoch * config.epochs,
+                   round(config.warmup_epochs * steps_per_epoch), config.effective_lr)
+
+    def lr(self, step: int) -> float:
+        return _lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+@dataclass
+class _Loop:
+    """What stays fixed over one training run's epochs and steps."""
+
+    model: nn.Module
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    schedule: _Schedule
+    loss_of: Callable[[Tensor, Tensor], Tensor]  # (images, labels) -> loss, run on the model
+    bar: Any
+    step: int = 0
+    lr: float = 0.0
+
+
+def _loss_function(model: nn.Module, config: TrainConfig, teacher: nn.Module | None,
+                   distill_loss: DistillLoss | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy, or the distillation loss against the teacher's logits."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def loss_of(images: Tensor, labels: Tensor) -> Tensor:
+        logits = model(images)
+        if teacher is not None and distill_loss is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            return distill_loss(logits, teacher_logits, labels)
+        return criterion(logits, labels)
+
+    return loss_of
+
+
+def _train_epoch(loop: _Loop, data: DataSplits, generator: torch.Generator, epoch: int) -> float | str:
+    """One epoch of steps: the mean loss, or the reason training failed (a non-finite value)."""
+    loop.model.train()
+    loss_sum = torch.zeros((), device=loop.device, dtype=torch.float64)
+    batches = islice(_batches(data.train, loop.config.batch_size, generator), loop.schedule.steps_per_epoch)
+    for step_in_epoch, (images, labels) in enumerate(batches, start=1):
+        loop.lr = loop.schedule.lr(loop.step)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = loop.lr
+        loss = loop.loss_of(images.to(loop.device, non_blocking=True), labels.to(loop.device, non_blocking=True))
+        # one host sync per step: the price of naming the exact failing step
+        if not torch.isfinite(loss).item():
+            return f"non-finite loss at epoch {epoch} step {step_in_epoch}"
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if loop.config.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(loop.model.parameters(), loop.config.grad_clip)
+            if not torch.isfinite(norm).item():
+                return f"non-finite gradient norm at epoch {epoch} step {step_in_epoch}"
+        loop.optimizer.step()
+        loss_sum += loss.detach()
+        loop.step += 1
+        if loop.bar is not None:
+            loop.bar.update(1)
+    return float(loss_sum.item()) / loop.schedule.steps_per_epoch
+
+
+def _end_of_epoch(loop: _Loop, data: DataSplits, report: TrainReport, epoch: int, epoch_loss: float,
+                  start: float, on_epoch: EpochCallback | None) -> bool:
+    """Evaluate on val, record and log the epoch; True when `on_epoch` stops training early."""
+    config = loop.config
+    val_accuracy = _accuracy(loop.model, data.val, loop.device, config.eval_batch_size)
+    report.train_loss.append(epoch_loss)
+    report.val_accuracy_per_epoch.append(val_accuracy)
+    report.val_accuracy = val_accuracy
+    report.epochs_run = epoch
+    elapsed = time.perf_counter() - start
+    logger.info("epoch %d/%d: loss %.4f, val acc %.4f, lr %.4g, %.1fs",
+                epoch, config.epochs, epoch_loss, val_accuracy, loop.lr, elapsed)
+    if on_epoch is None:
+        return False
+    metrics = {"epoch": float(epoch), "train_loss": epoch_loss,
+               "val_accuracy": val_accuracy, "lr": loop.lr, "elapsed_s": elapsed}
+    if on_epoch(epoch, metrics) is True and epoch < config.epochs:
+        report.reason = f"stopped early by on_epoch after epoch {epoch}"
+        logger.info(report.reason)
+        return True
+    return False
+
+
 def _run(
     model: nn.Module,
     data: DataSplits,
@@ -251,74 +354,21 @@ def _run(
     if teacher is not None:
         teacher.to(device).eval()
     optimizer = _build_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    n_train = len(data.train)
-    steps_per_epoch = n_train // config.batch_size if n_train > config.batch_size else 1
-    if config.max_batches_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.max_batches_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    base_lr = config.effective_lr
+    schedule = _Schedule.of(len(data.train), config)
+    loop = _Loop(model, config, device, optimizer, schedule, _loss_function(model, config, teacher, distill_loss),
+                 _progress_bar(schedule.total_steps, data.name) if progress else None, lr=schedule.base_lr)
     generator = torch.Generator().manual_seed(config.seed)
     report = TrainReport(val_accuracy=0.0, test_accuracy=None)
-    bar = _progress_bar(total_steps, data.name) if progress else None
     start = time.perf_counter()
-    step = 0
-    lr = base_lr
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        batches = islice(_batches(data.train, config.batch_size, generator), steps_per_epoch)
-        for step_in_epoch, (images, labels) in enumerate(batches, start=1):
-            lr = _lr_at(step, total_steps, warmup_steps, base_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            logits = model(images)
-            if teacher is not None and distill_loss is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
-                loss = distill_loss(logits, teacher_logits, labels)
-            else:
-                loss = criterion(logits, labels)
-            # one host sync per step: the price of naming the exact failing step
-            if not torch.isfinite(loss).item():
-                return _failed(report, f"non-finite loss at epoch {epoch} step {step_in_epoch}",
-                               start, bar)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                if not torch.isfinite(norm).item():
-                    return _failed(
-                        report, f"non-finite gradient norm at epoch {epoch} step {step_in_epoch}",
-                        start, bar,
-                    )
-            optimizer.step()
-            loss_sum += loss.detach()
-            step += 1
-            if bar is not None:
-                bar.update(1)
-        epoch_loss = float(loss_sum.item()) / steps_per_epoch
-        val_accuracy = _accuracy(model, data.val, device, config.eval_batch_size)
-        report.train_loss.append(epoch_loss)
-        report.val_accuracy_per_epoch.append(val_accuracy)
-        report.val_accuracy = val_accuracy
-        report.epochs_run = epoch
-        elapsed = time.perf_counter() - start
-        logger.info("epoch %d/%d: loss %.4f, val acc %.4f, lr %.4g, %.1fs",
-                    epoch, config.epochs, epoch_loss, val_accuracy, lr, elapsed)
-        if on_epoch is not None:
-            metrics = {"epoch": float(epoch), "train_loss": epoch_loss,
-                       "val_accuracy": val_accuracy, "lr": lr, "elapsed_s": elapsed}
-            if on_epoch(epoch, metrics) is True and epoch < config.epochs:
-                report.reason = f"stopped early by on_epoch after epoch {epoch}"
-                logger.info(report.reason)
-                break
+        epoch_loss = _train_epoch(loop, data, generator, epoch)
+        if isinstance(epoch_loss, str):
+            return _failed(report, epoch_loss, start, loop.bar)
+        if _end_of_epoch(loop, data, report, epoch, epoch_loss, start, on_epoch):
+            break
     report.train_time_s = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    if loop.bar is not None:
+        loop.bar.close()
     if evaluate_test:
         report.test_accuracy = _accuracy(model, data.test, device, config.eval_batch_size)
     return report
@@ -357,7 +407,7 @@ def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_si
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
         total += len(labels)
     if total == 0:
-        raise ValueError("evaluate(): the dataset is empty")
+        raise DatasetError("evaluate(): the dataset is empty")
     return correct / total
 
 

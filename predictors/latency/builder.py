@@ -52,6 +52,12 @@ class MeasureSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def parse(cls, text: str) -> MeasureSettings:
+        """`"10,15,10"`: warmup, blocks and block_runs; the other knobs at their defaults."""
+        warmup, blocks, block_runs = (int(value) for value in text.split(","))
+        return cls(warmup, blocks, block_runs)
+
 
 class Measurer(Protocol):
     def metadata(self) -> dict[str, Any]: ...

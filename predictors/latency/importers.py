@@ -29,6 +29,7 @@ import yaml
 
 from predictors.latency.lut import LatencyTable, LatencyTableError
 from predictors.latency.measure import Measurement
+from search_spaces.errors import InputFileError, UnknownNameError
 from search_spaces.build import LayerShape, conv_output_size
 from search_spaces.spec import Activation, BlockSpec, HeadSpec, Op, StemSpec
 
@@ -67,41 +68,76 @@ def _square(height: str, width: str, key: str) -> int:
     return int(height)
 
 
-def import_proxyless_yaml(path: str | Path, device: str = "Google Pixel 1 (TF-Lite, per ProxylessNAS)") -> LatencyTable:
-    """Read a ProxylessNAS/OFA mobile latency YAML into a `LatencyTable` for the `proxyless` space.
-    Every key must be understood; an unknown key is an error, not a silent skip."""
-    path = Path(path)
-    raw = path.read_bytes()
+Stats = tuple[float, float, int]  # mean (ms), var (ms^2), count
+
+
+def _read_mapping(path: Path) -> tuple[bytes, dict[Any, Any]]:
+    """The file's bytes (hashed into the table's metadata) and its YAML mapping."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(f"{path} does not exist (expected a latency table to import)") from None
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise LatencyTableError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(data, dict) or not data:
         raise LatencyTableError(f"{path}: expected a mapping of layer keys to statistics")
+    return raw, data
 
+
+def _block_layer(match: re.Match[str], key: str) -> LayerShape:
+    h, w, c, oh, ow, oc, expand, kernel, stride, idskip = match.groups()
+    size = _square(h, w, key)
+    block = BlockSpec(Op.MBCONV, int(oc), int(stride), int(kernel), int(expand), activation=PROXYLESS_ACTIVATION)
+    if conv_output_size(size, block.stride) != _square(oh, ow, key):
+        raise LatencyTableError(f"{key}: output size does not follow from stride {stride}")
+    if block.has_residual(int(c)) != (idskip == "1"):
+        raise LatencyTableError(f"{key}: idskip:{idskip} contradicts the shapes (residual only when they match)")
+    return LayerShape("block", "block", int(c), size, block.out_channels, int(oh), block)
+
+
+def _stem_layer(match: re.Match[str], key: str) -> LayerShape:
+    h, w, c, oh, ow, oc = match.groups()
+    resolution = _square(h, w, key)
+    stem = StemSpec(int(oc), 3, resolution // _square(oh, ow, key), PROXYLESS_ACTIVATION)
+    return LayerShape("stem", "stem", int(c), resolution, stem.out_channels, int(oh), stem)
+
+
+def _head_entries(path: Path, head_convs: dict[tuple[int, int], tuple[int, Stats]],
+                  logits: dict[int, tuple[int, Stats]]) -> tuple[dict[str, Measurement], int | None]:
+    """Our head is one layer: each `Conv_1` entry joined with the `Logits` entry it feeds."""
     entries: dict[str, Measurement] = {}
-    head_convs: dict[tuple[int, int], tuple[int, tuple[float, float, int]]] = {}  # (C, size) -> (out C, stats)
-    logits: dict[int, tuple[int, tuple[float, float, int]]] = {}  # in C -> (classes, stats)
+    num_classes = None
+    for (channels, size), (conv_channels, conv_stats) in head_convs.items():
+        if conv_channels not in logits:
+            raise LatencyTableError(f"{path}: Conv_1 to {conv_channels} channels has no Logits-input:...x{conv_channels} entry")
+        num_classes, logit_stats = logits[conv_channels]
+        head = HeadSpec(conv_channels=conv_channels, activation=PROXYLESS_ACTIVATION)
+        layer = LayerShape("head", "head", channels, size, num_classes, 1, head)
+        entries[layer.signature] = _normal_measurement(
+            conv_stats[0] + logit_stats[0], conv_stats[1] + logit_stats[1], min(conv_stats[2], logit_stats[2])
+        )
+    return entries, num_classes
+
+
+def import_proxyless_yaml(path: str | Path, device: str = "Google Pixel 1 (TF-Lite, per ProxylessNAS)") -> LatencyTable:
+    """Read a ProxylessNAS/OFA mobile latency YAML into a `LatencyTable` for the `proxyless` space.
+    Every key must be understood; an unknown key is an error, not a silent skip."""
+    path = Path(path)
+    raw, data = _read_mapping(path)
+    entries: dict[str, Measurement] = {}
+    head_convs: dict[tuple[int, int], tuple[int, Stats]] = {}  # (C, size) -> (out C, stats)
+    logits: dict[int, tuple[int, Stats]] = {}  # in C -> (classes, stats)
     resolution = None
     for key, stats in data.items():
         key = str(key)
         values = _measurement(stats, key)
         if match := _BLOCK_KEY.match(key):
-            h, w, c, oh, ow, oc, expand, kernel, stride, idskip = match.groups()
-            size = _square(h, w, key)
-            block = BlockSpec(Op.MBCONV, int(oc), int(stride), int(kernel), int(expand), activation=PROXYLESS_ACTIVATION)
-            if conv_output_size(size, block.stride) != _square(oh, ow, key):
-                raise LatencyTableError(f"{key}: output size does not follow from stride {stride}")
-            if block.has_residual(int(c)) != (idskip == "1"):
-                raise LatencyTableError(f"{key}: idskip:{idskip} contradicts the shapes (residual only when they match)")
-            layer = LayerShape("block", "block", int(c), size, block.out_channels, int(oh), block)
-            entries[layer.signature] = _normal_measurement(*values)
+            entries[_block_layer(match, key).signature] = _normal_measurement(*values)
         elif match := _STEM_KEY.match(key):
-            h, w, c, oh, ow, oc = match.groups()
-            resolution = _square(h, w, key)
-            stride = resolution // _square(oh, ow, key)
-            stem = StemSpec(int(oc), 3, stride, PROXYLESS_ACTIVATION)
-            layer = LayerShape("stem", "stem", int(c), resolution, stem.out_channels, int(oh), stem)
+            layer = _stem_layer(match, key)
+            resolution = layer.in_size
             entries[layer.signature] = _normal_measurement(*values)
         elif match := _HEAD_CONV_KEY.match(key):
             h, w, c, _, _, oc = match.groups()
@@ -114,17 +150,7 @@ def import_proxyless_yaml(path: str | Path, device: str = "Google Pixel 1 (TF-Li
                 f"{path}: key {key!r} is not a ProxylessNAS mobile LUT key "
                 "(Conv-, expanded_conv-, Conv_1- or Logits-input:HxWxC-output:...)"
             )
-
-    num_classes = None
-    for (channels, size), (conv_channels, conv_stats) in head_convs.items():
-        if conv_channels not in logits:
-            raise LatencyTableError(f"{path}: Conv_1 to {conv_channels} channels has no Logits-input:...x{conv_channels} entry")
-        num_classes, logit_stats = logits[conv_channels]
-        head = HeadSpec(conv_channels=conv_channels, activation=PROXYLESS_ACTIVATION)
-        layer = LayerShape("head", "head", channels, size, num_classes, 1, head)
-        entries[layer.signature] = _normal_measurement(
-            conv_stats[0] + logit_stats[0], conv_stats[1] + logit_stats[1], min(conv_stats[2], logit_stats[2])
-        )
+    head_entries, num_classes = _head_entries(path, head_convs, logits)
     metadata = {
         "backend": "tflite",
         "device": device,
@@ -136,7 +162,8 @@ def import_proxyless_yaml(path: str | Path, device: str = "Google Pixel 1 (TF-Li
         "source_keys": len(data),
         "percentiles": "normal approximation: mean -/+ 1.2816 * sqrt(var)",
     }
-    return LatencyTable(metadata, entries, space="proxyless", resolution=resolution, num_classes=num_classes)
+    return LatencyTable(metadata, {**entries, **head_entries}, space="proxyless", resolution=resolution,
+                        num_classes=num_classes)
 
 
 IMPORTERS = {"proxyless": import_proxyless_yaml}
@@ -144,5 +171,5 @@ IMPORTERS = {"proxyless": import_proxyless_yaml}
 
 def import_table(format: str, path: str | Path, **options: Any) -> LatencyTable:
     if format not in IMPORTERS:
-        raise ValueError(f"format={format!r} not in {{{', '.join(IMPORTERS)}}}")
+        raise UnknownNameError(f"unknown latency table format {format!r}; known: {', '.join(IMPORTERS)}")
     return IMPORTERS[format](path, **options)

@@ -48,8 +48,9 @@ import numpy as np
 
 from search_spaces.blocks import make_divisible
 from search_spaces.build import LayerShape, conv_output_size
-from search_spaces.space import SPACES, Decision, SearchSpace, first_mismatch, option_label, small_input_strides
+from search_spaces.space import Decision, SearchSpace, first_mismatch, option_label, small_input_strides
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, SpecError, StemSpec
+from search_spaces.supernet_plan import Slot, SupernetPlan, SupernetPlanError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,6 @@ class Stage:
 Choice = tuple[int, int, int, int, int, int]  # indices of op, kernel, expand_ratio, se_ratio, layers, width
 
 
-@SPACES.register("mnasnet")
 class MnasNetSpace(SearchSpace):
     """The MnasNet space; options narrow or re-centre it (tests use tiny ones, users may too)."""
 
@@ -265,6 +265,37 @@ class MnasNetSpace(SearchSpace):
             head = LayerShape("head", "head", width, final.out_size, self.num_classes, 1, self.head)
             found.setdefault(head.signature, head)
         return list(found.values())
+
+    # -- one-shot supernet -------------------------------------------------------------------------
+    def supernet_plan(self, *, se_index: int = 0, layers_index: int | None = None,
+                      width_index: int | None = None) -> SupernetPlan:
+        """One slot per stage over its (kernel, expansion) pairs of MBConv, shared by the stage's
+        layers. Fixed per stage: op = mbconv, SE = option `se_index`, layers and width = option
+        `layers_index` / `width_index` (default: the middle of the options, rounded down, which is
+        the base network's value for the default deltas {-1, 0, +1} and multipliers {0.75, 1.0,
+        1.25}). A supernet over op, SE, layers or width would mix networks of different shapes."""
+        fields = {name: i for i, name in enumerate(FIELDS)}
+        slots, base, positions, position = [], [], [], 0
+        for s, stage in enumerate(self.stages):
+            if Op.MBCONV not in stage.ops:
+                raise SupernetPlanError(f"stage{stage.index} offers no mbconv (ops {[o.value for o in stage.ops]})")
+            fixed = {"op": stage.ops.index(Op.MBCONV), "kernel": 0, "expand_ratio": 0, "se_ratio": se_index,
+                     "layers": (len(stage.layers) - 1) // 2 if layers_index is None else layers_index,
+                     "width": (len(stage.widths) - 1) // 2 if width_index is None else width_index}
+            for name in ("se_ratio", "layers", "width"):
+                if not 0 <= fixed[name] < len(stage.options(name)):
+                    raise SupernetPlanError(f"stage{stage.index}.{name} index {fixed[name]} not in "
+                                            f"0..{len(stage.options(name)) - 1}")
+            offset = s * len(FIELDS)
+            base += [fixed[name] for name in FIELDS]
+            pairs = list(itertools.product(range(len(stage.kernels)), range(len(stage.expand_ratios))))
+            labels = tuple(f"k{stage.kernels[k]}_e{stage.expand_ratios[e]:g}" for k, e in pairs)
+            assignments = tuple(((offset + fields["kernel"], k), (offset + fields["expand_ratio"], e)) for k, e in pairs)
+            slots.append(Slot(f"stage{stage.index}", labels, assignments))
+            count = stage.layers[fixed["layers"]]
+            positions.append(tuple(range(position, position + count)))
+            position += count
+        return SupernetPlan(tuple(slots), tuple(base), tuple(positions))
 
 
 def _unique(values: Iterable[Any]) -> tuple[Any, ...]:

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from search_spaces.blocks import make_divisible
 from search_spaces.build import LayerShape, conv_output_size
-from search_spaces.space import SPACES, Decision, SearchSpace, first_mismatch, small_input_strides
+from search_spaces.space import Decision, SearchSpace, first_mismatch, small_input_strides
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec
+from search_spaces.supernet_plan import Slot, SupernetPlan, SupernetPlanError
 
 # (channels, most layers, stride) at 224 px
 STAGES: tuple[tuple[int, int, int], ...] = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -55,7 +57,6 @@ PAIR_LABELS = tuple(f"k{k}_e{e:g}" for k, e in PAIRS)
 SKIP = 0  # index of `skip` in a non-first layer's options
 
 
-@SPACES.register("proxyless")
 class ProxylessSpace(SearchSpace):
     """The ProxylessNAS mobile space; `width_mult` scales every width as ProxylessNAS-Mobile-14
     does (multiples of 8; the 1280 head only grows)."""
@@ -83,6 +84,22 @@ class ProxylessSpace(SearchSpace):
             self.decisions.append(Decision(f"stage{s}.layer1", PAIRS, PAIR_LABELS))
             for j in range(2, depth + 1):
                 self.decisions.append(Decision(f"stage{s}.layer{j}", (None, *PAIRS), ("skip", *PAIR_LABELS)))
+
+    def supernet_plan(self, **options: Any) -> SupernetPlan:
+        """Decision `i` is block `i` and a `None` option removes it: one slot per decision, named
+        and labelled like it, its skip option the slot's."""
+        if options:
+            raise SupernetPlanError(f"the layout takes no options, got {sorted(options)}")
+        slots, base = [], []
+        for index, decision in enumerate(self.decisions):
+            present = [o for o, option in enumerate(decision.options) if option is not None]
+            if not present:
+                raise SupernetPlanError(f"decision {decision.name!r} only offers skip")
+            skips = [o for o, option in enumerate(decision.options) if option is None]
+            slots.append(Slot(decision.name, decision.labels, tuple(((index, o),) for o in range(len(decision.options))),
+                              skips[0] if skips else None))
+            base.append(present[0])
+        return SupernetPlan(tuple(slots), tuple(base), tuple((i,) for i in range(len(slots))))
 
     # -- vector <-> architecture -------------------------------------------------------------------
     def _stage_slices(self) -> list[slice]:

@@ -1,0 +1,51 @@
+"""The words a spec is written in: its error, its enums (op, activation, SE style) and the allowed
+kernels and strides.
+
+Its own module so that both the spec (`spec.py`) and the block-string codec (`block_strings.py`)
+can use them without importing each other.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from search_spaces.errors import UserError
+
+
+class SpecError(UserError, ValueError):
+    """An architecture or block specification is invalid; the message names the field."""
+
+
+class Op(str, Enum):
+    """Block types; each maps to one module class in the block registry."""
+
+    MBCONV = "mbconv"  # inverted residual with linear bottleneck (MobileNetV2, MnasNet, EfficientNet)
+    SHUFFLE = "shuffle"  # ShuffleNetV2 unit (channel split, shuffle; stride-2 variant)
+    GHOST = "ghost"  # Ghost bottleneck (GhostNet)
+    DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
+
+
+class Activation(str, Enum):
+    RELU = "relu"
+    RELU6 = "relu6"
+    HSWISH = "hswish"
+    SWISH = "swish"
+
+
+class SEStyle(str, Enum):
+    """How squeeze-excite sizes its bottleneck and gates, as each paper does.
+
+    - `efficientnet` (MnasNet, EfficientNet): squeeze = max(1, int(block_in * ratio)), sigmoid gate,
+      the block's activation inside.
+    - `mobilenetv3`: squeeze = make_divisible(mid * ratio, 8), hard-sigmoid gate, ReLU inside.
+    - `ghostnet`: squeeze = make_divisible(mid * ratio, 4), hard-sigmoid gate, ReLU inside.
+    """
+
+    EFFICIENTNET = "efficientnet"
+    MOBILENETV3 = "mobilenetv3"
+    GHOSTNET = "ghostnet"
+
+
+KERNELS = (3, 5, 7)
+STRIDES = (1, 2)
+STEM_KERNELS = (1, 3, 5, 7)
