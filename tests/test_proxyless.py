@@ -403,7 +403,7 @@ def test_a_one_shot_run_has_one_trial_and_refuses_ray(lut: Path, tmp_path: Path)
     assert summary.trials == 1
     assert json.loads((tmp_path / "run/config.json").read_text())["trials"] == 1
     assert (tmp_path / "run/proxyless/alpha_history.json").is_file()
-    with pytest.raises(OptionError, match="drop --ray"):
+    with pytest.raises(OptionError, match="--ray: not used by the one-shot strategy"):
         run_search(replace(run_config(lut), ray=True), tmp_path / "ray", progress=False)
 
 
@@ -416,3 +416,9 @@ def test_the_supernet_trains_for_the_runs_epochs_unless_the_options_say_otherwis
         ProxylessSearcher.from_options(context, {"target_ms": 5.0})
     with pytest.raises(OptionError, match=r"\['epoch'\] unknown to 'proxyless'"):
         ProxylessSearcher.from_options(context, {"epoch": 2})
+
+
+def test_settings_a_one_shot_strategy_does_not_use_are_refused(lut: Path, tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match=r"--trials: not used by the one-shot strategy 'proxyless'"):
+        run_search(replace(run_config(lut), trials=5), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -115,3 +115,13 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown search space 'nope'" in flat(unknown.output)
     missing = CliRunner().invoke(app, ["search", "--space", "tiny", "--no-progress"])
     assert missing.exit_code == 2 and "--name and --latency-budget required" in flat(missing.output)
+
+
+def test_a_flag_the_strategy_does_not_use_is_refused_even_at_its_default(tmp_path: Path) -> None:
+    lut = tmp_path / "tiny.json"
+    make_table(lut)
+    args = _search(tmp_path, lut, "--name", "oneshot") + ["--strategy", "proxyless", "--trials", "60"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2
+    assert "--trials: not used by the one-shot strategy 'proxyless'" in flat(refused.output)
+    assert not (tmp_path / "oneshot").exists()

@@ -104,9 +104,9 @@ def search(
         import torch
 
         torch.set_num_threads(train_threads)
+    # by name: typer bundles its own click, whose ParameterSource is not click's
+    passed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"]
     if resume is not None:
-        # by name: typer bundles its own click, whose ParameterSource is not click's
-        passed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"]
         refuse_on_resume([p.opts[0] for p in passed if p.name not in (*EXECUTION_FIELDS, *_RESUMABLE)])
         given = {p.name: ctx.params[p.name] for p in passed if p.name in EXECUTION_FIELDS}
         run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
@@ -116,6 +116,9 @@ def search(
         missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget)) if value is None]
         raise OptionError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
     budget_ms = parse_latency_ms(budget)
+    from nas.search.runner import refuse_unused_settings, strategy_class
+
+    refuse_unused_settings(strategy_class(settings["strategy"]), typed=tuple(p.name for p in passed))
     options = _json_option(settings.pop("space_options"), "--space-options")
     strategy_options = _json_option(settings.pop("strategy_options"), "--strategy-options")
     train = TrainConfig(seed=settings["seed"], **{key: settings.pop(key) for key in _TRAIN})

@@ -55,6 +55,8 @@ class ProxylessSearcher(Searcher):
     kind = ONE_SHOT
     Options = ProxylessConfig
     set_by_search = ("target_ms", "seed")  # the latency budget and the run's seed
+    # one supernet trained in this process, one derived network
+    unused_settings = ("trials", "ray", "ray_address", "workers", "cpus_per_trial", "asha", "max_failures")
 
     def __init__(self, context: StrategyContext, options: ProxylessConfig) -> None:
         super().__init__(context, options)

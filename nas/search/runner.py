@@ -24,7 +24,7 @@ from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, Search
 from nas.training.train import TrainConfig
 from predictors.latency import LatencyTable, Measurer, MissingEntriesError
 from search_spaces.errors import OptionError
-from nas.search.config import SearchConfig
+from nas.search.config import SearchConfig, flag_of
 from search_spaces.space import SearchSpace
 from search_spaces.spaces import get_space
 
@@ -45,6 +45,12 @@ class SearchSummary:
     replayed: int = 0
 
 
+def strategy_class(name: str) -> type[Searcher]:
+    """The registered strategy `name`, ask/tell or one-shot."""
+    strategy_descriptions()  # registers the built-in strategies
+    return SEARCHERS.get(name)
+
+
 def strategy_descriptions() -> list[dict[str, Any]]:
     """Every registered strategy, ask/tell and one-shot, as `Searcher.describe` gives it."""
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
@@ -56,8 +62,6 @@ def strategy_descriptions() -> list[dict[str, Any]]:
 def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
                   run_dir: RunDirectory, data: DataSplits | None = None, progress: bool = False) -> Searcher:
     """The strategy named in the config, given the one context every strategy receives."""
-    strategy_descriptions()  # registers the built-in strategies
-
     def is_feasible(arch: Any) -> bool:
         try:
             return table.predict(arch) <= objective.latency_budget_ms
@@ -69,7 +73,7 @@ def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObj
         space, objective, seed=config.seed, is_feasible=is_feasible if config.constraint == "hard" else None,
         trials=config.trials, storage=run_dir.optuna_storage, work_dir=run_dir.path, table=table, data=data,
         train=config.train, progress=progress)
-    strategy = SEARCHERS.get(config.strategy)
+    strategy = strategy_class(config.strategy)
     options = strategy.parse_options(context, config.strategy_options)
     run_dir.path.mkdir(parents=True, exist_ok=True)  # everything checked: a strategy may keep files here
     return strategy(context, options)
@@ -105,9 +109,11 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
                       **config.space_options)
     table = open_table(config, space)
     objective = SearchObjective(config.latency_budget_ms, config.constraint)
+    if not resume:
+        refuse_unused_settings(strategy_class(config.strategy), config)
     searcher = make_searcher(config, space, objective, table, directory, data, progress)
     if searcher.kind == ONE_SHOT:
-        config = _one_shot_config(config)
+        config = replace(config, trials=1)
     directory.write_config(config.to_dict())
 
     saved = directory.read_searcher_state()
@@ -166,12 +172,16 @@ def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume
     return config  # the directory is created with config.json, once everything has been checked
 
 
-def _one_shot_config(config: SearchConfig) -> SearchConfig:
-    """A one-shot strategy trains its supernet in this process and derives one network."""
-    if config.uses_ray:
-        raise OptionError(f"strategy {config.strategy!r} trains one supernet in this process: "
-                          "drop --ray/--ray-address/--workers")
-    return replace(config, trials=1)
+def refuse_unused_settings(strategy: type[Searcher], config: SearchConfig | None = None,
+                           typed: tuple[str, ...] = ()) -> None:
+    """A setting the strategy would ignore is refused: whoever set it meant something by it.
+    `typed`: settings the user gave explicitly (the CLI knows), refused even at their default."""
+    defaults = SearchConfig.__dataclass_fields__
+    unused = [name for name in strategy.unused_settings
+              if name in typed or (config is not None and getattr(config, name) != defaults[name].default)]
+    if unused:
+        raise OptionError(f"{', '.join(flag_of(name) for name in unused)}: not used by the {strategy.kind} strategy "
+                          f"{strategy.name!r} (`nas strategies` says what each strategy takes)")
 
 
 def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, table: LatencyTable,

@@ -146,6 +146,7 @@ class Searcher(ABC):
     kind: str = ASK_TELL
     Options: type = NoOptions
     set_by_search: tuple[str, ...] = ()  # fields of Options the run fills in, not the user
+    unused_settings: tuple[str, ...] = ()  # SearchConfig settings it has no use for: set, they are refused
 
     def __init__(self, context: StrategyContext, options: Any = None, **settings: Any) -> None:
         self.context = context
