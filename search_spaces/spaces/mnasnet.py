@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -89,7 +89,15 @@ class Stage:
         return getattr(self, "layers" if field == "layers" else "widths" if field == "width" else field + "s")
 
 
-Choice = tuple[int, int, int, int, int, int]  # indices of op, kernel, expand_ratio, se_ratio, layers, width
+class Choice(NamedTuple):
+    """One stage's decisions, each an index into the stage's options (field order = FIELDS)."""
+
+    op: int
+    kernel: int
+    expand_ratio: int
+    se_ratio: int
+    layers: int
+    width: int
 
 
 class MnasNetSpace(SearchSpace):
@@ -138,25 +146,23 @@ class MnasNetSpace(SearchSpace):
 
     # -- one stage ---------------------------------------------------------------------------------
     def _canonical_choice(self, stage: Stage, choice: Choice) -> Choice:
-        op, kernel, expand, se, layers, width = choice
-        if stage.ops[op] is Op.DSCONV:
-            expand, se = 0, 0
-        return op, kernel, expand, se, layers, width
+        return choice._replace(expand_ratio=0, se_ratio=0) if stage.ops[choice.op] is Op.DSCONV else choice
 
     def _block(self, stage: Stage, choice: Choice, first: bool) -> BlockSpec:
-        op = stage.ops[choice[0]]
-        kernel = stage.kernels[choice[1]] if first or op is not Op.GHOST else UNUSED_KERNEL
-        expand, se = (1.0, 0.0) if op is Op.DSCONV else (stage.expand_ratios[choice[2]], stage.se_ratios[choice[3]])
-        return BlockSpec(op, stage.widths[choice[5]], stage.stride if first else 1, kernel, expand, se_ratio=se,
+        op = stage.ops[choice.op]
+        kernel = stage.kernels[choice.kernel] if first or op is not Op.GHOST else UNUSED_KERNEL
+        expand, se = ((1.0, 0.0) if op is Op.DSCONV
+                      else (stage.expand_ratios[choice.expand_ratio], stage.se_ratios[choice.se_ratio]))
+        return BlockSpec(op, stage.widths[choice.width], stage.stride if first else 1, kernel, expand, se_ratio=se,
                          se_style=SEStyle.EFFICIENTNET, activation=Activation.RELU)
 
     def _stage_blocks(self, stage: Stage, choice: Choice) -> list[BlockSpec]:
-        return [self._block(stage, choice, True)] + [self._block(stage, choice, False)] * (stage.layers[choice[4]] - 1)
+        return [self._block(stage, choice, True)] + [self._block(stage, choice, False)] * (stage.layers[choice.layers] - 1)
 
     # -- vector <-> architecture -------------------------------------------------------------------
     def _choices(self, vector: Sequence[int]) -> list[Choice]:
         v, n = self.check_vector(vector), len(FIELDS)
-        return [tuple(v[i * n:(i + 1) * n]) for i in range(len(self.stages))]  # type: ignore[misc]
+        return [Choice(*v[i * n:(i + 1) * n]) for i in range(len(self.stages))]
 
     def decode(self, vector: Sequence[int]) -> ArchSpec:
         blocks = [block for stage, choice in zip(self.stages, self._choices(vector))
@@ -190,7 +196,7 @@ class MnasNetSpace(SearchSpace):
                 where = f"blocks[{position}:{position + count}]"
                 raise SpecError(f"mnasnet: {where} gives stage{stage.index} {count} layer(s), "
                                 f"not in {{{', '.join(map(str, stage.layers))}}}")
-            vector += [*choice[:4], stage.layers.index(count), choice[5]]
+            vector += choice._replace(layers=stage.layers.index(count))
             position += count
         if position != len(blocks):
             # the block after the last stage, or one that differs from its stage's repeated block
@@ -214,7 +220,7 @@ class MnasNetSpace(SearchSpace):
         plain = block.op is Op.DSCONV
         expand = 0 if plain else index("expand_ratio", block.expand_ratio, stage.expand_ratios)
         se = 0 if plain else index("se_ratio", block.se_ratio, stage.se_ratios)
-        return op, kernel, expand, se, 0, width
+        return Choice(op, kernel, expand, se, 0, width)
 
     def _match(self, block: BlockSpec, expected: BlockSpec, position: int, stage: Stage) -> None:
         if mismatch := first_mismatch(f"blocks[{position}]", block, expected):
@@ -235,7 +241,7 @@ class MnasNetSpace(SearchSpace):
         for op, kernel, expand, se, width in itertools.product(
             *(range(len(stage.options(field))) for field in ("op", "kernel", "expand_ratio", "se_ratio", "width"))
         ):
-            choice = self._canonical_choice(stage, (op, kernel, expand, se, 0, width))
+            choice = self._canonical_choice(stage, Choice(op, kernel, expand, se, 0, width))
             if choice not in seen:
                 seen.add(choice)
                 yield choice
@@ -251,7 +257,7 @@ class MnasNetSpace(SearchSpace):
         in_widths: tuple[int, ...] = (self.stem.out_channels,)
         for stage in self.stages:
             for choice in self._stage_choices(stage):
-                width = stage.widths[choice[5]]
+                width = stage.widths[choice.width]
                 shapes = [LayerShape(f"stage{stage.index}.first", "block", in_width, stage.in_size, width,
                                      stage.out_size, self._block(stage, choice, True)) for in_width in in_widths]
                 if stage.layers[-1] > 1:
