@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from search_spaces.errors import OptionError
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec, SpecError
@@ -30,7 +31,7 @@ from search_spaces.supernet_plan import Slot, SupernetPlanError
 __all__ = ["LayoutError", "MixedLayerSpec", "Slot", "SupernetLayout", "layout_for_space"]
 
 
-class LayoutError(ValueError):
+class LayoutError(OptionError):
     """A space (or its options) cannot be turned into a supernet; the message says why."""
 
 

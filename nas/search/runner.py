@@ -116,17 +116,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
         config = replace(config, trials=1)
     directory.write_config(config.to_dict())
 
-    saved = directory.read_searcher_state()
-    told: set[int] = set()
-    if saved is not None:
-        if saved.get("strategy") != searcher.name:
-            raise RunDirError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
-                              f"the run uses {searcher.name!r}")
-        searcher.load_state_dict(saved["state"])
-        told = set(saved.get("told_trial_ids", []))
-    session = SearchSession(directory, searcher, objective, config.trials, told_trial_ids=told)
-    if session.finished > config.trials:
-        logger.warning("%s holds %d trials, more than trials=%d", directory.trials_path, session.finished, config.trials)
+    session = _open_session(directory, searcher, objective, config.trials)
     replayed = session.replay()
     # a one-shot strategy's derived network is its answer: trained even when it ends over the budget
     trial_objective = objective if searcher.kind != ONE_SHOT else replace(objective, constraint="soft")
@@ -156,6 +146,23 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     return SearchSummary(directory.path, session.finished, counts.get("ok", 0), counts.get("failed", 0),
                          counts.get("infeasible", 0), session.best, time.perf_counter() - started,
                          resumed=resume, replayed=replayed)
+
+
+def _open_session(directory: RunDirectory, searcher: Searcher, objective: SearchObjective,
+                  trials: int) -> SearchSession:
+    """The run's session, its searcher restored from searcher.json when the run has one."""
+    saved = directory.read_searcher_state()
+    told: set[int] = set()
+    if saved is not None:
+        if saved.get("strategy") != searcher.name:
+            raise RunDirError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
+                              f"the run uses {searcher.name!r}")
+        searcher.load_state_dict(saved["state"])
+        told = set(saved.get("told_trial_ids", []))
+    session = SearchSession(directory, searcher, objective, trials, told_trial_ids=told)
+    if session.finished > trials:
+        logger.warning("%s holds %d trials, more than trials=%d", directory.trials_path, session.finished, trials)
+    return session
 
 
 def _resolve_config(directory: RunDirectory, config: SearchConfig | None, resume: bool,
