@@ -344,27 +344,40 @@ def _layer_convs(layer: LayerShape) -> list[_Conv]:
             convs.append(_linear(channels, part.hidden_channels))
             channels = part.hidden_channels
         return [*convs, _linear(channels, layer.out_channels)]
-    try:
-        formula = _BLOCK_CONVS[part.op]
-    except KeyError:
+    return _BLOCK_CONVS[part.op](part, layer.in_channels, layer.in_size, layer.out_size)
+
+
+def _cost(layer: LayerShape) -> tuple[int, int, int]:
+    part = layer.part
+    if isinstance(part, BlockSpec) and part.op not in _BLOCK_CONVS:
         raise NotImplementedError(
             f"{layer.name}: no closed-form cost for op {part.op.value!r}; use count() or add it to _BLOCK_CONVS"
-        ) from None
-    return formula(part, layer.in_channels, layer.in_size, layer.out_size)
+        )
+    return _layer_cost(layer.kind, part, layer.in_channels, layer.in_size, layer.out_channels)
 
 
 def layer_macs(layer: LayerShape, *, with_bias: bool = False) -> int:
     """MACs of one layer from its spec and input shape, without building it. `with_bias` adds one
     per output value of each layer with a bias (the SE convs, linear layers), as NAS-Bench-201's
     counter does."""
-    convs = _layer_convs(layer)
-    return sum(conv.macs for conv in convs) + (sum(conv.bias_adds for conv in convs) if with_bias else 0)
+    macs, bias_adds, _ = _cost(layer)
+    return macs + bias_adds if with_bias else macs
 
 
 def layer_params(layer: LayerShape) -> int:
     """Learnable parameters of one layer (weights, biases, batch-norm scale and shift), without
     building it; equals `count(...)`'s per-layer params (held equal by the tests)."""
-    return sum(conv.params for conv in _layer_convs(layer))
+    return _cost(layer)[2]
+
+
+@lru_cache(maxsize=65536)  # a network repeats its layers (NB201: each cell 5 times), a search its networks
+def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_size: int,
+                out_channels: int) -> tuple[int, int, int]:
+    """(MACs, bias adds, params) of a layer; the output size follows from the part and `in_size`."""
+    out_size = 1 if kind == "head" else conv_output_size(in_size, part.stride)
+    convs = _layer_convs(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
+    return (sum(conv.macs for conv in convs), sum(conv.bias_adds for conv in convs),
+            sum(conv.params for conv in convs))
 
 
 def layer_weights(layer: LayerShape) -> int:
