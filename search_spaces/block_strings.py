@@ -71,7 +71,8 @@ def block_from_string(text: str) -> BlockSpec:
         else:
             raise SpecError(
                 f"block string {text!r}: unknown part {piece!r}; codes are "
-                f"{', '.join(_FIELD_CODES)}, {_EDGES_CODE}<edge ops>, se<ratio>, and an activation ({', '.join(sorted(activations))})"
+                f"{', '.join(_FIELD_CODES)}, {_EDGES_CODE}<edge ops>, se<ratio>, and an activation "
+                f"({', '.join(sorted(activations))})"
             )
     if "out_channels" not in values:
         raise SpecError(f"block string {text!r}: missing output channels (c<N>)")
