@@ -38,6 +38,7 @@ def make_activation(activation: Activation | None) -> nn.Module:
         Activation.RELU6: nn.ReLU6,
         Activation.HSWISH: nn.Hardswish,
         Activation.SWISH: nn.SiLU,
+        Activation.NONE: nn.Identity,
     }[activation]()
 
 

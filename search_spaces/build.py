@@ -192,8 +192,7 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         return f"{part.to_string()}@{shape}"
     if isinstance(part, StemSpec):
         pool = "_pool" if part.pool else ""
-        activation = part.activation.value if part.activation else "none"
-        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{activation}{pool}@{shape}"
+        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
     preact = "preact_" if part.preact else ""
     return (

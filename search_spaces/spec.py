@@ -40,6 +40,7 @@ class Activation(str, Enum):
     RELU6 = "relu6"
     HSWISH = "hswish"
     SWISH = "swish"
+    NONE = "none"  # linear: NAS-Bench-201's stem is conv + BN, its cells and blocks start with ReLU
 
 
 class SEStyle(str, Enum):
@@ -208,21 +209,19 @@ class BlockSpec:
 @dataclass(frozen=True, slots=True)
 class StemSpec:
     """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet).
-    `activation=None` leaves the stem linear (conv + BN), as NAS-Bench-201's is: its cells and
-    blocks start with their own ReLU."""
+    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is."""
 
     out_channels: int = 32
     kernel: int = 3
     stride: int = 2
-    activation: Activation | None = Activation.RELU
+    activation: Activation = Activation.RELU
     pool: bool = False
 
     def __post_init__(self) -> None:
         self.validate("stem")
 
     def validate(self, path: str) -> None:
-        if self.activation is not None:
-            object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
+        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
         _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
         _check_choice(self.kernel, STEM_KERNELS, f"{path}.kernel")
         _check_choice(self.stride, STRIDES, f"{path}.stride")
@@ -230,8 +229,7 @@ class StemSpec:
             raise SpecError(f"{path}.pool={self.pool!r} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
-        activation = None if self.activation is None else self.activation.value
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": activation}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,7 @@ def _nb201_blocks_spec(resolution: int) -> ArchSpec:
         BlockSpec(Op.RESBLOCK, 24),
         BlockSpec(Op.CELL, 24, edges=cell[::-1]),
     )
-    return ArchSpec(StemSpec(8, stride=1, activation=None), blocks,
+    return ArchSpec(StemSpec(8, stride=1, activation="none"), blocks,
                     HeadSpec(None, dropout=0.0, preact=True), resolution=resolution, num_classes=7)
 
 

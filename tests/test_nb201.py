@@ -97,7 +97,7 @@ def test_json_round_trip_and_hash_of_a_cell_spec() -> None:
     assert again == arch and again.content_hash() == arch.content_hash()
     assert arch.to_dict()["blocks"][0]["edges"] == list(parse_arch_string(BEST))
     assert "edges" not in arch.to_dict()["blocks"][5]  # a resblock's JSON is as any older block's
-    assert arch.to_dict()["head"]["preact"] is True and arch.to_dict()["stem"]["activation"] is None
+    assert arch.to_dict()["head"]["preact"] is True and arch.to_dict()["stem"]["activation"] == "none"
 
 
 def test_sample_mutate_encode() -> None:

@@ -67,7 +67,7 @@ from search_spaces.spec import (
 
 CHANNELS = (16, 32, 64)  # per stage: C, 2C, 4C with NB201's C = 16
 CELLS_PER_STAGE = 5  # NB201's N
-STEM = StemSpec(CHANNELS[0], kernel=3, stride=1, activation=None)
+STEM = StemSpec(CHANNELS[0], kernel=3, stride=1, activation=Activation.NONE)
 HEAD = HeadSpec(conv_channels=None, activation=Activation.RELU, dropout=0.0, preact=True)
 EDGE_NAMES = tuple(f"edge{target}<-{source}" for source, target in CELL_EDGES)
 
