@@ -10,7 +10,13 @@ Two ways to get MACs that agree exactly (tests hold them equal on every zoo mode
 - `count(model_or_spec)`: fvcore's `FlopCountAnalysis` on a traced forward pass, restricted to
   conv and matmul-like ops. Works for any module.
 - `macs_of_spec(spec)`: closed form per block, from the spec alone, without building or running
-  anything; cheap enough to call thousands of times inside a search.
+  anything; cheap enough to call thousands of times inside a search. `params_of_spec(spec)` is
+  the same for parameters (weights, biases, batch-norm scale and shift), equal to `count`'s.
+
+NAS-Bench-201 (Dong & Yang, ICLR 2020) reports "FLOPs" that are these MACs plus one per output
+of every layer with a bias (`macs_of_spec(spec, with_bias=True)`); in its networks only the
+classifier has one, so its FLOPs are our MACs + `num_classes` (exact on all 15,625 cells, see
+`search_spaces/spaces/nb201.py`).
 """
 
 from __future__ import annotations
@@ -199,95 +205,179 @@ def _fvcore() -> tuple[Any, dict[str, Any]]:
 
 
 # ---- closed form ------------------------------------------------------------------------------
-# Each formula mirrors its block class in search_spaces/blocks.py layer by layer. The tests compare
-# them with fvcore on every op in its less common forms and on every zoo model, so a block change
-# that is not mirrored here fails there instead of silently skewing a search.
+# Each formula lists its block class's convs (search_spaces/blocks.py) layer by layer; MACs,
+# parameters and bias adds all follow from that one list. The tests compare them with fvcore and
+# with the built modules on every op in its less common forms and on every zoo model, so a block
+# change that is not mirrored here fails there instead of silently skewing a search.
 
 
-def _conv(out_size: int, in_channels: int, out_channels: int, kernel: int = 1, groups: int = 1) -> int:
-    return out_size * out_size * out_channels * (in_channels // groups) * kernel * kernel
+@dataclass(frozen=True, slots=True)
+class _Conv:
+    """One conv as a block builds it; a linear layer is a 1x1 conv on a 1x1 map."""
+
+    out_size: int
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    groups: int = 1
+    bn: bool = True  # followed by batch norm: 2 affine parameters per channel, no MACs
+    bias: bool = False
+
+    @property
+    def weights(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel * self.kernel
+
+    @property
+    def macs(self) -> int:
+        return self.out_size * self.out_size * self.weights
+
+    @property
+    def params(self) -> int:
+        return self.weights + 2 * self.out_channels * self.bn + self.out_channels * self.bias
+
+    @property
+    def bias_adds(self) -> int:
+        return self.out_size * self.out_size * self.out_channels if self.bias else 0
 
 
-def _se(block: BlockSpec, block_in: int, mid: int) -> int:
-    # two 1x1 convs on the pooled 1x1 map; the mean and the gating multiply are not MACs
+def _linear(in_features: int, out_features: int) -> _Conv:
+    return _Conv(1, in_features, out_features, bn=False, bias=True)
+
+
+def _batch_norm(channels: int) -> _Conv:
+    """A batch norm on its own (no conv before it): parameters only."""
+    return _Conv(1, 0, channels)
+
+
+def _se(block: BlockSpec, block_in: int, mid: int) -> list[_Conv]:
+    # two 1x1 convs with bias on the pooled 1x1 map; the mean and the gating multiply are not MACs
     if not block.se_ratio:
-        return 0
-    return 2 * mid * se_squeeze_channels(block.se_style, block.se_ratio, block_in, mid)
+        return []
+    squeeze = se_squeeze_channels(block.se_style, block.se_ratio, block_in, mid)
+    return [_Conv(1, mid, squeeze, bn=False, bias=True), _Conv(1, squeeze, mid, bn=False, bias=True)]
 
 
-def _mbconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+def _mbconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
     mid = block.mid(c_in)
-    expand = _conv(size, c_in, mid) if mid != c_in else 0
-    depthwise = _conv(out_size, mid, mid, block.kernel, groups=mid)
-    return expand + depthwise + _se(block, c_in, mid) + _conv(out_size, mid, block.out_channels)
+    expand = [_Conv(size, c_in, mid)] if mid != c_in else []
+    depthwise = _Conv(out_size, mid, mid, block.kernel, groups=mid)
+    return [*expand, depthwise, *_se(block, c_in, mid), _Conv(out_size, mid, block.out_channels)]
 
 
-def _shuffle(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+def _shuffle(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
     branch_out = block.out_channels // 2
     branch_in = c_in if block.stride == 2 else branch_out
     mid = block.mid(c_in)
-    branch1 = 0
+    branch1 = []
     if block.stride == 2:
-        branch1 = _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, branch_out)
-    branch2 = (
-        _conv(size, branch_in, mid)
-        + _conv(out_size, mid, mid, block.kernel, groups=mid)
-        + _se(block, branch_in, mid)
-        + _conv(out_size, mid, branch_out)
-    )
+        branch1 = [_Conv(out_size, c_in, c_in, block.kernel, groups=c_in), _Conv(out_size, c_in, branch_out)]
+    branch2 = [
+        _Conv(size, branch_in, mid),
+        _Conv(out_size, mid, mid, block.kernel, groups=mid),
+        *_se(block, branch_in, mid),
+        _Conv(out_size, mid, branch_out),
+    ]
     return branch1 + branch2
 
 
-def _ghost_module(size: int, c_in: int, c_out: int) -> int:
+def _ghost_module(size: int, c_in: int, c_out: int) -> list[_Conv]:
     primary = math.ceil(c_out / 2)
-    return _conv(size, c_in, primary) + _conv(size, primary, primary, 3, groups=primary)
+    return [_Conv(size, c_in, primary), _Conv(size, primary, primary, 3, groups=primary)]
 
 
-def _ghost(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+def _ghost(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
     mid = block.mid(c_in)
-    macs = _ghost_module(size, c_in, mid) + _se(block, c_in, mid) + _ghost_module(out_size, mid, block.out_channels)
+    convs = _ghost_module(size, c_in, mid) + _se(block, c_in, mid) + _ghost_module(out_size, mid, block.out_channels)
     if block.stride > 1:
-        macs += _conv(out_size, mid, mid, block.kernel, groups=mid)
+        convs.append(_Conv(out_size, mid, mid, block.kernel, groups=mid))
     if not block.has_residual(c_in):
-        macs += _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, block.out_channels)
-    return macs
+        convs += [_Conv(out_size, c_in, c_in, block.kernel, groups=c_in), _Conv(out_size, c_in, block.out_channels)]
+    return convs
 
 
-def _dsconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
-    return _conv(out_size, c_in, c_in, block.kernel, groups=c_in) + _conv(out_size, c_in, block.out_channels)
+def _dsconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    return [_Conv(out_size, c_in, c_in, block.kernel, groups=c_in), _Conv(out_size, c_in, block.out_channels)]
 
 
-# op -> MACs(block, input channels, input size, output size); one entry per block class
-_BLOCK_MACS: dict[Op, Callable[[BlockSpec, int, int, int], int]] = {
+# NB201 edge op -> kernel of its ReLU-conv-BN; skip, pool and none have no weights
+_CELL_CONV_KERNELS = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
+
+
+def _cell(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    return [_Conv(size, c_in, c_in, _CELL_CONV_KERNELS[op]) for op in block.edges if op in _CELL_CONV_KERNELS]
+
+
+def _resblock(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    out = block.out_channels
+    convs = [_Conv(out_size, c_in, out, block.kernel), _Conv(out_size, out, out, block.kernel)]
+    if block.stride == 2:  # 2x2 average pool (no MACs), then a 1x1 conv without batch norm
+        convs.append(_Conv(out_size, c_in, out, bn=False))
+    elif c_in != out:
+        convs.append(_Conv(size, c_in, out))
+    return convs
+
+
+# op -> convs(block, input channels, input size, output size); one entry per block class
+_BLOCK_CONVS: dict[Op, Callable[[BlockSpec, int, int, int], list[_Conv]]] = {
     Op.MBCONV: _mbconv,
     Op.SHUFFLE: _shuffle,
     Op.GHOST: _ghost,
     Op.DSCONV: _dsconv,
+    Op.CELL: _cell,
+    Op.RESBLOCK: _resblock,
 }
 
 
-def layer_macs(layer: LayerShape) -> int:
-    """MACs of one layer from its spec and input shape, without building it."""
+def _layer_convs(layer: LayerShape) -> list[_Conv]:
     part = layer.part
     if isinstance(part, StemSpec):
         conv_size = conv_output_size(layer.in_size, part.stride)  # the max-pool adds no MACs
-        return _conv(conv_size, layer.in_channels, part.out_channels, part.kernel)
+        return [_Conv(conv_size, layer.in_channels, part.out_channels, part.kernel)]
     if isinstance(part, HeadSpec):
-        channels, macs = layer.in_channels, 0
+        channels, convs = layer.in_channels, []
+        if part.preact:
+            convs.append(_batch_norm(channels))
         if part.conv_channels:
-            macs += _conv(layer.in_size, channels, part.conv_channels)
+            convs.append(_Conv(layer.in_size, channels, part.conv_channels))
             channels = part.conv_channels
         if part.hidden_channels:
-            macs += channels * part.hidden_channels
+            convs.append(_linear(channels, part.hidden_channels))
             channels = part.hidden_channels
-        return macs + channels * layer.out_channels
-    try:
-        formula = _BLOCK_MACS[part.op]
-    except KeyError:
+        return [*convs, _linear(channels, layer.out_channels)]
+    return _BLOCK_CONVS[part.op](part, layer.in_channels, layer.in_size, layer.out_size)
+
+
+def _cost(layer: LayerShape) -> tuple[int, int, int]:
+    part = layer.part
+    if isinstance(part, BlockSpec) and part.op not in _BLOCK_CONVS:
         raise NotImplementedError(
-            f"{layer.name}: no closed-form MACs for op {part.op.value!r}; use count() or add it to _BLOCK_MACS"
-        ) from None
-    return formula(part, layer.in_channels, layer.in_size, layer.out_size)
+            f"{layer.name}: no closed-form cost for op {part.op.value!r}; use count() or add it to _BLOCK_CONVS"
+        )
+    return _layer_cost(layer.kind, part, layer.in_channels, layer.in_size, layer.out_channels)
+
+
+def layer_macs(layer: LayerShape, *, with_bias: bool = False) -> int:
+    """MACs of one layer from its spec and input shape, without building it. `with_bias` adds one
+    per output value of each layer with a bias (the SE convs, linear layers), as NAS-Bench-201's
+    counter does."""
+    macs, bias_adds, _ = _cost(layer)
+    return macs + bias_adds if with_bias else macs
+
+
+def layer_params(layer: LayerShape) -> int:
+    """Learnable parameters of one layer (weights, biases, batch-norm scale and shift), without
+    building it; equals `count(...)`'s per-layer params (held equal by the tests)."""
+    return _cost(layer)[2]
+
+
+@lru_cache(maxsize=65536)  # a network repeats its layers (NB201: each cell 5 times), a search its networks
+def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_size: int,
+                out_channels: int) -> tuple[int, int, int]:
+    """(MACs, bias adds, params) of a layer; the output size follows from the part and `in_size`."""
+    out_size = 1 if kind == "head" else conv_output_size(in_size, part.stride)
+    convs = _layer_convs(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
+    return (sum(conv.macs for conv in convs), sum(conv.bias_adds for conv in convs),
+            sum(conv.params for conv in convs))
 
 
 def layer_weights(layer: LayerShape) -> int:
@@ -302,6 +392,12 @@ def _weights(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int,
     return layer_macs(LayerShape("", kind, in_channels, 1, out_channels, 1, part))
 
 
-def macs_of_spec(spec: ArchSpec, resolution: int | None = None) -> int:
-    """Total MACs from the spec alone; equals `count(spec).macs` (held equal by the tests)."""
-    return sum(layer_macs(layer) for layer in layer_shapes(_at_resolution(spec, resolution)))
+def macs_of_spec(spec: ArchSpec, resolution: int | None = None, *, with_bias: bool = False) -> int:
+    """Total MACs from the spec alone; equals `count(spec).macs` (held equal by the tests).
+    `with_bias=True` counts bias additions too (see `layer_macs`)."""
+    return sum(layer_macs(layer, with_bias=with_bias) for layer in layer_shapes(_at_resolution(spec, resolution)))
+
+
+def params_of_spec(spec: ArchSpec) -> int:
+    """Total learnable parameters from the spec alone; equals `count(spec).params`."""
+    return sum(layer_params(layer) for layer in layer_shapes(spec))

@@ -1,4 +1,5 @@
-"""Compact, human-readable block strings in timm's spirit: `mb_k5_e6_c40_s2_se0.25_relu`.
+"""Compact, human-readable block strings in timm's spirit: `mb_k5_e6_c40_s2_se0.25_relu`; a
+NAS-Bench-201 cell lists its 6 edge ops as indices into `CELL_OPS`: `cell_c16_o310234_relu`.
 
 Parsed from a table of field codes (not an if/elif chain), and exact round trips:
 `BlockSpec.from_string(block.to_string()) == block`. The codec reads and yields plain fields, not
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.spec_vocabulary import Activation, Op, SEStyle, SpecError
+from search_spaces.spec_vocabulary import CELL_OPS, Activation, Op, SEStyle, SpecError
 
-_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds"}
+_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.CELL: "cell", Op.RESBLOCK: "rb"}
+# fields an op fixes (validation holds them at their defaults), so its string leaves them out
+_FIXED_FIELDS = {Op.CELL: {"kernel", "expand_ratio", "stride"}, Op.RESBLOCK: {"expand_ratio"}}
+# a cell's edges as one piece, `o` + one digit per edge: the op's index in NB201's op list
+_EDGES_CODE = "o"
 _SE_STYLE_CODES = {SEStyle.EFFICIENTNET: "", SEStyle.MOBILENETV3: "v3", SEStyle.GHOSTNET: "g"}
 
 # field code -> (BlockSpec field, parser, formatter); order is the order they are printed in
@@ -27,11 +32,14 @@ _FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
 def block_to_string(block: Any) -> str:
     """`block` is a `BlockSpec` (any object with its fields)."""
     parts = [_OP_CODES[block.op]]
+    fixed = _FIXED_FIELDS.get(block.op, set())
     for code, (name, _, fmt) in _FIELD_CODES.items():
         value = getattr(block, name)
-        if value is None or (name == "expand_ratio" and block.mid_channels is not None):
+        if value is None or name in fixed or (name == "expand_ratio" and block.mid_channels is not None):
             continue
         parts.append(f"{code}{fmt(value)}")
+    if block.edges:
+        parts.append(_EDGES_CODE + "".join(str(CELL_OPS.index(op)) for op in block.edges))
     if block.se_ratio:
         parts.append(f"se{_SE_STYLE_CODES[block.se_style]}{block.se_ratio:g}")
     parts.append(block.activation.value)
@@ -55,13 +63,19 @@ def block_fields_from_string(text: str) -> dict[str, Any]:
             code = next((c for c in sorted(styles, key=len, reverse=True) if c and rest.startswith(c)), "")
             values["se_style"] = styles[code]
             values["se_ratio"] = _parse(float, rest[len(code):], text, "se")
+        elif piece[:1] == _EDGES_CODE and piece[1:].isdigit():
+            digits = [int(d) for d in piece[1:]]
+            if max(digits) >= len(CELL_OPS):
+                raise SpecError(f"block string {text!r}: edge op digits in {piece!r} must be 0..{len(CELL_OPS) - 1}")
+            values["edges"] = tuple(CELL_OPS[d] for d in digits)
         elif piece[:1] in _FIELD_CODES:
             name, parse, _ = _FIELD_CODES[piece[:1]]
             values[name] = _parse(parse, piece[1:], text, piece[:1])
         else:
             raise SpecError(
                 f"block string {text!r}: unknown part {piece!r}; codes are "
-                f"{', '.join(_FIELD_CODES)}, se<ratio>, and an activation ({', '.join(sorted(activations))})"
+                f"{', '.join(_FIELD_CODES)}, {_EDGES_CODE}<edge ops>, se<ratio>, and an activation "
+                f"({', '.join(sorted(activations))})"
             )
     if "out_channels" not in values:
         raise SpecError(f"block string {text!r}: missing output channels (c<N>)")

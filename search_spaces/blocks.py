@@ -3,7 +3,8 @@
 Every block class takes `(in_channels, spec: BlockSpec)`. Layouts follow the papers and, where it
 ships the model, torchvision's implementation, so parameter counts match exactly:
 MobileNetV2/MnasNet/EfficientNet/MobileNetV3 for `MBConv`, ShuffleNetV2 for `ShuffleUnit`,
-GhostNet for `GhostBottleneck`, MobileNetV1 for `DSConv`.
+GhostNet for `GhostBottleneck`, MobileNetV1 for `DSConv`, NAS-Bench-201 (Dong & Yang, ICLR 2020;
+its reference code, `xautodl.models.cell_infers` / `cell_operations`) for `Cell` and `ResBlock`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from search_spaces.registry import Registry
-from search_spaces.spec import Activation, BlockSpec, Op, SEStyle
+from search_spaces.spec import CELL_EDGES, Activation, BlockSpec, Op, SEStyle
 
 BLOCKS: Registry[type[nn.Module]] = Registry("block")
 
@@ -37,6 +38,7 @@ def make_activation(activation: Activation | None) -> nn.Module:
         Activation.RELU6: nn.ReLU6,
         Activation.HSWISH: nn.Hardswish,
         Activation.SWISH: nn.SiLU,
+        Activation.NONE: nn.Identity,
     }[activation]()
 
 
@@ -206,6 +208,80 @@ class DSConv(nn.Sequential):
             ConvBNAct(in_channels, in_channels, spec.kernel, spec.stride, groups=in_channels, activation=spec.activation),
             ConvBNAct(in_channels, spec.out_channels, 1, activation=spec.activation),
         )
+
+
+class ActConvBN(nn.Sequential):
+    """Activation first, then conv (no bias) + BN: NB201's `ReLUConvBN`. Not in-place: a cell
+    feeds one node to several edges."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+                 activation: Activation = Activation.RELU) -> None:
+        super().__init__(
+            make_activation(activation),
+            nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+
+def cell_edge(name: str, channels: int, activation: Activation) -> nn.Module | None:
+    """One NB201 edge op at stride 1 and constant width; None for `none` (the edge is absent)."""
+    if name == "none":
+        return None
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "avg_pool_3x3":
+        # NB201 averages over the valid pixels only at the border
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    kernel = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}[name]
+    return ActConvBN(channels, channels, kernel, activation=activation)
+
+
+@BLOCKS.register(Op.CELL.value)
+class Cell(nn.Module):
+    """NB201 cell: node 0 is the input, node j the sum of op(i -> j)(node i) over i < j, node 3 the
+    output. A `none` edge builds nothing (NB201 multiplies its input by zero: the same sum, no
+    MACs), so a node whose edges are all `none` is zeros. When no path of edges leads from node 0
+    to node 3, the output does not depend on the input."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        self.links: list[tuple[int, int, str]] = []  # (from node, to node, key in self.ops)
+        self.ops = nn.ModuleDict()
+        for (source, target), name in zip(CELL_EDGES, spec.edges):
+            op = cell_edge(name, spec.out_channels, spec.activation)
+            if op is not None:
+                key = f"{target}<-{source}"
+                self.ops[key] = op
+                self.links.append((source, target, key))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for target in range(1, 4):
+            inputs = [self.ops[key](nodes[source]) for source, to, key in self.links if to == target]
+            nodes.append(sum(inputs[1:], inputs[0]) if inputs else torch.zeros_like(x))
+        return nodes[-1]
+
+
+@BLOCKS.register(Op.RESBLOCK.value)
+class ResBlock(nn.Module):
+    """NB201's `ResNetBasicblock`: act-conv kxk (stride) - BN, act-conv kxk - BN, plus a shortcut,
+    no activation after the sum. Shortcut: 2x2 average pool (stride 2) + 1x1 conv without BN when
+    strided; act-conv 1x1 - BN when only the width changes; identity otherwise."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        out = spec.out_channels
+        self.conv_a = ActConvBN(in_channels, out, spec.kernel, spec.stride, spec.activation)
+        self.conv_b = ActConvBN(out, out, spec.kernel, 1, spec.activation)
+        if spec.stride == 2:
+            self.shortcut: nn.Module = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(in_channels, out, 1, bias=False))
+        elif in_channels != out:
+            self.shortcut = ActConvBN(in_channels, out, 1, activation=spec.activation)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_b(self.conv_a(x)) + self.shortcut(x)
 
 
 def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:

@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from search_spaces.blocks import ConvBNAct, build_block, make_activation
-from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, part_from_dict
+from search_spaces.spec import (
+    ArchSpec,
+    BlockSpec,
+    HeadSpec,
+    Op,
+    SpecError,
+    StemSpec,
+    check_block_input,
+    part_from_dict,
+)
 
 
 def conv_output_size(size: int, stride: int) -> int:
@@ -30,11 +39,15 @@ class Stem(nn.Sequential):
 
 
 class Head(nn.Module):
-    """Optional 1x1 conv, global average pool, optional hidden linear, dropout, classifier."""
+    """Optional BN + act (`preact`), optional 1x1 conv, global average pool, optional hidden
+    linear, dropout, classifier."""
 
     def __init__(self, spec: HeadSpec, in_channels: int, num_classes: int) -> None:
         super().__init__()
         channels = in_channels
+        self.preact: nn.Module = nn.Identity()
+        if spec.preact:
+            self.preact = nn.Sequential(nn.BatchNorm2d(channels), make_activation(spec.activation))
         self.conv: nn.Module = nn.Identity()
         if spec.conv_channels:
             self.conv = ConvBNAct(in_channels, spec.conv_channels, 1, activation=spec.activation)
@@ -47,7 +60,7 @@ class Head(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x).mean((2, 3))
+        x = self.conv(self.preact(x)).mean((2, 3))
         return self.classifier(self.dropout(self.hidden(x)))
 
 
@@ -146,6 +159,7 @@ class LayerShape:
             out_channels, out_size = part.out_channels, conv_output_size(in_size, part.stride)
             if part.op is Op.SHUFFLE and part.stride == 1 and in_channels != part.out_channels:
                 raise SpecError("layer: a stride-1 'shuffle' unit needs in_channels == part.out_channels")
+            check_block_input(part, in_channels, in_size, "layer.part")
         elif kind == "stem":
             out_channels = part.out_channels
             out_size = conv_output_size(in_size, part.stride)
@@ -180,8 +194,9 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         pool = "_pool" if part.pool else ""
         return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
+    preact = "preact_" if part.preact else ""
     return (
-        f"head_conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
+        f"head_{preact}conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
         f"_classes{out_channels}@{shape}"
     )
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from search_spaces.block_strings import block_fields_from_string, block_to_string
 from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
+    CELL_EDGES,
+    CELL_OPS,
     KERNELS,
     STEM_KERNELS,
     STRIDES,
@@ -62,7 +64,9 @@ def _check_number(value: Any, path: str, *, low: float, high: float, low_open: b
 @dataclass(frozen=True, slots=True)
 class BlockSpec:
     """One block. `mid_channels` overrides `round(in_channels * expand_ratio)` when a model needs
-    exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models)."""
+    exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models). `edges` holds
+    the 6 edge ops of a `cell` (names from `CELL_OPS`, in `CELL_EDGES` order) and is empty for
+    every other op; it is left out of the JSON when empty, so older specs keep their hashes."""
 
     op: Op
     out_channels: int
@@ -73,6 +77,7 @@ class BlockSpec:
     se_ratio: float = 0.0
     se_style: SEStyle = SEStyle.EFFICIENTNET
     activation: Activation = Activation.RELU
+    edges: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("block")
@@ -98,11 +103,38 @@ class BlockSpec:
                     raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op 'dsconv'")
         if self.op is Op.SHUFFLE and self.out_channels % 2:
             raise SpecError(f"{path}.out_channels={self.out_channels} must be even for op 'shuffle' (channel split)")
+        self._validate_edges(path)
+        if self.op in (Op.CELL, Op.RESBLOCK):
+            # neither block expands or squeezes; a cell's convs take their kernel from its edges
+            plain = (("expand_ratio", 1.0), ("mid_channels", None), ("se_ratio", 0.0))
+            if self.op is Op.CELL:
+                plain = (("kernel", 3), ("stride", 1), *plain)
+            for name, value in plain:
+                if getattr(self, name) != value:
+                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {value} for op {self.op.value!r}")
+
+    def _validate_edges(self, path: str) -> None:
+        edges = self.edges
+        if isinstance(edges, str) or not isinstance(edges, (tuple, list)):
+            raise SpecError(f"{path}.edges={edges!r} must be a list of op names")
+        edges = tuple(edges)
+        object.__setattr__(self, "edges", edges)
+        if self.op is not Op.CELL:
+            if edges:
+                raise SpecError(f"{path}.edges={list(edges)} is only for op 'cell'")
+            return
+        if len(edges) != len(CELL_EDGES):
+            raise SpecError(f"{path}.edges has {len(edges)} ops, expected {len(CELL_EDGES)} (one per edge)")
+        for index, name in enumerate(edges):
+            if name not in CELL_OPS:
+                raise SpecError(f"{path}.edges[{index}]={name!r} not in {{{', '.join(CELL_OPS)}}}")
 
     def mid(self, in_channels: int) -> int:
         """Channels of the block's inner (expanded) tensor for a given input width."""
         if self.mid_channels is not None:
             return self.mid_channels
+        if self.op in (Op.CELL, Op.RESBLOCK):
+            return self.out_channels
         base = self.out_channels // 2 if self.op is Op.SHUFFLE else in_channels
         return max(1, int(round(base * self.expand_ratio)))
 
@@ -114,6 +146,10 @@ class BlockSpec:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("op", "activation", "se_style"):
             out[key] = out[key].value
+        if self.edges:
+            out["edges"] = list(self.edges)
+        else:
+            del out["edges"]  # specs from before cells existed serialise (and hash) as they did
         return out
 
     @classmethod
@@ -130,7 +166,8 @@ class BlockSpec:
 
 @dataclass(frozen=True, slots=True)
 class StemSpec:
-    """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet)."""
+    """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet).
+    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is."""
 
     out_channels: int = 32
     kernel: int = 3
@@ -155,13 +192,16 @@ class StemSpec:
 
 @dataclass(frozen=True, slots=True)
 class HeadSpec:
-    """1x1 conv + BN + act (optional), global average pool, optional hidden linear + act
-    (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier."""
+    """Optional BN + act on the last block's output (`preact`: the pre-activation networks'
+    closing "lastact", NAS-Bench-201's), 1x1 conv + BN + act (optional), global average pool,
+    optional hidden linear + act (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier.
+    `preact` is left out of the JSON when false, so older specs keep their hashes."""
 
     conv_channels: int | None = 1280
     hidden_channels: int | None = None
     activation: Activation = Activation.RELU
     dropout: float = 0.2
+    preact: bool = False
 
     def __post_init__(self) -> None:
         self.validate("head")
@@ -174,9 +214,14 @@ class HeadSpec:
             _check_int(self.hidden_channels, f"{path}.hidden_channels", minimum=1)
         _check_number(self.dropout, f"{path}.dropout", low=0.0, high=0.95)
         object.__setattr__(self, "dropout", float(self.dropout))
+        if not isinstance(self.preact, bool):
+            raise SpecError(f"{path}.preact={self.preact!r} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+        out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+        if not self.preact:
+            del out["preact"]
+        return out
 
 
 SCHEMA_VERSION = 1
@@ -214,18 +259,15 @@ class ArchSpec:
         self._check_block_shapes()
 
     def _check_block_shapes(self) -> None:
-        """Rules that need the input width: a stride-1 ShuffleNet unit keeps its width."""
+        """Rules that need the input width or size: a stride-1 ShuffleNet unit and a cell keep their
+        width; a strided resblock needs an even input size."""
         channels = self.stem.out_channels
-        for index, block in enumerate(self.blocks):
-            if block.op is Op.SHUFFLE and block.stride == 1 and channels != block.out_channels:
-                raise SpecError(
-                    f"blocks[{index}].out_channels={block.out_channels} must equal its input width {channels} "
-                    "for a stride-1 'shuffle' unit (use stride 2 to change width)"
-                )
-            channels = block.out_channels
         size = self.resolution
-        for stride in self.strides():
+        for stride in self.strides()[: len(self.strides()) - len(self.blocks)]:
             size = (size - 1) // stride + 1
+        for index, block in enumerate(self.blocks):
+            check_block_input(block, channels, size, f"blocks[{index}]")
+            channels, size = block.out_channels, (size - 1) // block.stride + 1
         if size < 1:
             raise SpecError(f"resolution={self.resolution} is too small for {len(self.strides())} strided layers")
 
@@ -302,6 +344,22 @@ class ArchSpec:
 
     def replace(self, **changes: Any) -> ArchSpec:
         return replace(self, **changes)
+
+
+def check_block_input(block: BlockSpec, in_channels: int, in_size: int, path: str) -> None:
+    """What a block needs of its input beyond its own fields."""
+    if block.op is Op.SHUFFLE and block.stride == 1 and in_channels != block.out_channels:
+        raise SpecError(
+            f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
+            "for a stride-1 'shuffle' unit (use stride 2 to change width)"
+        )
+    if block.op is Op.CELL and in_channels != block.out_channels:
+        # NB201 changes width only in its reduction blocks; its cells map C to C on every edge
+        raise SpecError(f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
+                        "for a 'cell' (change width with a 'resblock')")
+    if block.op is Op.RESBLOCK and block.stride == 2 and in_size % 2:
+        # the 2x2 average-pool shortcut floors an odd size, the strided 3x3 conv rounds it up
+        raise SpecError(f"{path}: a stride-2 'resblock' needs an even input size, got {in_size}x{in_size}")
 
 
 def part_from_dict(cls: type, data: Any, path: str) -> Any:

@@ -23,6 +23,8 @@ class Op(str, Enum):
     SHUFFLE = "shuffle"  # ShuffleNetV2 unit (channel split, shuffle; stride-2 variant)
     GHOST = "ghost"  # Ghost bottleneck (GhostNet)
     DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
+    CELL = "cell"  # NAS-Bench-201 cell: 4 nodes, one op per edge (`BlockSpec.edges`)
+    RESBLOCK = "resblock"  # pre-activation ResNet basic block (NAS-Bench-201's reduction block)
 
 
 class Activation(str, Enum):
@@ -30,6 +32,7 @@ class Activation(str, Enum):
     RELU6 = "relu6"
     HSWISH = "hswish"
     SWISH = "swish"
+    NONE = "none"  # linear: NAS-Bench-201's stem is conv + BN, its cells and blocks start with ReLU
 
 
 class SEStyle(str, Enum):
@@ -47,5 +50,10 @@ class SEStyle(str, Enum):
 
 
 KERNELS = (3, 5, 7)
+# NAS-Bench-201's op names and order (Dong & Yang, ICLR 2020): the order its index-based tools use.
+CELL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# (from node, to node) of a cell's 6 edges, in the order NB201's arch string lists them:
+# |1<-0|+|2<-0|2<-1|+|3<-0|3<-1|3<-2|
+CELL_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 STRIDES = (1, 2)
 STEM_KERNELS = (1, 3, 5, 7)

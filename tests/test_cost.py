@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from predictors import Cost, LayerCost, count, layer_macs, macs_of_spec
+from predictors import Cost, LayerCost, count, layer_macs, layer_params, macs_of_spec, params_of_spec
 from search_spaces import (
     Activation,
     ArchSpec,
@@ -163,13 +163,42 @@ def _every_op_spec(resolution: int) -> ArchSpec:
     return ArchSpec(StemSpec(16, kernel=5, pool=True), blocks, HeadSpec(128, 256), resolution=resolution, num_classes=7)
 
 
-@pytest.mark.parametrize("resolution", [33, 50])
-def test_closed_form_equals_fvcore_for_every_op(resolution: int) -> None:
-    spec = _every_op_spec(resolution)
+def _nb201_blocks_spec(resolution: int) -> ArchSpec:
+    """NAS-Bench-201's block kinds in every form: a cell with each edge op (and a `none`), the
+    resblock strided, widening at stride 1 (1x1 ReLU-conv-BN shortcut) and as identity; a linear
+    stem and a pre-activation head."""
+    cell = ("nor_conv_3x3", "nor_conv_1x1", "skip_connect", "avg_pool_3x3", "none", "nor_conv_3x3")
+    blocks = (
+        BlockSpec(Op.CELL, 8, edges=cell),
+        BlockSpec(Op.RESBLOCK, 16, stride=2),
+        BlockSpec(Op.RESBLOCK, 24, kernel=5),
+        BlockSpec(Op.RESBLOCK, 24),
+        BlockSpec(Op.CELL, 24, edges=cell[::-1]),
+    )
+    return ArchSpec(StemSpec(8, stride=1, activation="none"), blocks,
+                    HeadSpec(None, dropout=0.0, preact=True), resolution=resolution, num_classes=7)
+
+
+@pytest.mark.parametrize(("build", "resolution"),
+                         [(_every_op_spec, 33), (_every_op_spec, 50), (_nb201_blocks_spec, 16)])
+def test_closed_form_equals_fvcore_for_every_op(build, resolution: int) -> None:
+    spec = build(resolution)
     cost = count(spec)
     assert macs_of_spec(spec) == cost.macs
+    assert params_of_spec(spec) == cost.params
     for layer in layer_shapes(spec):
         assert layer_macs(layer) == cost.layer(layer.name).macs, layer.name
+        assert layer_params(layer) == cost.layer(layer.name).params, layer.name
+
+
+def test_bias_adds_are_counted_only_when_asked() -> None:
+    spec = _nb201_blocks_spec(16)
+    # the one biased layer is the classifier: one add per class
+    assert macs_of_spec(spec, with_bias=True) == macs_of_spec(spec) + 7
+    # SE's two 1x1 convs have biases too: squeeze + mid adds on their 1x1 maps
+    se = ArchSpec(StemSpec(16), (BlockSpec(Op.MBCONV, 16, expand_ratio=4, se_ratio=0.25),), HeadSpec(None),
+                  resolution=32, num_classes=10)
+    assert macs_of_spec(se, with_bias=True) - macs_of_spec(se) == (4 + 64) + 10
 
 
 def test_cost_is_frozen() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from predictors import Cost, count, macs_of_spec
+from predictors import Cost, count, macs_of_spec, params_of_spec
 from search_spaces import ArchSpec, Op, SpecError, build_model, zoo
 
 # Exact counts at 224x224, 1000 classes (MACs: conv + linear multiply-adds). A change here is a
@@ -79,8 +79,9 @@ def test_builds_runs_and_round_trips(name: str) -> None:
 def test_exact_counts_at_224(name: str) -> None:
     cost = cost_at_224(name)
     assert (cost.params, cost.macs) == EXPECTED[name]
-    # the closed form agrees with fvcore's traced count on every zoo model
+    # the closed forms agree with fvcore's traced count and the built model on every zoo model
     assert macs_of_spec(zoo.get(name)) == cost.macs
+    assert params_of_spec(zoo.get(name)) == cost.params
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

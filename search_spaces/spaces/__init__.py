@@ -13,11 +13,23 @@ from typing import Any
 from search_spaces.errors import OptionError
 from search_spaces.registry import Registry
 from search_spaces.space import Decision, SearchSpace
-from search_spaces.spaces import mnasnet, proxyless
+from search_spaces.spaces import mnasnet, nb201, proxyless
 from search_spaces.spaces.mnasnet import MnasNetSpace
+from search_spaces.spaces.nb201 import NB201Space
 from search_spaces.spaces.proxyless import ProxylessSpace
 
-__all__ = ["SPACES", "Decision", "MnasNetSpace", "ProxylessSpace", "SearchSpace", "get_space", "mnasnet", "proxyless"]
+__all__ = [
+    "SPACES",
+    "Decision",
+    "MnasNetSpace",
+    "NB201Space",
+    "ProxylessSpace",
+    "SearchSpace",
+    "get_space",
+    "mnasnet",
+    "nb201",
+    "proxyless",
+]
 
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space")
@@ -44,5 +56,5 @@ def _check_options(name: str, space_class: type[SearchSpace], options: dict[str,
         raise OptionError(f"space option(s) {unknown} unknown to search space {name!r}; allowed: {allowed}")
 
 
-for _space_class in (MnasNetSpace, ProxylessSpace):
+for _space_class in (MnasNetSpace, NB201Space, ProxylessSpace):
     SPACES.add(_space_class.name, _space_class)
