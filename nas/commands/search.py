@@ -16,7 +16,7 @@ from rich.table import Table
 
 from nas.rundir.records import BestMetrics
 from nas.commands.common import fail_on_user_error
-from nas.rundir.files import RunDirError
+from nas.rundir.files import run_directory
 from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of, refuse_on_resume
 from nas.training.train import TrainConfig
 from search_spaces.errors import OptionError
@@ -115,6 +115,7 @@ def search(
     if name is None or budget is None:
         missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget)) if value is None]
         raise OptionError(f"{' and '.join(missing)} required for a new search (or --resume runs/NAME)")
+    directory = run_directory(runs_dir, name)
     budget_ms = parse_latency_ms(budget)
     from nas.search.runner import refuse_unused_settings, strategy_class
 
@@ -131,7 +132,7 @@ def search(
                          runs_dir / "luts")
     config = SearchConfig(latency_budget_ms=budget_ms, lut_path=str(Path(lut).resolve()), space_options=options,
                           strategy_options=strategy_options, train=train, **settings)
-    run_and_report(config, runs_dir / name, final_epochs=final_epochs, progress=progress)
+    run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress)
 
 
 def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -264,10 +265,12 @@ def demo(
 
     import torch
 
-    from nas.rundir.files import RunDirectory, write_json_atomic
+    from nas.rundir.files import write_json_atomic
     from predictors.latency import LatencyTable
     from search_spaces.spaces import get_space
 
+    directory = run_directory(runs_dir, name)
+    directory.replace_demo_run()  # the demo always starts afresh (the latency table is reused)
     started = time.perf_counter()
     # One training thread: on a 2-core VM shared with another busy process, two OpenMP threads made
     # some trials 10-60x slower (threads spinning on each other); one thread never stalls.
@@ -287,10 +290,6 @@ def demo(
         trials=trials, train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, seed=0),
         train_limit=DEMO_TRAIN_LIMIT,
     )
-    directory = RunDirectory(runs_dir / name)
-    if directory.path.exists() and any(directory.path.iterdir()) and not directory.exists():
-        raise RunDirError(f"{directory.path} exists and is not a search run; choose another --name")
-    directory.clear()  # the demo always starts afresh (the latency table is reused)
     info = {"lut": str(lut), "lut_build_s": round(lut_s, 1), "budget_rule": f"median of {DEMO_BUDGET_SAMPLES}",
             "threads": torch.get_num_threads()}
     metrics = run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, demo_info=info)

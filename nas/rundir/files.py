@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -38,9 +39,11 @@ from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunDirError", "RunDirectory", "json_safe", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
+__all__ = ["RunDirError", "RunDirectory", "json_safe", "run_directory", "load_weights", "now_iso", "save_weights", "write_atomically", "write_json_atomic"]
 
 SEARCHER_FORMAT = "hwnas-searcher-state"
+DEMO_MARKER = ".hwnas-demo-run"
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 # config.json and searcher.json hold others' data (SearchConfig, a strategy's state) in this envelope
 CONFIG_VERSION = SEARCHER_VERSION = 1
 
@@ -217,9 +220,30 @@ class RunDirectory:
         return metrics
 
     def clear(self) -> None:
-        """Remove a run's files (used by `nas demo`, which always starts afresh)."""
+        """Remove a run's files (benchmarks, whose runs live in their own work directory)."""
         if self.path.exists():
             shutil.rmtree(self.path)
+
+    def replace_demo_run(self) -> None:
+        """Empty this directory for a fresh demo, if it is one the demo made (it holds the demo
+        marker), or create it. Anything else is refused: nothing the tool did not make is deleted."""
+        marker = self.path / DEMO_MARKER
+        if self.path.exists() and any(self.path.iterdir()):
+            if not marker.is_file():
+                raise RunDirError(f"{self.path} exists and is not a demo run (no {DEMO_MARKER}); "
+                                  "choose another --name or remove it yourself")
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        marker.write_text("made by `nas demo`, which replaces this directory on its next run\n")
+
+
+def run_directory(runs_dir: str | os.PathLike, name: str) -> RunDirectory:
+    """The run `name` under `runs_dir`; `name` is one path component, so a run never lands, or
+    deletes, anything outside `runs_dir`."""
+    if (not isinstance(name, str) or not RUN_NAME.fullmatch(name) or name in (".", "..")):
+        raise RunDirError(f"--name={name!r}: a run name is one path component of letters, digits, '.', '_' "
+                          "and '-' (not starting with '.'), e.g. mnasnet-2ms")
+    return RunDirectory(Path(runs_dir) / name)
 
 
 def check_weights_file(path: Path, arch: ArchSpec) -> None:
