@@ -76,7 +76,7 @@ def test_local_run_writes_the_full_layout(lut: Path, tmp_path: Path) -> None:
     config = tiny_config(lut, trials=6)
     summary = run_search(config, tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best", "config.json", "searcher.json", "trials.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best", "config.json", "searcher.json", "trials.jsonl"]
     assert sorted(p.name for p in (run / "best").iterdir()) == ["arch.json", "metrics.json", "weights.safetensors"]
     stored = RunDirectory(run).read_config()
     assert SearchConfig.from_dict(stored) == SearchConfig.from_dict({**config.to_dict(), "num_classes": 4})
@@ -306,3 +306,31 @@ def test_bad_strategy_options_are_refused_before_the_run_directory_exists(lut: P
     with pytest.raises(OptionError, match=r"\['population'\] unknown to 'evolution'; allowed: population_size"):
         run_search(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # the name is not burned: the corrected command may use it
+
+
+def test_one_writer_per_run_directory(lut: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_search(tiny_config(lut, trials=2), run, progress=False)
+    with RunDirectory(run).writing(new=False):  # as if another search held the run
+        with pytest.raises(RunDirError, match=rf"is being written by process {os.getpid()}"):
+            run_search(None, run, resume=True, progress=False)
+    assert len(read_jsonl(run / "trials.jsonl")) == 2  # nothing written by the refused one
+    fresh = tmp_path / "fresh"
+    with RunDirectory(fresh).writing(new=True):  # two new runs of one name: the second is refused
+        with pytest.raises(RunDirError, match="is being written by process"):
+            run_search(tiny_config(lut, trials=2), fresh, progress=False)
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from nas.rundir.files import RunDirectory\n"
+        f"with RunDirectory({str(tmp_path / 'run')!r}).writing(new=True):\n"
+        "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunDirError, match=f"process {holder.pid}"):
+        with RunDirectory(tmp_path / "run").writing(new=False):
+            pass
+    holder.kill()  # SIGKILL: no cleanup code runs; the kernel drops the lock
+    holder.wait()
+    with RunDirectory(tmp_path / "run").writing(new=True):
+        pass

@@ -20,11 +20,14 @@ next record.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ __all__ = ["RunDirError", "RunDirectory", "json_safe", "run_directory", "load_we
 
 SEARCHER_FORMAT = "hwnas-searcher-state"
 DEMO_MARKER = ".hwnas-demo-run"
+LOCK_FILE = ".lock"
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 # config.json and searcher.json hold others' data (SearchConfig, a strategy's state) in this envelope
 CONFIG_VERSION = SEARCHER_VERSION = 1
@@ -218,6 +222,30 @@ class RunDirectory:
         metrics = replace(self.read_best_metrics(required=True), **changes)
         write_json_atomic(self.best_dir / "metrics.json", metrics.to_json())
         return metrics
+
+    @contextmanager
+    def writing(self, *, new: bool) -> Iterator[None]:
+        """Hold the run's writer lock (an OS lock on `.lock`: the kernel drops it when the holder
+        dies, so a killed run leaves no stale lock). A second writer is refused, naming the
+        holder's PID; readers (report, export) take no lock. `new`: the run must not exist yet,
+        checked again under the lock, so two new runs of one name cannot both start."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_FILE, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise RunDirError(f"{self.path} is being written by process {holder} (a search or resume "
+                                  "is running); wait for it to finish or stop it") from None
+            if new and self.exists():
+                raise RunDirError(f"{self.path} already holds a search; resume it with --resume {self.path} "
+                                  "or choose another --name")
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield  # the lock is released when the file closes, or by the kernel if we die
 
     def clear(self) -> None:
         """Remove a run's files (benchmarks, whose runs live in their own work directory)."""

@@ -30,7 +30,7 @@ from search_spaces.spaces import get_space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SearchConfig", "SearchSummary", "finalize_best", "make_searcher", "run_search", "strategy_descriptions"]
+__all__ = ["SearchConfig", "SearchSummary", "checked_strategy", "finalize_best", "run_search", "strategy_descriptions"]
 
 @dataclass(frozen=True)
 class SearchSummary:
@@ -59,9 +59,11 @@ def strategy_descriptions() -> list[dict[str, Any]]:
     return [SEARCHERS.get(name).describe() for name in SEARCHERS.names()]
 
 
-def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
-                  run_dir: RunDirectory, data: DataSplits | None = None, progress: bool = False) -> Searcher:
-    """The strategy named in the config, given the one context every strategy receives."""
+def checked_strategy(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
+                     run_dir: RunDirectory, data: DataSplits | None = None,
+                     progress: bool = False) -> tuple[type[Searcher], StrategyContext, Any]:
+    """The strategy named in the config, the one context every strategy receives, and its options
+    checked; nothing is built or written yet (an Optuna strategy opens its storage when built)."""
     def is_feasible(arch: Any) -> bool:
         try:
             return table.predict(arch) <= objective.latency_budget_ms
@@ -74,9 +76,7 @@ def make_searcher(config: SearchConfig, space: SearchSpace, objective: SearchObj
         trials=config.trials, storage=run_dir.optuna_storage, work_dir=run_dir.path, table=table, data=data,
         train=config.train, progress=progress)
     strategy = strategy_class(config.strategy)
-    options = strategy.parse_options(context, config.strategy_options)
-    run_dir.path.mkdir(parents=True, exist_ok=True)  # everything checked: a strategy may keep files here
-    return strategy(context, options)
+    return strategy, context, strategy.parse_options(context, config.strategy_options)
 
 
 def load_search_data(config: SearchConfig) -> DataSplits:
@@ -99,7 +99,6 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     workers) only (`SearchConfig.resumed_with`)."""
     directory = RunDirectory(run_dir)
     config = _resolve_config(directory, config, resume, given)
-    directory.repair_trials()
     data = load_search_data(config)
     if config.num_classes not in (None, data.num_classes):
         raise OptionError(f"SearchConfig.num_classes={config.num_classes} but dataset {config.dataset!r} "
@@ -111,11 +110,20 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     objective = SearchObjective(config.latency_budget_ms, config.constraint)
     if not resume:
         refuse_unused_settings(strategy_class(config.strategy), config)
-    searcher = make_searcher(config, space, objective, table, directory, data, progress)
-    if searcher.kind == ONE_SHOT:
-        config = replace(config, trials=1)
-    directory.write_config(config.to_dict())
+    strategy, context, options = checked_strategy(config, space, objective, table, directory, data, progress)
+    # everything is checked: from here on this process is the run directory's one writer
+    with directory.writing(new=not resume):
+        directory.repair_trials()
+        searcher = strategy(context, options)
+        if searcher.kind == ONE_SHOT:
+            config = replace(config, trials=1)
+        directory.write_config(config.to_dict())
+        return _search(config, directory, searcher, objective, table, data, resume=resume, progress=progress)
 
+
+def _search(config: SearchConfig, directory: RunDirectory, searcher: Searcher, objective: SearchObjective,
+            table: LatencyTable, data: DataSplits, *, resume: bool, progress: bool) -> SearchSummary:
+    """The search loop of `run_search`: resume bookkeeping, prepare, ask/evaluate/tell, best/."""
     session = _open_session(directory, searcher, objective, config.trials)
     replayed = session.replay()
     # a one-shot strategy's derived network is its answer: trained even when it ends over the budget
