@@ -38,6 +38,7 @@ from bench.ray_throughput import ray_section
 from bench.report import REPO, fmt, md_table, omit, pct, publish, results_path
 from bench.task_pool import run_pool, work
 from nas.training import RECIPES, recipe
+from nas.training.data import absolute_dataset
 
 logger = logging.getLogger("bench.search_quality")
 STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
@@ -167,10 +168,7 @@ def choose_budget(args: argparse.Namespace, space: Any, table: Any) -> tuple[flo
 
 def _absolute_paths(args: argparse.Namespace) -> None:
     """Workers run from the repository root: every path they are given must be absolute."""
-    args.out, args.lut = args.out.resolve(), args.lut.resolve()
-    kind, colon, where = args.data.partition(":")
-    if colon and kind in ("cifar10", "imagefolder"):
-        args.data = f"{kind}:{Path(where).resolve()}"
+    args.out, args.lut, args.data = args.out.resolve(), args.lut.resolve(), absolute_dataset(args.data)
 
 
 def train_all(args: argparse.Namespace, settings: dict[str, Any], budget: float, zoo_fits: dict[str, Any]

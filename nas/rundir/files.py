@@ -233,11 +233,7 @@ def check_weights_file(path: Path, arch: ArchSpec) -> None:
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
     """safetensors (never pickle): contiguous CPU copies, written atomically."""
-    from safetensors.torch import save
-
-    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
-    payload = save(tensors)
-    write_atomically(path, payload)
+    write_atomically(path, weights_payload(state_dict, None))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

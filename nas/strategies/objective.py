@@ -73,8 +73,6 @@ def soft_reward(
 
 def hard_reward(accuracy: float, latency_ms: float, target_ms: float) -> float:
     """Hard-constrained reward: plain accuracy within target, ``accuracy * T / LAT`` over it."""
-    _check_positive("latency_ms", latency_ms)
-    _check_positive("target_ms", target_ms)
     w = mnas_weight(latency_ms, target_ms, HARD_ALPHA, HARD_BETA)
     return mnas_reward(accuracy, latency_ms, target_ms, w)
 

@@ -41,7 +41,7 @@ from torch.utils.data import TensorDataset
 from search_spaces.errors import DatasetError, InputFileError, OptionError
 from nas.training.cifar10 import cifar10_arrays
 
-__all__ = ["ACCEPTED_FORMS", "DataSplits", "load_dataset"]
+__all__ = ["ACCEPTED_FORMS", "DataSplits", "absolute_dataset", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,12 @@ def load_dataset(
     return _finish(
         [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], resolution, num_classes, canonical, grey
     )
+
+
+def absolute_dataset(name: str) -> str:
+    """``name`` with its PATH made absolute, for a process that runs in another working directory."""
+    kind, separator, argument = name.partition(":")
+    return f"{kind}:{Path(argument).resolve()}" if separator and kind in ("cifar10", "imagefolder") else name
 
 
 # ---------------------------------------------------------------- splitting
