@@ -187,11 +187,18 @@ def _three_way(
 ) -> tuple[_Arrays, _Arrays, _Arrays]:
     """Carve test (when the source has none) and then val out of the training pool."""
     if x_test is None or y_test is None:
-        pool, test = _split_off(y_train, TEST_FRACTION, rng, "test")
+        keep, val, test = _pool_indices(y_train, rng, val_fraction)
         x_test, y_test = x_train[test], y_train[test]
-        x_train, y_train = x_train[pool], y_train[pool]
-    keep, val = _split_off(y_train, val_fraction, rng, "val")
+    else:
+        keep, val = _split_off(y_train, val_fraction, rng, "val")
     return (x_train[keep], y_train[keep]), (x_train[val], y_train[val]), (x_test, y_test)
+
+
+def _pool_indices(labels: np.ndarray, rng: np.random.Generator, val_fraction: float) -> tuple[np.ndarray, ...]:
+    """(train, val, test) indices of a source without a test split: test first, then val of the rest."""
+    pool, test = _split_off(labels, TEST_FRACTION, rng, "test")
+    keep, val = _split_off(labels[pool], val_fraction, rng, "val")
+    return pool[keep], pool[val], test
 
 
 # ---------------------------------------------------------------- tensors
@@ -322,7 +329,8 @@ def _imagefolder(
     if (root / "train").is_dir() and (root / "val").is_dir():
         picks = _picks_of_split_folders(root, transform, rng)
     else:  # one folder of class folders: split it like digits
-        picks = _picks_of_one_folder(_open_image_folder(root, transform), rng, val_fraction)
+        folder = _open_image_folder(root, transform)
+        picks = [(folder, part) for part in _pool_indices(np.asarray(folder.targets, dtype=np.int64), rng, val_fraction)]
     train_folder, train_idx = picks[0]
     if limit is not None and limit < len(train_idx):
         train_labels = np.asarray(train_folder.targets, dtype=np.int64)[train_idx]
@@ -363,13 +371,6 @@ def _picks_of_split_folders(root: Path, transform: Any, rng: np.random.Generator
         train_idx, test_idx = _split_off(train_labels, TEST_FRACTION, rng, "test")
         test_pick = (folders["train"], test_idx)
     return [(folders["train"], train_idx), (folders["val"], np.arange(len(folders["val"]))), test_pick]
-
-
-def _picks_of_one_folder(folder: Any, rng: np.random.Generator, val_fraction: float) -> list[Pick]:
-    labels = np.asarray(folder.targets, dtype=np.int64)
-    pool, test_idx = _split_off(labels, TEST_FRACTION, rng, "test")
-    keep, val = _split_off(labels[pool], val_fraction, rng, "val")
-    return [(folder, pool[keep]), (folder, pool[val]), (folder, test_idx)]
 
 
 def _decode_picks(picks: list[Pick], resolution: int) -> list[tuple[Tensor, np.ndarray]]:
