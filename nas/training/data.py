@@ -330,7 +330,8 @@ def _imagefolder(
         picks = _picks_of_split_folders(root, transform, rng)
     else:  # one folder of class folders: split it like digits
         folder = _open_image_folder(root, transform)
-        picks = [(folder, part) for part in _pool_indices(np.asarray(folder.targets, dtype=np.int64), rng, val_fraction)]
+        labels = np.asarray(folder.targets, dtype=np.int64)
+        picks = [(folder, part) for part in _pool_indices(labels, rng, val_fraction)]
     train_folder, train_idx = picks[0]
     if limit is not None and limit < len(train_idx):
         train_labels = np.asarray(train_folder.targets, dtype=np.int64)[train_idx]
