@@ -3,7 +3,6 @@ far and its latency, elapsed time, and time left estimated from this session's m
 
 from __future__ import annotations
 
-import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,6 @@ class SearchProgress:
             disable=not enabled,
         )
         self.task = None
-        self.started = time.perf_counter()
 
     def __enter__(self) -> SearchProgress:
         if self.enabled:

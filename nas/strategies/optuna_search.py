@@ -119,7 +119,6 @@ class OptunaSearcher(Searcher):
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = context.storage
         self.study_name = self.options.study_name or f"nas-{self.name}"
-        self.max_rejections = self.options.max_rejections
         self.study = optuna.create_study(
             storage=open_storage(self.storage), sampler=self._fresh_sampler(), study_name=self.study_name,
             directions=list(self.directions), load_if_exists=True,
@@ -178,7 +177,7 @@ class OptunaSearcher(Searcher):
                 repeated += 1
             else:
                 break
-            if rejected + repeated >= self.max_rejections:
+            if rejected + repeated >= self.options.max_rejections:
                 # the sampler keeps landing on rejected or known networks: make this trial a
                 # random feasible, unasked one (enqueued parameters are what `suggest` returns)
                 logger.info("%s: %d suggestions rejected, %d repeated; enqueuing a random feasible one",
