@@ -45,7 +45,7 @@ SEARCHER_FORMAT = "hwnas-searcher-state"
 CONFIG_VERSION = SEARCHER_VERSION = 1
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -91,7 +91,7 @@ class RunDirectory:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise InputFileError(f"{self.path} is not a search run: {self.CONFIG} is missing")
-        data = _read_json(self.config_path, "run config")
+        data = read_json_object(self.config_path, "run config")
         check_version(data, CONFIG_VERSION, str(self.config_path))
         data.pop(SCHEMA_KEY, None)
         return data
@@ -172,7 +172,7 @@ class RunDirectory:
     def read_searcher_state(self) -> dict[str, Any] | None:
         if not self.searcher_path.is_file():
             return None
-        data = _read_json(self.searcher_path, "searcher state")
+        data = read_json_object(self.searcher_path, "searcher state")
         if data.get("format") != SEARCHER_FORMAT:
             raise RunDirError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
         check_version(data, SEARCHER_VERSION, str(self.searcher_path))
@@ -199,7 +199,7 @@ class RunDirectory:
     def read_best_metrics(self, *, required: bool = False) -> BestMetrics | None:
         path = self.best_dir / "metrics.json"
         if path.is_file():
-            return BestMetrics.from_json(_read_json(path, "best metrics"), str(path))
+            return BestMetrics.from_json(read_json_object(path, "best metrics"), str(path))
         if required:  # written last: a kill while best/ was being saved; the resume rewrites it
             raise RunDirError(f"{path} is missing; `nas search --resume` repairs best/")
         return None
@@ -208,7 +208,7 @@ class RunDirectory:
         path = self.best_dir / "arch.json"
         if not path.is_file():
             raise InputFileError(f"{path} does not exist: the run has no feasible trial yet")
-        return ArchSpec.from_dict(_read_json(path, "architecture"))
+        return ArchSpec.from_dict(read_json_object(path, "architecture"))
 
     def update_best_metrics(self, **changes: Any) -> BestMetrics:
         """metrics.json with `changes` (BestMetrics fields); best/'s other files stay as they are."""
