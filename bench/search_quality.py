@@ -166,11 +166,6 @@ def choose_budget(args: argparse.Namespace, space: Any, table: Any) -> tuple[flo
                     f"architectures sampled from the space (seed 0; median {median:.3f} ms)")
 
 
-def _absolute_paths(args: argparse.Namespace) -> None:
-    """Workers run from the repository root: every path they are given must be absolute."""
-    args.out, args.lut, args.data = args.out.resolve(), args.lut.resolve(), absolute_dataset(args.data)
-
-
 def train_all(args: argparse.Namespace, settings: dict[str, Any], budget: float, zoo_fits: dict[str, Any]
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every search (then its final training) and every zoo network's final training, in the pool."""
@@ -289,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     started, phases = time.perf_counter(), {}
     load_at_start = os.getloadavg()[0]  # the figures assume a quiet machine: record how quiet it was
-    _absolute_paths(args)
+    # workers run from the repository root: every path they are given must be absolute
+    args.out, args.lut, args.data = args.out.resolve(), args.lut.resolve(), absolute_dataset(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     space = get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES)
     table, lut_state, measurer = _timed(phases, "lut_s", lambda: ensure_lut(args, space))

@@ -317,6 +317,8 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
                progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export the best model of a run (or `trial`, when its weights are the best's) into `out`
     (default run_dir/export/), verify every format, and write MODEL_CARD.md and export.json."""
+    from predictors.latency import LatencyTable
+
     info = read_run(run_dir)
     source_dir, label, trial_id = _source(info, trial)
     model = _load_consistent(source_dir)
@@ -325,12 +327,8 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
     calibration_data = calibration_inputs(info, arch, calibration) if "onnx-int8" in parse_formats(formats) else None
     results = export_model(model, arch, out_dir, formats, calibration=calibration_data)
     report = ExportReport(info.path, out_dir, label, trial_id, arch, results, calibration=calibration)
-    table = None
     lut = info.lut_path()
-    if lut is not None:
-        from predictors.latency import LatencyTable
-
-        table = LatencyTable.load(lut)
+    table = LatencyTable.load(lut) if lut is not None else None
     if measure and table is not None:
         if progress:
             progress("measuring end-to-end latency")

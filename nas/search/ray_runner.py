@@ -18,6 +18,7 @@ when a run asks for Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -157,13 +158,11 @@ def _reset_token_cache() -> None:
     """Ray caches the auth mode and token per process (read from the environment); re-read them
     when we change the environment, so a later search in the same process (e.g. on another
     cluster) does not inherit this one's. Best effort: Ray's private API, as Ray itself uses it."""
-    try:
+    with contextlib.suppress(ImportError, AttributeError):
         from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
-    except (ImportError, AttributeError):
-        pass
 
 
 def connect(config: Any, run_dir: Path) -> None:

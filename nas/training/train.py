@@ -230,8 +230,7 @@ def train(
     try:
         with torch.random.fork_rng(devices=cuda_devices(device)):
             torch.manual_seed(config.seed)
-            return _run(model, data, config, device, on_epoch, teacher, distill_loss,
-                        evaluate_test, progress)
+            return _run(model, data, config, device, on_epoch, teacher, distill_loss, evaluate_test, progress)
     finally:
         model.to(home)
         if teacher is not None and teacher_home is not None:
