@@ -105,7 +105,6 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.search.config import SearchConfig
     from nas.search.runner import open_table, run_search
     from search_spaces.spaces import get_space
-    from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
     config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],

@@ -97,7 +97,6 @@ def scale(
 ) -> None:
     """EfficientNet compound scaling: explicit multipliers, a phi, or the largest phi under a budget."""
     from compress.scale import compound_scale, fit_phi_to_budget, scale_spec
-    from search_spaces.build import build_model  # noqa: F401  (validates the result builds below)
 
     spec = read_source(source, need_weights=False).spec
     explicit = any(value is not None for value in (width, depth, resolution))
