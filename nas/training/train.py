@@ -172,9 +172,8 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: fl
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(
-    dataset: TensorDataset, batch_size: int, generator: torch.Generator | None
-) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(dataset: TensorDataset, batch_size: int, generator: torch.Generator | None
+             ) -> Iterator[tuple[Tensor, Tensor]]:
     """Index the in-memory tensors directly: the same shuffle a DataLoader with this
     generator would give, without per-sample collation (which dominates tiny trials)."""
     images, labels = dataset.tensors[0], dataset.tensors[1]
@@ -198,17 +197,9 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=config.effective_lr, weight_decay=config.weight_decay)
 
 
-def train(
-    model: nn.Module,
-    data: DataSplits,
-    config: TrainConfig,
-    *,
-    on_epoch: EpochCallback | None = None,
-    teacher: nn.Module | None = None,
-    distill_loss: DistillLoss | None = None,
-    evaluate_test: bool = False,
-    progress: bool = False,
-) -> TrainReport:
+def train(model: nn.Module, data: DataSplits, config: TrainConfig, *, on_epoch: EpochCallback | None = None,
+          teacher: nn.Module | None = None, distill_loss: DistillLoss | None = None, evaluate_test: bool = False,
+          progress: bool = False) -> TrainReport:
     """Train ``model`` on ``data.train``, evaluating on ``data.val`` after every epoch.
 
     ``on_epoch(epoch, metrics)`` is called after each epoch with ``epoch`` (from 1),
@@ -339,17 +330,9 @@ def _end_of_epoch(loop: _Loop, data: DataSplits, report: TrainReport, epoch: int
     return False
 
 
-def _run(
-    model: nn.Module,
-    data: DataSplits,
-    config: TrainConfig,
-    device: torch.device,
-    on_epoch: EpochCallback | None,
-    teacher: nn.Module | None,
-    distill_loss: DistillLoss | None,
-    evaluate_test: bool,
-    progress: bool,
-) -> TrainReport:
+def _run(model: nn.Module, data: DataSplits, config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None,
+         teacher: nn.Module | None, distill_loss: DistillLoss | None, evaluate_test: bool, progress: bool
+         ) -> TrainReport:
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -393,8 +376,7 @@ def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_si
         batches: Any = _batches(dataset, batch_size, None)
     else:
         batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    correct = 0
-    total = 0
+    correct = total = 0
     for images, labels in batches:
         logits = model(images.to(device, non_blocking=True))
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
@@ -404,9 +386,7 @@ def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_si
     return correct / total
 
 
-def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto"
-) -> float:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto") -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``dataset`` (items are ``(image, label)``).
 
     The model is moved to ``device`` for the call and back afterwards; its train/eval mode is
