@@ -46,36 +46,16 @@ from torch import nn
 
 from search_spaces.errors import InputFileError, OptionError
 from nas.artifacts.export_report import ExportReport, FormatResult
-from nas.rundir.model_files import (
-    ArchMismatchError,
-    WeightsError,
-    load,
-    load_model_files,
-    save,
-)
+from nas.rundir.model_files import ArchMismatchError, WeightsError, load, load_model_files, save
 from nas.rundir.records import BestMetrics
 from nas.rundir.runinfo import RunInfo, read_run
-from predictors.latency.backends import (
-    EXPORT_ATOL,
-    EXPORT_RTOL,
-    ONNX_OPSET,
-    OnnxRuntimeBackend,
-)
+from predictors.latency.backends import EXPORT_ATOL, EXPORT_RTOL, ONNX_OPSET, OnnxRuntimeBackend
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FORMATS",
-    "ArchMismatchError",
-    "ExportError",
-    "ExportReport",
-    "FormatResult",
-    "WeightsError",
-    "export_model",
-    "export_run",
-    "load",
-]
+__all__ = ["FORMATS", "ArchMismatchError", "ExportError", "ExportReport", "FormatResult", "WeightsError",
+           "export_model", "export_run", "load"]
 
 FORMATS = ("json", "safetensors", "torchscript", "onnx", "onnx-int8")
 FILE_NAMES = {"json": "arch.json", "safetensors": "weights.safetensors", "torchscript": "model.torchscript.pt",

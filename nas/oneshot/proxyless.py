@@ -42,13 +42,8 @@ from torch.utils.data import TensorDataset
 
 from nas.training.data import DataSplits
 from nas.oneshot.proxyless_config import DERIVE_RULES, LOSS_FORMS, ProxylessConfig, latency_loss
-from nas.oneshot.supernet import (
-    LatencyModel,
-    Supernet,
-    gate_gradient_to_alpha,
-    rescale_sampled_logits,
-    restricted_probabilities,
-)
+from nas.oneshot.supernet import (LatencyModel, Supernet, gate_gradient_to_alpha, rescale_sampled_logits,
+                                  restricted_probabilities)
 from nas.oneshot.layout import SupernetLayout, layout_for_space
 from nas.training.train import cuda_devices, resolve_device, warmup_cosine_lr
 from predictors.latency import LatencyTable
