@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bench import compression_parts as parts
-from bench.report import md_table, pct, publish, results_path
+from bench.report import fmt, md_table, pct, publish, results_path
 from nas.training import TrainConfig, load_dataset, train
 from predictors.cost import count
 from predictors.latency import MeasureSettings
@@ -93,14 +93,12 @@ def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> li
              f"train images" + (f" and {quant['reward']['finetune_batches']} distilled QAT batches"
                                 if quant['reward']['finetune_batches'] else " (no fine-tune)") +
              f"; best episode {quant['search']['best_episode']} (val {pct(quant['search']['best']['accuracy'])})."
-             f" Then w4a8 and HAQ get the same {args.qat_epochs} QAT epochs; w8a8 is calibrated only.", "",
-             ("| policy | weight bits | vs w4a8 budget | BitFusion cycles (rel.) | test acc, calibrated only "
-              "| test acc after QAT + KD |"), "|---|---|---|---|---|---|"]
-    for label, row in quant["rows"].items():
-        cycles = "—" if row["bitfusion_cycles"] is None else f"{row['bitfusion_cycles']:,.0f}"
-        lines.append(f"| {label} | {row['weight_bits']:,} ({row['weight_bits'] / 8192:.0f} KiB) | "
-                     f"{row['weight_bits'] / quant['budget_weight_bits']:.3f}× | {cycles} | "
-                     f"{pct(row['test_accuracy_ptq'])} | {pct(row['test_accuracy'])} |")
+             f" Then w4a8 and HAQ get the same {args.qat_epochs} QAT epochs; w8a8 is calibrated only."]
+    rows = [[label, f"{row['weight_bits']:,} ({row['weight_bits'] / 8192:.0f} KiB)",
+             f"{row['weight_bits'] / quant['budget_weight_bits']:.3f}×", fmt(row["bitfusion_cycles"], ",.0f"),
+             pct(row["test_accuracy_ptq"]), pct(row["test_accuracy"])] for label, row in quant["rows"].items()]
+    lines += md_table(["policy", "weight bits", "vs w4a8 budget", "BitFusion cycles (rel.)",
+                       "test acc, calibrated only", "test acc after QAT + KD"], rows)
     lines += ["", "Weight bits per layer in execution order (stem … classifier):", ""]
     return lines + [f"- {label}: `{row['bits']}`" for label, row in quant["rows"].items() if row["bits"]]
 

@@ -234,26 +234,19 @@ def _targets_paragraph(args: argparse.Namespace, targets: list[float], span: tup
 
 
 def _runs_table(args: argparse.Namespace, proxyless: list[dict[str, Any]], evolution: list[dict[str, Any]]) -> list[str]:
-    lines = [("| strategy | target | E[LAT] end | other rule: predicted / measured | derived: predicted | measured | "
-              "measured vs target | search | retrain | test acc | blocks |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in proxyless:
-        lines.append(
-            f"| proxyless | {row['target_ms']:.3f} ms | {row['history'][-1]['expected_latency_ms']:.3f} ms | "
-            f"{row['other_rule']}: {row['other_predicted_ms']:.3f} / {row['other_measured_ms']:.3f} ms "
-            f"({100 * (row['other_measured_ms'] / row['target_ms'] - 1):+.1f}%) | "
-            f"{row['predicted_latency_ms']:.3f} ms | {row['measured_latency_ms']:.3f} ms | "
-            f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}% | {row['search_s']:.0f} s | "
-            f"{row['retrain_s']:.0f} s | {row['test_accuracy']:.4f} | {len(row['blocks'])} |")
-    for row in evolution:
-        if "error" in row:
-            lines.append(f"| evolution | {row['target_ms']:.3f} ms | - | - | - | - | - | - | - | - | {row['error']} |")
-            continue
-        lines.append(
-            f"| evolution ({row['trials']} trials × {args.evolution_epochs} ep) | {row['target_ms']:.3f} ms | - | - | "
-            f"{row['predicted_latency_ms']:.3f} ms | {row['measured_latency_ms']:.3f} ms | "
-            f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}% | {row['search_s']:.0f} s | "
-            f"{row['retrain_s']:.0f} s | {row['test_accuracy']:.4f} | {len(row['blocks'])} |")
-    return lines
+    def derived(row: dict[str, Any]) -> list[str]:  # the retrained network's columns, both strategies
+        return [f"{row['predicted_latency_ms']:.3f} ms", f"{row['measured_latency_ms']:.3f} ms",
+                f"{100 * (row['measured_latency_ms'] / row['target_ms'] - 1):+.1f}%", f"{row['search_s']:.0f} s",
+                f"{row['retrain_s']:.0f} s", f"{row['test_accuracy']:.4f}", str(len(row["blocks"]))]
+
+    rows = [["proxyless", f"{row['target_ms']:.3f} ms", f"{row['history'][-1]['expected_latency_ms']:.3f} ms",
+             f"{row['other_rule']}: {row['other_predicted_ms']:.3f} / {row['other_measured_ms']:.3f} ms "
+             f"({100 * (row['other_measured_ms'] / row['target_ms'] - 1):+.1f}%)", *derived(row)] for row in proxyless]
+    rows += [["evolution", f"{row['target_ms']:.3f} ms", *["-"] * 8, row["error"]] if "error" in row else
+             [f"evolution ({row['trials']} trials × {args.evolution_epochs} ep)", f"{row['target_ms']:.3f} ms", "-",
+              "-", *derived(row)] for row in evolution]
+    return md_table(["strategy", "target", "E[LAT] end", "other rule: predicted / measured", "derived: predicted",
+                     "measured", "measured vs target", "search", "retrain", "test acc", "blocks"], rows)
 
 
 def _convergence(args: argparse.Namespace, proxyless: list[dict[str, Any]]) -> list[str]:
@@ -274,7 +267,7 @@ def render(args: argparse.Namespace, table: Any, r: dict[str, Any]) -> str:
         + (f"calibrated: {table.calibration}." if table.calibration else "raw sums."),
         "", *_memory_section(args, r["memory"]),
         "", _targets_paragraph(args, r["targets"], r["span"], r["random_ms"]),
-        "", *_runs_table(args, r["proxyless"], r["evolution"]),
+        *_runs_table(args, r["proxyless"], r["evolution"]),
         "", *_convergence(args, r["proxyless"]),
         "", f"Whole benchmark: {r['wall_s'] / 60:.1f} min. Raw numbers: `{results_path('proxyless')}`.",
     ]

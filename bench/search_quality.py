@@ -38,6 +38,7 @@ from bench.ray_throughput import ray_section
 from bench.report import REPO, fmt, md_table, omit, pct, publish, results_path
 from bench.task_pool import run_pool, work
 from nas.training import RECIPES, recipe
+from nas.training.data import absolute_dataset
 
 logger = logging.getLogger("bench.search_quality")
 STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
@@ -104,7 +105,6 @@ def search_task(task: dict[str, Any]) -> dict[str, Any]:
     from nas.search.config import SearchConfig
     from nas.search.runner import open_table, run_search
     from search_spaces.spaces import get_space
-    from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
     config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
@@ -163,14 +163,6 @@ def choose_budget(args: argparse.Namespace, space: Any, table: Any) -> tuple[flo
     median = table.quantile(space, 0.5, args.budget_samples, seed=0)
     return budget, (f"{args.budget_quantile:.0%} quantile of the table-predicted latency of {args.budget_samples:,} "
                     f"architectures sampled from the space (seed 0; median {median:.3f} ms)")
-
-
-def _absolute_paths(args: argparse.Namespace) -> None:
-    """Workers run from the repository root: every path they are given must be absolute."""
-    args.out, args.lut = args.out.resolve(), args.lut.resolve()
-    kind, colon, where = args.data.partition(":")
-    if colon and kind in ("cifar10", "imagefolder"):
-        args.data = f"{kind}:{Path(where).resolve()}"
 
 
 def train_all(args: argparse.Namespace, settings: dict[str, Any], budget: float, zoo_fits: dict[str, Any]
@@ -291,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     started, phases = time.perf_counter(), {}
     load_at_start = os.getloadavg()[0]  # the figures assume a quiet machine: record how quiet it was
-    _absolute_paths(args)
+    # workers run from the repository root: every path they are given must be absolute
+    args.out, args.lut, args.data = args.out.resolve(), args.lut.resolve(), absolute_dataset(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     space = get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES)
     table, lut_state, measurer = _timed(phases, "lut_s", lambda: ensure_lut(args, space))

@@ -46,36 +46,16 @@ from torch import nn
 
 from search_spaces.errors import InputFileError, OptionError
 from nas.artifacts.export_report import ExportReport, FormatResult
-from nas.rundir.model_files import (
-    ArchMismatchError,
-    WeightsError,
-    load,
-    load_model_files,
-    save,
-)
+from nas.rundir.model_files import ArchMismatchError, WeightsError, load, load_model_files, save
 from nas.rundir.records import BestMetrics
 from nas.rundir.runinfo import RunInfo, read_run
-from predictors.latency.backends import (
-    EXPORT_ATOL,
-    EXPORT_RTOL,
-    ONNX_OPSET,
-    OnnxRuntimeBackend,
-)
+from predictors.latency.backends import EXPORT_ATOL, EXPORT_RTOL, ONNX_OPSET, OnnxRuntimeBackend
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FORMATS",
-    "ArchMismatchError",
-    "ExportError",
-    "ExportReport",
-    "FormatResult",
-    "WeightsError",
-    "export_model",
-    "export_run",
-    "load",
-]
+__all__ = ["FORMATS", "ArchMismatchError", "ExportError", "ExportReport", "FormatResult", "WeightsError",
+           "export_model", "export_run", "load"]
 
 FORMATS = ("json", "safetensors", "torchscript", "onnx", "onnx-int8")
 FILE_NAMES = {"json": "arch.json", "safetensors": "weights.safetensors", "torchscript": "model.torchscript.pt",
@@ -83,6 +63,11 @@ FILE_NAMES = {"json": "arch.json", "safetensors": "weights.safetensors", "torchs
 VERIFY_BATCH, VERIFY_SEED, CALIBRATION_SAMPLES = 2, 1234, 32
 INT8_CHECK_SAMPLES = 16  # int8 codes flip near rounding midpoints: more samples, a fairer top-1 figure
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+FP32_CRITERIA = {  # how each fp32 format is verified, in words (the model card shows them)
+    "safetensors": "load() (no pickle) rebuilds the model: outputs bitwise equal, batch 2",
+    "torchscript": "torch.jit.load output vs eager PyTorch, batch 2",
+    "onnx": "ONNX Runtime CPU output vs eager PyTorch, batch 2 (exported at batch 1)",
+}
 
 
 class ExportError(RuntimeError):
@@ -170,40 +155,40 @@ def _run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
 
 
-def _compare_fp32(name: str, path: Path, got: np.ndarray, want: np.ndarray, exact: bool = False) -> float:
+def _fp32_outputs(name: str, model: nn.Module, out: Path, inputs: torch.Tensor) -> np.ndarray:
+    """Write format `name` of `model` and run the written file on `inputs`."""
+    path = out / FILE_NAMES[name]
+    if name == "onnx":
+        path.write_bytes(onnx_bytes(model, inputs[:1]))
+        return _run_onnx(path, inputs)
+    if name == "torchscript":
+        with warnings.catch_warnings():
+            for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+                warnings.simplefilter("ignore", category)
+            traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # traced at batch 1, checked at 2
+            torch.jit.save(traced, str(path))
+            reloaded = torch.jit.load(str(path))  # our own file, just written: never a user's
+    else:  # safetensors: written by the json step, which parse_formats always puts first: the pair is one save
+        reloaded = load(out)
+    with torch.no_grad():
+        return reloaded(inputs).numpy()
+
+
+def _checked_fp32(name: str, path: Path, got: np.ndarray, want: np.ndarray) -> FormatResult:
+    """The result of an fp32 format whose outputs match PyTorch's (safetensors: bitwise); else the
+    file is removed and `ExportError` names the difference."""
     if got.shape != want.shape:
         path.unlink(missing_ok=True)
         raise ExportError(f"{name} export {path.name}: output shape {got.shape} != PyTorch's {want.shape} at batch "
                           f"{want.shape[0]} (dynamic batch axis broken?); file removed")
     difference = float(np.max(np.abs(got - want))) if got.size else 0.0
-    atol, rtol = (0.0, 0.0) if exact else (EXPORT_ATOL, EXPORT_RTOL)
+    atol, rtol = (0.0, 0.0) if name == "safetensors" else (EXPORT_ATOL, EXPORT_RTOL)
     if not np.allclose(got, want, rtol=rtol, atol=atol) or not math.isfinite(difference):
         path.unlink(missing_ok=True)
         raise ExportError(f"{name} export {path.name} is not faithful: max |diff| = {difference:.3g} vs PyTorch "
                           f"(allowed atol={atol}, rtol={rtol}); file removed")
-    return difference
-
-
-def _torchscript(model: nn.Module, path: Path, inputs: torch.Tensor, want: np.ndarray) -> FormatResult:
-    with warnings.catch_warnings():
-        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
-            warnings.simplefilter("ignore", category)
-        traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # traced at batch 1, checked at 2
-        torch.jit.save(traced, str(path))
-        reloaded = torch.jit.load(str(path))  # our own file, just written: never a user's
-    with torch.no_grad():
-        got = reloaded(inputs).numpy()
-    difference = _compare_fp32("torchscript", path, got, want)
-    return FormatResult("torchscript", path, path.stat().st_size, "torch.jit.load output vs eager PyTorch, batch 2",
-                        difference, {"atol": EXPORT_ATOL, "rtol": EXPORT_RTOL})
-
-
-def _onnx(model: nn.Module, path: Path, inputs: torch.Tensor, want: np.ndarray) -> FormatResult:
-    path.write_bytes(onnx_bytes(model, inputs[:1]))
-    difference = _compare_fp32("onnx", path, _run_onnx(path, inputs), want)
-    return FormatResult("onnx", path, path.stat().st_size,
-                        "ONNX Runtime CPU output vs eager PyTorch, batch 2 (exported at batch 1)",
-                        difference, {"atol": EXPORT_ATOL, "rtol": EXPORT_RTOL}, {"opset": ONNX_OPSET})
+    return FormatResult(name, path, path.stat().st_size, FP32_CRITERIA[name], difference, {"atol": atol, "rtol": rtol},
+                        {"opset": ONNX_OPSET} if name == "onnx" else {})
 
 
 def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np.ndarray,
@@ -277,18 +262,8 @@ def export_model(model: nn.Module, arch: ArchSpec, out: str | os.PathLike, forma
                 raise ExportError(f"json export {arch_path} does not parse back to the same architecture")
             result = FormatResult("json", arch_path, arch_path.stat().st_size,
                                   "parsed back: equal ArchSpec and content hash", 0.0)
-        elif name == "safetensors":
-            # written by the json step, which parse_formats always puts first: the pair is one save
-            with torch.no_grad():
-                got = load(out)(inputs).numpy()
-            difference = _compare_fp32("safetensors", path, got, want, exact=True)
-            result = FormatResult("safetensors", path, path.stat().st_size,
-                                  "load() (no pickle) rebuilds the model: outputs bitwise equal, batch 2",
-                                  difference, {"atol": 0.0, "rtol": 0.0})
-        elif name == "torchscript":
-            result = _torchscript(model, path, inputs, want)
-        elif name == "onnx":
-            result = _onnx(model, path, inputs, want)
+        elif name in FP32_CRITERIA:
+            result = _checked_fp32(name, path, _fp32_outputs(name, model, out, inputs), want)
         else:
             int8_inputs = verification_inputs(arch, INT8_CHECK_SAMPLES)
             with torch.no_grad():
@@ -322,6 +297,8 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
                progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export the best model of a run (or `trial`, when its weights are the best's) into `out`
     (default run_dir/export/), verify every format, and write MODEL_CARD.md and export.json."""
+    from predictors.latency import LatencyTable
+
     info = read_run(run_dir)
     source_dir, label, trial_id = _source(info, trial)
     model = _load_consistent(source_dir)
@@ -330,12 +307,8 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
     calibration_data = calibration_inputs(info, arch, calibration) if "onnx-int8" in parse_formats(formats) else None
     results = export_model(model, arch, out_dir, formats, calibration=calibration_data)
     report = ExportReport(info.path, out_dir, label, trial_id, arch, results, calibration=calibration)
-    table = None
     lut = info.lut_path()
-    if lut is not None:
-        from predictors.latency import LatencyTable
-
-        table = LatencyTable.load(lut)
+    table = LatencyTable.load(lut) if lut is not None else None
     if measure and table is not None:
         if progress:
             progress("measuring end-to-end latency")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,7 @@ ROW_COLUMNS = ("stage", "layer", "op", "kernel", "expansion (mid ch)", "SE", "ac
 
 
 def _stage_of_block(arch: ArchSpec) -> dict[int, int]:
-    from compress.scale import (
-        stages,  # the stage rule compound scaling uses: one definition
-    )
+    from compress.scale import stages  # the stage rule compound scaling uses: one definition
 
     return {index: number for number, block_range in enumerate(stages(arch), start=1) for index in block_range}
 
@@ -104,11 +103,8 @@ def _policy_lines(policies: list[tuple[Path, dict[str, Any]]], base: Path) -> li
     lines = []
     for path, data in policies:
         layers = data.get("layers") or {}
-        values: dict[str, int] = {}
-        for value in layers.values():
-            key = json.dumps(value, sort_keys=True)
-            values[key] = values.get(key, 0) + 1
-        common = ", ".join(f"{k} x{n}" for k, n in sorted(values.items(), key=lambda item: -item[1])[:4])
+        values = Counter(json.dumps(value, sort_keys=True) for value in layers.values())
+        common = ", ".join(f"{k} x{n}" for k, n in values.most_common(4))
         lines.append(f"- `{_relative(path, base)}`: kind **{data.get('kind')}**, {len(layers)} layers "
                      f"({common or 'none'}); settings `{json.dumps(data.get('settings') or {})}`")
     return lines

@@ -43,10 +43,11 @@ class ReportFiles:
     figures: list[Path]
 
 
-def _figure(width: float = 7.5, height: float = 4.8) -> Any:
+def _axes(width: float, **labels: str) -> Any:
+    """The axes of a new figure `width` x 4.8 inches, with `labels` (title, xlabel, ylabel) set."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width, 4.8), dpi=DPI, layout="constrained").add_subplot(**labels)
 
 
 def _empty(ax: Any, message: str) -> None:
@@ -59,8 +60,9 @@ def _points(records: list[TrialRecord]) -> tuple[list[float], list[float]]:  # x
 
 
 def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
-    figure = _figure(9.0, 4.8)  # wide: the legend sits outside the axes, clear of the points
-    ax = figure.add_subplot()
+    # wide: the legend sits outside the axes, clear of the points
+    ax = _axes(9.0, title=f"{info.name}: accuracy vs predicted latency ({len(info.trials)} trials)",
+               xlabel="LUT-predicted latency (ms)", ylabel="validation accuracy (%)")
     budget = info.budget_ms
     trained = [r for r in info.trials if r.result.accuracy is not None and r.result.latency_ms is not None]
     feasible = [r for r in trained if r.feasible]
@@ -68,9 +70,6 @@ def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
     untrained = [r for r in info.trials if r.result.accuracy is None and r.result.status == "infeasible"
                  and r.result.latency_ms is not None]
     failed = info.count(["failed"])
-    ax.set_title(f"{info.name}: accuracy vs predicted latency ({len(info.trials)} trials)")
-    ax.set_xlabel("LUT-predicted latency (ms)")
-    ax.set_ylabel("validation accuracy (%)")
     if feasible:
         ax.scatter(*_points(feasible), s=28,
                    color="#1f77b4", alpha=0.8, label=f"feasible ({len(feasible)})", zorder=3)
@@ -106,19 +105,16 @@ def plot_accuracy_latency(info: RunInfo, path: Path) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title=title, title_fontsize=8)
     else:
         ax.text(0.99, 0.02, title, ha="right", transform=ax.transAxes, fontsize=8)
-    figure.savefig(path)
+    ax.figure.savefig(path)
 
 
 def plot_progress(info: RunInfo, path: Path) -> None:
-    figure = _figure(9.0, 4.8)
-    ax = figure.add_subplot()
-    records = sorted(info.trials, key=lambda r: r.trial_id)
-    ax.set_title(f"{info.name}: best feasible accuracy so far")
-    ax.set_xlabel("trial id")
     from matplotlib.ticker import MaxNLocator
 
+    ax = _axes(9.0, title=f"{info.name}: best feasible accuracy so far", xlabel="trial id",
+               ylabel="validation accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation accuracy (%)")
+    records = sorted(info.trials, key=lambda r: r.trial_id)
     trained = [r for r in records if r.result.accuracy is not None]
     for over, style in ((False, {"color": "#888888", "marker": "o", "label": "trained trial, feasible"}),
                         (True, {"color": "#d62728", "marker": "x", "label": "trained trial, over budget"})):
@@ -140,7 +136,7 @@ def plot_progress(info: RunInfo, path: Path) -> None:
     else:
         _empty(ax, "no feasible trained trial yet")
     ax.grid(alpha=0.3)
-    figure.savefig(path)
+    ax.figure.savefig(path)
 
 
 def _layer_op(name: str, arch: Any) -> str:
@@ -153,13 +149,10 @@ def plot_layer_latency(info: RunInfo, path: Path) -> str:
     """The figure, and a line saying which architecture and table it shows (or why it is empty)."""
     from predictors.latency import LatencyTable, LatencyTableError, MissingEntriesError
 
-    figure = _figure(8.5, 4.8)
-    ax = figure.add_subplot()
+    ax = _axes(8.5, title=f"{info.name}: per-layer latency of the best architecture (LUT)",
+               xlabel="layer (b<i> = blocks.i)", ylabel="LUT latency (ms)")
     arch, origin = info.best_or_leader()
     lut = info.lut_path()
-    ax.set_title(f"{info.name}: per-layer latency of the best architecture (LUT)")
-    ax.set_xlabel("layer (b<i> = blocks.i)")
-    ax.set_ylabel("LUT latency (ms)")
     caption = origin
     try:
         layers = LatencyTable.load(lut).layer_latencies(arch) if arch is not None and lut is not None else None
@@ -184,7 +177,7 @@ def plot_layer_latency(info: RunInfo, path: Path) -> str:
         ax.set_xticks([])
         _empty(ax, f"nothing to show: {reason}")
         caption = reason
-    figure.savefig(path)
+    ax.figure.savefig(path)
     return caption
 
 

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from search_spaces.errors import InputFileError, OptionError
-from nas.commands.common import fail_on_user_error, load_arch
+from nas.commands.common import fail_on_user_error, load_arch, make_measurer
 
 console = Console()
 logger = logging.getLogger(__name__)
@@ -97,7 +97,6 @@ def scale(
 ) -> None:
     """EfficientNet compound scaling: explicit multipliers, a phi, or the largest phi under a budget."""
     from compress.scale import compound_scale, fit_phi_to_budget, scale_spec
-    from search_spaces.build import build_model  # noqa: F401  (validates the result builds below)
 
     spec = read_source(source, need_weights=False).spec
     explicit = any(value is not None for value in (width, depth, resolution))
@@ -109,9 +108,7 @@ def scale(
     elif phi is not None:
         scaled = compound_scale(spec, alpha, beta, gamma, phi)
     else:
-        from predictors.latency import LocalMeasurer
-
-        measurer = LocalMeasurer(backend, threads=threads)
+        measurer = make_measurer(backend, threads)
         fit = fit_phi_to_budget(spec, alpha, beta, gamma, lambda s: measurer.measure_archs([s])[0].median_ms,
                                 latency_budget, phi_min=-2.0, phi_max=3.0, phi_step=0.25)
         scaled, details = fit.spec, {"phi": fit.phi, "latency_ms": fit.latency_ms}
@@ -173,8 +170,9 @@ def prune(
         "finetune_epochs": epochs, "search": report.to_dict() if report and hasattr(report, "to_dict") else None,
         "changed_widths": {name: list(widths) for name, widths in plan_prune(src.spec, chosen).widths.items()},
     }
-    if measure:
-        metrics["latency_ms_onnxruntime_1thread"] = _measure_before_after(src.spec, pruned_spec)
+    if measure:  # both specs interleaved in one session
+        measured = make_measurer("onnxruntime", 1).measure_archs([src.spec, pruned_spec])
+        metrics["latency_ms_onnxruntime_1thread"] = [m.median_ms for m in measured]
     _write(out_dir, "metrics.json", metrics)
     console.print(f"{out_dir}: params {base.params:,} -> {pruned.params:,}, MACs {base.macs:,} -> {pruned.macs:,}, "
                   f"val accuracy {metrics['val_accuracy_unpruned']:.4f} -> {metrics['val_accuracy']:.4f}"
@@ -202,14 +200,6 @@ def _prune_policy(src: Source, data: Any, state: dict[str, Any], ratio: float | 
 
     return search_prune_policy(src.spec, state, score, budget_macs=budget_macs, criterion=criterion,
                                trials=trials, seed=seed)
-
-
-def _measure_before_after(before: Any, after: Any) -> list[float]:
-    """Median latency of both specs on ONNX Runtime, one thread, interleaved in one session."""
-    from predictors.latency import LocalMeasurer
-
-    measured = LocalMeasurer("onnxruntime", threads=1).measure_archs([before, after])
-    return [measured[0].median_ms, measured[1].median_ms]
 
 
 @compress_app.command("quantize")
@@ -286,9 +276,8 @@ def _quant_policy(fp32: Any, data: Any, calibration: list, bits: int | None, pol
 
 def _save_quantized(out_dir: Path, chosen: Any, spec: Any, qmodel: Any) -> None:
     """policy.json, arch.json and the QAT model's state as weights.safetensors."""
-    from safetensors.torch import save_file
+    from nas.rundir.files import save_weights
 
     (out_dir / "policy.json").write_text(chosen.to_json() + "\n")
     (out_dir / "arch.json").write_text(spec.to_json() + "\n")
-    save_file({k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()},
-              str(out_dir / "weights.safetensors"))
+    save_weights(out_dir / "weights.safetensors", qmodel.state_dict())

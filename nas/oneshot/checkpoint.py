@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from nas.oneshot.proxyless import ProxylessSearch
-from nas.rundir.files import RunDirError, load_weights, now_iso, save_weights, write_json_atomic
+from nas.rundir.files import RunDirError, load_weights, now_iso, read_json_object, save_weights, write_json_atomic
 
 __all__ = ["HISTORY_FILE", "STATE_FILE", "load_checkpoint", "save_checkpoint"]
 
@@ -83,11 +83,8 @@ def load_checkpoint(search: ProxylessSearch, directory: Path) -> bool:
     path = directory / STATE_FILE
     if not path.is_file():
         return False
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunDirError(f"{path}: corrupt proxyless checkpoint ({error})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    state = read_json_object(path, "proxyless checkpoint")
+    if state.get("format") != STATE_FORMAT:
         raise RunDirError(f"{path}: not a proxyless checkpoint (format != {STATE_FORMAT!r})")
     # JSON has no tuples; compare through the same round trip
     ours = json.loads(json.dumps(search.config.to_dict()))

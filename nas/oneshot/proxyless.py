@@ -31,7 +31,6 @@ repeats epoch e exactly.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,15 +42,10 @@ from torch.utils.data import TensorDataset
 
 from nas.training.data import DataSplits
 from nas.oneshot.proxyless_config import DERIVE_RULES, LOSS_FORMS, ProxylessConfig, latency_loss
-from nas.oneshot.supernet import (
-    LatencyModel,
-    Supernet,
-    gate_gradient_to_alpha,
-    rescale_sampled_logits,
-    restricted_probabilities,
-)
+from nas.oneshot.supernet import (LatencyModel, Supernet, gate_gradient_to_alpha, rescale_sampled_logits,
+                                  restricted_probabilities)
 from nas.oneshot.layout import SupernetLayout, layout_for_space
-from nas.training.train import resolve_device
+from nas.training.train import cuda_devices, resolve_device, warmup_cosine_lr
 from predictors.latency import LatencyTable
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
@@ -106,11 +100,6 @@ class ProxylessSearch:
         self.history: list[dict[str, Any]] = [self._record(0, {})]
 
     # -- one step each -----------------------------------------------------------------------------
-    def _cuda_devices(self) -> list[int]:
-        if self.device.type != "cuda":
-            return []
-        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-
     def weight_step(self, images: Tensor, labels: Tensor, lr: float, generator: torch.Generator) -> float:
         """Sample paths, train the active ones on a train batch; returns the loss."""
         model = self.supernet
@@ -179,9 +168,8 @@ class ProxylessSearch:
         return stats
 
     # -- epochs ------------------------------------------------------------------------------------
-    def _lr(self, step: int) -> float:
-        total = self.steps_per_epoch * self.config.epochs
-        return 0.5 * self.config.weight_lr * (1.0 + math.cos(math.pi * min(1.0, step / total)))
+    def _lr(self, step: int) -> float:  # cosine decay, no warm-up
+        return warmup_cosine_lr(step, self.steps_per_epoch * self.config.epochs, 0, self.config.weight_lr)
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one more epoch; returns (and appends to `history`) its record."""
@@ -195,7 +183,7 @@ class ProxylessSearch:
         update_alpha = epoch > config.warmup_epochs
         sums: dict[str, float] = {}
         weight_losses = []
-        with torch.random.fork_rng(devices=self._cuda_devices()):
+        with torch.random.fork_rng(devices=cuda_devices(self.device)):
             torch.manual_seed(epoch_seed(config.seed, epoch, "dropout"))  # dropout of the head
             for step in range(self.steps_per_epoch):
                 images, labels = next(train_batches)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nas.training.train import is_int
 from search_spaces.errors import OptionError
 
 __all__ = ["BINARIZE", "DERIVE_RULES", "LOSS_FORMS", "ProxylessConfig", "latency_loss"]
@@ -39,10 +40,6 @@ LOSS_FORMS = ("abs", "add_linear", "mul_log")
 DEFAULT_LATENCY_WEIGHT = {"abs": 2.0, "add_linear": 0.1, "mul_log": 0.2}
 BINARIZE = ("two", "all")
 DERIVE_RULES = ("argmax", "target")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -84,11 +81,11 @@ class ProxylessConfig:
         if not (isinstance(self.target_ms, (int, float)) and math.isfinite(self.target_ms) and self.target_ms > 0):
             raise bad("target_ms", "a finite number of milliseconds > 0")
         for name, minimum in (("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1), ("arch_update_every", 1)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
+            if not is_int(getattr(self, name)) or getattr(self, name) < minimum:
                 raise bad(name, f"an int >= {minimum}")
         if self.warmup_epochs >= self.epochs:
             raise bad("warmup_epochs", f"fewer than epochs={self.epochs} (no epoch would update alpha)")
-        if self.steps_per_epoch is not None and (not _is_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
+        if self.steps_per_epoch is not None and (not is_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
             raise bad("steps_per_epoch", "None or an int >= 1")
         for name in ("weight_lr", "arch_lr"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
@@ -118,7 +115,7 @@ class ProxylessConfig:
             raise bad("binarize", f"one of {list(BINARIZE)}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise bad("grad_clip", "None or a finite float > 0")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise bad("seed", "an int")
         if not isinstance(self.layout, dict):
             raise bad("layout", "a dict of layout options")

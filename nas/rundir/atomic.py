@@ -3,6 +3,7 @@ directory; and the strict-JSON conversion every run file goes through."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,17 +31,13 @@ def json_safe(value: Any) -> Any:
 
 
 def _fsync_directory(path: Path) -> None:
-    # makes the rename itself durable; not every platform lets a directory be opened
-    try:
+    # makes the rename itself durable; not every platform lets a directory be opened (or fsync'ed)
+    with contextlib.suppress(OSError):
         handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def write_atomically(path: str | os.PathLike, payload: bytes | str) -> None:

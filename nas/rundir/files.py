@@ -52,7 +52,7 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 CONFIG_VERSION = SEARCHER_VERSION = 1
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -98,7 +98,7 @@ class RunDirectory:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise InputFileError(f"{self.path} is not a search run: {self.CONFIG} is missing")
-        data = _read_json(self.config_path, "run config")
+        data = read_json_object(self.config_path, "run config")
         check_version(data, CONFIG_VERSION, str(self.config_path))
         data.pop(SCHEMA_KEY, None)
         return data
@@ -179,7 +179,7 @@ class RunDirectory:
     def read_searcher_state(self) -> dict[str, Any] | None:
         if not self.searcher_path.is_file():
             return None
-        data = _read_json(self.searcher_path, "searcher state")
+        data = read_json_object(self.searcher_path, "searcher state")
         if data.get("format") != SEARCHER_FORMAT:
             raise RunDirError(f"{self.searcher_path}: not a searcher state (format != {SEARCHER_FORMAT!r})")
         check_version(data, SEARCHER_VERSION, str(self.searcher_path))
@@ -206,7 +206,7 @@ class RunDirectory:
     def read_best_metrics(self, *, required: bool = False) -> BestMetrics | None:
         path = self.best_dir / "metrics.json"
         if path.is_file():
-            return BestMetrics.from_json(_read_json(path, "best metrics"), str(path))
+            return BestMetrics.from_json(read_json_object(path, "best metrics"), str(path))
         if required:  # written last: a kill while best/ was being saved; the resume rewrites it
             raise RunDirError(f"{path} is missing; `nas search --resume` repairs best/")
         return None
@@ -215,7 +215,7 @@ class RunDirectory:
         path = self.best_dir / "arch.json"
         if not path.is_file():
             raise InputFileError(f"{path} does not exist: the run has no feasible trial yet")
-        return ArchSpec.from_dict(_read_json(path, "architecture"))
+        return ArchSpec.from_dict(read_json_object(path, "architecture"))
 
     def update_best_metrics(self, **changes: Any) -> BestMetrics:
         """metrics.json with `changes` (BestMetrics fields); best/'s other files stay as they are."""
@@ -285,11 +285,7 @@ def check_weights_file(path: Path, arch: ArchSpec) -> None:
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
     """safetensors (never pickle): contiguous CPU copies, written atomically."""
-    from safetensors.torch import save
-
-    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
-    payload = save(tensors)
-    write_atomically(path, payload)
+    write_atomically(path, weights_payload(state_dict, None))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

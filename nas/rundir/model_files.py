@@ -65,11 +65,14 @@ class ArchMismatchError(WeightsError):
     """arch.json and the weights describe different networks."""
 
 
-def weights_payload(state_dict: dict[str, torch.Tensor], arch: ArchSpec) -> bytes:
-    """safetensors bytes of `state_dict` with the integrity metadata `load` checks."""
+def weights_payload(state_dict: dict[str, torch.Tensor], arch: ArchSpec | None) -> bytes:
+    """safetensors bytes of `state_dict` (contiguous CPU copies) with the integrity metadata `load`
+    checks; without `arch`, the tensors alone (checkpoints that are not a model of a spec)."""
     from safetensors.torch import save as serialise
 
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state_dict.items()}
+    if arch is None:
+        return serialise(tensors)
     digests = {name: hashlib.sha256(_tensor_bytes(t)).hexdigest() for name, t in tensors.items()}
     metadata = {
         "format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION, "arch_hash": arch.content_hash(),

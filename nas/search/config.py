@@ -7,7 +7,7 @@ import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from nas.training.train import TrainConfig
+from nas.training.train import TrainConfig, is_int
 from search_spaces.errors import OptionError
 
 __all__ = ["CONSTRAINTS", "EXECUTION_FIELDS", "SETTINGS", "SearchConfig", "flag_of", "refuse_on_resume"]
@@ -20,10 +20,6 @@ def setting(help: str, default: Any = MISSING, *, flag: str | None = None, execu
     """A field `nas search` offers: `flag` where it is not --the-name; `execution` for how trials
     run, not what is searched (a resumed run may change it); `min`, the lower bound."""
     return field(default=default, metadata=dict(help=help, flag=flag, execution=execution, min=min), **kwargs)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, kw_only=True)  # keyword-only: a default for `space` before required fields
@@ -67,14 +63,14 @@ class SearchConfig:
             raise bad("latency_budget_ms", "a finite number of milliseconds > 0")
         for item in fields(self):  # the int bounds `nas search` gives click, for every caller
             low, value = item.metadata.get("min"), getattr(self, item.name)
-            if _is_int(low) and not ((value is None and item.default is None) or (_is_int(value) and value >= low)):
+            if is_int(low) and not ((value is None and item.default is None) or (is_int(value) and value >= low)):
                 raise bad(item.name, f"{'None or ' if item.default is None else ''}an int >= {low}")
-        if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
+        if self.num_classes is not None and (not is_int(self.num_classes) or self.num_classes < 2):
             raise bad("num_classes", "None (the dataset's) or an int >= 2")
         for name in ("space_options", "strategy_options"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "a JSON object of keyword arguments")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise bad("seed", "an int")
         if self.constraint not in CONSTRAINTS:
             raise bad("constraint", f"one of {list(CONSTRAINTS)}")

@@ -3,17 +3,10 @@ far and its latency, elapsed time, and time left estimated from this session's m
 
 from __future__ import annotations
 
-import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from nas.search.session import SearchSession
@@ -47,7 +40,6 @@ class SearchProgress:
             disable=not enabled,
         )
         self.task = None
-        self.started = time.perf_counter()
 
     def __enter__(self) -> SearchProgress:
         if self.enabled:

@@ -18,6 +18,7 @@ when a run asks for Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher as TuneSearcher
 
-from nas.training.data import load_dataset
+from nas.training.data import absolute_dataset, load_dataset
 from nas.search.trial import Precheck, failure_reason, precheck, train_candidate
 from nas.rundir.atomic import json_safe, write_atomically, write_json_atomic
 from nas.rundir.model_files import weights_payload
@@ -73,8 +74,7 @@ class TuneSearcherAdapter(TuneSearcher):
                 session.finish(candidate, checked.verdict, executor="ray-driver")
                 continue
             self.running[trial_id] = (candidate, checked)
-            return {"candidate": candidate.to_dict(),
-                    "precheck": {"latency_ms": checked.latency_ms, "params": checked.params, "macs": checked.macs}}
+            return {"candidate": candidate.to_dict(), "precheck": checked.costs}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self.running.pop(trial_id, None)
@@ -95,7 +95,7 @@ class TuneSearcherAdapter(TuneSearcher):
 
 
 def _result_from_report(report: dict | None, error: bool, checked: Precheck) -> Result:
-    known = {"latency_ms": checked.latency_ms, "params": checked.params, "macs": checked.macs}
+    known = checked.costs
     if report and report.get("trial_result"):
         return Result.from_dict(json.loads(report["trial_result"]))
     if error or not report:
@@ -133,18 +133,9 @@ def tune_trial(config: dict[str, Any]) -> None:
             weights_path = str(path)
     except Exception as error:  # data loading, saving: a failed trial, not a Tune retry loop
         logger.exception("trial %d failed", candidate.trial_id)
-        result = Result(status="failed", reason=failure_reason(error), latency_ms=checked.latency_ms,
-                        params=checked.params, macs=checked.macs)
+        result = Result(status="failed", reason=failure_reason(error), **checked.costs)
     tune.report({METRIC: result.accuracy if result.ok else 0.0, "epoch": result.epochs or 0,
                  "trial_result": json.dumps(json_safe(result.to_dict())), "weights_path": weights_path})
-
-
-def _absolute_dataset(name: str) -> str:
-    # Tune runs trainables in their own working directories: a relative PATH would not resolve
-    kind, separator, argument = name.partition(":")
-    if separator and kind in ("cifar10", "imagefolder"):
-        return f"{kind}:{Path(argument).resolve()}"
-    return name
 
 
 def _temp_dir(run_dir: Path) -> str:
@@ -167,13 +158,11 @@ def _reset_token_cache() -> None:
     """Ray caches the auth mode and token per process (read from the environment); re-read them
     when we change the environment, so a later search in the same process (e.g. on another
     cluster) does not inherit this one's. Best effort: Ray's private API, as Ray itself uses it."""
-    try:
+    with contextlib.suppress(ImportError, AttributeError):
         from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
-    except (ImportError, AttributeError):
-        pass
 
 
 def connect(config: Any, run_dir: Path) -> None:
@@ -205,7 +194,8 @@ def run_on_ray(config: Any, session: Any, table: LatencyTable, objective: Search
     run_dir = session.run_dir.path
     adapter = TuneSearcherAdapter(session, table, objective)
     setup = {
-        "dataset": _absolute_dataset(config.dataset), "resolution": config.resolution, "seed": config.seed,
+        # Tune runs trainables in their own working directories: a relative PATH would not resolve
+        "dataset": absolute_dataset(config.dataset), "resolution": config.resolution, "seed": config.seed,
         "train_limit": config.train_limit, "train": config.to_dict()["train"],
         "threads": max(1, int(config.cpus_per_trial)),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,10 +79,7 @@ class SearchSession:
         return (time.perf_counter() - self.started) / self.session_finished
 
     def counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "failed": 0, "infeasible": 0}
-        for record in self.records:
-            counts[record.result.status] += 1  # `Result` admits no other status
-        return counts
+        return {"ok": 0, "failed": 0, "infeasible": 0} | Counter(record.result.status for record in self.records)
 
     # -- the durable steps -------------------------------------------------------------------------
     def save_state(self) -> None:

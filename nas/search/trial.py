@@ -44,19 +44,22 @@ class Precheck:
     macs: int | None = None
     verdict: Result | None = None
 
+    @property
+    def costs(self) -> dict[str, Any]:
+        """The figures a `Result` of this candidate carries, whatever becomes of its training."""
+        return {"latency_ms": self.latency_ms, "params": self.params, "macs": self.macs}
 
-def count_cost(arch: ArchSpec, model: nn.Module | None = None) -> tuple[int, int | None]:
+
+def count_cost(arch: ArchSpec, model: nn.Module | None = None) -> tuple[int, int]:
     """(params, MACs). MACs in closed form from the spec (microseconds; equal to fvcore's count by
-    the cost tests), falling back to `predictors.cost.count` for ops without a formula, and to
-    None when the cost module is unavailable. Params are counted on the built model."""
+    the cost tests), falling back to `predictors.cost.count` for ops without a formula. Params are
+    counted on the built model."""
+    from predictors.cost import count, macs_of_spec
+
     if model is None:
         with torch.random.fork_rng(devices=[]):  # building draws init values: not from the caller's RNG
             model = build_model(arch)
     params = sum(parameter.numel() for parameter in model.parameters())
-    try:
-        from predictors.cost import count, macs_of_spec
-    except ImportError:  # an older checkout without predictors/cost.py
-        return params, None
     try:
         return params, macs_of_spec(arch)
     except NotImplementedError:
@@ -107,7 +110,7 @@ def train_candidate(
     on_epoch: EpochCallback | None = None,
 ) -> tuple[Result, nn.Module | None]:
     """Train a candidate that passed `precheck`; the model is returned only when the trial is ok."""
-    known = {"latency_ms": checked.latency_ms, "params": checked.params, "macs": checked.macs}
+    known = checked.costs
     start = time.perf_counter()
     try:
         model = _build_seeded(candidate.arch, train_config.seed)

@@ -10,16 +10,5 @@ from nas.strategies.mnas_rl import MnasRLSearcher
 from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearcher
 from nas.strategies.random_search import RandomSearcher
 
-__all__ = [
-    "SEARCHERS",
-    "Candidate",
-    "EvolutionSearcher",
-    "MnasRLSearcher",
-    "NSGA2Searcher",
-    "OptunaSearcher",
-    "RandomSearcher",
-    "Result",
-    "SearchObjective",
-    "Searcher",
-    "TPESearcher",
-]
+__all__ = ["SEARCHERS", "Candidate", "EvolutionSearcher", "MnasRLSearcher", "NSGA2Searcher", "OptunaSearcher",
+           "RandomSearcher", "Result", "SearchObjective", "Searcher", "TPESearcher"]

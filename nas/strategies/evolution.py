@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
-from nas.strategies.random_search import draw_unseen
+from nas.strategies.random_search import draw_unseen, share_of_trials
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
@@ -33,17 +33,9 @@ DEFAULT_SAMPLE = 5
 MIN_POPULATION = 4
 
 
-def default_population_size(num_trials: int | None) -> int:
-    """20, or a quarter of the trial budget when that is smaller (at least 4): with 60 trials a
-    population of 20 would leave only 40 evolution steps, with 40 trials only 20."""
-    if num_trials is None:
-        return DEFAULT_POPULATION
-    return max(MIN_POPULATION, min(DEFAULT_POPULATION, num_trials // 4))
-
-
 @dataclass(frozen=True)
 class EvolutionOptions:
-    population_size: int | None = None  # P; None: `default_population_size` of the trial budget
+    population_size: int | None = None  # P; None: 20, or a quarter of the trial budget (at least 4)
     sample_size: int = DEFAULT_SAMPLE  # S
     mutation_tries: int = 32
 
@@ -66,7 +58,9 @@ class EvolutionSearcher(Searcher):
 
     def __init__(self, context: StrategyContext, options: EvolutionOptions | None = None, **settings: Any) -> None:
         super().__init__(context, options, **settings)
-        self.population_size = self.options.population_size or default_population_size(context.trials)
+        # with 60 trials a population of 20 would leave only 40 evolution steps, with 40 trials only 20
+        self.population_size = self.options.population_size or share_of_trials(
+            context.trials, DEFAULT_POPULATION, 4, MIN_POPULATION)
         # a tournament larger than the population would always pick the global best: no diversity
         self.sample_size = min(self.options.sample_size, self.population_size)
         self.mutation_tries = self.options.mutation_tries

@@ -172,9 +172,6 @@ class MnasRLSearcher(Searcher):
     def __init__(self, context: StrategyContext, options: MnasRLOptions | None = None, **settings: Any) -> None:
         super().__init__(context, options, **settings)
         o = self.options
-        self.normalize, self.advantage_clip = o.normalize, o.advantage_clip
-        self.baseline_decay, self.entropy_weight = o.baseline_decay, o.entropy_weight
-        self.update_every, self.max_rejections = o.update_every, o.max_rejections
         self.generator = torch.Generator().manual_seed(self.seed)
         self.controller = Controller(self.space.cardinalities, o.hidden_size, o.tanh_constant, self.generator)
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=o.learning_rate)
@@ -197,7 +194,7 @@ class MnasRLSearcher(Searcher):
                 break
             self.buffer.append((tokens, 0.0, False))
             rejected += 1
-            if rejected > self.max_rejections:
+            if rejected > self.options.max_rejections:
                 logger.info("mnas-rl: %d samples rejected by the pre-check; proposing a random feasible one", rejected)
                 arch = self.sample_feasible()
                 tokens = [int(index) for index in self.space.encode(arch)]
@@ -212,32 +209,33 @@ class MnasRLSearcher(Searcher):
             tokens = [int(index) for index in self.space.encode(candidate.arch)]
         self.buffer.append(([int(token) for token in tokens], float(reward), True))
         self.tells_since_update += 1
-        if self.tells_since_update >= self.update_every:
+        if self.tells_since_update >= self.options.update_every:
             self._update()
 
     def _update(self) -> None:
+        o = self.options
         told = [reward for _, reward, was_told in self.buffer if was_told]
         if self.baseline is None:
             self.baseline = told[0] if told else 0.0
         # advantages against the baseline as it was before these rewards (it must not include
         # the sample it judges), then the baseline absorbs them
         scale = 1.0
-        if self.normalize and self.reward_var is not None and self.reward_var > 0:
+        if o.normalize and self.reward_var is not None and self.reward_var > 0:
             scale = 1.0 / (self.reward_var ** 0.5 + 1e-8)
         advantages = torch.tensor([(reward - self.baseline) * scale for _, reward, _ in self.buffer])
-        if self.normalize and self.advantage_clip is not None:
-            advantages = advantages.clamp(-self.advantage_clip, self.advantage_clip)
+        if o.normalize and o.advantage_clip is not None:
+            advantages = advantages.clamp(-o.advantage_clip, o.advantage_clip)
         tokens = torch.tensor([sample for sample, _, _ in self.buffer], dtype=torch.long)
         log_prob, entropy = self.controller.evaluate(tokens)
-        loss = -(advantages * log_prob).mean() - self.entropy_weight * entropy.mean()
+        loss = -(advantages * log_prob).mean() - o.entropy_weight * entropy.mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         for reward in told:
             deviation = (reward - self.baseline) ** 2
             self.reward_var = deviation if self.reward_var is None else (
-                self.baseline_decay * self.reward_var + (1.0 - self.baseline_decay) * deviation)
-            self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * reward
+                o.baseline_decay * self.reward_var + (1.0 - o.baseline_decay) * deviation)
+            self.baseline = o.baseline_decay * self.baseline + (1.0 - o.baseline_decay) * reward
         logger.debug("mnas-rl update %d: %d samples, loss %.4f, baseline %.4f",
                      self.updates, len(self.buffer), float(loss.detach()), self.baseline)
         self.buffer.clear()

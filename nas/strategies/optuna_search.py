@@ -49,7 +49,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import Trial, TrialState
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
-from nas.strategies.random_search import draw_unseen
+from nas.strategies.random_search import draw_unseen, share_of_trials
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
@@ -119,7 +119,6 @@ class OptunaSearcher(Searcher):
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = context.storage
         self.study_name = self.options.study_name or f"nas-{self.name}"
-        self.max_rejections = self.options.max_rejections
         self.study = optuna.create_study(
             storage=open_storage(self.storage), sampler=self._fresh_sampler(), study_name=self.study_name,
             directions=list(self.directions), load_if_exists=True,
@@ -178,7 +177,7 @@ class OptunaSearcher(Searcher):
                 repeated += 1
             else:
                 break
-            if rejected + repeated >= self.max_rejections:
+            if rejected + repeated >= self.options.max_rejections:
                 # the sampler keeps landing on rejected or known networks: make this trial a
                 # random feasible, unasked one (enqueued parameters are what `suggest` returns)
                 logger.info("%s: %d suggestions rejected, %d repeated; enqueuing a random feasible one",
@@ -258,10 +257,8 @@ class TPESearcher(OptunaSearcher):
 
     @property
     def n_startup_trials(self) -> int:
-        if self.options.n_startup_trials is not None:
-            return self.options.n_startup_trials
-        trials = self.context.trials
-        return DEFAULT_STARTUP if trials is None else max(3, min(DEFAULT_STARTUP, trials // 5))
+        given = self.options.n_startup_trials
+        return given if given is not None else share_of_trials(self.context.trials, DEFAULT_STARTUP, 5, 3)
 
     def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
@@ -287,10 +284,8 @@ class NSGA2Searcher(OptunaSearcher):
 
     @property
     def population_size(self) -> int:
-        if self.options.population_size is not None:
-            return self.options.population_size
-        trials = self.context.trials
-        return DEFAULT_POPULATION if trials is None else max(4, min(DEFAULT_POPULATION, trials // 6))
+        given = self.options.population_size
+        return given if given is not None else share_of_trials(self.context.trials, DEFAULT_POPULATION, 6, 4)
 
     def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)

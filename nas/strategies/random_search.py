@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 ENUMERATE_LIMIT = 4096
 
 
+def share_of_trials(trials: int | None, default: int, divisor: int, floor: int) -> int:
+    """`default`, or `trials // divisor` when that is smaller (at least `floor`): a short search must
+    not spend most of its trial budget before the strategy starts to learn."""
+    return default if trials is None else max(floor, min(default, trials // divisor))
+
+
 def draw_unseen(searcher: Searcher, seen: set[str], rounds: int = 64) -> tuple[ArchSpec, bool]:
     """A feasible random architecture whose hash is not in `seen`, and whether it is unseen.
 

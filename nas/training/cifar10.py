@@ -24,34 +24,25 @@ def cifar10_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:  # not an .npz, or one holding pickled objects
         raise DatasetError(f"cifar10 path {str(path)!r} is not a readable .npz of arrays ({error})") from None
+    def bad(message: str) -> DatasetError:
+        return DatasetError(f"cifar10 npz {str(path)!r}{message}")
+
     with archive:
         missing = [key for key in CIFAR_KEYS if key not in archive.files]
         if missing:
-            raise DatasetError(
-                f"cifar10 npz {str(path)!r} lacks key(s) {missing}; expected "
-                f"{list(CIFAR_KEYS)}, found {archive.files}"
-            )
+            raise bad(f" lacks key(s) {missing}; expected {list(CIFAR_KEYS)}, found {archive.files}")
         arrays = {key: archive[key] for key in CIFAR_KEYS}
     for part in ("train", "test"):
         x_key, y_key = f"x_{part}", f"y_{part}"
         x, y = arrays[x_key], arrays[y_key]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise DatasetError(
-                f"cifar10 npz {str(path)!r}: {x_key} is {x.dtype} {x.shape}; "
-                f"expected uint8 of shape (N, 32, 32, 3) (NHWC)"
-            )
+            raise bad(f": {x_key} is {x.dtype} {x.shape}; expected uint8 of shape (N, 32, 32, 3) (NHWC)")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]  # Keras stores labels as (N, 1)
         if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-            raise DatasetError(
-                f"cifar10 npz {str(path)!r}: {y_key} is {y.dtype} {y.shape}; expected "
-                f"integer labels of shape ({len(x)},)"
-            )
+            raise bad(f": {y_key} is {y.dtype} {y.shape}; expected integer labels of shape ({len(x)},)")
         if len(y) and (y.min() < 0 or y.max() > 9):
-            raise DatasetError(
-                f"cifar10 npz {str(path)!r}: {y_key} has labels in [{y.min()}, {y.max()}]; "
-                f"expected 0..9"
-            )
+            raise bad(f": {y_key} has labels in [{y.min()}, {y.max()}]; expected 0..9")
         arrays[y_key] = y.astype(np.int64)
     # NHWC -> NCHW views; the split's fancy indexing makes the contiguous copies
     return (arrays["x_train"].transpose(0, 3, 1, 2), arrays["y_train"],

@@ -41,7 +41,7 @@ from torch.utils.data import TensorDataset
 from search_spaces.errors import DatasetError, InputFileError, OptionError
 from nas.training.cifar10 import cifar10_arrays
 
-__all__ = ["ACCEPTED_FORMS", "DataSplits", "load_dataset"]
+__all__ = ["ACCEPTED_FORMS", "DataSplits", "absolute_dataset", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,8 @@ class DataSplits:
         return list(self.train.tensors[0][order].split(batch))
 
 
-def load_dataset(
-    name: str,
-    resolution: int,
-    *,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    limit: int | None = None,
-) -> DataSplits:
+def load_dataset(name: str, resolution: int, *, seed: int = 0, val_fraction: float = 0.1,
+                 limit: int | None = None) -> DataSplits:
     """Load ``name`` (one of :data:`ACCEPTED_FORMS`) at ``resolution`` x ``resolution``.
 
     Nothing is ever downloaded and no user file is unpickled: ``.npz`` files are read with
@@ -121,16 +115,18 @@ def load_dataset(
     elif kind == "imagefolder" and argument:
         return _imagefolder(Path(argument), resolution, rng, val_fraction, limit, name)
     else:
-        raise DatasetError(
-            f"unknown dataset {name!r}; accepted forms: " + "; ".join(ACCEPTED_FORMS)
-        )
+        raise DatasetError(f"unknown dataset {name!r}; accepted forms: " + "; ".join(ACCEPTED_FORMS))
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = splits
     if limit is not None and limit < len(y_tr):
         keep = _stratified_take(y_tr, limit, rng)
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    return _finish(
-        [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], resolution, num_classes, canonical, grey
-    )
+    return _finish([(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], resolution, num_classes, canonical, grey)
+
+
+def absolute_dataset(name: str) -> str:
+    """``name`` with its PATH made absolute, for a process that runs in another working directory."""
+    kind, separator, argument = name.partition(":")
+    return f"{kind}:{Path(argument).resolve()}" if separator and kind in ("cifar10", "imagefolder") else name
 
 
 # ---------------------------------------------------------------- splitting
@@ -149,16 +145,12 @@ def _stratified_take(labels: np.ndarray, count: int, rng: np.random.Generator) -
     # stable sort: ties go to the lower class id, so the result depends on the seed only
     order = np.argsort(-(quotas - taken), kind="stable")
     taken[order[:shortfall]] += 1
-    chosen = [
-        rng.permutation(np.flatnonzero(labels == c))[:k]
-        for c, k in zip(classes, taken, strict=True)
-    ]
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, taken, strict=True)]
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
-def _split_off(
-    labels: np.ndarray, fraction: float, rng: np.random.Generator, what: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _split_off(labels: np.ndarray, fraction: float, rng: np.random.Generator,
+               what: str) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held_out) sorted index arrays; at least one item on each side."""
     n = len(labels)
     if n < 2:
@@ -171,21 +163,22 @@ def _split_off(
 _Arrays = tuple[np.ndarray, np.ndarray]
 
 
-def _three_way(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray | None,
-    y_test: np.ndarray | None,
-    rng: np.random.Generator,
-    val_fraction: float,
-) -> tuple[_Arrays, _Arrays, _Arrays]:
+def _three_way(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None, y_test: np.ndarray | None,
+               rng: np.random.Generator, val_fraction: float) -> tuple[_Arrays, _Arrays, _Arrays]:
     """Carve test (when the source has none) and then val out of the training pool."""
     if x_test is None or y_test is None:
-        pool, test = _split_off(y_train, TEST_FRACTION, rng, "test")
+        keep, val, test = _pool_indices(y_train, rng, val_fraction)
         x_test, y_test = x_train[test], y_train[test]
-        x_train, y_train = x_train[pool], y_train[pool]
-    keep, val = _split_off(y_train, val_fraction, rng, "val")
+    else:
+        keep, val = _split_off(y_train, val_fraction, rng, "val")
     return (x_train[keep], y_train[keep]), (x_train[val], y_train[val]), (x_test, y_test)
+
+
+def _pool_indices(labels: np.ndarray, rng: np.random.Generator, val_fraction: float) -> tuple[np.ndarray, ...]:
+    """(train, val, test) indices of a source without a test split: test first, then val of the rest."""
+    pool, test = _split_off(labels, TEST_FRACTION, rng, "test")
+    keep, val = _split_off(labels[pool], val_fraction, rng, "val")
+    return pool[keep], pool[val], test
 
 
 # ---------------------------------------------------------------- tensors
@@ -200,23 +193,16 @@ def _resize(images: Tensor, resolution: int) -> Tensor:
         if tuple(out_of) != (resolution, resolution):
             # antialias only when shrinking: plain bilinear downsampling aliases badly
             shrink = resolution < min(out_of)
-            chunk = F.interpolate(
-                chunk, size=(resolution, resolution), mode="bilinear",
-                align_corners=False, antialias=shrink,
-            )
+            chunk = F.interpolate(chunk, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                  antialias=shrink)
         chunks.append(chunk)
     if not chunks:
         return torch.empty((0, images.shape[1], resolution, resolution))
     return torch.cat(chunks)
 
 
-def _finish(
-    splits: list[tuple[np.ndarray | Tensor, np.ndarray | Tensor]],
-    resolution: int,
-    num_classes: int,
-    name: str,
-    grey_to_rgb: bool = False,
-) -> DataSplits:
+def _finish(splits: list[tuple[np.ndarray | Tensor, np.ndarray | Tensor]], resolution: int, num_classes: int,
+            name: str, grey_to_rgb: bool = False) -> DataSplits:
     """Resize NCHW images, (optionally) repeat grey to 3 channels, normalise, wrap."""
     images, labels = [], []
     for x, y in splits:
@@ -233,15 +219,9 @@ def _finish(
     for x in images:
         x.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])
     train, val, test = (TensorDataset(x, y) for x, y in zip(images, labels, strict=True))
-    logger.info(
-        "%s: %d train / %d val / %d test at %dpx",
-        name, len(train), len(val), len(test), resolution,
-    )
-    return DataSplits(
-        train=train, val=val, test=test, num_classes=num_classes,
-        in_channels=images[0].shape[1], resolution=resolution, name=name,
-        mean=tuple(mean.tolist()), std=tuple(std.tolist()),
-    )
+    logger.info("%s: %d train / %d val / %d test at %dpx", name, len(train), len(val), len(test), resolution)
+    return DataSplits(train=train, val=val, test=test, num_classes=num_classes, in_channels=images[0].shape[1],
+                      resolution=resolution, name=name, mean=tuple(mean.tolist()), std=tuple(std.tolist()))
 
 
 # ---------------------------------------------------------------- sources
@@ -268,9 +248,7 @@ def _parse_class_count(argument: str, name: str) -> int:
     return count
 
 
-def _synthetic(
-    num_classes: int, resolution: int, seed: int, limit: int | None, name: str
-) -> DataSplits:
+def _synthetic(num_classes: int, resolution: int, seed: int, limit: int | None, name: str) -> DataSplits:
     """Class prototypes (smooth random 3-channel patterns) plus per-image Gaussian noise.
 
     Smooth prototypes (a 4x4 grid upsampled) keep the task learnable at any resolution by a
@@ -294,14 +272,8 @@ def _synthetic(
     return _finish(splits, resolution, num_classes, name)
 
 
-def _imagefolder(
-    root: Path,
-    resolution: int,
-    rng: np.random.Generator,
-    val_fraction: float,
-    limit: int | None,
-    name: str,
-) -> DataSplits:
+def _imagefolder(root: Path, resolution: int, rng: np.random.Generator, val_fraction: float, limit: int | None,
+                 name: str) -> DataSplits:
     """Decode only the images that end up in a split; each is squashed to a square."""
     from torchvision import transforms
 
@@ -310,13 +282,13 @@ def _imagefolder(
             f"imagefolder path {str(root)!r} is not a directory; expected train/ and val/ "
             f"(optional test/) class folders, or a single folder of class folders"
         )
-    transform = transforms.Compose(
-        [transforms.Resize((resolution, resolution)), transforms.PILToTensor()]
-    )
+    transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.PILToTensor()])
     if (root / "train").is_dir() and (root / "val").is_dir():
         picks = _picks_of_split_folders(root, transform, rng)
     else:  # one folder of class folders: split it like digits
-        picks = _picks_of_one_folder(_open_image_folder(root, transform), rng, val_fraction)
+        folder = _open_image_folder(root, transform)
+        labels = np.asarray(folder.targets, dtype=np.int64)
+        picks = [(folder, part) for part in _pool_indices(labels, rng, val_fraction)]
     train_folder, train_idx = picks[0]
     if limit is not None and limit < len(train_idx):
         train_labels = np.asarray(train_folder.targets, dtype=np.int64)[train_idx]
@@ -357,13 +329,6 @@ def _picks_of_split_folders(root: Path, transform: Any, rng: np.random.Generator
         train_idx, test_idx = _split_off(train_labels, TEST_FRACTION, rng, "test")
         test_pick = (folders["train"], test_idx)
     return [(folders["train"], train_idx), (folders["val"], np.arange(len(folders["val"]))), test_pick]
-
-
-def _picks_of_one_folder(folder: Any, rng: np.random.Generator, val_fraction: float) -> list[Pick]:
-    labels = np.asarray(folder.targets, dtype=np.int64)
-    pool, test_idx = _split_off(labels, TEST_FRACTION, rng, "test")
-    keep, val = _split_off(labels[pool], val_fraction, rng, "val")
-    return [(folder, pool[keep]), (folder, pool[val]), (folder, test_idx)]
 
 
 def _decode_picks(picks: list[Pick], resolution: int) -> list[tuple[Tensor, np.ndarray]]:

@@ -45,7 +45,7 @@ DistillLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -80,12 +80,9 @@ class TrainConfig:
         def bad(name: str, expected: str) -> OptionError:
             return OptionError(f"TrainConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
-        if not _is_int(self.epochs) or self.epochs < 1:
-            raise bad("epochs", "an int >= 1")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise bad("batch_size", "an int >= 1")
-        if not _is_int(self.eval_batch_size) or self.eval_batch_size < 1:
-            raise bad("eval_batch_size", "an int >= 1")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an int >= 1")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"one of {list(OPTIMIZERS)}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -100,12 +97,12 @@ class TrainConfig:
             raise bad("label_smoothing", "a float in [0, 1)")
         if not 0.0 <= self.warmup_epochs <= self.epochs:
             raise bad("warmup_epochs", f"a float in [0, epochs={self.epochs}]")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise bad("seed", "an int")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise bad("grad_clip", "None or a finite float > 0")
         if self.max_batches_per_epoch is not None and (
-            not _is_int(self.max_batches_per_epoch) or self.max_batches_per_epoch < 1
+            not is_int(self.max_batches_per_epoch) or self.max_batches_per_epoch < 1
         ):
             raise bad("max_batches_per_epoch", "None or an int >= 1")
         if self.device != "auto":
@@ -153,6 +150,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def cuda_devices(device: torch.device) -> list[int]:
+    """What ``torch.random.fork_rng`` must fork for work on ``device``: its CUDA device, or none."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def _module_device(module: nn.Module) -> torch.device:
     first = next(module.parameters(), None)
     if first is None:
@@ -160,7 +164,7 @@ def _module_device(module: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to ``base_lr``, then cosine decay to 0 at ``total_steps`` (0-based step)."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -168,9 +172,8 @@ def _lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> fl
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(
-    dataset: TensorDataset, batch_size: int, generator: torch.Generator | None
-) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(dataset: TensorDataset, batch_size: int, generator: torch.Generator | None
+             ) -> Iterator[tuple[Tensor, Tensor]]:
     """Index the in-memory tensors directly: the same shuffle a DataLoader with this
     generator would give, without per-sample collation (which dominates tiny trials)."""
     images, labels = dataset.tensors[0], dataset.tensors[1]
@@ -194,17 +197,9 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=config.effective_lr, weight_decay=config.weight_decay)
 
 
-def train(
-    model: nn.Module,
-    data: DataSplits,
-    config: TrainConfig,
-    *,
-    on_epoch: EpochCallback | None = None,
-    teacher: nn.Module | None = None,
-    distill_loss: DistillLoss | None = None,
-    evaluate_test: bool = False,
-    progress: bool = False,
-) -> TrainReport:
+def train(model: nn.Module, data: DataSplits, config: TrainConfig, *, on_epoch: EpochCallback | None = None,
+          teacher: nn.Module | None = None, distill_loss: DistillLoss | None = None, evaluate_test: bool = False,
+          progress: bool = False) -> TrainReport:
     """Train ``model`` on ``data.train``, evaluating on ``data.val`` after every epoch.
 
     ``on_epoch(epoch, metrics)`` is called after each epoch with ``epoch`` (from 1),
@@ -223,14 +218,10 @@ def train(
     home = _module_device(model)
     teacher_home = _module_device(teacher) if teacher is not None else None
     teacher_was_training = teacher.training if teacher is not None else False
-    cuda_devices = []
-    if device.type == "cuda":
-        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
     try:
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=cuda_devices(device)):
             torch.manual_seed(config.seed)
-            return _run(model, data, config, device, on_epoch, teacher, distill_loss,
-                        evaluate_test, progress)
+            return _run(model, data, config, device, on_epoch, teacher, distill_loss, evaluate_test, progress)
     finally:
         model.to(home)
         if teacher is not None and teacher_home is not None:
@@ -255,7 +246,7 @@ class _Schedule:
                    round(config.warmup_epochs * steps_per_epoch), config.effective_lr)
 
     def lr(self, step: int) -> float:
-        return _lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.base_lr)
 
 
 @dataclass
@@ -339,17 +330,9 @@ def _end_of_epoch(loop: _Loop, data: DataSplits, report: TrainReport, epoch: int
     return False
 
 
-def _run(
-    model: nn.Module,
-    data: DataSplits,
-    config: TrainConfig,
-    device: torch.device,
-    on_epoch: EpochCallback | None,
-    teacher: nn.Module | None,
-    distill_loss: DistillLoss | None,
-    evaluate_test: bool,
-    progress: bool,
-) -> TrainReport:
+def _run(model: nn.Module, data: DataSplits, config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None,
+         teacher: nn.Module | None, distill_loss: DistillLoss | None, evaluate_test: bool, progress: bool
+         ) -> TrainReport:
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -363,23 +346,16 @@ def _run(
     for epoch in range(1, config.epochs + 1):
         epoch_loss = _train_epoch(loop, data, generator, epoch)
         if isinstance(epoch_loss, str):
-            return _failed(report, epoch_loss, start, loop.bar)
+            report.status, report.reason = "failed", epoch_loss
+            logger.warning("training failed: %s", epoch_loss)
+            break
         if _end_of_epoch(loop, data, report, epoch, epoch_loss, start, on_epoch):
             break
     report.train_time_s = time.perf_counter() - start
     if loop.bar is not None:
         loop.bar.close()
-    if evaluate_test:
+    if evaluate_test and report.status == "ok":
         report.test_accuracy = _accuracy(model, data.test, device, config.eval_batch_size)
-    return report
-
-
-def _failed(report: TrainReport, reason: str, start: float, bar: Any) -> TrainReport:
-    report.status, report.reason = "failed", reason
-    report.train_time_s = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-    logger.warning("training failed: %s", reason)
     return report
 
 
@@ -400,8 +376,7 @@ def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_si
         batches: Any = _batches(dataset, batch_size, None)
     else:
         batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    correct = 0
-    total = 0
+    correct = total = 0
     for images, labels in batches:
         logits = model(images.to(device, non_blocking=True))
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
@@ -411,9 +386,7 @@ def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_si
     return correct / total
 
 
-def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto"
-) -> float:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto") -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``dataset`` (items are ``(image, label)``).
 
     The model is moved to ``device`` for the call and back afterwards; its train/eval mode is
