@@ -14,7 +14,8 @@ from search_helpers import make_table, read_jsonl, registered
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.commands.search import lut_path_for, parse_latency_ms
+from nas.commands.search import parse_latency_ms
+from predictors.latency import lut_path_for
 from nas.search.config import EXECUTION_FIELDS, SETTINGS, SearchConfig, flag_of
 
 

@@ -44,17 +44,9 @@ def parse_latency_ms(text: str) -> float:
     return value
 
 
-def lut_path_for(space: str, resolution: int, num_classes: int, backend: str, threads: int,
-                 space_options: dict[str, Any], root: Path = Path("runs/luts")) -> Path:
-    """`predictors.latency.lut_path_for`, where the rule lives; the CLI's callers import it from here."""
-    from predictors.latency import lut_path_for
-
-    return lut_path_for(space, resolution, num_classes, backend, threads, space_options, root)
-
-
 def ensure_lut(space_name: str, resolution: int, num_classes: int, space_options: dict[str, Any], backend: str,
                threads: int, root: Path, settings: Any = None) -> Path:
-    from predictors.latency import LocalMeasurer, ensure_table
+    from predictors.latency import LocalMeasurer, ensure_table, lut_path_for
     from search_spaces.spaces import get_space
 
     path = lut_path_for(space_name, resolution, num_classes, backend, threads, space_options, root)
