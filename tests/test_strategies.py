@@ -9,6 +9,7 @@ asserted here is reproducible and the file runs in seconds."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import shutil
@@ -29,13 +30,14 @@ from nas.strategies.objective import hypervolume_2d
 from nas.strategies import (
     SEARCHERS,
     EvolutionSearcher,
+    LocalSearcher,
     MnasRLSearcher,
     OptunaSearcher,
     RandomSearcher,
     Result,
     Searcher,
 )
-from nas.strategies.base import ASK_TELL, ONE_SHOT, StrategyContext
+from nas.strategies.base import ASK_TELL, ONE_SHOT, SearchObjective, StrategyContext
 from nas.strategies.optuna_search import open_storage
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
@@ -49,6 +51,7 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
     "evolution": {"population_size": 4, "sample_size": 2},
     "nsga2": {"population_size": 4},
     "tpe": {"n_startup_trials": 3},
+    "local": {"num_init": 3},
 }
 
 
@@ -76,10 +79,10 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
     return [[int(v) for v in space.encode(arch)] for arch, _ in history]
 
 
-def test_registry_holds_five_ask_tell_strategies_and_the_one_shot_one() -> None:
+def test_registry_holds_the_ask_tell_strategies_and_the_one_shot_one() -> None:
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
 
-    assert NAMES == ["evolution", "mnas-rl", "nsga2", "random", "tpe"]
+    assert NAMES == ["evolution", "local", "mnas-rl", "nsga2", "random", "tpe"]
     assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
@@ -241,6 +244,81 @@ def test_evolution_proposes_randomly_until_a_result_arrives() -> None:
     searcher = EvolutionSearcher(StrategyContext(space, table.objective), population_size=2)
     asked = [searcher.ask() for _ in range(5)]  # nothing told yet: no population to select from
     assert all(c.info["origin"] == "random" for c in asked)
+
+
+# -- local search ----------------------------------------------------------------------------------
+def tiny_landscape(accuracy: dict[tuple[int, ...], float]) -> tuple[TinySpace, SearchObjective, Any]:
+    """The tiny space (3 binary decisions), a budget no network exceeds (reward = accuracy) and
+    an evaluator reading each vector's accuracy from `accuracy`."""
+    space = TinySpace()
+
+    def evaluate(arch: ArchSpec) -> Result:
+        return Result(accuracy=accuracy[tuple(int(v) for v in space.encode(arch))], latency_ms=1.0)
+
+    return space, SearchObjective(1000.0), evaluate
+
+
+def ask_tell(searcher: Searcher, evaluate: Any) -> tuple[list[int], dict[str, Any]]:
+    candidate = searcher.ask()
+    searcher.tell(candidate, evaluate(candidate.arch))
+    return [int(v) for v in searcher.space.encode(candidate.arch)], candidate.info
+
+
+def test_local_search_moves_to_the_best_neighbour_until_a_local_optimum() -> None:
+    """Accuracy grows with the number of ones, plus a local optimum at 000. From 100 (seed 2's
+    first draw) the walk asks 100's three neighbours, moves to the better two-ones network, asks
+    only its unasked neighbours (100 is known), moves to 111, finds no better neighbour there
+    and restarts; told neighbours are never asked again but count."""
+    accuracy = {v: 0.4 + 0.1 * sum(v) for v in itertools.product((0, 1), repeat=3)}
+    accuracy[(0, 0, 0)] = 0.5
+    accuracy[(1, 1, 1)] = 0.9
+    space, objective, evaluate = tiny_landscape(accuracy)
+    searcher = LocalSearcher(StrategyContext(space, objective, seed=2), num_init=1)
+    first, info = ask_tell(searcher, evaluate)
+    assert first == [1, 0, 0] and info["origin"] == "random"
+    assert searcher.center["vector"] == [1, 0, 0]
+    step = [ask_tell(searcher, evaluate) for _ in range(3)]
+    assert sorted(v for v, _ in step) == [[0, 0, 0], [1, 0, 1], [1, 1, 0]]
+    assert all(i == {"origin": "neighbour", "center_trial_id": 0} for _, i in step)
+    second = searcher.center["vector"]
+    assert second in ([1, 0, 1], [1, 1, 0]) and searcher.moves == 1
+    step = [ask_tell(searcher, evaluate)[0] for _ in range(2)]  # 100 was asked already
+    expected = [[1, 1, 1], [0, 1, 0] if second == [1, 1, 0] else [0, 0, 1]]
+    assert sorted(step) == sorted(expected)
+    assert searcher.center["vector"] == [1, 1, 1] and searcher.moves == 2
+    vector, info = ask_tell(searcher, evaluate)  # 111's last unasked neighbour: 011 (0.6)
+    assert vector == [0, 1, 1] and info["origin"] == "neighbour"
+    assert searcher.center is None and searcher.restarts == 1  # 111 is a local (here global) optimum
+    vector, info = ask_tell(searcher, evaluate)
+    assert info["origin"] == "restart" and vector in ([0, 0, 1], [0, 1, 0])  # the two never asked
+    # all of its neighbours are known: the walk climbs for free (to a two-ones network, then to
+    # 111) without asking anything, and restarts again
+    assert searcher.moves == 4 and searcher.restarts == 2 and searcher.center is None
+
+
+def test_local_search_restarts_at_a_local_optimum_and_never_repeats() -> None:
+    accuracy = dict.fromkeys(itertools.product((0, 1), repeat=3), 0.5)
+    space, objective, evaluate = tiny_landscape(accuracy)
+    searcher = LocalSearcher(StrategyContext(space, objective, seed=1), num_init=1)
+    start, _ = ask_tell(searcher, evaluate)
+    accuracy[tuple(start)] = 0.8  # told 0.5 already; what counts is what the searcher was told
+    origins = [ask_tell(searcher, evaluate)[1]["origin"] for _ in range(3)]
+    assert origins == ["neighbour"] * 3 and searcher.restarts == 1  # equal is not better
+    asked = [start] + [ask_tell(searcher, evaluate)[0] for _ in range(4)]
+    assert len({tuple(v) for v in asked}) == 5  # eight networks, none asked twice
+
+
+def test_local_search_neighbour_subset_and_waiting_draws() -> None:
+    space, table = synthetic()
+    searcher = LocalSearcher(StrategyContext(space, table.objective, seed=0), num_init=2, neighbours=5)
+    run_search(searcher, table, trials=2)
+    assert len(searcher.step["todo"]) == 5  # a random 5 of the 30 neighbours
+    asked = [searcher.ask() for _ in range(7)]  # nothing told: 5 neighbours, then explore
+    assert [c.info["origin"] for c in asked] == ["neighbour"] * 5 + ["waiting"] * 2
+    center = space.encode(searcher.space.decode(searcher.center["vector"]))
+    assert all(int((space.encode(c.arch) != center).sum()) == 1 for c in asked[:5])
+    with pytest.raises(OptionError, match="neighbours=0 must be >= 1"):
+        make("local", neighbours=0)
 
 
 # -- Optuna: storages, resume after a crash, what is told ---------------------------------------

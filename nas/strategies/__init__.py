@@ -6,9 +6,10 @@
 
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
 from nas.strategies.evolution import EvolutionSearcher
+from nas.strategies.local_search import LocalSearcher
 from nas.strategies.mnas_rl import MnasRLSearcher
 from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearcher
 from nas.strategies.random_search import RandomSearcher
 
-__all__ = ["SEARCHERS", "Candidate", "EvolutionSearcher", "MnasRLSearcher", "NSGA2Searcher", "OptunaSearcher",
-           "RandomSearcher", "Result", "SearchObjective", "Searcher", "TPESearcher"]
+__all__ = ["SEARCHERS", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher", "NSGA2Searcher",
+           "OptunaSearcher", "RandomSearcher", "Result", "SearchObjective", "Searcher", "TPESearcher"]
