@@ -29,6 +29,7 @@ from tiny_space import TinySpace
 from nas.strategies.objective import hypervolume_2d
 from nas.strategies import (
     SEARCHERS,
+    BananasSearcher,
     EvolutionSearcher,
     LocalSearcher,
     MnasRLSearcher,
@@ -52,6 +53,7 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
     "nsga2": {"population_size": 4},
     "tpe": {"n_startup_trials": 3},
     "local": {"num_init": 3},
+    "bananas": {"num_init": 3, "epochs": 30, "update_epochs": 5},
 }
 
 
@@ -82,7 +84,7 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
 def test_registry_holds_the_ask_tell_strategies_and_the_one_shot_one() -> None:
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
 
-    assert NAMES == ["evolution", "local", "mnas-rl", "nsga2", "random", "tpe"]
+    assert NAMES == ["bananas", "evolution", "local", "mnas-rl", "nsga2", "random", "tpe"]
     assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
@@ -319,6 +321,56 @@ def test_local_search_neighbour_subset_and_waiting_draws() -> None:
     assert all(int((space.encode(c.arch) != center).sum()) == 1 for c in asked[:5])
     with pytest.raises(OptionError, match="neighbours=0 must be >= 1"):
         make("local", neighbours=0)
+
+
+# -- BANANAS ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("acquisition", ["its", "ei"])
+def test_bananas_acquisition_prefers_what_its_ensemble_predicts_best(acquisition: str) -> None:
+    """Told 30 random networks whose accuracy grows with every option index, the ensemble ranks
+    the all-highest network first and the all-lowest last; the acquisition picks the former, and
+    an ask takes the pool's candidate of highest acquisition."""
+    space, _ = synthetic()
+
+    def evaluate(arch: ArchSpec) -> Result:
+        return Result(accuracy=0.3 + 0.015 * int(space.encode(arch).sum()), latency_ms=1.0)
+
+    context = StrategyContext(space, SearchObjective(1000.0), seed=0)
+    searcher = BananasSearcher(context, num_init=30, acquisition=acquisition)
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    run_search(searcher, evaluate, trials=30)
+    rng = np.random.default_rng(5)
+    vectors = [[0] * 10] + [[int(v) for v in rng.integers(0, 4, 10)] for _ in range(10)] + [[3] * 10]
+    value, mean, spread = searcher.acquisition(vectors)
+    assert int(np.argmax(mean)) == 11 and int(np.argmin(mean)) == 0
+    assert int(np.argmax(value)) == 11
+    assert mean[11] == pytest.approx(0.3 + 0.015 * 30, abs=0.1)  # an extrapolation, roughly right
+
+    pool = [(vector, space.decode(vector), "test") for vector in vectors]
+    searcher.candidate_pool = lambda: pool  # the ask takes the pool's best acquisition value
+    candidate = searcher.ask()
+    assert [int(v) for v in space.encode(candidate.arch)] == [3] * 10
+    assert candidate.info["predicted"] == pytest.approx(mean[11], abs=0.02) and candidate.info["pool"] == 12
+    assert torch.equal(torch.random.get_rng_state(), torch_state)  # the global RNGs are left alone
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_bananas_pool_is_unasked_feasible_mutations_and_random_ones() -> None:
+    space, table = synthetic()
+    feasible = lambda arch: arch.blocks[0].kernel == 3
+    searcher = BananasSearcher(StrategyContext(space, table.objective, seed=3, is_feasible=feasible), num_init=4)
+    run_search(searcher, table, trials=6)
+    assert searcher.fits == [4, 5]  # trained at the 5th and 6th ask, on what was told by then
+    asked = {vector for vector, _ in [(tuple(v), r) for v, r in searcher.told]}
+    pool = searcher.candidate_pool()
+    assert 0 < len(pool) <= 5 * 8 + 10
+    assert all(feasible(arch) and tuple(vector) not in asked for vector, arch, _ in pool)
+    assert len({arch.content_hash() for _, arch, _ in pool}) == len(pool)
+    parents = [np.array(v) for v, _ in searcher.told]
+    for vector, _, origin in pool:
+        if origin == "mutation":
+            assert min(int((np.array(vector) != parent).sum()) for parent in parents) == 1
+    with pytest.raises(OptionError, match="acquisition='ucb' not in"):
+        make("bananas", acquisition="ucb")
 
 
 # -- Optuna: storages, resume after a crash, what is told ---------------------------------------

@@ -4,6 +4,7 @@
 `nsga2` (Optuna samplers). Importing this package registers them; nothing runs at import.
 """
 
+from nas.strategies.bananas import BananasSearcher
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
 from nas.strategies.evolution import EvolutionSearcher
 from nas.strategies.local_search import LocalSearcher
@@ -11,5 +12,5 @@ from nas.strategies.mnas_rl import MnasRLSearcher
 from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearcher
 from nas.strategies.random_search import RandomSearcher
 
-__all__ = ["SEARCHERS", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher", "NSGA2Searcher",
-           "OptunaSearcher", "RandomSearcher", "Result", "SearchObjective", "Searcher", "TPESearcher"]
+__all__ = ["SEARCHERS", "BananasSearcher", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher",
+           "NSGA2Searcher", "OptunaSearcher", "RandomSearcher", "Result", "SearchObjective", "Searcher", "TPESearcher"]
