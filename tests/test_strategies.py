@@ -34,6 +34,7 @@ from nas.strategies import (
     LocalSearcher,
     MnasRLSearcher,
     OptunaSearcher,
+    ProxyWarmSearcher,
     RandomSearcher,
     Result,
     Searcher,
@@ -54,6 +55,7 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
     "tpe": {"n_startup_trials": 3},
     "local": {"num_init": 3},
     "bananas": {"num_init": 3, "epochs": 30, "update_epochs": 5},
+    "proxy-warm": {"pool_size": 30, "warm_start": 4},
 }
 
 
@@ -84,7 +86,7 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
 def test_registry_holds_the_ask_tell_strategies_and_the_one_shot_one() -> None:
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
 
-    assert NAMES == ["bananas", "evolution", "local", "mnas-rl", "nsga2", "random", "tpe"]
+    assert NAMES == ["bananas", "evolution", "local", "mnas-rl", "nsga2", "proxy-warm", "random", "tpe"]
     assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
@@ -371,6 +373,54 @@ def test_bananas_pool_is_unasked_feasible_mutations_and_random_ones() -> None:
             assert min(int((np.array(vector) != parent).sum()) for parent in parents) == 1
     with pytest.raises(OptionError, match="acquisition='ucb' not in"):
         make("bananas", acquisition="ucb")
+
+
+# -- proxy warm start -------------------------------------------------------------------------------
+def test_proxy_warm_asks_the_top_scored_candidates_first_in_score_order() -> None:
+    """The context's score ranks the pool: the first `warm_start` asks are its best, best first;
+    evolution continues with the warm trials as its population (tournaments at once)."""
+    space, table = synthetic()
+    scored: list[tuple[str, float]] = []
+
+    def score(arch: ArchSpec) -> float:  # any deterministic function: here, a pseudo-random one
+        value = int(arch.content_hash()[:8], 16) / 16**8
+        scored.append((arch.content_hash(), value))
+        return value
+
+    feasible = lambda arch: arch.blocks[0].kernel == 3
+    context = StrategyContext(space, table.objective, seed=4, is_feasible=feasible, trials=24, score=score)
+    searcher = ProxyWarmSearcher(context, pool_size=200)
+    assert searcher.warm_start == 6  # evolution's population for 24 trials
+    infos: list[dict[str, Any]] = []
+    history = run_search(searcher, table, trials=10, infos=infos)
+    assert len(scored) == len({key for key, _ in scored}) > 150  # distinct candidates, each scored once
+    best_six = sorted(scored, key=lambda item: -item[1])[:6]
+    assert [arch.content_hash() for arch, _ in history[:6]] == [key for key, _ in best_six]
+    assert [(i["origin"], i["rank"], i["score"]) for i in infos[:6]] == [
+        ("proxy", rank, value) for rank, (_, value) in enumerate(best_six)]
+    assert infos[0]["proxy"] == "context" and infos[0]["scored"] == len(scored) and infos[0]["score_seconds"] >= 0
+    assert all(i["origin"] == "mutation" and i["then"] == "evolution" for i in infos[6:])
+    assert [member[0] for member in searcher.inner.population] == list(range(4, 10))  # aged as usual
+    assert all(feasible(arch) for arch, _ in history)
+
+
+def test_proxy_warm_falls_back_to_params_and_continues_with_local_search() -> None:
+    from predictors.cost import params_of_spec
+
+    space, table = synthetic()
+    searcher = ProxyWarmSearcher(StrategyContext(space, table.objective, seed=0), pool_size=100, warm_start=3,
+                                 then="local")
+    infos: list[dict[str, Any]] = []
+    history = run_search(searcher, table, trials=5, infos=infos)
+    params = [params_of_spec(arch) for arch, _ in history[:3]]
+    assert [i["score"] for i in infos[:3]] == params and params == sorted(params, reverse=True)
+    assert infos[0]["proxy"] == "params"
+    rewards = [table.objective.reward(result) for _, result in history[:3]]
+    center = searcher.inner.center  # the best warm trial is the first incumbent
+    assert center["trial_id"] == int(np.argmax(rewards)) and center["reward"] == max(rewards)
+    assert [i["origin"] for i in infos[3:]] == ["neighbour", "neighbour"]
+    with pytest.raises(OptionError, match="then='tpe' not in"):
+        make("proxy-warm", then="tpe")
 
 
 # -- Optuna: storages, resume after a crash, what is told ---------------------------------------
