@@ -113,7 +113,14 @@ class StrategyContext:
 
     Ask/tell strategies need the first five; `storage` is where a strategy may keep a database
     (Optuna), `work_dir` where it may keep its own files (checkpoints). A one-shot strategy also
-    trains, so it gets the latency table, the data and the training settings."""
+    trains, so it gets the latency table, the data and the training settings.
+
+    `score` is a cheap, training-free score of an architecture (a zero-cost proxy such as synflow
+    or nwot computed on one mini-batch), higher = better, deterministic for a given architecture.
+    It costs no trial but is not free: strategies that use it (`proxy-warm`) call it on many
+    candidates and report the seconds spent. None: such strategies fall back to the parameter
+    count (`predictors.cost.params_of_spec`), a published strong baseline proxy (Spearman 0.80
+    with CIFAR-10 accuracy on NAS-Bench-201, as good as the best data-dependent proxies)."""
 
     space: SearchSpace
     objective: SearchObjective
@@ -126,6 +133,7 @@ class StrategyContext:
     data: Any = None  # nas.training.data.DataSplits
     train: Any = None  # nas.training.train.TrainConfig
     progress: bool = False
+    score: Callable[[ArchSpec], float] | None = None  # cheap training-free score, higher = better
 
 
 @dataclass(frozen=True)

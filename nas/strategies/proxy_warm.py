@@ -1,0 +1,145 @@
+"""`proxy-warm`: a proxy warm start, then evolution or local search (Abdelfattah et al. 2021,
+"Zero-Cost Proxies for Lightweight NAS", ICLR: "warmup" of the search by zero-cost proxies).
+
+- At the first ask, `pool_size` feasible random architectures (distinct) are scored by the
+  context's `score` (a cheap, training-free score, higher = better: a zero-cost proxy the
+  runner computes), or, when the run gives none, by the parameter count
+  (`predictors.cost.params_of_spec`, a published strong baseline proxy). The seconds spent
+  scoring are logged, kept in the state and in each warm candidate's info: a proxy costs no
+  trial, but it is not free.
+- The first `warm_start` proposals are the top-scored ones, best first (by default as many as
+  the continuing search starts with: evolution's population, local search's `num_init`).
+- Then the search continues with `then`: regularized evolution, whose population starts as
+  the warm trials (so its tournaments start at once when `warm_start` is at least the
+  population), or local search, whose first incumbent is the best warm trial.
+
+The continuing searcher is an ordinary registered strategy built from the same context (seed + 1)
+with its default options; every result is told to it, and its state is part of this one's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
+from nas.strategies.evolution import EvolutionSearcher
+from nas.strategies.local_search import LocalSearcher
+from predictors.cost import params_of_spec
+from search_spaces.errors import OptionError
+from search_spaces.spec import ArchSpec
+
+logger = logging.getLogger(__name__)
+
+THEN = ("evolution", "local")
+
+
+@dataclass(frozen=True)
+class ProxyWarmOptions:
+    pool_size: int = 1000  # feasible random architectures scored
+    warm_start: int | None = None  # top-scored ones asked first; None: the continuing search's start size
+    then: str = "evolution"  # the search that continues: evolution or local
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise OptionError(f"pool_size={self.pool_size} must be >= 1")
+        if self.warm_start is not None and not 1 <= self.warm_start <= self.pool_size:
+            raise OptionError(f"warm_start={self.warm_start} must be in 1..pool_size ({self.pool_size})")
+        if self.then not in THEN:
+            raise OptionError(f"then={self.then!r} not in {{{', '.join(THEN)}}}")
+
+
+@SEARCHERS.register("proxy-warm")
+class ProxyWarmSearcher(Searcher):
+    """Evaluate the top proxy-scored of many feasible random architectures first, then continue
+    with evolution or local search."""
+
+    name = "proxy-warm"
+
+    Options = ProxyWarmOptions
+
+    def __init__(self, context: StrategyContext, options: ProxyWarmOptions | None = None, **settings: Any) -> None:
+        super().__init__(context, options, **settings)
+        self.score = context.score or params_of_spec
+        self.proxy = "context" if context.score is not None else "params"
+        self.inner: Searcher = SEARCHERS.get(self.options.then)(dataclasses.replace(context, seed=context.seed + 1))
+        # by default as many as the continuing search would draw at random to start with
+        start = self.inner.population_size if isinstance(self.inner, EvolutionSearcher) else self.inner.num_init
+        self.warm_start = min(self.options.warm_start or start, self.options.pool_size)
+        self.ranked = False
+        self.queue: list[dict[str, Any]] = []  # warm candidates not yet asked: {"vector", "score", "rank"}
+        self.scored = 0
+        self.score_seconds = 0.0
+
+    # -- the warm start ----------------------------------------------------------------------------
+    def _rank(self) -> None:
+        """Score `pool_size` distinct feasible random architectures; queue the best `warm_start`."""
+        pool: dict[str, ArchSpec] = {}
+        for _ in range(self.options.pool_size):
+            arch = self.sample_feasible()
+            if self.is_feasible(arch):  # `sample_feasible` returns its last draw when none passes
+                pool.setdefault(arch.content_hash(), arch)
+        started = time.perf_counter()
+        scores = [self._score(arch) for arch in pool.values()]
+        self.score_seconds = time.perf_counter() - started
+        self.scored = len(scores)
+        order = sorted(range(len(scores)), key=lambda index: -scores[index])  # stable: ties by draw order
+        archs = list(pool.values())
+        self.queue = [{"vector": [int(v) for v in self.space.encode(archs[index])], "score": scores[index],
+                       "rank": rank} for rank, index in enumerate(order[: self.warm_start])]
+        self.ranked = True
+        logger.info("proxy-warm: scored %d feasible candidates by %s in %.2f s; asking the top %d first",
+                    self.scored, self.proxy, self.score_seconds, len(self.queue))
+        if isinstance(self.inner, LocalSearcher):  # its first incumbent: the best warm trial
+            first = self.next_trial_id
+            self.inner.start_from([(self.space.decode(item["vector"]).content_hash(), item["vector"], first + i)
+                                   for i, item in enumerate(self.queue)])
+
+    def _score(self, arch: ArchSpec) -> float:
+        value = float(self.score(arch))
+        return value if math.isfinite(value) else -math.inf  # a failed score ranks last
+
+    # -- proposing ---------------------------------------------------------------------------------
+    def _propose(self) -> tuple[ArchSpec, dict[str, Any] | None]:
+        if not self.ranked:
+            self._rank()
+        self.inner.next_trial_id = self.next_trial_id  # one numbering of trials for both
+        if self.queue:
+            item = self.queue.pop(0)
+            arch = self.space.decode(item["vector"])
+            self.inner.seen.add(arch.content_hash())
+            self.inner.next_trial_id += 1
+            score = item["score"]
+            return arch, {"origin": "proxy", "rank": item["rank"], "proxy": self.proxy,
+                          "score": score if math.isfinite(score) else None,
+                          "scored": self.scored, "score_seconds": round(self.score_seconds, 6)}
+        candidate = self.inner.ask()
+        return candidate.arch, {**candidate.info, "then": self.options.then}
+
+    # -- learning ----------------------------------------------------------------------------------
+    def _observe(self, candidate: Candidate, result: Result, reward: float) -> None:
+        self.inner.tell(candidate, result)
+
+    # -- resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        queue = [{**item, "score": item["score"] if math.isfinite(item["score"]) else None} for item in self.queue]
+        return {**super().state_dict(), "warm_start": self.warm_start, "ranked": self.ranked, "queue": queue,
+                "proxy": self.proxy, "scored": self.scored, "score_seconds": self.score_seconds,
+                "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.warm_start = int(state["warm_start"])
+        self.ranked = bool(state["ranked"])
+        self.queue = [{**item, "score": -math.inf if item["score"] is None else float(item["score"])}
+                      for item in state["queue"]]
+        if state["proxy"] != self.proxy:
+            logger.warning("proxy-warm: the run was ranked by %s, resumed with %s (the ranking is kept)",
+                           state["proxy"], self.proxy)
+        self.scored = int(state["scored"])
+        self.score_seconds = float(state["score_seconds"])
+        self.inner.load_state_dict(state["inner"])
