@@ -59,6 +59,14 @@ def test_scale_needs_exactly_one_mode(tmp_path: Path) -> None:
     assert "exactly one of" in result.output
 
 
+@pytest.mark.parametrize("flag", ["--width", "--depth"])
+def test_scale_refuses_a_zero_multiplier_instead_of_ignoring_it(flag: str, tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    result = runner.invoke(app, ["compress", "scale", "zoo:mobilenet_v2", flag, "0", "--out", str(out)])
+    assert result.exit_code == 2 and f"{flag[2:]}=0.0 must be a finite number > 0" in result.output
+    assert not out.exists()
+
+
 def test_prune_writes_a_smaller_loadable_model(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "pruned"
     invoke("prune", str(model_dir), "--ratio", "0.5", "--dataset", "synthetic", "--epochs", "1",

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer.main
@@ -34,6 +35,12 @@ def test_latency_budget_accepts_units(text: str, ms: float) -> None:
 @pytest.mark.parametrize("text", ["6 parsecs", "ms", "-1ms", "0ms", "6 mss", ""])
 def test_latency_budget_rejects_bad_values(text: str) -> None:
     with pytest.raises(ValueError, match="--latency-budget"):
+        parse_latency_ms(text)
+
+
+@pytest.mark.parametrize("text", ["-1ms", "0", "-0.5us"])
+def test_a_non_positive_budget_is_named_as_such(text: str) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
         parse_latency_ms(text)
 
 
@@ -126,3 +133,16 @@ def test_a_flag_the_strategy_does_not_use_is_refused_even_at_its_default(tmp_pat
     assert refused.exit_code == 2
     assert "--trials: not used by the one-shot strategy 'proxyless'" in flat(refused.output)
     assert not (tmp_path / "oneshot").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lut = tmp_path / "tiny.json"
+    make_table(lut)
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nas.search.runner.run_search", interrupted)
+    result = CliRunner().invoke(app, _search(tmp_path, lut, "--name", "cc"))
+    assert result.exit_code == 130
+    assert f"nas search --resume {tmp_path / 'cc'}" in flat(result.output)

@@ -104,7 +104,7 @@ def scale(
         raise OptionError("give exactly one of: --width/--depth/--resolution, --phi, or --latency-budget")
     details: dict[str, Any] = {}
     if explicit:
-        scaled = scale_spec(spec, width or 1.0, depth or 1.0, resolution)
+        scaled = scale_spec(spec, 1.0 if width is None else width, 1.0 if depth is None else depth, resolution)
     elif phi is not None:
         scaled = compound_scale(spec, alpha, beta, gamma, phi)
     else:

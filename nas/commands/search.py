@@ -23,7 +23,7 @@ from search_spaces.errors import OptionError
 
 console = Console()
 
-_LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*$")
+_LATENCY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*$")
 _TO_MS = {None: 1.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 
 
@@ -158,7 +158,12 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # one line per trial (nas.search.session) is enough next to the progress bar; epochs show with -v
         logging.getLogger("nas.training.train").setLevel(logging.WARNING)
-    summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
+    try:
+        summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
+    except KeyboardInterrupt:
+        # every finished trial is on disk: say how to go on instead of ending in a traceback
+        console.print(f"[yellow]interrupted; finished trials are kept. Go on with: nas search --resume {run_dir}[/]")
+        raise typer.Exit(130) from None
     resumed = f", resumed (replayed {summary.replayed})" if summary.resumed else ""
     console.print(f"{summary.run_dir}: {summary.trials} trials ({summary.ok} ok, {summary.failed} failed, "
                   f"{summary.infeasible} over budget) in {summary.elapsed_s:.0f} s{resumed}")
