@@ -216,10 +216,22 @@ def _se(block: BlockSpec, block_in: int, mid: int) -> int:
 
 
 def _mbconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
-    mid = block.mid(c_in)
-    expand = _conv(size, c_in, mid) if mid != c_in else 0
+    mid, groups = block.mid(c_in), block.groups
+    expand = _conv(size, c_in, mid, groups=groups) if mid != c_in or block.op is Op.IRF else 0
     depthwise = _conv(out_size, mid, mid, block.kernel, groups=mid)
-    return expand + depthwise + _se(block, c_in, mid) + _conv(out_size, mid, block.out_channels)
+    return expand + depthwise + _se(block, c_in, mid) + _conv(out_size, mid, block.out_channels, groups=groups)
+
+
+def _pw(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    return _conv(out_size, c_in, block.out_channels)
+
+
+def _shuffle_v1(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
+    mid = block.mid(c_in)
+    branch_out = block.out_channels - (c_in if block.stride == 2 else 0)
+    first_groups = 1 if c_in < mid else block.groups  # as blocks.ShuffleV1Unit
+    return (_conv(size, c_in, mid, groups=first_groups) + _conv(out_size, mid, mid, block.kernel, groups=mid)
+            + _conv(out_size, mid, branch_out, groups=block.groups))
 
 
 def _shuffle(block: BlockSpec, c_in: int, size: int, out_size: int) -> int:
@@ -263,6 +275,9 @@ _BLOCK_MACS: dict[Op, Callable[[BlockSpec, int, int, int], int]] = {
     Op.SHUFFLE: _shuffle,
     Op.GHOST: _ghost,
     Op.DSCONV: _dsconv,
+    Op.IRF: _mbconv,
+    Op.PW: _pw,
+    Op.SHUFFLE_V1: _shuffle_v1,
 }
 
 

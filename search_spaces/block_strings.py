@@ -11,7 +11,8 @@ from typing import Any
 
 from search_spaces.spec_vocabulary import Activation, Op, SEStyle, SpecError
 
-_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds"}
+_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.IRF: "irf", Op.PW: "pw",
+             Op.SHUFFLE_V1: "sv1"}
 _SE_STYLE_CODES = {SEStyle.EFFICIENTNET: "", SEStyle.MOBILENETV3: "v3", SEStyle.GHOSTNET: "g"}
 
 # field code -> (BlockSpec field, parser, formatter); order is the order they are printed in
@@ -21,6 +22,7 @@ _FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
     "m": ("mid_channels", int, str),
     "c": ("out_channels", int, str),
     "s": ("stride", int, str),
+    "g": ("groups", int, str),  # printed only when not 1, so older blocks' strings are unchanged
 }
 
 
@@ -29,7 +31,8 @@ def block_to_string(block: Any) -> str:
     parts = [_OP_CODES[block.op]]
     for code, (name, _, fmt) in _FIELD_CODES.items():
         value = getattr(block, name)
-        if value is None or (name == "expand_ratio" and block.mid_channels is not None):
+        if value is None or (name == "expand_ratio" and block.mid_channels is not None) or (
+                name == "groups" and value == 1):
             continue
         parts.append(f"{code}{fmt(value)}")
     if block.se_ratio:

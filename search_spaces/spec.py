@@ -20,6 +20,7 @@ from typing import Any
 from search_spaces.block_strings import block_fields_from_string, block_to_string
 from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
     KERNELS,
+    PW_KERNELS,
     STEM_KERNELS,
     STRIDES,
     Activation,
@@ -27,6 +28,8 @@ from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vo
     SEStyle,
     SpecError,
 )
+
+GROUPED_OPS = (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1)  # ops whose 1x1 convs may be grouped (`BlockSpec.groups`)
 
 
 def _enum_value(enum: type[Enum], value: Any, path: str) -> Enum:
@@ -62,7 +65,11 @@ def _check_number(value: Any, path: str, *, low: float, high: float, low_open: b
 @dataclass(frozen=True, slots=True)
 class BlockSpec:
     """One block. `mid_channels` overrides `round(in_channels * expand_ratio)` when a model needs
-    exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models)."""
+    exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models).
+
+    `groups` (ops `mbconv`, `irf`, `shufflev1`): the pointwise 1x1 convs are grouped convs and a
+    channel shuffle follows the first (ShuffleNet V1, FBNet's `_g2` ops). At 1 (the default) it is
+    left out of the JSON, so specs written before it existed keep their JSON and content hash."""
 
     op: Op
     out_channels: int
@@ -73,6 +80,7 @@ class BlockSpec:
     se_ratio: float = 0.0
     se_style: SEStyle = SEStyle.EFFICIENTNET
     activation: Activation = Activation.RELU
+    groups: int = 1
 
     def __post_init__(self) -> None:
         self.validate("block")
@@ -83,7 +91,7 @@ class BlockSpec:
         object.__setattr__(self, "se_style", _enum_value(SEStyle, self.se_style, f"{path}.se_style"))
         _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
         _check_choice(self.stride, STRIDES, f"{path}.stride")
-        _check_choice(self.kernel, KERNELS, f"{path}.kernel")
+        _check_choice(self.kernel, PW_KERNELS if self.op is Op.PW else KERNELS, f"{path}.kernel")
         _check_number(self.expand_ratio, f"{path}.expand_ratio", low=0.0, high=16.0, low_open=True)
         if self.mid_channels is not None:
             _check_int(self.mid_channels, f"{path}.mid_channels", minimum=1)
@@ -91,11 +99,18 @@ class BlockSpec:
         # 6 and 6.0 must serialise (and hash) identically
         object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
-        if self.op is Op.DSCONV:
-            # MobileNetV1's block has no expansion and no SE: one canonical form, one hash.
+        _check_int(self.groups, f"{path}.groups", minimum=1)
+        if self.groups != 1 and self.op not in GROUPED_OPS:
+            raise SpecError(f"{path}.groups={self.groups} must be 1 for op '{self.op.value}' "
+                            f"(grouped 1x1 convs: {', '.join(op.value for op in GROUPED_OPS)})")
+        if self.op in (Op.DSCONV, Op.PW):
+            # MobileNetV1's block and a plain 1x1 conv have no expansion and no SE: one canonical
+            # form, one hash.
             for name, plain in (("expand_ratio", 1.0), ("mid_channels", None), ("se_ratio", 0.0)):
                 if getattr(self, name) != plain:
-                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op 'dsconv'")
+                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op '{self.op.value}'")
+        if self.op is Op.SHUFFLE_V1 and self.se_ratio:
+            raise SpecError(f"{path}.se_ratio={self.se_ratio!r} must be 0.0 for op 'shufflev1'")
         if self.op is Op.SHUFFLE and self.out_channels % 2:
             raise SpecError(f"{path}.out_channels={self.out_channels} must be even for op 'shuffle' (channel split)")
 
@@ -104,16 +119,20 @@ class BlockSpec:
         if self.mid_channels is not None:
             return self.mid_channels
         base = self.out_channels // 2 if self.op is Op.SHUFFLE else in_channels
+        if self.op is Op.SHUFFLE_V1:  # the bottleneck is a quarter of the unit's output (expand_ratio 1)
+            base = self.out_channels // 4
         return max(1, int(round(base * self.expand_ratio)))
 
     def has_residual(self, in_channels: int) -> bool:
         """Identity shortcut: only when shapes match, and never for MobileNetV1 blocks."""
-        return self.op in (Op.MBCONV, Op.GHOST) and self.stride == 1 and in_channels == self.out_channels
+        return self.op in (Op.MBCONV, Op.GHOST, Op.IRF) and self.stride == 1 and in_channels == self.out_channels
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("op", "activation", "se_style"):
             out[key] = out[key].value
+        if out["groups"] == 1:  # absent unless used: older specs keep their JSON and content hash
+            del out["groups"]
         return out
 
     @classmethod
@@ -222,12 +241,31 @@ class ArchSpec:
                     f"blocks[{index}].out_channels={block.out_channels} must equal its input width {channels} "
                     "for a stride-1 'shuffle' unit (use stride 2 to change width)"
                 )
+            if block.op is Op.SHUFFLE_V1 and (channels != block.out_channels if block.stride == 1
+                                              else channels >= block.out_channels):
+                rule = "equal" if block.stride == 1 else "exceed"
+                raise SpecError(f"blocks[{index}].out_channels={block.out_channels} must {rule} its input width "
+                                f"{channels} for a stride-{block.stride} 'shufflev1' unit")
+            self._check_groups(index, block, channels)
             channels = block.out_channels
         size = self.resolution
         for stride in self.strides():
             size = (size - 1) // stride + 1
         if size < 1:
             raise SpecError(f"resolution={self.resolution} is too small for {len(self.strides())} strided layers")
+
+    @staticmethod
+    def _check_groups(index: int, block: BlockSpec, channels: int) -> None:
+        """Grouped 1x1 convs need every width they touch divisible by the groups."""
+        if block.groups == 1:
+            return
+        mid = block.mid(channels)
+        out = block.out_channels - (channels if block.op is Op.SHUFFLE_V1 and block.stride == 2 else 0)
+        grouped_in = not (block.op is Op.SHUFFLE_V1 and channels < mid)  # see blocks.ShuffleV1Unit
+        for name, width in (("input width", channels if grouped_in else mid), ("inner width", mid),
+                            ("output width", out)):
+            if width < 1 or width % block.groups:
+                raise SpecError(f"blocks[{index}].groups={block.groups} does not divide its {name} {width}")
 
     def strides(self) -> list[int]:
         strides = [self.stem.stride] + ([2] if self.stem.pool else [])

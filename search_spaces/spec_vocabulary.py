@@ -23,6 +23,9 @@ class Op(str, Enum):
     SHUFFLE = "shuffle"  # ShuffleNetV2 unit (channel split, shuffle; stride-2 variant)
     GHOST = "ghost"  # Ghost bottleneck (GhostNet)
     DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
+    IRF = "irf"  # FBNet's inverted residual: MBConv whose 1x1 expand is always present (also at e1)
+    PW = "pw"  # 1x1 conv + BN + act (FBNet's `skip` where the shape changes); kernel 1
+    SHUFFLE_V1 = "shufflev1"  # ShuffleNet V1 unit (grouped 1x1s, shuffle; stride 2 concatenates a pooled input)
 
 
 class Activation(str, Enum):
@@ -47,5 +50,6 @@ class SEStyle(str, Enum):
 
 
 KERNELS = (3, 5, 7)
+PW_KERNELS = (1,)  # the only kernel of op 'pw'
 STRIDES = (1, 2)
 STEM_KERNELS = (1, 3, 5, 7)
