@@ -51,6 +51,7 @@ MODEL_SCHEMA = "hwnas-latency-model"
 MODEL_SCHEMA_VERSION = 1
 LAMBDAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)  # inf: no per-signature correction
 PRIOR_SAMPLES = 256
+_SAMPLE_COUNTS: dict[tuple, np.ndarray] = {}  # the prior's sample, per space (the same for every fit)
 
 
 class MeasurementsError(UserError, ValueError):
@@ -259,8 +260,7 @@ class _Design:
             self.prior_entries = np.array([layer_macs(layer) for layer in layers]) / 1e6
             self.prior_intercept = 0.0
             return
-        rng = np.random.default_rng(0)
-        samples = self.counts([space.sample(rng) for _ in range(PRIOR_SAMPLES)])
+        samples = self._sample_counts(space)
         mixed, intercept = np.zeros(len(layers)), 0.0
         for name, table in sources:
             missing = [layer.signature for layer in layers if layer.signature not in table.entries]
@@ -275,6 +275,13 @@ class _Design:
             mixed += entries / (mean * len(sources))
             intercept += table.intercept_ms / (mean * len(sources))
         self.prior_entries, self.prior_intercept = mixed, intercept
+
+    def _sample_counts(self, space: SearchSpace) -> np.ndarray:
+        key = (space.name, space.resolution, space.num_classes, json.dumps(space.options, sort_keys=True))
+        if key not in _SAMPLE_COUNTS:
+            rng = np.random.default_rng(0)
+            _SAMPLE_COUNTS[key] = self.counts([space.sample(rng) for _ in range(PRIOR_SAMPLES)])
+        return _SAMPLE_COUNTS[key]
 
     def counts(self, archs: list[ArchSpec]) -> np.ndarray:
         out = np.zeros((len(archs), len(self.keys)))
