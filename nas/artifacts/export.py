@@ -333,9 +333,9 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
     table = None
     lut = info.lut_path()
     if lut is not None:
-        from predictors.latency import LatencyTable
+        from predictors.latency.predictor import load_latency_predictor
 
-        table = LatencyTable.load(lut)
+        table = load_latency_predictor(lut)  # a table or a fitted latency model
     if measure and table is not None:
         if progress:
             progress("measuring end-to-end latency")

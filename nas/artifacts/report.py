@@ -151,7 +151,8 @@ def _layer_op(name: str, arch: Any) -> str:
 
 def plot_layer_latency(info: RunInfo, path: Path) -> str:
     """The figure, and a line saying which architecture and table it shows (or why it is empty)."""
-    from predictors.latency import LatencyTable, LatencyTableError, MissingEntriesError
+    from predictors.latency import LatencyTableError, MissingEntriesError
+    from predictors.latency.predictor import load_latency_predictor
 
     figure = _figure(8.5, 4.8)
     ax = figure.add_subplot()
@@ -162,7 +163,7 @@ def plot_layer_latency(info: RunInfo, path: Path) -> str:
     ax.set_ylabel("LUT latency (ms)")
     caption = origin
     try:
-        layers = LatencyTable.load(lut).layer_latencies(arch) if arch is not None and lut is not None else None
+        layers = load_latency_predictor(lut).layer_latencies(arch) if arch is not None and lut is not None else None
     except (MissingEntriesError, LatencyTableError, FileNotFoundError) as error:
         layers, caption = None, f"{origin}; latency table unusable: {str(error).splitlines()[0]}"
     if layers:

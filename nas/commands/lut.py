@@ -55,10 +55,10 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the total and each layer's key and latency."),
     raw: bool = typer.Option(False, "--raw", help="Plain sum, without the table's calibration."),
 ) -> None:
-    """Predicted latency of one architecture from a table."""
-    from predictors.latency import LatencyTable
+    """Predicted latency of one architecture from a table (or a model from `nas latency fit`)."""
+    from predictors.latency.predictor import load_latency_predictor
 
-    table = LatencyTable.load(table_path)
+    table = load_latency_predictor(table_path)
     spec = load_arch(arch, resolution=table.resolution, num_classes=table.num_classes)
     layers = table.layer_latencies(spec)
     total = table.predict(spec, calibrated=not raw)
