@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from nas.cli import app
 from predictors.cost import layer_macs
 from predictors.latency import LatencyTable, LatencyTableError, Measurement
-from predictors.latency.fit import LatencyModel, MeasurementsError, fit_latency_model, read_archs
+from predictors.latency.fit import FittedLatencyModel, MeasurementsError, fit_latency_model, read_archs
 from predictors.latency.predictor import LatencyPredictor, load_latency_predictor
 from search_spaces.build import layer_shapes
 from search_spaces.spaces import get_space
@@ -109,7 +109,7 @@ def test_model_is_additive_and_a_latency_predictor(tmp_path: Path) -> None:
     model.save(tmp_path / "model.json")
     table.save(tmp_path / "table.json")
     again = load_latency_predictor(tmp_path / "model.json")
-    assert isinstance(again, LatencyModel) and again.predict(arch) == pytest.approx(model.predict(arch))
+    assert isinstance(again, FittedLatencyModel) and again.predict(arch) == pytest.approx(model.predict(arch))
     assert isinstance(load_latency_predictor(tmp_path / "table.json"), LatencyTable)
     with pytest.raises(LatencyTableError, match=r"was fitted for other settings: resolution=32 \(requested 224\)"):
         again.check_fits(space="fbnet", resolution=224, num_classes=100)
@@ -168,4 +168,4 @@ def test_cli_fit_and_predict(tmp_path: Path) -> None:
                                  "--source", "hwnasbench:pixel3", "--out", str(tmp_path / "x.json")],
                            env={"HWNAS_SHARED_DATA": ""})
     assert result.exit_code == 2 and "give --hwnasbench FILE" in result.output
-    assert not math.isnan(LatencyModel.load(tmp_path / "model.json").cross_validation["mape"])
+    assert not math.isnan(FittedLatencyModel.load(tmp_path / "model.json").cross_validation["mape"])

@@ -8,7 +8,7 @@ from predictors.latency.builder import (
     build_table,
 )
 from predictors.latency.ensure import ensure_table, lut_path_for
-from predictors.latency.fit import LatencyModel, MeasurementsError, fit_latency_model
+from predictors.latency.fit import FittedLatencyModel, MeasurementsError, fit_latency_model
 from predictors.latency.importers import import_proxyless_yaml, import_table
 from predictors.latency.lut import (
     Calibration,
@@ -37,7 +37,7 @@ __all__ = [
     "Calibration",
     "FidelityFigures",
     "LatencyBackend",
-    "LatencyModel",
+    "FittedLatencyModel",
     "LatencyPredictor",
     "LatencyTable",
     "LatencyTableError",

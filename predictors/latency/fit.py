@@ -1,5 +1,5 @@
 """A latency model for a device from a few whole-model measurements: `fit_latency_model` and the
-`LatencyModel` it returns (a `LatencyPredictor`, so a search budget, a report or a model card take
+`FittedLatencyModel` it returns (a `LatencyPredictor`, so a search budget, a report or a model card take
 it wherever they take a table).
 
 Model (additive, so every prediction is an intercept plus per-layer costs)::
@@ -131,7 +131,7 @@ def _latency(raw: str | None, path: Path, line: int) -> float:
 
 
 # ---- the model -----------------------------------------------------------------------------------
-class LatencyModel:
+class FittedLatencyModel:
     """Intercept + per-signature entries, fitted; see the module docstring."""
 
     def __init__(self, metadata: dict[str, Any], entries: dict[str, float], intercept_ms: float, *, space: str,
@@ -200,7 +200,7 @@ class LatencyModel:
                 "cross_validation": self.cross_validation}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "model") -> LatencyModel:
+    def from_dict(cls, data: Any, source: str = "model") -> FittedLatencyModel:
         if not isinstance(data, dict) or data.get("schema") != MODEL_SCHEMA:
             raise LatencyTableError(f"{source}: not a latency model (schema {MODEL_SCHEMA!r} expected)")
         if data.get("schema_version") != MODEL_SCHEMA_VERSION:
@@ -233,7 +233,7 @@ class LatencyModel:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> LatencyModel:
+    def load(cls, path: str | os.PathLike) -> FittedLatencyModel:
         path = Path(path)
         if not path.is_file():
             raise InputFileError(f"latency model {path} does not exist")
@@ -335,14 +335,14 @@ def _one_blas_thread() -> Any:
 
 def fit_latency_model(space: SearchSpace, archs: list[ArchSpec], latencies: np.ndarray | list[float],
                       sources: list[tuple[str, LatencyTable]] | None = None, *, metadata: dict[str, Any] | None = None,
-                      seed: int = 0) -> LatencyModel:
+                      seed: int = 0) -> FittedLatencyModel:
     """Fit on measured `archs` of `space` (at least 3), with optional named source tables."""
     with _one_blas_thread():
         return _fit(space, archs, latencies, sources, metadata, seed)
 
 
 def _fit(space: SearchSpace, archs: list[ArchSpec], latencies: np.ndarray | list[float],
-         sources: list[tuple[str, LatencyTable]] | None, metadata: dict[str, Any] | None, seed: int) -> LatencyModel:
+         sources: list[tuple[str, LatencyTable]] | None, metadata: dict[str, Any] | None, seed: int) -> FittedLatencyModel:
     y = np.asarray(latencies, dtype=float)
     if len(archs) != len(y) or len(y) < 3:
         raise MeasurementsError(f"need at least 3 measured architectures, got {len(y)}")
@@ -371,6 +371,6 @@ def _fit(space: SearchSpace, archs: list[ArchSpec], latencies: np.ndarray | list
            "training": figures(b + g * prior + counts @ delta, y)}
     cv = {**cv, "folds": len(folds), "method": "leave-one-out" if len(folds) == len(y) else f"{len(folds)}-fold"}
     meta = {"backend": "fitted", "source": "fitted:latency-model", **(metadata or {})}
-    return LatencyModel(meta, dict(zip(design.keys, map(float, entries))), b + g * design.prior_intercept,
+    return FittedLatencyModel(meta, dict(zip(design.keys, map(float, entries))), b + g * design.prior_intercept,
                         space=space.name, resolution=space.resolution, num_classes=space.num_classes, fit=fit,
                         cross_validation=cv)

@@ -2,7 +2,7 @@
 and `load_latency_predictor`, which opens either kind of file by its `schema`.
 
 Two kinds implement it: `LatencyTable` (`lut.py`: per-layer entries measured or imported, summed,
-optionally calibrated) and `LatencyModel` (`fit.py`: fitted on whole-model measurements of a
+optionally calibrated) and `FittedLatencyModel` (`fit.py`: fitted on whole-model measurements of a
 device, from few of them, with source tables as priors). Both predict a network as an intercept
 plus a sum of per-layer costs, so `layer_ms` (ProxylessNAS's expected latency) and
 `layer_latencies` (reports) are defined for both.
@@ -53,7 +53,7 @@ class LatencyPredictor(Protocol):
 
 def load_latency_predictor(path: str | os.PathLike) -> LatencyPredictor:
     """A latency table or a fitted latency model, by the file's `schema`."""
-    from predictors.latency.fit import MODEL_SCHEMA, LatencyModel
+    from predictors.latency.fit import MODEL_SCHEMA, FittedLatencyModel
     from predictors.latency.lut import LatencyTable
 
     path = Path(path)
@@ -65,5 +65,5 @@ def load_latency_predictor(path: str | os.PathLike) -> LatencyPredictor:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         schema = None  # LatencyTable.load names the problem
     if schema == MODEL_SCHEMA:
-        return LatencyModel.load(path)
+        return FittedLatencyModel.load(path)
     return LatencyTable.load(path)
