@@ -164,6 +164,17 @@ def render(args, rows, baselines, zoo_figures, seconds) -> str:
         verdict.append(f"*{setting}*, 20 measurements: at or above the 4,000-sample baseline on {len(met)} of "
                        f"{len(args.targets)} phones ({', '.join(met) or 'none'}).")
     lines += ["", " ".join(verdict)]
+    gaps = [abs(r["cv"]["within_10pct"] - r["test"]["within_10pct"]) for r in rows if r["n"] <= 20]
+    lines += ["", "Notes. The *3 phones* source set was chosen after an exploratory pass on this same data "
+              "(an affine map of each single source fitted on 20 architectures: the other phones' fitted tables "
+              "came closer to a held-out phone than HW-NAS-Bench's per-op tables); it is the same rule for every "
+              "target, not tuned per phone, but it was not chosen blind. Also tried in that pass and dropped: a "
+              "ridge over one coefficient per source, and picking one source by cross-validation (both worse "
+              "at 10-20 measurements). The stored cross-validated within ±10% is a rough guide at these sizes: "
+              f"it differs from the 1,000-architecture test figure by {100 * float(np.mean(gaps)):.0f} points on "
+              f"average (up to {100 * float(np.max(gaps)):.0f}) at n <= 20. Not measured here: a "
+              "latency-constrained search with a phone's model as budget (the search still opens `--lut` "
+              "as a table; see ARCHITECTURE.md, Known gaps)."]
     zoo_table = [[r["name"], f"{r['params']:,}", f"{r['paper_params'] / 1e6:.2f}M",
                   f"{100 * (r['params'] / r['paper_params'] - 1):+.1f}%", f"{r['macs'] / 1e6:.1f}M",
                   f"{r['paper_macs'] / 1e6:.0f}M", f"{100 * (r['macs'] / r['paper_macs'] - 1):+.1f}%", r["source"]]
