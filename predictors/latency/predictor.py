@@ -58,8 +58,8 @@ def load_latency_predictor(path: str | os.PathLike) -> LatencyPredictor:
 
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"latency predictor {path} " + ("is a directory, not a file" if path.is_dir() else
-                                                             "does not exist"))
+        raise InputFileError(f"latency table (or fitted model) {path} " + (
+            "is a directory, not a file" if path.is_dir() else "does not exist"))
     try:
         schema = json.loads(path.read_text()).get("schema")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):

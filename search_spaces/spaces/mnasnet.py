@@ -113,10 +113,10 @@ class MnasNetSpace(SearchSpace):
         super().__init__(resolution, num_classes)
         if isinstance(base, str) and base not in BASES:
             raise SpecError(f"mnasnet: base={base!r} not in {{{', '.join(BASES)}}}")
-        known_ops = {op.value for op in Op}
-        unknown_ops = [op for op in ops if not isinstance(op, Op) and op not in known_ops]
+        known_ops = {op.value for op in OPS}  # FBNet's irf/pw and ShuffleNet V1 units belong to other spaces
+        unknown_ops = [op.value if isinstance(op, Op) else op for op in ops if op not in OPS and op not in known_ops]
         if unknown_ops:
-            raise SpecError(f"mnasnet: ops {unknown_ops} not in {{{', '.join(op.value for op in Op)}}}")
+            raise SpecError(f"mnasnet: ops {unknown_ops} not in {{{', '.join(op.value for op in OPS)}}}")
         stages = BASES[base] if isinstance(base, str) else tuple(tuple(stage) for stage in base)
         stem_stride, strides = small_input_strides(resolution, 2, [stride for _, _, stride in stages])
         self.stem = StemSpec(make_divisible(32 * width_mult, 8), 3, stem_stride, Activation.RELU)
