@@ -318,9 +318,17 @@ def figures(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     ratio = np.abs(predicted - measured) / measured
     out = {"within_10pct": float(np.mean(ratio <= 0.10)), "mape": float(np.mean(ratio)), "n": int(len(measured))}
     if len(measured) > 2 and np.std(predicted) > 0 and np.std(measured) > 0:
-        ranks = [np.argsort(np.argsort(v, kind="stable"), kind="stable") for v in (predicted, measured)]
-        out["spearman"] = float(np.corrcoef(*ranks)[0, 1])
+        out["spearman"] = float(np.corrcoef(_ranks(predicted), _ranks(measured))[0, 1])
     return out
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (integer-ms measurements tie often), as Spearman's rho defines them."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(inverse, ranks) / counts)[inverse]
 
 
 def _one_blas_thread() -> Any:
