@@ -258,10 +258,23 @@ def _se(block: BlockSpec, block_in: int, mid: int) -> list[_Conv]:
 
 
 def _mbconv(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
-    mid = block.mid(c_in)
-    expand = [_Conv(size, c_in, mid)] if mid != c_in else []
+    mid, groups = block.mid(c_in), block.groups
+    # FBNet's irf keeps its 1x1 expand even at e1; an MBConv drops it
+    expand = [_Conv(size, c_in, mid, groups=groups)] if mid != c_in or block.op is Op.IRF else []
     depthwise = _Conv(out_size, mid, mid, block.kernel, groups=mid)
-    return [*expand, depthwise, *_se(block, c_in, mid), _Conv(out_size, mid, block.out_channels)]
+    return [*expand, depthwise, *_se(block, c_in, mid), _Conv(out_size, mid, block.out_channels, groups=groups)]
+
+
+def _pw(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    return [_Conv(out_size, c_in, block.out_channels)]
+
+
+def _shuffle_v1(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    mid = block.mid(c_in)
+    branch_out = block.out_channels - (c_in if block.stride == 2 else 0)
+    first_groups = 1 if c_in < mid else block.groups  # as blocks.ShuffleV1Unit
+    return [_Conv(size, c_in, mid, groups=first_groups), _Conv(out_size, mid, mid, block.kernel, groups=mid),
+            _Conv(out_size, mid, branch_out, groups=block.groups)]
 
 
 def _shuffle(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
@@ -325,6 +338,9 @@ _BLOCK_CONVS: dict[Op, Callable[[BlockSpec, int, int, int], list[_Conv]]] = {
     Op.DSCONV: _dsconv,
     Op.CELL: _cell,
     Op.RESBLOCK: _resblock,
+    Op.IRF: _mbconv,
+    Op.PW: _pw,
+    Op.SHUFFLE_V1: _shuffle_v1,
 }
 
 

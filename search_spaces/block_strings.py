@@ -12,7 +12,8 @@ from typing import Any
 
 from search_spaces.spec_vocabulary import CELL_OPS, Activation, Op, SEStyle, SpecError
 
-_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.CELL: "cell", Op.RESBLOCK: "rb"}
+_OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.CELL: "cell", Op.RESBLOCK: "rb",
+             Op.IRF: "irf", Op.PW: "pw", Op.SHUFFLE_V1: "sv1"}
 # fields an op fixes (validation holds them at their defaults), so its string leaves them out
 _FIXED_FIELDS = {Op.CELL: {"kernel", "expand_ratio", "stride"}, Op.RESBLOCK: {"expand_ratio"}}
 # a cell's edges as one piece, `o` + one digit per edge: the op's index in NB201's op list
@@ -26,6 +27,7 @@ _FIELD_CODES: dict[str, tuple[str, Any, Any]] = {
     "m": ("mid_channels", int, str),
     "c": ("out_channels", int, str),
     "s": ("stride", int, str),
+    "g": ("groups", int, str),  # printed only when not 1, so older blocks' strings are unchanged
 }
 
 
@@ -35,7 +37,8 @@ def block_to_string(block: Any) -> str:
     fixed = _FIXED_FIELDS.get(block.op, set())
     for code, (name, _, fmt) in _FIELD_CODES.items():
         value = getattr(block, name)
-        if value is None or name in fixed or (name == "expand_ratio" and block.mid_channels is not None):
+        if value is None or name in fixed or (name == "expand_ratio" and block.mid_channels is not None) or (
+                name == "groups" and value == 1):
             continue
         parts.append(f"{code}{fmt(value)}")
     if block.edges:

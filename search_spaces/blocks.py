@@ -4,7 +4,11 @@ Every block class takes `(in_channels, spec: BlockSpec)`. Layouts follow the pap
 ships the model, torchvision's implementation, so parameter counts match exactly:
 MobileNetV2/MnasNet/EfficientNet/MobileNetV3 for `MBConv`, ShuffleNetV2 for `ShuffleUnit`,
 GhostNet for `GhostBottleneck`, MobileNetV1 for `DSConv`, NAS-Bench-201 (Dong & Yang, ICLR 2020;
-its reference code, `xautodl.models.cell_infers` / `cell_operations`) for `Cell` and `ResBlock`.
+its reference code, `xautodl.models.cell_infers` / `cell_operations`) for `Cell` and `ResBlock`,
+FBNet (HW-NAS-Bench's `ConvBlock` and
+`Skip`) for `IRFBlock` and `PointwiseConv`, ShuffleNet V1 (the authors' megvii reference) for
+`ShuffleV1Unit`. `BlockSpec.groups` > 1 makes an MBConv's two 1x1 convs grouped, with a channel
+shuffle after the first (FBNet's `_g2` ops).
 """
 
 from __future__ import annotations
@@ -95,19 +99,40 @@ class SqueezeExcite(nn.Module):
         return cls(mid, squeeze, Activation.RELU, hard_gate=True)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+
 @BLOCKS.register(Op.MBCONV.value)
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand (skipped when mid == in), depthwise kxk, SE, linear 1x1 project."""
+    """Inverted residual: 1x1 expand (skipped when mid == in), depthwise kxk, SE, linear 1x1 project.
+    With `groups` > 1 both 1x1 convs are grouped and a channel shuffle follows the expand."""
+
+    always_expand = False
 
     def __init__(self, in_channels: int, spec: BlockSpec) -> None:
         super().__init__()
         mid = spec.mid(in_channels)
-        self.expand = (
-            ConvBNAct(in_channels, mid, 1, activation=spec.activation) if mid != in_channels else nn.Identity()
-        )
+        groups = spec.groups
+        self.expand: nn.Module = nn.Identity()
+        if mid != in_channels or self.always_expand:
+            self.expand = ConvBNAct(in_channels, mid, 1, groups=groups, activation=spec.activation)
+            if groups > 1:
+                self.expand.append(ChannelShuffle(groups))
         self.depthwise = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, activation=spec.activation)
         self.se = SqueezeExcite.for_block(spec, in_channels, mid)
-        self.project = ConvBNAct(mid, spec.out_channels, 1, activation=None)
+        self.project = ConvBNAct(mid, spec.out_channels, 1, groups=groups, activation=None)
         self.residual = spec.has_residual(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,10 +140,48 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    batch, channels, height, width = x.shape
-    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2)
-    return x.reshape(batch, channels, height, width)
+@BLOCKS.register(Op.IRF.value)
+class IRFBlock(MBConv):
+    """FBNet's block (HW-NAS-Bench `ConvBlock`): an MBConv whose 1x1 expand is there even at
+    expansion 1, ReLU after the expand and the depthwise conv, linear project, identity shortcut
+    when shapes match."""
+
+    always_expand = True
+
+
+@BLOCKS.register(Op.PW.value)
+class PointwiseConv(ConvBNAct):
+    """1x1 conv (stride as given) + BN + act: FBNet's `skip` op where the shape changes."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__(in_channels, spec.out_channels, 1, spec.stride, activation=spec.activation)
+
+
+@BLOCKS.register(Op.SHUFFLE_V1.value)
+class ShuffleV1Unit(nn.Module):
+    """ShuffleNet V1 unit (Zhang et al., CVPR 2018, Fig. 2; megvii's reference): grouped 1x1 to the
+    bottleneck (out / 4) + BN + act, channel shuffle, depthwise kxk (stride) + BN, grouped 1x1 + BN;
+    stride 1 adds the input, stride 2 concatenates a 3x3 average pool of it (so the conv branch
+    makes `out - in` channels); the activation follows. The first 1x1 is not grouped when the input
+    is narrower than the bottleneck (the paper's first unit after the stem: "the number of input
+    channels is relatively small")."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        mid = spec.mid(in_channels)
+        branch_out = spec.out_channels - (in_channels if spec.stride == 2 else 0)
+        first_groups = 1 if in_channels < mid else spec.groups
+        self.expand = ConvBNAct(in_channels, mid, 1, groups=first_groups, activation=spec.activation)
+        self.shuffle = ChannelShuffle(spec.groups) if spec.groups > 1 else nn.Identity()
+        self.depthwise = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, activation=None)
+        self.project = ConvBNAct(mid, branch_out, 1, groups=spec.groups, activation=None)
+        self.pool = nn.AvgPool2d(3, 2, 1) if spec.stride == 2 else None
+        self.act = make_activation(spec.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.shuffle(self.expand(x))))
+        out = torch.cat((self.pool(x), out), dim=1) if self.pool is not None else out + x
+        return self.act(out)
 
 
 @BLOCKS.register(Op.SHUFFLE.value)

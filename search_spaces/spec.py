@@ -22,6 +22,7 @@ from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vo
     CELL_EDGES,
     CELL_OPS,
     KERNELS,
+    PW_KERNELS,
     STEM_KERNELS,
     STRIDES,
     Activation,
@@ -29,6 +30,8 @@ from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vo
     SEStyle,
     SpecError,
 )
+
+GROUPED_OPS = (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1)  # ops whose 1x1 convs may be grouped (`BlockSpec.groups`)
 
 
 def _enum_value(enum: type[Enum], value: Any, path: str) -> Enum:
@@ -66,7 +69,11 @@ class BlockSpec:
     """One block. `mid_channels` overrides `round(in_channels * expand_ratio)` when a model needs
     exact widths that no short ratio gives (MobileNetV3, GhostNet, pruned models). `edges` holds
     the 6 edge ops of a `cell` (names from `CELL_OPS`, in `CELL_EDGES` order) and is empty for
-    every other op; it is left out of the JSON when empty, so older specs keep their hashes."""
+    every other op; it is left out of the JSON when empty, so older specs keep their hashes.
+
+    `groups` (ops `mbconv`, `irf`, `shufflev1`): the pointwise 1x1 convs are grouped convs and a
+    channel shuffle follows the first (ShuffleNet V1, FBNet's `_g2` ops). At 1 (the default) it is
+    left out of the JSON, so specs written before it existed keep their JSON and content hash."""
 
     op: Op
     out_channels: int
@@ -78,6 +85,7 @@ class BlockSpec:
     se_style: SEStyle = SEStyle.EFFICIENTNET
     activation: Activation = Activation.RELU
     edges: tuple[str, ...] = ()
+    groups: int = 1
 
     def __post_init__(self) -> None:
         self.validate("block")
@@ -88,7 +96,7 @@ class BlockSpec:
         object.__setattr__(self, "se_style", _enum_value(SEStyle, self.se_style, f"{path}.se_style"))
         _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
         _check_choice(self.stride, STRIDES, f"{path}.stride")
-        _check_choice(self.kernel, KERNELS, f"{path}.kernel")
+        _check_choice(self.kernel, PW_KERNELS if self.op is Op.PW else KERNELS, f"{path}.kernel")
         _check_number(self.expand_ratio, f"{path}.expand_ratio", low=0.0, high=16.0, low_open=True)
         if self.mid_channels is not None:
             _check_int(self.mid_channels, f"{path}.mid_channels", minimum=1)
@@ -96,11 +104,18 @@ class BlockSpec:
         # 6 and 6.0 must serialise (and hash) identically
         object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
-        if self.op is Op.DSCONV:
-            # MobileNetV1's block has no expansion and no SE: one canonical form, one hash.
+        _check_int(self.groups, f"{path}.groups", minimum=1)
+        if self.groups != 1 and self.op not in GROUPED_OPS:
+            raise SpecError(f"{path}.groups={self.groups} must be 1 for op '{self.op.value}' "
+                            f"(grouped 1x1 convs: {', '.join(op.value for op in GROUPED_OPS)})")
+        if self.op in (Op.DSCONV, Op.PW):
+            # MobileNetV1's block and a plain 1x1 conv have no expansion and no SE: one canonical
+            # form, one hash.
             for name, plain in (("expand_ratio", 1.0), ("mid_channels", None), ("se_ratio", 0.0)):
                 if getattr(self, name) != plain:
-                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op 'dsconv'")
+                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op '{self.op.value}'")
+        if self.op is Op.SHUFFLE_V1 and self.se_ratio:
+            raise SpecError(f"{path}.se_ratio={self.se_ratio!r} must be 0.0 for op 'shufflev1'")
         if self.op is Op.SHUFFLE and self.out_channels % 2:
             raise SpecError(f"{path}.out_channels={self.out_channels} must be even for op 'shuffle' (channel split)")
         self._validate_edges(path)
@@ -136,11 +151,13 @@ class BlockSpec:
         if self.op in (Op.CELL, Op.RESBLOCK):
             return self.out_channels
         base = self.out_channels // 2 if self.op is Op.SHUFFLE else in_channels
+        if self.op is Op.SHUFFLE_V1:  # the bottleneck is a quarter of the unit's output (expand_ratio 1)
+            base = self.out_channels // 4
         return max(1, int(round(base * self.expand_ratio)))
 
     def has_residual(self, in_channels: int) -> bool:
         """Identity shortcut: only when shapes match, and never for MobileNetV1 blocks."""
-        return self.op in (Op.MBCONV, Op.GHOST) and self.stride == 1 and in_channels == self.out_channels
+        return self.op in (Op.MBCONV, Op.GHOST, Op.IRF) and self.stride == 1 and in_channels == self.out_channels
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -150,6 +167,8 @@ class BlockSpec:
             out["edges"] = list(self.edges)
         else:
             del out["edges"]  # specs from before cells existed serialise (and hash) as they did
+        if out["groups"] == 1:  # absent unless used: older specs keep their JSON and content hash
+            del out["groups"]
         return out
 
     @classmethod
@@ -353,6 +372,13 @@ def check_block_input(block: BlockSpec, in_channels: int, in_size: int, path: st
             f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
             "for a stride-1 'shuffle' unit (use stride 2 to change width)"
         )
+    if block.op is Op.SHUFFLE_V1 and (in_channels != block.out_channels if block.stride == 1
+                                      else in_channels >= block.out_channels):
+        rule = "equal" if block.stride == 1 else "exceed"
+        raise SpecError(f"{path}.out_channels={block.out_channels} must {rule} its input width "
+                        f"{in_channels} for a stride-{block.stride} 'shufflev1' unit")
+    if block.groups > 1:
+        _check_groups(block, in_channels, path)
     if block.op is Op.CELL and in_channels != block.out_channels:
         # NB201 changes width only in its reduction blocks; its cells map C to C on every edge
         raise SpecError(f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
@@ -360,6 +386,17 @@ def check_block_input(block: BlockSpec, in_channels: int, in_size: int, path: st
     if block.op is Op.RESBLOCK and block.stride == 2 and in_size % 2:
         # the 2x2 average-pool shortcut floors an odd size, the strided 3x3 conv rounds it up
         raise SpecError(f"{path}: a stride-2 'resblock' needs an even input size, got {in_size}x{in_size}")
+
+
+def _check_groups(block: BlockSpec, channels: int, path: str) -> None:
+    """Grouped 1x1 convs need every width they touch divisible by the groups."""
+    mid = block.mid(channels)
+    out = block.out_channels - (channels if block.op is Op.SHUFFLE_V1 and block.stride == 2 else 0)
+    grouped_in = not (block.op is Op.SHUFFLE_V1 and channels < mid)  # see blocks.ShuffleV1Unit
+    for name, width in (("input width", channels if grouped_in else mid), ("inner width", mid),
+                        ("output width", out)):
+        if width < 1 or width % block.groups:
+            raise SpecError(f"{path}.groups={block.groups} does not divide its {name} {width}")
 
 
 def part_from_dict(cls: type, data: Any, path: str) -> Any:

@@ -25,6 +25,9 @@ class Op(str, Enum):
     DSCONV = "dsconv"  # depthwise-separable conv (MobileNetV1)
     CELL = "cell"  # NAS-Bench-201 cell: 4 nodes, one op per edge (`BlockSpec.edges`)
     RESBLOCK = "resblock"  # pre-activation ResNet basic block (NAS-Bench-201's reduction block)
+    IRF = "irf"  # FBNet's inverted residual: MBConv whose 1x1 expand is always present (also at e1)
+    PW = "pw"  # 1x1 conv + BN + act (FBNet's `skip` where the shape changes); kernel 1
+    SHUFFLE_V1 = "shufflev1"  # ShuffleNet V1 unit (grouped 1x1s, shuffle; stride 2 concatenates a pooled input)
 
 
 class Activation(str, Enum):
@@ -55,5 +58,6 @@ CELL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x
 # (from node, to node) of a cell's 6 edges, in the order NB201's arch string lists them:
 # |1<-0|+|2<-0|2<-1|+|3<-0|3<-1|3<-2|
 CELL_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+PW_KERNELS = (1,)  # the only kernel of op 'pw'
 STRIDES = (1, 2)
 STEM_KERNELS = (1, 3, 5, 7)

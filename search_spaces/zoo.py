@@ -37,6 +37,19 @@ Sources and conventions, where a paper and a reference implementation disagree:
   ReLU6 throughout, no SE. 4,080,512 parameters, the count osmr/imgclsmob's port asserts. Dropout
   is left at 0 (it changes neither parameters nor MACs).
 
+- **FBNet-A/B/C** (Wu et al., CVPR 2019, Fig. 4 and Table 3: 249M/295M/375M FLOPs, 4.3M/4.5M/5.5M
+  params): the macro-architecture of Table 1 (stem 16 s2; stages 16, 24, 32, 64, 112, 184, 352
+  with 1, 4, 4, 4, 4, 4, 1 layers and strides 1, 2, 2, 2, 1, 2, 1; 1x1 head conv) with each
+  layer's op from facebookresearch/mobile-vision's `fbnet_a|b|c` model definitions. Blocks are
+  `irf` (the 1x1 expand is present even at e1; `_g2`: grouped 1x1s + shuffle); a `skip` that
+  keeps the shape is absent. FBNet-B's stage-4 second layer is k5_e1 (as a HELP/HW-NAS-Bench
+  port lists it, 296.6M MACs, +0.5%), not mobile-vision's k5_e6 (306.2M, +3.8%); our FBNet-B has
+  4.81M parameters, 6.9% above the paper's 4.5M, a gap no layer choice near the paper's FLOPs
+  closes (the head 1984 -> 1504 would give 4.16M at 288M MACs). Heads: 1504 (A), 1984 (B, C).
+- **ShuffleNet V1 1.0x g=3** (Zhang et al., CVPR 2018, Table 1: 137 MFLOPs for g=3; megvii's
+  ShuffleNet-Series reference, 1.9M params): stem 3x3 24 s2 + max-pool, stages 240/480/960 with
+  4/8/4 units, bottleneck out / 4, the first unit's first 1x1 not grouped, no head conv.
+
 MACs everywhere are multiply-adds of convolutions and linear layers only (`predictors.cost`).
 """
 
@@ -78,6 +91,12 @@ PUBLISHED: dict[str, PublishedFigures] = {
     "ghostnet_1_0": PublishedFigures(5_200_000, 141_000_000, "Han et al., CVPR 2020, Table 7"),
     "proxylessnas_mobile": PublishedFigures(
         4_100_000, 320_000_000, "Cai et al., ICLR 2019; ~320M MACs and 4.1M params as commonly quoted, not one table"
+    ),
+    "fbnet_a": PublishedFigures(4_300_000, 249_000_000, "Wu et al., CVPR 2019, Table 3"),
+    "fbnet_b": PublishedFigures(4_500_000, 295_000_000, "Wu et al., CVPR 2019, Table 3"),
+    "fbnet_c": PublishedFigures(5_500_000, 375_000_000, "Wu et al., CVPR 2019, Table 3"),
+    "shufflenet_v1_g3": PublishedFigures(
+        1_900_000, 137_000_000, "Zhang et al., CVPR 2018, Table 1 (137 MFLOPs, g=3); 1.9M params in megvii's table"
     ),
 }
 
@@ -299,6 +318,41 @@ def _proxylessnas_mobile() -> Parts:
     return StemSpec(32, activation=RELU6), _stages(rows, RELU6), HeadSpec(1280, activation=RELU6, dropout=0.0)
 
 
+def _fbnet(layers: str, head: int) -> Parts:
+    """FBNet's macro-architecture (paper Table 1) with one op name per searchable layer, written
+    as the FBNet space names them (`k5_e6`, `k3_e1_g2`, `skip`)."""
+    from search_spaces.spaces.fbnet import fbnet_blocks  # the space owns the op vocabulary
+
+    blocks = fbnet_blocks(layers.split(), resolution=224)
+    return StemSpec(16, activation=RELU), blocks, HeadSpec(head, activation=RELU, dropout=0.2)
+
+
+def _fbnet_a() -> Parts:
+    return _fbnet("skip  k3_e3 k3_e1 skip skip  k5_e6 k3_e3 k5_e1 k3_e3  k5_e6 k5_e3 k5_e1_g2 k5_e6  "
+                  "k3_e6 k5_e1_g2 k5_e3 k3_e1_g2  k5_e6 k5_e6 k5_e3 k5_e6  k5_e6", 1504)
+
+
+def _fbnet_b() -> Parts:
+    return _fbnet("k3_e1  k3_e6 k5_e1 k3_e1 k3_e1  k5_e6 k5_e3 k3_e6 k5_e6  k5_e6 k5_e1 skip k5_e3  "
+                  "k5_e6 k3_e1 k5_e1 k5_e3  k5_e6 k5_e1 k5_e6 k5_e6  k3_e6", 1984)
+
+
+def _fbnet_c() -> Parts:
+    return _fbnet("k3_e1  k3_e6 skip k3_e1 k3_e1  k5_e6 k5_e3 k5_e6 k3_e6  k5_e6 k5_e3 k5_e6 k5_e6  "
+                  "k5_e6 k5_e6 k5_e6 k5_e3  k5_e6 k5_e6 k5_e6 k5_e6  k3_e6", 1984)
+
+
+def _shufflenet_v1_g3() -> Parts:
+    # (channels, units) for g=3 (paper Table 1); each stage opens with a stride-2 unit
+    rows = [(240, 4), (480, 8), (960, 4)]
+    blocks = [
+        BlockSpec(Op.SHUFFLE_V1, out_channels=channels, stride=2 if index == 0 else 1, activation=RELU, groups=3)
+        for channels, units in rows
+        for index in range(units)
+    ]
+    return StemSpec(24, activation=RELU, pool=True), blocks, HeadSpec(None, activation=RELU, dropout=0.0)
+
+
 _MODELS = {
     "mobilenet_v2": _mobilenet_v2,
     "mobilenet_v3_large": _mobilenet_v3_large,
@@ -309,6 +363,10 @@ _MODELS = {
     "shufflenet_v2_x1_0": _shufflenet_v2_x1_0,
     "ghostnet_1_0": _ghostnet_1_0,
     "proxylessnas_mobile": _proxylessnas_mobile,
+    "fbnet_a": _fbnet_a,
+    "fbnet_b": _fbnet_b,
+    "fbnet_c": _fbnet_c,
+    "shufflenet_v1_g3": _shufflenet_v1_g3,
 }
 
 

@@ -184,7 +184,15 @@ def test_se_squeeze_follows_the_pruned_spec() -> None:
     assert state["blocks.1.se.reduce.weight"].shape[:2] == (squeeze, block.mid(block_in)) == (2, 48)
 
 
-@pytest.mark.parametrize("index,name", list(enumerate(zoo.names())))
+# compress/prune*.py knows the ops mbconv, shuffle, ghost and dsconv; FBNet's irf/pw blocks and the
+# ShuffleNet V1 unit (grouped 1x1 convs) came later (issue #17) and are not pruned yet
+PRUNE_UNSUPPORTED = {"fbnet_a", "fbnet_b", "fbnet_c", "shufflenet_v1_g3"}
+
+
+@pytest.mark.parametrize("index,name", [
+    pytest.param(index, name, marks=pytest.mark.xfail(strict=True, reason="compress/ does not prune irf, pw or "
+                                                       "shufflev1 blocks (issue #17)"))
+    if name in PRUNE_UNSUPPORTED else (index, name) for index, name in enumerate(zoo.names())])
 def test_every_zoo_model_prunes_builds_and_shrinks(index: int, name: str) -> None:
     spec = zoo.get(name, 32, 10)
     model = randomised(spec)

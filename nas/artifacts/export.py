@@ -297,7 +297,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
                progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export the best model of a run (or `trial`, when its weights are the best's) into `out`
     (default run_dir/export/), verify every format, and write MODEL_CARD.md and export.json."""
-    from predictors.latency import LatencyTable
+    from predictors.latency.predictor import load_latency_predictor
 
     info = read_run(run_dir)
     source_dir, label, trial_id = _source(info, trial)
@@ -308,7 +308,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
     results = export_model(model, arch, out_dir, formats, calibration=calibration_data)
     report = ExportReport(info.path, out_dir, label, trial_id, arch, results, calibration=calibration)
     lut = info.lut_path()
-    table = LatencyTable.load(lut) if lut is not None else None
+    table = load_latency_predictor(lut) if lut is not None else None  # a table or a fitted latency model
     if measure and table is not None:
         if progress:
             progress("measuring end-to-end latency")

@@ -147,7 +147,8 @@ def _layer_op(name: str, arch: Any) -> str:
 
 def plot_layer_latency(info: RunInfo, path: Path) -> str:
     """The figure, and a line saying which architecture and table it shows (or why it is empty)."""
-    from predictors.latency import LatencyTable, LatencyTableError, MissingEntriesError
+    from predictors.latency import LatencyTableError, MissingEntriesError
+    from predictors.latency.predictor import load_latency_predictor
 
     ax = _axes(8.5, title=f"{info.name}: per-layer latency of the best architecture (LUT)",
                xlabel="layer (b<i> = blocks.i)", ylabel="LUT latency (ms)")
@@ -155,7 +156,7 @@ def plot_layer_latency(info: RunInfo, path: Path) -> str:
     lut = info.lut_path()
     caption = origin
     try:
-        layers = LatencyTable.load(lut).layer_latencies(arch) if arch is not None and lut is not None else None
+        layers = load_latency_predictor(lut).layer_latencies(arch) if arch is not None and lut is not None else None
     except (MissingEntriesError, LatencyTableError, FileNotFoundError) as error:
         layers, caption = None, f"{origin}; latency table unusable: {str(error).splitlines()[0]}"
     if layers:

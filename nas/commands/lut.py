@@ -55,10 +55,10 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the total and each layer's key and latency."),
     raw: bool = typer.Option(False, "--raw", help="Plain sum, without the table's calibration."),
 ) -> None:
-    """Predicted latency of one architecture from a table."""
-    from predictors.latency import LatencyTable
+    """Predicted latency of one architecture from a table (or a model from `nas latency fit`)."""
+    from predictors.latency.predictor import load_latency_predictor
 
-    table = LatencyTable.load(table_path)
+    table = load_latency_predictor(table_path)
     spec = load_arch(arch, resolution=table.resolution, num_classes=table.num_classes)
     layers = table.layer_latencies(spec)
     total = table.predict(spec, calibrated=not raw)
@@ -111,9 +111,12 @@ def validate(
 @fail_on_user_error
 def import_(
     source: Path = typer.Argument(..., metavar="FILE"),
-    format: str = typer.Option("proxyless", "--format", help="proxyless (ProxylessNAS/OFA mobile YAML)."),
+    format: str = typer.Option("proxyless", "--format", help="proxyless (ProxylessNAS/OFA mobile YAML) | "
+                               "hwnasbench (HW-NAS-Bench FBNet latencies, help_fbnet_latency.json)."),
     out: Path = typer.Option(..., help="Where to write the table (JSON)."),
-    device: Optional[str] = typer.Option(None, help="Device name to record (the YAML names none)."),
+    device: Optional[str] = typer.Option(None, help="proxyless: the device name to record (the YAML names none); "
+                                         "hwnasbench: which device to import (pixel3, raspi4, eyeriss, fpga; "
+                                         "the phones pixel2, samsung_a50, samsung_s7, essential_ph_1 as a fit)."),
 ) -> None:
     """Convert a published latency table into ours."""
     from predictors.latency import import_table
@@ -123,7 +126,12 @@ def import_(
     options = {"device": device} if device else {}
     table = import_table(format, source, **options)
     table.save(out)
-    console.print(f"{out}: {len(table)} entries from {table.metadata.get('source_keys')} keys of {source}")
+    if format == "hwnasbench":
+        exact = "exactly" if table.metadata.get("exact") else "as a least-squares fit (not additive)"
+        console.print(f"{out}: {len(table)} entries reproducing {table.metadata.get('source_archs')} architectures' "
+                      f"latencies {exact}; max error {table.metadata.get('max_abs_error_ms'):.3g} ms")
+    else:
+        console.print(f"{out}: {len(table)} entries from {table.metadata.get('source_keys')} keys of {source}")
 
 
 @lut_app.command("info")

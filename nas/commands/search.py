@@ -182,12 +182,12 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> BestMetrics:
     from nas.rundir.files import RunDirectory
     from nas.search.runner import finalize_best
-    from predictors.latency import LatencyTable, LocalMeasurer
+    from predictors.latency import LocalMeasurer, load_latency_predictor
 
     directory = RunDirectory(run_dir)
     if final_epochs == 0:
         return directory.read_best_metrics(required=True)
-    table = LatencyTable.load(SearchConfig.from_dict(directory.read_config()).lut_path)
+    table = load_latency_predictor(SearchConfig.from_dict(directory.read_config()).lut_path)
     backend, threads = table.metadata.get("backend", "onnxruntime"), int(table.metadata.get("threads", 1))
     try:
         measurer = LocalMeasurer(str(backend), threads=threads)
@@ -263,7 +263,7 @@ def demo(
     import torch
 
     from nas.rundir.files import write_json_atomic
-    from predictors.latency import LatencyTable
+    from predictors.latency import load_latency_predictor
     from search_spaces.spaces import get_space
 
     directory = run_directory(runs_dir, name)
@@ -274,7 +274,7 @@ def demo(
     torch.set_num_threads(DEMO_TRAIN_THREADS)
     classes = 10  # digits
     lut = ensure_lut(DEMO_SPACE, DEMO_RESOLUTION, classes, DEMO_SPACE_OPTIONS, backend, 1, runs_dir / "luts")
-    table = LatencyTable.load(lut)
+    table = load_latency_predictor(lut)
     space = get_space(DEMO_SPACE, resolution=DEMO_RESOLUTION, num_classes=classes, **DEMO_SPACE_OPTIONS)
     lut_s = time.perf_counter() - started
     budget = round(table.quantile(space, 0.5, DEMO_BUDGET_SAMPLES, seed=0), 4)

@@ -39,7 +39,7 @@ from nas.rundir.atomic import json_safe, write_atomically, write_json_atomic
 from nas.rundir.model_files import weights_payload
 from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.training.train import TrainConfig
-from predictors.latency import LatencyTable
+from predictors.latency import LatencyPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ MAX_TEMP_DIR_CHARS = 40
 
 
 class TuneSearcherAdapter(TuneSearcher):
-    def __init__(self, session: Any, table: LatencyTable, objective: SearchObjective) -> None:
+    def __init__(self, session: Any, table: LatencyPredictor, objective: SearchObjective) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.session = session
         self.table = table
@@ -190,7 +190,7 @@ def connect(config: Any, run_dir: Path) -> None:
              log_to_driver=not quiet, configure_logging=False, object_store_memory=128 * 1024**2)
 
 
-def run_on_ray(config: Any, session: Any, table: LatencyTable, objective: SearchObjective) -> None:
+def run_on_ray(config: Any, session: Any, table: LatencyPredictor, objective: SearchObjective) -> None:
     run_dir = session.run_dir.path
     adapter = TuneSearcherAdapter(session, table, objective)
     setup = {

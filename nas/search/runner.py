@@ -22,7 +22,7 @@ from nas.rundir.records import BestMetrics, TrialRecord
 from nas.search.session import SearchSession
 from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
-from predictors.latency import LatencyTable, Measurer, MissingEntriesError
+from predictors.latency import LatencyPredictor, Measurer, MissingEntriesError, load_latency_predictor
 from search_spaces.errors import OptionError
 from nas.search.config import SearchConfig, flag_of
 from search_spaces.space import SearchSpace
@@ -59,7 +59,7 @@ def strategy_descriptions() -> list[dict[str, Any]]:
     return [SEARCHERS.get(name).describe() for name in SEARCHERS.names()]
 
 
-def checked_strategy(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyTable,
+def checked_strategy(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyPredictor,
                      run_dir: RunDirectory, data: DataSplits | None = None,
                      progress: bool = False) -> tuple[type[Searcher], StrategyContext, Any]:
     """The strategy named in the config, the one context every strategy receives, and its options
@@ -83,8 +83,8 @@ def load_search_data(config: SearchConfig) -> DataSplits:
     return load_dataset(config.dataset, config.resolution, seed=config.seed, limit=config.train_limit)
 
 
-def open_table(config: SearchConfig, space: SearchSpace) -> LatencyTable:
-    table = LatencyTable.load(config.lut_path)
+def open_table(config: SearchConfig, space: SearchSpace) -> LatencyPredictor:
+    table = load_latency_predictor(config.lut_path)
     table.check_fits(space=space.name, resolution=space.resolution, num_classes=space.num_classes,
                      source=config.lut_path)
     return table
@@ -122,7 +122,7 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
 
 
 def _search(config: SearchConfig, directory: RunDirectory, searcher: Searcher, objective: SearchObjective,
-            table: LatencyTable, data: DataSplits, *, resume: bool, progress: bool) -> SearchSummary:
+            table: LatencyPredictor, data: DataSplits, *, resume: bool, progress: bool) -> SearchSummary:
     """The search loop of `run_search`: resume bookkeeping, prepare, ask/evaluate/tell, best/."""
     session = _open_session(directory, searcher, objective, config.trials)
     replayed = session.replay()
@@ -199,7 +199,7 @@ def refuse_unused_settings(strategy: type[Searcher], config: SearchConfig | None
                           f"{strategy.name!r} (`nas strategies` says what each strategy takes)")
 
 
-def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, table: LatencyTable,
+def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, table: LatencyPredictor,
                objective: SearchObjective) -> None:
     while session.remaining > 0:
         candidate = session.ask()

@@ -21,7 +21,7 @@ from torch import nn
 from nas.training.data import DataSplits
 from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.training.train import EpochCallback, TrainConfig, train
-from predictors.latency import LatencyTable, Measurer, MissingEntriesError
+from predictors.latency import LatencyPredictor, Measurer, MissingEntriesError
 from search_spaces.build import build_model
 from search_spaces.spec import ArchSpec
 
@@ -66,7 +66,7 @@ def count_cost(arch: ArchSpec, model: nn.Module | None = None) -> tuple[int, int
         return params, count(arch).macs
 
 
-def precheck(candidate: Candidate, table: LatencyTable, objective: SearchObjective) -> Precheck:
+def precheck(candidate: Candidate, table: LatencyPredictor, objective: SearchObjective) -> Precheck:
     arch = candidate.arch
     try:
         latency_ms = table.predict(arch)
@@ -131,7 +131,7 @@ def train_candidate(
     return result, model
 
 
-def _measure(arch: ArchSpec, table: LatencyTable) -> float:
+def _measure(arch: ArchSpec, table: LatencyPredictor) -> float:
     from predictors.latency import LocalMeasurer
 
     measurer = LocalMeasurer(str(table.metadata.get("backend", "onnxruntime")),
@@ -144,7 +144,7 @@ def evaluate_candidate(
     *,
     data: DataSplits,
     train_config: TrainConfig,
-    table: LatencyTable,
+    table: LatencyPredictor,
     objective: SearchObjective,
     on_epoch: EpochCallback | None = None,
     measure_latency: bool = False,
@@ -169,7 +169,7 @@ def retrain(
     data: DataSplits,
     train_config: TrainConfig,
     measurer: Measurer | None,
-    table: LatencyTable | None = None,
+    table: LatencyPredictor | None = None,
     *,
     progress: bool = False,
 ) -> tuple[dict[str, Any], nn.Module]:

@@ -8,6 +8,7 @@ from predictors.latency.builder import (
     build_table,
 )
 from predictors.latency.ensure import ensure_table, lut_path_for
+from predictors.latency.fit import FittedLatencyModel, MeasurementsError, fit_latency_model
 from predictors.latency.importers import import_proxyless_yaml, import_table
 from predictors.latency.lut import (
     Calibration,
@@ -24,6 +25,7 @@ from predictors.latency.measure import (
     measure_module,
     measure_modules,
 )
+from predictors.latency.predictor import LatencyPredictor, load_latency_predictor
 from predictors.latency.validate import (
     FidelityFigures,
     ValidationReport,
@@ -35,10 +37,13 @@ __all__ = [
     "Calibration",
     "FidelityFigures",
     "LatencyBackend",
+    "FittedLatencyModel",
+    "LatencyPredictor",
     "LatencyTable",
     "LatencyTableError",
     "LocalMeasurer",
     "MeasureSettings",
+    "MeasurementsError",
     "Measurement",
     "Measurer",
     "MissingEntriesError",
@@ -46,9 +51,11 @@ __all__ = [
     "arch_signatures",
     "build_table",
     "ensure_table",
+    "fit_latency_model",
     "get_backend",
     "import_proxyless_yaml",
     "import_table",
+    "load_latency_predictor",
     "lut_path_for",
     "measure_module",
     "measure_modules",

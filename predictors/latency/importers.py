@@ -166,7 +166,13 @@ def import_proxyless_yaml(path: str | Path, device: str = "Google Pixel 1 (TF-Li
                         num_classes=num_classes)
 
 
-IMPORTERS = {"proxyless": import_proxyless_yaml}
+def _import_hwnasbench(path: str | Path, device: str | None = None) -> LatencyTable:
+    from predictors.latency.hwnasbench import import_hwnasbench
+
+    return import_hwnasbench(path, device)
+
+
+IMPORTERS = {"proxyless": import_proxyless_yaml, "hwnasbench": _import_hwnasbench}
 
 
 def import_table(format: str, path: str | Path, **options: Any) -> LatencyTable:

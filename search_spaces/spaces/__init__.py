@@ -13,7 +13,7 @@ from typing import Any
 from search_spaces.errors import OptionError
 from search_spaces.registry import Registry
 from search_spaces.space import Decision, SearchSpace
-from search_spaces.spaces import mnasnet, nb201, proxyless
+from search_spaces.spaces import fbnet, mnasnet, nb201, proxyless
 from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spaces.nb201 import NB201Space
 from search_spaces.spaces.proxyless import ProxylessSpace
@@ -58,3 +58,4 @@ def _check_options(name: str, space_class: type[SearchSpace], options: dict[str,
 
 for _space_class in (MnasNetSpace, NB201Space, ProxylessSpace):
     SPACES.add(_space_class.name, _space_class)
+SPACES.add(fbnet.FBNetSpace.name, fbnet.FBNetSpace)

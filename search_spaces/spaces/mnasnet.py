@@ -121,7 +121,8 @@ class MnasNetSpace(SearchSpace):
         super().__init__(resolution, num_classes)
         if isinstance(base, str) and base not in BASES:
             raise SpecError(f"mnasnet: base={base!r} not in {{{', '.join(BASES)}}}")
-        # the layer ops only: NB201's cell and resblock are whole-space structures, not stage ops
+        # the layer ops only: NB201's cell and resblock, FBNet's irf/pw and
+        # ShuffleNet V1 units belong to other spaces
         known_ops = {op.value for op in OPS}
         unknown_ops = [op for op in ops if (op.value if isinstance(op, Op) else op) not in known_ops]
         if unknown_ops:
