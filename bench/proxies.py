@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from bench.report import fmt, md_table, publish, results_path
-from predictors.proxies import BATCH_SIZE, PROXIES, make_batch, parse_proxy_names, score_model
+from nas.commands.proxies import dataset_batch
+from predictors.proxies import BATCH_SIZE, PROXIES, parse_proxy_names, score_model
 from search_spaces.build import build_model
 from search_spaces.spaces import get_space
 
@@ -125,10 +126,7 @@ class Cache:
 # -- computing ------------------------------------------------------------------------------------
 
 def compute(args: argparse.Namespace, cells: list[dict[str, Any]], names: list[str], cache: Cache) -> None:
-    from nas.training.cifar10 import cifar10_arrays
-
-    x_train, y_train, _, _ = cifar10_arrays(args.data)
-    batch = make_batch(x_train, y_train, size=BATCH_SIZE, seed=args.seed)
+    batch = dataset_batch(f"cifar10:{args.data}", 32, size=BATCH_SIZE, seed=args.seed)
     space = get_space("nb201", resolution=32, num_classes=10)
     deadline = time.monotonic() + 60 * args.budget_min
     phases = [[name for name in phase if name in names] for phase in PHASES]
@@ -201,7 +199,7 @@ def section(rows: dict[str, Any], args: argparse.Namespace, sampled: int) -> str
         f"9,445 cells (sample seed {args.sample_seed}), and against 200-epoch CIFAR-10 test accuracy "
         f"(`nb201.csv`). Protocol of the published scores: the real NB201 network, PyTorch default init "
         f"(proxy seed {args.seed}), train-mode BN, one batch of 64 CIFAR-10 training images "
-        f"(`cifar10_subset.npz`, normalised, no augmentation), 1 CPU thread. `params`/`macs` are compared "
+        f"(`cifar10_subset.npz` as `nas proxies --dataset cifar10:PATH` reads it: normalised by the train split's mean and std, no augmentation), 1 CPU thread. `params`/`macs` are compared "
         f"with the table's params and FLOPs (FLOPs = our MACs + 10 classifier bias adds). Cells: scored by us "
         f"(the expensive proxies ran until the {args.budget_min:g}-minute budget was spent, so on fewer cells); "
         f"ranked: both scores finite. ρ pub·acc (same cells) is the published proxy on the same cells; "

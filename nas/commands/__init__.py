@@ -11,3 +11,7 @@ COMMAND_MODULES += [export, report]
 from nas.commands import compress  # noqa: E402
 
 COMMAND_MODULES += [compress]
+
+from nas.commands import proxies  # noqa: E402
+
+COMMAND_MODULES += [proxies]

@@ -6,7 +6,7 @@ name NAS-Bench-Suite-Zero uses (`synflow`, `jacov`, `nwot`, `snip`, `grad_norm`,
 
 from predictors.proxies import fisher, grad_norm, jacov, nwot, size, snip, synflow, zen  # noqa: F401  (registers)
 from predictors.proxies.base import ALIASES, PROXIES, Proxy, ProxyBatch, get_proxy, parse_proxy_names
-from predictors.proxies.scoring import BATCH_SIZE, INITS, ProxyScore, make_batch, reinitialise, score_model
+from predictors.proxies.scoring import BATCH_SIZE, INITS, ProxyScore, reinitialise, sample_batch, score_model, shape_batch
 
 __all__ = ["ALIASES", "BATCH_SIZE", "INITS", "PROXIES", "Proxy", "ProxyBatch", "ProxyScore", "get_proxy",
-           "make_batch", "parse_proxy_names", "reinitialise", "score_model"]
+           "parse_proxy_names", "reinitialise", "sample_batch", "score_model", "shape_batch"]

@@ -3,8 +3,8 @@ on the caller (the model's weights, buffers, mode and gradients, and the global 
 they were). Also the mini-batch and the initialisation the published NB201 scores used.
 
 Protocol (NAS-Bench-Suite-Zero's, the source of the published NB201 scores): one mini-batch of
-64 training images, normalised with CIFAR-10's mean and std; a freshly built network with
-PyTorch's default layer initialisation; train mode (BN on batch statistics).
+64 training images, normalised per channel; a freshly built network with PyTorch's default layer
+initialisation; train mode (BN on batch statistics).
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import copy
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from predictors.proxies.base import ProxyBatch, get_proxy
 from search_spaces.errors import OptionError
 
-# CIFAR-10's per-channel mean and std on [0, 1] pixels (the usual training normalisation)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 BATCH_SIZE = 64
 INITS = ("torch", "as-built")
 
@@ -34,19 +30,22 @@ class ProxyScore:
     seconds: float
 
 
-def make_batch(images: np.ndarray, labels: np.ndarray, *, size: int = BATCH_SIZE, seed: int = 0,
-               num_classes: int = 10, mean: tuple[float, ...] = CIFAR10_MEAN,
-               std: tuple[float, ...] = CIFAR10_STD) -> ProxyBatch:
-    """`size` images drawn without replacement by `seed` from uint8 NCHW `images`, scaled to [0, 1]
-    and normalised per channel. Uses its own numpy generator (no global RNG)."""
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"make_batch: images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+def sample_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, size: int = BATCH_SIZE,
+                 seed: int = 0) -> ProxyBatch:
+    """`size` images drawn without replacement by `seed` (its own generator: the global RNG is not
+    touched) from float NCHW `images`, already normalised as for training, and their labels."""
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"sample_batch: images {tuple(images.shape)} must be (N, C, H, W), labels (N,)")
     if not 1 < size <= len(images):
-        raise OptionError(f"proxy batch size {size} must be in 2..{len(images)} (the images available)")
-    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=size, replace=False))
-    inputs = torch.from_numpy(images[chosen].astype(np.float32) / 255.0)
-    inputs = (inputs - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return ProxyBatch(inputs.contiguous(), torch.from_numpy(labels[chosen].astype(np.int64)), num_classes)
+        raise OptionError(f"proxy batch size {size} must be in 2..{len(images)} (the training images available)")
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return ProxyBatch(images[chosen].float().contiguous(), labels[chosen].long(), num_classes)
+
+
+def shape_batch(channels: int, resolution: int, num_classes: int, size: int = BATCH_SIZE) -> ProxyBatch:
+    """A batch of zeros of the right shape, for data-free proxies when no dataset is given."""
+    return ProxyBatch(torch.zeros((size, channels, resolution, resolution)), torch.zeros(size, dtype=torch.int64),
+                      num_classes)
 
 
 def reinitialise(model: nn.Module, init: str) -> None:
