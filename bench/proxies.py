@@ -9,10 +9,10 @@ Spearman of ours and of the published one with CIFAR-10 test accuracy (200 epoch
 on the same cells, and our compute time per cell.
 
 Resumable: every (cell, proxy, seed, init, batch) score is appended to a JSONL cache in the work
-directory (not the repository), so an interrupted run continues where it stopped. Phases: the
-cheap proxies on every sampled cell first, then the expensive ones (a batch-64 pass each) cell by cell,
-the issue's four before fisher and zen, until the time
-budget runs out (then the figures cover the cells done, and the section says how many).
+directory (not the repository), so an interrupted run continues where it stopped. Phases: synflow
+on every sampled cell first, then the issue's four data-dependent proxies (a batch-64 pass each) cell
+by cell, then the params and MAC counts, then fisher and zen, until the time budget runs out (then
+the figures cover the cells done, and the section's table says how many).
 
     python -m bench.proxies --cells 1000 --budget-min 40              # measure, then publish
     python -m bench.proxies --cells 20 --no-write                     # cost estimate only
@@ -45,8 +45,9 @@ logger = logging.getLogger("bench.proxies")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HWNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 # run in this order, each phase over every sampled cell before the next, until the budget is spent
-PHASES = (("params", "macs", "synflow"),  # well under a second a cell
+PHASES = (("synflow",),  # well under a second a cell
           ("nwot", "jacov", "snip", "grad_norm"),  # a batch-64 pass each; the proxies the issue names
+          ("params", "macs"),  # counts: equal to the table by construction (tests/test_nb201.py, test_proxies.py)
           ("fisher", "zen"))  # a batch-64 pass (two for zen) each; extras
 # published proxy columns (nb201_zc.csv) for each of ours; params/macs compare to nb201.csv's
 PUBLISHED_ZC = {name: f"zc_cifar10_{name}" for name in ("synflow", "jacov", "nwot", "snip", "grad_norm", "fisher", "zen")}
