@@ -30,9 +30,10 @@ def register(app: typer.Typer) -> None:
     app.command("proxies")(proxies_command)
 
 
-def read_archs(path: Path, space_name: str) -> list[tuple[str, ArchSpec]]:
+def read_archs(path: Path, space_name: str, resolution: int = 32, num_classes: int = 10) -> list[tuple[str, ArchSpec]]:
     """(line as written, spec) for each architecture line of `path`; a line that does not read as
-    an architecture of the space is a `SpecError` naming the file and line number."""
+    an architecture of the space is a `SpecError` naming the file and line number. Arch strings
+    are built at `resolution` / `num_classes`; a spec file carries its own."""
     from search_spaces.spaces import get_space
 
     if not path.is_file():
@@ -41,7 +42,7 @@ def read_archs(path: Path, space_name: str) -> list[tuple[str, ArchSpec]]:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as error:
         raise InputFileError(f"--archs {str(path)!r} is not a text file ({error})") from None
-    space = get_space(space_name, resolution=32, num_classes=10)
+    space = get_space(space_name, resolution=resolution, num_classes=num_classes)
     archs = []
     for number, raw in enumerate(lines, 1):
         text = raw.strip()
@@ -111,6 +112,8 @@ def proxies_command(
     init: str = typer.Option("torch", help="torch: PyTorch's default layer init (as the published scores); "
                              "as-built: build_model's own init."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: arch, one key per proxy, seconds per proxy."),
+    resolution: int = typer.Option(32, help="Input size of networks given as arch strings (nb201: 32, or 16 for ImageNet16)."),
+    num_classes: int = typer.Option(10, help="Classes of networks given as arch strings."),
     threads: int = typer.Option(1, help="torch CPU threads."),
 ) -> None:
     """Zero-cost proxy scores of architectures, each on a fresh seeded copy and timed."""
@@ -124,7 +127,7 @@ def proxies_command(
     if threads < 1:
         raise OptionError(f"--threads {threads} must be at least 1")
     torch.set_num_threads(threads)
-    rows = score_archs(read_archs(archs, space), names, dataset, seed=seed, batch_size=batch_size, init=init)
+    rows = score_archs(read_archs(archs, space, resolution, num_classes), names, dataset, seed=seed, batch_size=batch_size, init=init)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
