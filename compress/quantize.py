@@ -87,13 +87,15 @@ def quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
 
 
 def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool = True,
-                 momentum: float = 0.1) -> nn.Module:
+                 momentum: float = 0.1, reduce_range: bool = True) -> nn.Module:
     """A quantized **copy** of ``model`` (the argument is never modified): every layer the policy
     names becomes a QuantConv2d/QuantLinear with those bits; other layers stay float.
 
     On a model that is already quantized, named layers keep their calibration and only change
     bits. Activation ranges of new quantizers must be set by :func:`calibrate` or QAT before
-    evaluation. ``fold_batchnorm``: see the module docstring.
+    evaluation. ``fold_batchnorm``: see the module docstring. ``reduce_range`` (default): 8-bit
+    weights on 7-bit codes, exact on every CPU's int8 kernels; False gives full-range int8, exact
+    only on CPUs whose kernels accumulate in int32 (VNNI, ARM) -- see ``compress.quantize_ops``.
     """
     if not isinstance(policy, QuantPolicy):
         raise TypeError(f"policy: expected a QuantPolicy, got {type(policy).__name__}")
@@ -110,6 +112,7 @@ def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool 
         else:
             _set_module(result, name, QuantLinear.from_float(layer, weight_bits, activation_bits, name))
         result.get_submodule(name).input_quant.momentum = momentum
+        result.get_submodule(name).reduce_range = reduce_range
     logger.debug("applied policy to %d layers: %s", len(policy), policy.bits_string())
     return result
 
@@ -177,7 +180,7 @@ def frozen_qparams(model: nn.Module) -> Iterator[nn.Module]:
                     layer.input_quant.frozen = layer.input_quant.qparams()
                 if isinstance(layer.weight_bits, int) and bool(layer.input_quant.initialized):
                     _, bias = layer.quantized_parameters()  # needs the input scale: after the line above
-                    layer.frozen_weight_scale = weight_scale(layer.weight, layer.weight_bits)
+                    layer.frozen_weight_scale = weight_scale(layer.weight, layer.weight_bits, layer.reduce_range)
                     layer.frozen_bias = None if bias is None else bias.detach().clone()
         yield model
     finally:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import needs_exact_int8_kernels
 from typer.testing import CliRunner
 
 from nas.cli import app
@@ -70,7 +69,6 @@ def test_prune_writes_a_smaller_loadable_model(model_dir: Path, tmp_path: Path) 
     assert json.loads((out / "policy.json").read_text())["kind"] == "prune"
 
 
-@needs_exact_int8_kernels
 def test_quantize_all_8bit_exports_int8_onnx(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "q8"
     invoke("quantize", str(model_dir), "--bits", "8", "--dataset", "synthetic", "--epochs", "0", "--out", str(out))
