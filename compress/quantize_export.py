@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compress.quantize import frozen_qparams, quant_layers, quantization_disabled
+from compress.quantize import ActivationQuantizer, frozen_qparams, quant_layers, quantization_disabled
+from compress.quantize_onnx import int8_graph
 from predictors.latency.backends import OnnxRuntimeBackend, export_onnx
 from predictors.latency.measure import measure_modules
 
@@ -73,7 +74,7 @@ def require_int8(qmodel: nn.Module) -> None:
             f"QDQ export needs weight_bits=8 and activation_bits=8 on every quantized layer (ONNX QuantizeLinear "
             f"is int8/uint8); these are not: {shown}. Lower bit-widths are costed by the accelerator model instead"
         )
-    uncalibrated = [n for n, m in layers.items() if not bool(m.input_quant.initialized)]
+    uncalibrated = [n for n, m in qmodel.named_modules() if isinstance(m, ActivationQuantizer) and not bool(m.initialized)]
     if uncalibrated:
         raise ValueError(f"export: layers {uncalibrated[:5]} have no activation range; run calibrate() first")
 
@@ -144,7 +145,7 @@ def export_qdq(qmodel: nn.Module, example: Tensor | Sequence[int], *, check_inpu
     private = copy.deepcopy(qmodel).cpu().eval()
     x = _example(private, example)
     with frozen_qparams(private):
-        onnx_model = export_onnx(private, x)
+        onnx_model, _ = int8_graph(export_onnx(private, x))
     if check_inputs is not None:
         check = check_qdq_export(private, onnx_model, check_inputs, tolerance=tolerance, threads=threads)
         if not check.passed:

@@ -197,6 +197,14 @@ class ActivationQuantizer(nn.Module):
         scale, zero_point = self.frozen if self.frozen is not None else self.qparams()
         return fake_quant_activation(x, scale, zero_point, self.bits)
 
+    def quantize_only(self, x: Tensor) -> Tensor:
+        """``x`` on this quantizer's current grid, without observing: a second consumer of the
+        tensor this quantizer quantizes sees the same codes (``compress.quantize_graph``)."""
+        if not self.enabled:
+            return x
+        scale, zero_point = self.frozen if self.frozen is not None else self.qparams()
+        return fake_quant_activation(x, scale, zero_point, self.bits)
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"
 

@@ -195,7 +195,9 @@ def test_apply_policy_copies_folds_and_keeps_names() -> None:
     x = batches(1, seed=5)[0]
     with torch.no_grad():
         error = (qmodel(x) - model(x)).abs().max()
-    assert 0 < error < 0.05 * model(x).abs().max()  # 8 bits: close to float, but quantized
+    # 8 bits: close to float, but quantized (the int8 points between layers, compress.quantize_graph,
+    # add their own steps: 6.5% of this random model's largest logit, 0.1, against 4% without them)
+    assert 0 < error < 0.1 * model(x).abs().max()
     layer = qmodel.get_submodule("blocks.0.expand.0")  # folded BN gave it a bias: int32 at s_in * s_w
     _, bias = layer.quantized_parameters()
     codes = bias / (layer.input_quant.qparams()[0] * weight_scale(layer.weight, 8, layer.reduce_range))
@@ -254,7 +256,9 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     graph = onnx.load_from_string(onnx_bytes).graph
     ops = [node.op_type for node in graph.node]
     n_layers = len(quant_layers(qmodel))
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * n_layers
+    initializers = {init.name: init for init in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in initializers]
+    assert ops.count("DequantizeLinear") > ops.count("QuantizeLinear") >= n_layers  # weights: int8 -> DQ only
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
     constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                       if n.op_type == "Constant"})
@@ -262,6 +266,7 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
                    and constants[n.input[1]].ndim == 1]
     assert len(per_channel) == n_layers  # one per-channel (axis 0) weight DQ per layer, scales constant
     assert all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in per_channel)
+    assert all(constants[n.input[0]].dtype == np.int8 and n.input[0] in initializers for n in per_channel)
     check = check_qdq_export(qmodel, onnx_bytes, check_inputs)
     assert check.passed and check.relative <= QDQ_TOLERANCE and check.top1_agreement == 1.0
     assert check.max_abs_diff < 1e-4  # measured: float-level (<= 1e-6) on this narrow model
@@ -288,7 +293,8 @@ def test_full_range_int8_weights_are_not_exact_on_this_cpu() -> None:
     import onnxruntime as ort
 
     model = tiny_model()
-    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8), reduce_range=False), batches(2))
+    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8), reduce_range=False, int8_points=False),
+                       batches(2))
     check_inputs = torch.cat(batches(2, seed=7))
     onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16))
     assert not check_qdq_export(qmodel, onnx_bytes, check_inputs).passed
