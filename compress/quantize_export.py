@@ -51,8 +51,7 @@ from torch import Tensor, nn
 
 from compress.quantize import ActivationQuantizer, frozen_qparams, quant_layers, quantization_disabled
 from compress.quantize_onnx import int8_graph
-from predictors.latency.backends import OnnxRuntimeBackend, export_onnx
-from predictors.latency.measure import measure_modules
+from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
 
 __all__ = ["QDQ_TOLERANCE", "ExportCheck", "check_qdq_export", "export_qdq", "measure_int8_latency"]
 
@@ -157,19 +156,19 @@ def export_qdq(qmodel: nn.Module, example: Tensor | Sequence[int], *, check_inpu
 
 
 def measure_int8_latency(model: nn.Module, qmodel: nn.Module, input_shape: Sequence[int], *, threads: int = 1,
-                         **measure_kw: Any) -> dict[str, Any]:
-    """ONNX Runtime CPU latency of the float ``model`` and its all-8-bit QDQ ``qmodel``, measured
-    together (interleaved) with the project's protocol (``measure_modules``). Check the export's
-    numerics with :func:`export_qdq` (``check_inputs``) first: the backend's float check is off
-    here because an int8 model is not meant to match its float self to 1e-4."""
+                         int8_model: bytes | None = None, **measure_kw: Any) -> dict[str, Any]:
+    """ONNX Runtime CPU latency of the float ``model`` and its all-8-bit ``qmodel`` as exported
+    (:func:`export_qdq`, or ``int8_model`` when already exported), timed together (interleaved) with
+    the project's protocol (``predictors.latency.backends.measure_onnx``). Check the export's
+    numerics with :func:`export_qdq` (``check_inputs``) first."""
     require_int8(qmodel)
     shape = (1, *tuple(input_shape)[1:])
-    backend = OnnxRuntimeBackend(threads=threads, check_export=False)
-    private = copy.deepcopy(qmodel).cpu().eval()
-    with frozen_qparams(private):  # the backend's deep copy keeps the frozen scales
-        fp32, int8 = measure_modules(backend, [(model, shape), (private, shape)], **measure_kw)
+    backend = OnnxRuntimeBackend(threads=threads)
+    fp32_model = export_onnx(copy.deepcopy(model).cpu().eval(), fixed_input(shape))
+    int8_model = int8_model if int8_model is not None else export_qdq(qmodel, shape)
+    fp32, int8 = measure_onnx(backend, [fp32_model, int8_model], shape, **measure_kw)
     return {
         "input_shape": list(shape), "fp32": fp32.to_dict(), "int8": int8.to_dict(),
         "speedup": fp32.median_ms / int8.median_ms if int8.median_ms > 0 else float("inf"),
-        "backend": backend.metadata(),
+        "fp32_bytes": len(fp32_model), "int8_bytes": len(int8_model), "backend": backend.metadata(),
     }
