@@ -9,8 +9,10 @@ Formats (file names in ``FILE_NAMES``):
 - ``onnx``: model.onnx, TorchScript ONNX exporter at opset `ONNX_OPSET` (the latency backend's),
   dynamic batch axis ("batch"); run by ONNX Runtime with the latency backend's session options.
 - ``onnx-int8``: model.int8.onnx, the all-8-bit QDQ model of `compress.quantize` (BN folded,
-  per-channel int8 weights, per-tensor uint8 activations calibrated on ``calibration`` inputs),
-  also with a dynamic batch axis. Checked against the *fake-quantized* PyTorch model, not fp32.
+  per-channel int8 weights stored as int8 initializers on 7-bit codes, per-tensor uint8
+  activations calibrated on ``calibration`` inputs, int8 residual adds and output quantizers:
+  `compress.quantize_graph`, `compress.quantize_onnx`), also with a dynamic batch axis. Checked
+  against the *fake-quantized* PyTorch model, not fp32.
 
 Verification (`VERIFY_INPUTS` seeded N(0,1) images, batch 2 so the dynamic axis is exercised):
 fp32 formats must satisfy ``|got - want| <= atol + rtol * |want|`` with the latency backend's
@@ -210,12 +212,13 @@ def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np
                calibration: torch.Tensor) -> FormatResult:
     from compress.quantize import apply_policy, calibrate, frozen_qparams
     from compress.quantize_export import QDQ_TOLERANCE, check_qdq_export, require_int8
+    from compress.quantize_onnx import int8_graph
     from compress.quantize_policy import uniform_policy
 
     qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), calibration.split(8)).eval()
     require_int8(qmodel)
     with frozen_qparams(qmodel):  # scales as initializers: ORT fuses DQ-Conv-Q into QLinearConv
-        path.write_bytes(onnx_bytes(qmodel, inputs[:1]))
+        path.write_bytes(int8_graph(onnx_bytes(qmodel, inputs[:1]))[0])  # int8 initializers, one Q per tensor
     check = check_qdq_export(qmodel, path.read_bytes(), inputs)  # per sample, against fake-quant
     got = _run_onnx(path, inputs)
     with torch.no_grad():
