@@ -319,6 +319,21 @@ def measure_exported(arch: ArchSpec, table_metadata: dict[str, Any], settings: A
             "device": meta.get("device"), "cpu_model": meta.get("cpu_model"), "table_device": table_metadata.get("device")}
 
 
+def measure_int8_file(model: nn.Module, arch: ArchSpec, path: Path, settings: Any = None) -> dict[str, Any]:
+    """The exported int8 file against the fp32 model's ONNX export, ONNX Runtime CPU, 1 thread,
+    batch 1, timed together (interleaved) by the project's protocol; the CPU's int8 ISA noted."""
+    from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
+
+    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
+    fp32 = export_onnx(copy.deepcopy(model).eval(), fixed_input(shape))
+    kw = settings.to_dict() if settings is not None else {}
+    fp32_ms, int8_ms = measure_onnx(OnnxRuntimeBackend(threads=1), [fp32, path.read_bytes()], shape, **kw)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    isa = "VNNI" if {"avx512_vnni", "avx_vnni"} & set(flags) else "AVX2, no VNNI" if "avx2" in flags else "other"
+    return {"fp32": fp32_ms.to_dict(), "int8": int8_ms.to_dict(), "speedup": fp32_ms.median_ms / int8_ms.median_ms,
+            "threads": 1, "isa": isa}
+
+
 def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None = None,
                out: str | os.PathLike | None = None, trial: int | None = None, *, measure: bool = True,
                card: bool = True, calibration: str = "random", measure_settings: Any = None,
@@ -343,6 +358,11 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
         if progress:
             progress("measuring end-to-end latency")
         report.measured_latency = measure_exported(arch, table.metadata, measure_settings)
+    int8_item = next((item for item in results if item.format == "onnx-int8"), None)
+    if measure and int8_item is not None:
+        if progress:
+            progress("measuring int8 vs fp32 on ONNX Runtime")
+        int8_item.details["latency"] = measure_int8_file(model, arch, int8_item.path, measure_settings)
     elif measure:
         info.notes.append("no latency table in config.json: nothing to measure against")
     if card:
