@@ -6,10 +6,15 @@ QuantizeLinear + DequantizeLinear pairs (opset >= 13; only the ranges (-128, 127
 so the exported graph *is* the fake-quantized model: weights QDQ per output channel (axis 0,
 int8, zero point 0), each conv/linear input QDQ per tensor (uint8, calibrated zero point). We
 export with ``predictors.latency.measure.export_onnx`` (opset 18, constant folding) inside
-``frozen_qparams`` so scales and zero points are constants; ONNX Runtime then fuses
-DQ -> Conv -> (ReLU/Clip) -> Q into QLinearConv (MobileNetV2: 36 of its 52 convs). Building QDQ
-with ``onnxruntime.quantization`` from our ranges was the alternative; it would re-derive scales
-with its own rounding rules, so the exporter path is the one whose numerics match by construction.
+``frozen_qparams`` so scales and zero points are constants, then rewrite it exactly
+(``compress.quantize_onnx.int8_graph``: int8 weight initializers, one Q per tensor, no equal DQ->Q
+pairs). With the quantization points of ``compress.quantize_graph`` ONNX Runtime fuses every conv
+of MobileNetV2 into QLinearConv (52 of 52; 36 before issue #16), its 10 residual adds into
+QLinearAdd and the classifier into QGemm -- the same optimized graph as ``quantize_static``'s.
+Building QDQ with ``onnxruntime.quantization`` from our ranges was the alternative; it would
+re-derive scales with its own rounding rules, so the exporter path is the one whose numerics match
+by construction. 8-bit weights are 7-bit codes (``compress.quantize_ops``): full-range int8
+weights are not exact on x86 CPUs without VNNI.
 
 **Tolerance.** Both sides compute on the same grids -- including the bias, which
 ``quantize_ops`` rounds to int32 at ``s_in * s_w`` exactly as ORT's ``BiasQuantization`` transform
@@ -18,9 +23,11 @@ accumulation whose summation order differs between PyTorch's and ORT's conv kern
 pre-quantization value on the other side of a rounding midpoint, moving that code by one step;
 flips then propagate, and more so through a deep trained network than a random one. So the
 difference is judged against what quantization itself does to the outputs: ``relative`` =
-max |ORT - fake-quant| / max |fake-quant - float| on the same inputs. Measured (1 thread, all
-ORT optimizations; random-init models: BN statistics from 2 batches, classifier weights
-N(0, 0.05), 8 random inputs; trained: 32 CIFAR-10 test images):
+max |ORT - fake-quant| / max |fake-quant - float| on the same inputs. Measured before issue #16
+(layer inputs quantized only, full-range int8 weights, a VNNI CPU; 1 thread, all ORT
+optimizations; random-init models: BN statistics from 2 batches, classifier weights N(0, 0.05),
+8 random inputs; trained: 32 CIFAR-10 test images) -- the int8 graph's own checks are in
+BENCHMARKS.md (``bench.int8``) and ``tests/test_int8_graph.py``:
 
     model @ resolution                      max |diff|   quantization error (max)   relative   top-1 agree
     MobileNetV2 @ 32 (random)               1.8e-7       6.8e-3                     0.00003    100%
