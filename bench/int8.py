@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--eval-limit", type=int, default=None, help="Test images behind the ORT accuracies (default: all 2,000).")
     add("--seed", type=int, default=0)
     add("--out", type=Path, default=Path("runs/bench/int8"), help="Where the partial results go.")
+    add("--from-rows", type=Path, nargs="+", default=None,
+        help="Publish the rows.json of earlier runs (e.g. the zoo models and the CIFAR network run as two "
+             "processes on a busy machine) without measuring again.")
     add("--no-write", action="store_true")
     return parser.parse_args(argv)
 
@@ -140,7 +144,8 @@ def compare(label: str, model: nn.Module, qmodel: nn.Module, calibration: Tensor
     row = {"model": label, "resolution": shape[-1], "export_check": faithful.to_dict(),
            "bytes": {v: len(d) for v, d in files.items()}, "ops": census,
            "op_summary": {v: summarize_ops(c) for v, c in census.items()}, "latency": latency,
-           "speedup": {v: latency["fp32"]["median_ms"] / latency[v]["median_ms"] for v in files}}
+           "speedup": {v: latency["fp32"]["median_ms"] / latency[v]["median_ms"] for v in files},
+           "load_average_after": list(os.getloadavg())}
     logger.info("%s: %s", label, ", ".join(f"{v} {latency[v]['median_ms']:.3f} ms" for v in files))
     return row, files
 
@@ -210,6 +215,9 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
     rows = [[f"{r['model']} @ {r['resolution']}", *(_ms(r["latency"][v]) for v in VARIANTS),
              *(f"{r['speedup'][v]:.2f}×" for v in VARIANTS[1:])] for r in results["rows"]]
     lines += md_table(header, rows)
+    loads = [f"{r['model']} {r['load_average_after'][0]:.1f}" for r in results["rows"] if r.get("load_average_after")]
+    if loads:
+        lines += ["", "Load average (1 min) on the 2 cores right after each model's timing: " + ", ".join(loads) + "."]
     lines += ["", "**File size** (bytes, ratio to fp32) and **ORT's optimized graph** (int8 kernels; float ops; "
               "Q/DQ left; Transpose/Reorder not counted):"]
     rows = [[f"{r['model']}", v, f"{r['bytes'][v]:,} ({r['bytes']['fp32'] / r['bytes'][v]:.2f}×)",
@@ -232,7 +240,8 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
         rows = [[variant, pct(acc["test_accuracy"]), pct(acc.get("top1_agreement_with_fp32"))]
                 for variant, acc in cifar["accuracy"].items()]
         lines += md_table(["model", "test accuracy", "top-1 agreement with fp32 (ORT)"], rows)
-    lines += ["", f"Wall time {fmt(results['wall_s'] / 60, '.1f')} min."]
+    if results["wall_s"] is not None:
+        lines += ["", f"Wall time {fmt(results['wall_s'] / 60, '.1f')} min."]
     return "\n".join(lines)
 
 
@@ -250,6 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     measure = MeasureSettings.parse(args.measure)
     start = time.perf_counter()
+    if args.from_rows:
+        rows = [row for path in args.from_rows for row in json.loads(path.read_text())]
+        _finish(args, rows, None)
+        return
     rows = []
     for name in args.models:
         torch.manual_seed(args.seed)
@@ -262,8 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         _dump(args, rows)
     rows.append(cifar_part(args, measure))
     _dump(args, rows)
-    results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "isa": isa(),
-               "backend": OnnxRuntimeBackend(threads=1).metadata(), "rows": rows, "wall_s": time.perf_counter() - start}
+    _finish(args, rows, time.perf_counter() - start)
+
+
+def _finish(args: argparse.Namespace, rows: list[dict[str, Any]], wall_s: float | None) -> None:
+    results = {"args": json.loads(json.dumps(vars(args), default=str)), "isa": isa(),
+               "backend": OnnxRuntimeBackend(threads=1).metadata(), "rows": rows, "wall_s": wall_s}
     body = render(args, results)
     print(body)
     if not args.no_write:
