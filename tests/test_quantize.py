@@ -258,18 +258,24 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     n_layers = len(quant_layers(qmodel))
     initializers = {init.name: init for init in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in initializers]
-    assert ops.count("DequantizeLinear") > ops.count("QuantizeLinear") >= n_layers  # weights: int8 -> DQ only
+    assert ops.count("DequantizeLinear") > ops.count("QuantizeLinear")  # weights: int8 -> DQ only, no Q
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
     constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                       if n.op_type == "Constant"})
     per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[1] in constants
                    and constants[n.input[1]].ndim == 1]
-    assert len(per_channel) == n_layers  # one per-channel (axis 0) weight DQ per layer, scales constant
+    # one per-channel (axis 0) weight DQ per layer ORT runs on int8 kernels, scales constant; layers
+    # followed by a float op (hard-swish, SE's gate) hold their dequantized weights (compress.quantize_onnx)
+    dequantized = [name for name in initializers if name.endswith("_dequantized")]
+    assert len(per_channel) + len(dequantized) == n_layers and per_channel
     assert all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in per_channel)
     assert all(constants[n.input[0]].dtype == np.int8 and n.input[0] in initializers for n in per_channel)
     check = check_qdq_export(qmodel, onnx_bytes, check_inputs)
     assert check.passed and check.relative <= QDQ_TOLERANCE and check.top1_agreement == 1.0
-    assert check.max_abs_diff < 1e-4  # measured: float-level (<= 1e-6) on this narrow model
+    # measured: float-level (<= 1e-6) on this narrow model with BN folded; unfolded, the convs feeding
+    # a float BN hold float weights, ORT folds the BN into them, and float rounding flips a few codes
+    # downstream: 4.1e-3 = 0.25x the quantization error, within tolerance (checked above)
+    assert check.max_abs_diff < (1e-4 if fold else 0.5 * check.quantization_error)
     assert check.quantization_error > 1e-3  # while 8 bits do move the outputs
 
 
