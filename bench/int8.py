@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
     add("--width", type=float, default=0.5)
-    add("--epochs", type=int, default=8, help="fp32 training epochs of the CIFAR network (bench.compression's 8).")
+    add("--epochs", type=int, default=8, help="fp32 training epochs of the CIFAR network (bench.compression's 8); "
+                                              "0: untrained, latency and op counts only.")
     add("--lr", type=float, default=0.05)
     add("--batch-size", type=int, default=64)
     add("--max-batches", type=int, default=None, help="Cap on batches per epoch (smoke runs).")
@@ -153,17 +154,26 @@ def compare(label: str, model: nn.Module, qmodel: nn.Module, calibration: Tensor
 def cifar_part(args: argparse.Namespace, measure: MeasureSettings) -> dict[str, Any]:
     data = load_dataset(args.data, 32, seed=args.seed)
     spec = cifar_mobilenet_v2(args.width, data.resolution, data.num_classes)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    config = TrainConfig(epochs=max(args.epochs, 1), batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          max_batches_per_epoch=args.max_batches, eval_batch_size=EVAL_BATCH)
     torch.manual_seed(args.seed)
     base = build_model(spec)
+    batches = data.calibration_batches(args.seed, images=64 * args.calibration_batches)
+    if not args.epochs:  # latency only: BN statistics from the calibration images, no accuracy figures
+        base.train()
+        with torch.no_grad():
+            for batch in batches:
+                base(batch)
+        qmodel = calibrate(apply_policy(base.eval(), uniform_policy(base, 8)), batches).eval()
+        row, _ = compare(f"CIFAR MobileNetV2 w{args.width:g} (untrained)", base, qmodel, torch.cat(batches),
+                         torch.cat(batches)[:16], measure)
+        return row
     start = time.perf_counter()
     report = train(base, data, config, evaluate_test=True)
     if report.status != "ok":
         raise RuntimeError(f"base training failed: {report.reason}")
     train_s = time.perf_counter() - start
     base.eval()
-    batches = data.calibration_batches(args.seed, images=64 * args.calibration_batches)
     qmodel = calibrate(apply_policy(base, uniform_policy(base, 8)), batches).eval()
     # a random subset: the split is grouped by class, so a prefix would hold one or two classes
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[:args.eval_limit]
