@@ -1,5 +1,5 @@
 """Compression on the CIFAR-10 subset: HAQ mixed precision vs uniform 4-bit at the same weight
-bits, int8 ONNX vs fp32 latency, and pruned vs unpruned latency against the MACs saved.
+bits, and pruned vs unpruned latency against the MACs saved (int8 vs fp32 latency: `bench.int8`).
 
 1. Base: zoo MobileNetV2 at width 0.5, 10 classes, 32 px with the small-input strides (stem and
    first stride-2 block at stride 1: a 4x4 final map), trained fp32 from scratch (SGD, no
@@ -8,9 +8,7 @@ bits, int8 ONNX vs fp32 latency, and pruned vs unpruned latency against the MACs
    w4a8; HAQ's DDPG search under budget = w4a8's total weight bits, reward = val accuracy right
    after calibration (optionally after a few distilled QAT batches, --haq-finetune-batches); both
    then get the same QAT with distillation. Uniform w8a8 is calibrated only (the reference).
-3. int8 vs fp32: ONNX Runtime, 1 thread, `measure_int8_latency`, for the trained base at 32 px
-   and for zoo models at 224 px (random weights: latency does not depend on their values).
-4. Pruning: uniform l1 channel pruning per ratio; MACs/params, latency on onnxruntime and torch
+3. Pruning: uniform l1 channel pruning per ratio; MACs/params, latency on onnxruntime and torch
    (1 thread), test accuracy before and after a distilled fine-tune.
 
     python -m bench.compression                     # ~20-25 min on 2 quiet cores; writes BENCHMARKS.md
@@ -53,7 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--haq-val", type=int, default=1000, help="Val images behind each HAQ reward.")
     add("--haq-finetune-batches", type=int, default=0, help="Distilled QAT batches before each reward (0: none).")
     add("--calibration-batches", type=int, default=4, help="Batches of 64 train images that set activation ranges.")
-    add("--models", nargs="*", default=["mobilenet_v2:224"], help="Zoo NAME[:PX] for int8 vs fp32 latency.")
     add("--ratios", type=float, nargs="*", default=[0.25, 0.5, 0.75], help="Uniform prune ratios.")
     add("--prune-epochs", type=int, default=2, help="Distilled fine-tune epochs after pruning.")
     add("--round-to", type=int, default=8, help="Pruned widths are multiples of this (the project's default).")
@@ -103,17 +100,6 @@ def _quantization_section(args: argparse.Namespace, quant: dict[str, Any]) -> li
     return lines + [f"- {label}: `{row['bits']}`" for label, row in quant["rows"].items() if row["bits"]]
 
 
-def _int8_section(int8: list[dict[str, Any]]) -> list[str]:
-    rows = [[f"{row['model']} @ {row['resolution']}", _ms(row["fp32"]), _ms(row["int8"]), f"{row['speedup']:.2f}×",
-             f"{check['relative']:.2f}× ({check['max_abs_diff']:.2g} vs {check['quantization_error']:.2g}), top-1 "
-             f"{pct(check['top1_agreement'])}"] for row in int8 for check in [row["export_check"]]]
-    return ["", ("**int8 ONNX vs fp32**, ONNX Runtime CPU, 1 thread, batch 1, all optimizations, project "
-            "protocol (median of interleaved blocks, p10–p90 in brackets). int8 = every conv/linear w8a8 "
-            "exported as QDQ (`export_qdq`); export check = max |ORT − fake-quant| as a multiple of the "
-            "quantization error max |fake-quant − float| (tolerance 0.5), top-1 agreement, on held-out inputs."),
-            *md_table(["model @ px", "fp32 ms", "int8 ms", "fp32 / int8", "export check"], rows)]
-
-
 def _pruning_section(args: argparse.Namespace, prune: dict[str, Any]) -> list[str]:
     backends, unpruned = list(prune["rows"][0]["latency_ms"]), prune["rows"][0]["latency_ms"]
     rows = [[f"{row['ratio']:g}", f"{row['params']:,}", f"{row['macs'] / 1e6:.2f}M",
@@ -134,8 +120,6 @@ def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
     lines = _base_paragraph(args, results["base"], results["timing"])
     if results.get("quantize"):
         lines += _quantization_section(args, results["quantize"])
-    if results.get("int8"):
-        lines += _int8_section(results["int8"])
     if results.get("prune"):
         lines += _pruning_section(args, results["prune"])
     return "\n".join(lines)
@@ -149,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     measure = MeasureSettings.parse(args.measure)
-    models = [(name, int(px or 224)) for name, _, px in (m.partition(":") for m in args.models)]
     timing: dict[str, float] = {}
     start = phase = time.perf_counter()
 
@@ -177,13 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("base: test acc %.4f, %.1f s/epoch (%d steps)", report.test_accuracy,
                 results["base"]["epoch_s"], steps)
     lap("base training")
-    results["quantize"], qmodel8 = parts.quantization(
+    results["quantize"], _ = parts.quantization(
         base, data, config, qat_epochs=args.qat_epochs, episodes=args.episodes,
         calibration_batches=args.calibration_batches, finetune_batches=args.haq_finetune_batches,
         haq_val=args.haq_val, seed=args.seed)
     lap("quantization")
-    results["int8"] = parts.int8_latency(base, qmodel8, data, models, args.seed, measure)
-    lap("int8 latency")
     if args.ratios:
         results["prune"] = parts.pruning(spec, base, data, config, ratios=args.ratios, epochs=args.prune_epochs,
                                          round_to=args.round_to, backends=args.backends, measure=measure)

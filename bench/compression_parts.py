@@ -1,4 +1,4 @@
-"""The pieces of `bench.compression`: the base network and the three experiments (quantization, int8-vs-fp32 latency, pruning). Each experiment returns plain,
+"""The pieces of `bench.compression`: the base network and its experiments (quantization, pruning; int8 latency is `bench.int8`). Each experiment returns plain,
 JSON-serialisable dicts; compression.py renders them."""
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from compress import (
     apply_policy,
     bitfusion_cost,
     calibrate,
-    check_qdq_export,
     current_policy,
-    export_qdq,
     layer_infos,
-    measure_int8_latency,
     policy_weight_bits,
     prepare_qat,
     prune,
@@ -117,49 +114,6 @@ def quantization(base: nn.Module, data: DataSplits, config: TrainConfig, *, qat_
                # per-layer listings left out: the bit strings carry the policies
                "search": {**omit(search, "layers"), "episodes": [omit(e, "policy") for e in search["episodes"]]}}
     return summary, qmodel.eval()  # the loop's last model: w8a8, calibrated
-
-
-def _random_net_like_quantize_export(model: nn.Module, batches: Sequence[Tensor]) -> None:
-    """The setting of quantize_export's documented export checks: BN statistics updated (momentum
-    0.1) by train-mode passes over `batches`, classifier weights N(0, 0.05). With exact BN
-    statistics (momentum=None) the same check read ~190 output steps at 224 px (tolerance 16,
-    top-1 still 100%), so the documented figures hold for this setting; latency is unaffected."""
-    model.train()
-    with torch.no_grad():
-        for batch in batches:
-            model(batch)
-    nn.init.normal_([m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight, 0.0, 0.05)
-    model.eval()
-
-
-def int8_latency(base: nn.Module, qmodel8: nn.Module, data: DataSplits, models: Sequence[tuple[str, int]],
-                 seed: int, measure: MeasureSettings) -> list[dict[str, Any]]:
-    """fp32 vs all-8-bit QDQ ONNX on ONNX Runtime, 1 thread, measured interleaved by
-    `measure_int8_latency`; each export's numerics checked first and reported (not enforced)."""
-    shape = (1, *data.test.tensors[0].shape[1:])
-    generator = torch.Generator().manual_seed(seed)
-    check = data.test.tensors[0][torch.randperm(len(data.test), generator=generator)[:16]]  # all classes
-    items: list[tuple[str, nn.Module, nn.Module, tuple[int, ...], Tensor]] = [
-        ("trained base (w8a8, calibrated)", base, qmodel8, shape, check)]
-    for name, resolution in models:
-        # latency does not depend on the weights' values: random weights, random calibration data
-        torch.manual_seed(seed)
-        model = build_model(zoo.get(name, resolution, 1000))
-        batches = [torch.randn(4, 3, resolution, resolution, generator=generator) for _ in range(2)]
-        _random_net_like_quantize_export(model, batches)
-        qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), batches).eval()
-        items.append((f"zoo {name} (random weights)", model, qmodel, (1, 3, resolution, resolution),
-                      torch.randn(4, 3, resolution, resolution, generator=generator)))
-    rows = []
-    for label, model, qmodel, input_shape, inputs in items:
-        faithful = check_qdq_export(qmodel, export_qdq(qmodel, input_shape), inputs)
-        result = measure_int8_latency(model, qmodel, input_shape, threads=1, warmup=measure.warmup,
-                                      blocks=measure.blocks, block_runs=measure.block_runs,
-                                      max_spread=measure.max_spread, retries=measure.retries)
-        rows.append({"model": label, "resolution": input_shape[-1], "export_check": faithful.to_dict(), **result})
-        logger.info("%s @ %d: fp32 %.3f ms, int8 %.3f ms", label, input_shape[-1], result["fp32"]["median_ms"],
-                    result["int8"]["median_ms"])
-    return rows
 
 
 def pruning(spec: ArchSpec, base: nn.Module, data: DataSplits, config: TrainConfig, *, ratios: Sequence[float],

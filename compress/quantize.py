@@ -36,6 +36,7 @@ from compress.quantize_ops import (
     fake_quant_weight,
     weight_scale,
 )
+from compress.quantize_graph import add_int8_points
 from compress.quantize_policy import QuantPolicy
 
 __all__ = [
@@ -87,13 +88,17 @@ def quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
 
 
 def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool = True,
-                 momentum: float = 0.1) -> nn.Module:
+                 momentum: float = 0.1, reduce_range: bool = True, int8_points: bool = True) -> nn.Module:
     """A quantized **copy** of ``model`` (the argument is never modified): every layer the policy
     names becomes a QuantConv2d/QuantLinear with those bits; other layers stay float.
 
     On a model that is already quantized, named layers keep their calibration and only change
     bits. Activation ranges of new quantizers must be set by :func:`calibrate` or QAT before
-    evaluation. ``fold_batchnorm``: see the module docstring.
+    evaluation. ``fold_batchnorm``: see the module docstring. ``reduce_range`` (default): 8-bit
+    weights on 7-bit codes, exact on every CPU's int8 kernels; False gives full-range int8, exact
+    only on CPUs whose kernels accumulate in int32 (VNNI, ARM) -- see ``compress.quantize_ops``.
+    ``int8_points`` (default): output quantizers where an 8-bit conv feeds a float op and int8
+    residual adds, so the export runs on int8 kernels end to end (``compress.quantize_graph``).
     """
     if not isinstance(policy, QuantPolicy):
         raise TypeError(f"policy: expected a QuantPolicy, got {type(policy).__name__}")
@@ -110,6 +115,9 @@ def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool 
         else:
             _set_module(result, name, QuantLinear.from_float(layer, weight_bits, activation_bits, name))
         result.get_submodule(name).input_quant.momentum = momentum
+        result.get_submodule(name).reduce_range = reduce_range
+    if int8_points:
+        add_int8_points(result)
     logger.debug("applied policy to %d layers: %s", len(policy), policy.bits_string())
     return result
 
@@ -170,30 +178,40 @@ def frozen_qparams(model: nn.Module) -> Iterator[nn.Module]:
     of the Abs/ReduceMax/Div subgraph that recomputes them from the weights.
     """
     layers = list(quant_layers(model).values())
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
     try:
         with torch.no_grad():
+            for quantizer in quantizers:  # layer inputs and compress.quantize_graph's output points
+                if bool(quantizer.initialized):
+                    quantizer.frozen = quantizer.qparams()
             for layer in layers:
-                if bool(layer.input_quant.initialized):
-                    layer.input_quant.frozen = layer.input_quant.qparams()
                 if isinstance(layer.weight_bits, int) and bool(layer.input_quant.initialized):
                     _, bias = layer.quantized_parameters()  # needs the input scale: after the line above
-                    layer.frozen_weight_scale = weight_scale(layer.weight, layer.weight_bits)
+                    layer.frozen_weight_scale = weight_scale(layer.weight, layer.weight_bits, layer.reduce_range)
                     layer.frozen_bias = None if bias is None else bias.detach().clone()
         yield model
     finally:
         for layer in layers:
-            layer.frozen_weight_scale, layer.frozen_bias, layer.input_quant.frozen = None, None, None
+            layer.frozen_weight_scale, layer.frozen_bias = None, None
+        for quantizer in quantizers:
+            quantizer.frozen = None
 
 
 @contextlib.contextmanager
 def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the quantized model as its float self (e.g. to trace shapes before calibration)."""
     layers = list(quant_layers(model).values())
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
     previous = [layer.quant_enabled for layer in layers]
+    previous_quantizers = [quantizer.enabled for quantizer in quantizers]
     try:
         for layer in layers:
             layer.quant_enabled = False
+        for quantizer in quantizers:
+            quantizer.enabled = False
         yield model
     finally:
         for layer, state in zip(layers, previous):
             layer.quant_enabled = state
+        for quantizer, state in zip(quantizers, previous_quantizers):
+            quantizer.enabled = state

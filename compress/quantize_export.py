@@ -6,10 +6,15 @@ QuantizeLinear + DequantizeLinear pairs (opset >= 13; only the ranges (-128, 127
 so the exported graph *is* the fake-quantized model: weights QDQ per output channel (axis 0,
 int8, zero point 0), each conv/linear input QDQ per tensor (uint8, calibrated zero point). We
 export with ``predictors.latency.measure.export_onnx`` (opset 18, constant folding) inside
-``frozen_qparams`` so scales and zero points are constants; ONNX Runtime then fuses
-DQ -> Conv -> (ReLU/Clip) -> Q into QLinearConv (MobileNetV2: 36 of its 52 convs). Building QDQ
-with ``onnxruntime.quantization`` from our ranges was the alternative; it would re-derive scales
-with its own rounding rules, so the exporter path is the one whose numerics match by construction.
+``frozen_qparams`` so scales and zero points are constants, then rewrite it exactly
+(``compress.quantize_onnx.int8_graph``: int8 weight initializers, one Q per tensor, no equal DQ->Q
+pairs). With the quantization points of ``compress.quantize_graph`` ONNX Runtime fuses every conv
+of MobileNetV2 into QLinearConv (52 of 52; 36 before issue #16), its 10 residual adds into
+QLinearAdd and the classifier into QGemm -- the same optimized graph as ``quantize_static``'s.
+Building QDQ with ``onnxruntime.quantization`` from our ranges was the alternative; it would
+re-derive scales with its own rounding rules, so the exporter path is the one whose numerics match
+by construction. 8-bit weights are 7-bit codes (``compress.quantize_ops``): full-range int8
+weights are not exact on x86 CPUs without VNNI.
 
 **Tolerance.** Both sides compute on the same grids -- including the bias, which
 ``quantize_ops`` rounds to int32 at ``s_in * s_w`` exactly as ORT's ``BiasQuantization`` transform
@@ -18,9 +23,11 @@ accumulation whose summation order differs between PyTorch's and ORT's conv kern
 pre-quantization value on the other side of a rounding midpoint, moving that code by one step;
 flips then propagate, and more so through a deep trained network than a random one. So the
 difference is judged against what quantization itself does to the outputs: ``relative`` =
-max |ORT - fake-quant| / max |fake-quant - float| on the same inputs. Measured (1 thread, all
-ORT optimizations; random-init models: BN statistics from 2 batches, classifier weights
-N(0, 0.05), 8 random inputs; trained: 32 CIFAR-10 test images):
+max |ORT - fake-quant| / max |fake-quant - float| on the same inputs. Measured before issue #16
+(layer inputs quantized only, full-range int8 weights, a VNNI CPU; 1 thread, all ORT
+optimizations; random-init models: BN statistics from 2 batches, classifier weights N(0, 0.05),
+8 random inputs; trained: 32 CIFAR-10 test images) -- the int8 graph's own checks are in
+BENCHMARKS.md (``bench.int8``) and ``tests/test_int8_graph.py``:
 
     model @ resolution                      max |diff|   quantization error (max)   relative   top-1 agree
     MobileNetV2 @ 32 (random)               1.8e-7       6.8e-3                     0.00003    100%
@@ -49,9 +56,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compress.quantize import frozen_qparams, quant_layers, quantization_disabled
-from predictors.latency.backends import OnnxRuntimeBackend, export_onnx
-from predictors.latency.measure import measure_modules
+from compress.quantize import ActivationQuantizer, frozen_qparams, quant_layers, quantization_disabled
+from compress.quantize_onnx import int8_graph
+from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
 
 __all__ = ["QDQ_TOLERANCE", "ExportCheck", "check_qdq_export", "export_qdq", "measure_int8_latency"]
 
@@ -73,7 +80,7 @@ def require_int8(qmodel: nn.Module) -> None:
             f"QDQ export needs weight_bits=8 and activation_bits=8 on every quantized layer (ONNX QuantizeLinear "
             f"is int8/uint8); these are not: {shown}. Lower bit-widths are costed by the accelerator model instead"
         )
-    uncalibrated = [n for n, m in layers.items() if not bool(m.input_quant.initialized)]
+    uncalibrated = [n for n, m in qmodel.named_modules() if isinstance(m, ActivationQuantizer) and not bool(m.initialized)]
     if uncalibrated:
         raise ValueError(f"export: layers {uncalibrated[:5]} have no activation range; run calibrate() first")
 
@@ -144,7 +151,7 @@ def export_qdq(qmodel: nn.Module, example: Tensor | Sequence[int], *, check_inpu
     private = copy.deepcopy(qmodel).cpu().eval()
     x = _example(private, example)
     with frozen_qparams(private):
-        onnx_model = export_onnx(private, x)
+        onnx_model, _ = int8_graph(export_onnx(private, x))
     if check_inputs is not None:
         check = check_qdq_export(private, onnx_model, check_inputs, tolerance=tolerance, threads=threads)
         if not check.passed:
@@ -156,19 +163,19 @@ def export_qdq(qmodel: nn.Module, example: Tensor | Sequence[int], *, check_inpu
 
 
 def measure_int8_latency(model: nn.Module, qmodel: nn.Module, input_shape: Sequence[int], *, threads: int = 1,
-                         **measure_kw: Any) -> dict[str, Any]:
-    """ONNX Runtime CPU latency of the float ``model`` and its all-8-bit QDQ ``qmodel``, measured
-    together (interleaved) with the project's protocol (``measure_modules``). Check the export's
-    numerics with :func:`export_qdq` (``check_inputs``) first: the backend's float check is off
-    here because an int8 model is not meant to match its float self to 1e-4."""
+                         int8_model: bytes | None = None, **measure_kw: Any) -> dict[str, Any]:
+    """ONNX Runtime CPU latency of the float ``model`` and its all-8-bit ``qmodel`` as exported
+    (:func:`export_qdq`, or ``int8_model`` when already exported), timed together (interleaved) with
+    the project's protocol (``predictors.latency.backends.measure_onnx``). Check the export's
+    numerics with :func:`export_qdq` (``check_inputs``) first."""
     require_int8(qmodel)
     shape = (1, *tuple(input_shape)[1:])
-    backend = OnnxRuntimeBackend(threads=threads, check_export=False)
-    private = copy.deepcopy(qmodel).cpu().eval()
-    with frozen_qparams(private):  # the backend's deep copy keeps the frozen scales
-        fp32, int8 = measure_modules(backend, [(model, shape), (private, shape)], **measure_kw)
+    backend = OnnxRuntimeBackend(threads=threads)
+    fp32_model = export_onnx(copy.deepcopy(model).cpu().eval(), fixed_input(shape))
+    int8_model = int8_model if int8_model is not None else export_qdq(qmodel, shape)
+    fp32, int8 = measure_onnx(backend, [fp32_model, int8_model], shape, **measure_kw)
     return {
         "input_shape": list(shape), "fp32": fp32.to_dict(), "int8": int8.to_dict(),
         "speedup": fp32.median_ms / int8.median_ms if int8.median_ms > 0 else float("inf"),
-        "backend": backend.metadata(),
+        "fp32_bytes": len(fp32_model), "int8_bytes": len(int8_model), "backend": backend.metadata(),
     }

@@ -6,6 +6,19 @@ Each quantized layer quantizes its *weights* and its *input activation* (HAQ's p
   ``scale_c = max|w_c| / (2^(b-1) - 1)``, ``w_q = clamp(round(w / scale_c)) * scale_c``. The grid
   is symmetric (the most negative code, -2^(b-1), is never produced), so 8-bit weights are int8
   with zero point 0 -- what ONNX Runtime's int8 kernels expect.
+  **8-bit weights use 7-bit codes by default** (``reduce_range``, a per-layer flag, on unless
+  ``apply_policy(..., reduce_range=False)``): ``scale_c = max|w_c| / 63``, codes in -63..63, still
+  stored as int8. Reason: on x86 CPUs without VNNI (AVX2, AVX-512F/BW) ONNX Runtime's u8s8
+  kernels multiply uint8 activations by int8 weights with ``vpmaddubsw``, which adds each pair of
+  products in int16 *with saturation*; 255 * 127 * 2 = 64770 overflows 32767, 255 * 63 * 2 = 32130
+  cannot. Measured on an AVX2 EPYC (tests' tiny model, ORT 1.32): full-range int8 weights differ
+  from fake-quant by 2.3x the quantization error with all graph optimizations (QLinearConv) and by
+  1e-8 with them disabled (float Conv on dequantized weights); 7-bit codes: 1e-8 with both. VNNI
+  (``vpdpbusd``) and ARM (``sdot``/``udot``) accumulate in int32 and never saturate, so a full-range
+  model is exact there but not portable: a file exported on a VNNI machine may be run on an AVX2
+  one. The reduced grid is exact everywhere, at the cost of one bit of weight resolution (ORT's
+  own ``quantize_static(reduce_range=True)`` advice for these CPUs). Only 8-bit layers are
+  affected; 2..7-bit grids are simulations for cost models, not run on int8 kernels.
   ``"binary"``: ``sign(w) * mean|w_c|`` (BWN/XNOR-Net; w = 0 maps to +); ``"ternary"`` (TWN):
   threshold ``0.7 * mean|w_c|``, ``alpha_c`` = mean |w| above it, ``w_q in {-alpha_c, 0, alpha_c}``.
 - **activations**, ``b`` in 2..8: asymmetric per tensor, unsigned codes 0..2^b - 1. An observer
@@ -50,6 +63,7 @@ __all__ = [
     "fake_quant_weight",
     "quantize_bias",
     "quantize_weight",
+    "weight_levels",
     "weight_scale",
 ]
 
@@ -57,6 +71,7 @@ _Q = TypeVar("_Q", bound=nn.Module)
 
 EPS = 1e-8  # smallest scale: a constant-zero tensor still quantizes (to zero) without dividing by 0
 TWN_THRESHOLD = 0.7  # Li & Liu, "Ternary Weight Networks": delta = 0.7 * E|w|
+INT8_KERNEL_LEVELS = 63  # largest 8-bit weight code with reduce_range: no int16 saturation on u8s8 kernels
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -76,18 +91,23 @@ def _channel_mean_abs(weight: Tensor) -> Tensor:
     return weight.abs().flatten(1).mean(1).view(-1, *([1] * (weight.dim() - 1)))
 
 
-def weight_scale(weight: Tensor, bits: int) -> Tensor:
-    """Per-output-channel step ``max|w_c| / (2^(bits-1) - 1)`` (1-D, float32, no gradient)."""
-    levels = 2 ** (bits - 1) - 1
+def weight_levels(bits: int, reduce_range: bool = False) -> int:
+    """The largest weight code: ``2^(bits-1) - 1``, or 63 for 8 bits with ``reduce_range``."""
+    return INT8_KERNEL_LEVELS if reduce_range and bits == 8 else 2 ** (bits - 1) - 1
+
+
+def weight_scale(weight: Tensor, bits: int, reduce_range: bool = False) -> Tensor:
+    """Per-output-channel step ``max|w_c| / weight_levels(bits, reduce_range)`` (1-D, float32, no gradient)."""
+    levels = weight_levels(bits, reduce_range)
     return (weight.detach().abs().flatten(1).amax(1) / levels).clamp_min(EPS).float()
 
 
-def fake_quant_weight(weight: Tensor, bits: WeightBits) -> Tensor:
+def fake_quant_weight(weight: Tensor, bits: WeightBits, reduce_range: bool = False) -> Tensor:
     """The weight on its quantization grid (same shape and dtype), straight-through gradient."""
-    return quantize_weight(weight, bits)[0]
+    return quantize_weight(weight, bits, reduce_range)[0]
 
 
-def quantize_weight(weight: Tensor, bits: WeightBits) -> tuple[Tensor, Tensor]:
+def quantize_weight(weight: Tensor, bits: WeightBits, reduce_range: bool = False) -> tuple[Tensor, Tensor]:
     """(weight on its grid, the per-channel step (1-D): the scale, or alpha for binary/ternary)."""
     if bits == "binary":
         alpha = _channel_mean_abs(weight.detach())
@@ -98,7 +118,7 @@ def quantize_weight(weight: Tensor, bits: WeightBits) -> tuple[Tensor, Tensor]:
         kept = mask.flatten(1).sum(1).clamp_min(1)
         alpha = ((w.abs() * mask).flatten(1).sum(1) / kept).view_as(_channel_mean_abs(w))
         return _StraightThrough.apply(weight, torch.sign(w) * mask * alpha), alpha.flatten()
-    scale = weight_scale(weight, bits)
+    scale = weight_scale(weight, bits, reduce_range)
     return _fake_quant_weight_with(weight, scale, bits), scale
 
 
@@ -111,7 +131,7 @@ def quantize_bias(bias: Tensor, input_scale: Tensor, weight_step: Tensor) -> Ten
 def _fake_quant_weight_with(weight: Tensor, scale: Tensor, bits: int) -> Tensor:
     zero = torch.zeros_like(scale, dtype=torch.int32)
     # quant range -2^(b-1)..2^(b-1)-1 is the signed int range (the only one ONNX accepts at 8
-    # bits); the scale above keeps every code within +-(2^(b-1)-1), so the grid is symmetric
+    # bits); the scale above keeps every code within +-weight_levels(b), so the grid is symmetric
     return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
@@ -177,6 +197,14 @@ class ActivationQuantizer(nn.Module):
         scale, zero_point = self.frozen if self.frozen is not None else self.qparams()
         return fake_quant_activation(x, scale, zero_point, self.bits)
 
+    def quantize_only(self, x: Tensor) -> Tensor:
+        """``x`` on this quantizer's current grid, without observing: a second consumer of the
+        tensor this quantizer quantizes sees the same codes (``compress.quantize_graph``)."""
+        if not self.enabled:
+            return x
+        scale, zero_point = self.frozen if self.frozen is not None else self.qparams()
+        return fake_quant_activation(x, scale, zero_point, self.bits)
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"
 
@@ -191,6 +219,7 @@ class _QuantMixin:
 
     def _setup(self, weight_bits: WeightBits, activation_bits: int, name: str) -> None:
         self.weight_bits, self.quant_enabled = weight_bits, True
+        self.reduce_range = True  # 8-bit weights on 7-bit codes: exact on every CPU's int8 kernels (module docstring)
         self.input_quant = ActivationQuantizer(activation_bits, name=name)
         # set by compress.quantize.frozen_qparams for export: constants instead of traced math
         self.frozen_weight_scale: Tensor | None = None
@@ -211,7 +240,7 @@ class _QuantMixin:
         if self.frozen_weight_scale is not None and isinstance(self.weight_bits, int):
             weight = _fake_quant_weight_with(self.weight, self.frozen_weight_scale, self.weight_bits)
             return weight, self.frozen_bias if self.frozen_bias is not None else self.bias
-        weight, step = quantize_weight(self.weight, self.weight_bits)
+        weight, step = quantize_weight(self.weight, self.weight_bits, self.reduce_range)
         if self.bias is None or not self.input_quant.enabled:
             return weight, self.bias
         input_scale = self.input_quant.frozen[0] if self.input_quant.frozen is not None else self.input_quant.qparams()[0]

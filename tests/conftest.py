@@ -19,9 +19,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _u8s8_saturates() -> bool:
+def u8s8_saturates() -> bool:
     """x86 without VNNI: ONNX Runtime's u8s8 int8 kernels add pairs of products in int16 with
-    saturation (vpmaddubsw), so full-range int8 weights do not compute what fake-quant computes."""
+    saturation (vpmaddubsw); full-range int8 weights would not compute what fake-quant computes,
+    which is why 8-bit weights use 7-bit codes (compress.quantize_ops, reduce_range)."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -31,9 +32,3 @@ def _u8s8_saturates() -> bool:
     except OSError:
         return False
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
-
-
-# Issue #16 makes the int8 export exact on these CPUs; until then its faithfulness tests are
-# expected to fail there (and must pass everywhere else).
-needs_exact_int8_kernels = pytest.mark.xfail(
-    _u8s8_saturates(), reason="x86 CPU without VNNI: ORT's u8s8 kernels saturate (issue #16)", strict=False)

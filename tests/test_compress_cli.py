@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import needs_exact_int8_kernels
 from typer.testing import CliRunner
 
 from nas.cli import app
@@ -78,14 +77,32 @@ def test_prune_writes_a_smaller_loadable_model(model_dir: Path, tmp_path: Path) 
     assert json.loads((out / "policy.json").read_text())["kind"] == "prune"
 
 
-@needs_exact_int8_kernels
 def test_quantize_all_8bit_exports_int8_onnx(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "q8"
     invoke("quantize", str(model_dir), "--bits", "8", "--dataset", "synthetic", "--epochs", "0", "--out", str(out))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["int8_onnx"] == "model.int8.onnx" and (out / "model.int8.onnx").stat().st_size > 0
+    assert metrics["int8_onnx"] == "model_int8.onnx" and (out / "model_int8.onnx").stat().st_size > 0
+    assert (out / "model_fp32.onnx").is_file() and metrics["int8_export_check"]["passed"]
     # 8-bit weights: a quarter of the float32 weight bits, biases stay 32-bit
     assert metrics["weight_bits"] < metrics["weight_bits_fp32"] / 3
+
+
+def test_quantize_a_zoo_model_without_weights_writes_both_onnx_files(tmp_path: Path) -> None:
+    out = tmp_path / "zoo8"
+    invoke("quantize", "zoo:mobilenet_v2", "--resolution", "32", "--bits", "8", "--epochs", "0",
+           "--calibration", "random", "--no-measure", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_accuracy"] is None and metrics["calibration"] == "random"
+    assert json.loads((out / "arch.json").read_text())["resolution"] == 32
+    # int8 initializers: the int8 file is under a third of the fp32 one (weights 4x smaller, plus scales)
+    assert (out / "model_int8.onnx").stat().st_size < (out / "model_fp32.onnx").stat().st_size / 3
+    assert metrics["int8_ort_ops"]["int8"] >= 52 + 10  # every conv QLinearConv, every residual add QLinearAdd
+
+
+def test_quantize_without_weights_refuses_training(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["compress", "quantize", "zoo:mobilenet_v2", "--bits", "8", "--epochs", "1",
+                                 "--calibration", "random", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "dataset" in result.output
 
 
 def test_prune_without_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ def test_every_format_is_written_and_verified_within_its_tolerance(exported: dic
     saved = json.loads((out / "export.json").read_text())
     assert saved["trial_id"] == BEST_TRIAL and len(saved["formats"]) == 5
     assert report.measured_latency["median_ms"] > 0 and report.measured_latency["backend"] == "torch"
+    timed = int8.details["latency"]  # the int8 file timed against fp32 on ORT, interleaved
+    assert timed["int8"]["median_ms"] > 0 and timed["threads"] == 1 and timed["isa"]
+    assert "Measured int8 latency (`model.int8.onnx`)" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_load_rebuilds_the_model_from_safetensors_with_equal_outputs(exported: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
-from conftest import needs_exact_int8_kernels
 import torch
+from conftest import u8s8_saturates
 from torch import nn
 
 from compress.distill import DistillationLoss
@@ -195,10 +195,12 @@ def test_apply_policy_copies_folds_and_keeps_names() -> None:
     x = batches(1, seed=5)[0]
     with torch.no_grad():
         error = (qmodel(x) - model(x)).abs().max()
-    assert 0 < error < 0.05 * model(x).abs().max()  # 8 bits: close to float, but quantized
+    # 8 bits: close to float, but quantized (the int8 points between layers, compress.quantize_graph,
+    # add their own steps: 6.5% of this random model's largest logit, 0.1, against 4% without them)
+    assert 0 < error < 0.1 * model(x).abs().max()
     layer = qmodel.get_submodule("blocks.0.expand.0")  # folded BN gave it a bias: int32 at s_in * s_w
     _, bias = layer.quantized_parameters()
-    codes = bias / (layer.input_quant.qparams()[0] * weight_scale(layer.weight, 8))
+    codes = bias / (layer.input_quant.qparams()[0] * weight_scale(layer.weight, 8, layer.reduce_range))
     assert torch.allclose(codes, codes.round(), atol=1e-3) and not torch.equal(bias, layer.bias)
 
 
@@ -245,7 +247,6 @@ def test_bitfusion_cost_decreases_with_bits() -> None:
 # ---- ONNX QDQ export ----------------------------------------------------------------------------
 
 
-@needs_exact_int8_kernels
 @pytest.mark.parametrize("fold", [True, False])
 def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     model = tiny_model()
@@ -255,18 +256,62 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     graph = onnx.load_from_string(onnx_bytes).graph
     ops = [node.op_type for node in graph.node]
     n_layers = len(quant_layers(qmodel))
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * n_layers
+    initializers = {init.name: init for init in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in initializers]
+    assert ops.count("DequantizeLinear") > ops.count("QuantizeLinear")  # weights: int8 -> DQ only, no Q
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
     constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                       if n.op_type == "Constant"})
     per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[1] in constants
                    and constants[n.input[1]].ndim == 1]
-    assert len(per_channel) == n_layers  # one per-channel (axis 0) weight DQ per layer, scales constant
+    # one per-channel (axis 0) weight DQ per layer ORT runs on int8 kernels, scales constant; layers
+    # followed by a float op (hard-swish, SE's gate) hold their dequantized weights (compress.quantize_onnx)
+    dequantized = [name for name in initializers if name.endswith("_dequantized")]
+    assert len(per_channel) + len(dequantized) == n_layers and per_channel
     assert all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in per_channel)
+    assert all(constants[n.input[0]].dtype == np.int8 and n.input[0] in initializers for n in per_channel)
     check = check_qdq_export(qmodel, onnx_bytes, check_inputs)
     assert check.passed and check.relative <= QDQ_TOLERANCE and check.top1_agreement == 1.0
-    assert check.max_abs_diff < 1e-4  # measured: float-level (<= 1e-6) on this narrow model
+    # measured: float-level (<= 1e-6) on this narrow model with BN folded; unfolded, the convs feeding
+    # a float BN hold float weights, ORT folds the BN into them, and float rounding flips a few codes
+    # downstream: 4.1e-3 = 0.25x the quantization error, within tolerance (checked above)
+    assert check.max_abs_diff < (1e-4 if fold else 0.5 * check.quantization_error)
     assert check.quantization_error > 1e-3  # while 8 bits do move the outputs
+
+
+def test_int8_layers_use_7_bit_weight_codes_in_an_int8_container() -> None:
+    model = tiny_model()
+    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), batches(1))
+    for layer in quant_layers(qmodel).values():
+        codes = layer.quantized_weight().detach() / weight_scale(layer.weight, 8, True).view(-1, *[1] * (layer.weight.dim() - 1))
+        assert torch.allclose(codes, codes.round(), atol=1e-4)
+        assert int(codes.abs().round().max()) == 63  # each channel's largest weight is +-63: no pair sum > 2^15
+    full = apply_policy(model, uniform_policy(model, 8), reduce_range=False)
+    assert not any(layer.reduce_range for layer in quant_layers(full).values())
+    assert fake_quant_weight(model.stem[0][0].weight, 4, True).equal(fake_quant_weight(model.stem[0][0].weight, 4))
+
+
+@pytest.mark.skipif(not u8s8_saturates(), reason="only x86 CPUs without VNNI saturate")
+def test_full_range_int8_weights_are_not_exact_on_this_cpu() -> None:
+    """The cause behind reduce_range, shown: the same full-range export is exact on ORT's float
+    path (optimizations off: DQ then float Conv) and off by more than the tolerance on its int8
+    kernels (QLinearConv), which add u8*s8 pairs in saturating int16 here."""
+    import onnxruntime as ort
+
+    model = tiny_model()
+    qmodel = calibrate(apply_policy(model, uniform_policy(model, 8), reduce_range=False, int8_points=False),
+                       batches(2))
+    check_inputs = torch.cat(batches(2, seed=7))
+    onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16))
+    assert not check_qdq_export(qmodel, onnx_bytes, check_inputs).passed
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = np.concatenate([session.run(None, {name: row[None].numpy()})[0] for row in check_inputs])
+    with torch.no_grad():
+        want = qmodel.eval()(check_inputs).numpy()
+    assert np.abs(got - want).max() < 1e-5
 
 
 def test_an_export_that_ignores_quantization_fails_the_check() -> None:

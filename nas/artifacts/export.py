@@ -9,8 +9,10 @@ Formats (file names in ``FILE_NAMES``):
 - ``onnx``: model.onnx, TorchScript ONNX exporter at opset `ONNX_OPSET` (the latency backend's),
   dynamic batch axis ("batch"); run by ONNX Runtime with the latency backend's session options.
 - ``onnx-int8``: model.int8.onnx, the all-8-bit QDQ model of `compress.quantize` (BN folded,
-  per-channel int8 weights, per-tensor uint8 activations calibrated on ``calibration`` inputs),
-  also with a dynamic batch axis. Checked against the *fake-quantized* PyTorch model, not fp32.
+  per-channel int8 weights stored as int8 initializers on 7-bit codes, per-tensor uint8
+  activations calibrated on ``calibration`` inputs, int8 residual adds and output quantizers:
+  `compress.quantize_graph`, `compress.quantize_onnx`), also with a dynamic batch axis. Checked
+  against the *fake-quantized* PyTorch model, not fp32.
 
 Verification (`VERIFY_INPUTS` seeded N(0,1) images, batch 2 so the dynamic axis is exercised):
 fp32 formats must satisfy ``|got - want| <= atol + rtol * |want|`` with the latency backend's
@@ -195,12 +197,13 @@ def _onnx_int8(model: nn.Module, path: Path, inputs: torch.Tensor, want_fp32: np
                calibration: torch.Tensor) -> FormatResult:
     from compress.quantize import apply_policy, calibrate, frozen_qparams
     from compress.quantize_export import QDQ_TOLERANCE, check_qdq_export, require_int8
+    from compress.quantize_onnx import int8_graph
     from compress.quantize_policy import uniform_policy
 
     qmodel = calibrate(apply_policy(model, uniform_policy(model, 8)), calibration.split(8)).eval()
     require_int8(qmodel)
     with frozen_qparams(qmodel):  # scales as initializers: ORT fuses DQ-Conv-Q into QLinearConv
-        path.write_bytes(onnx_bytes(qmodel, inputs[:1]))
+        path.write_bytes(int8_graph(onnx_bytes(qmodel, inputs[:1]))[0])  # int8 initializers, one Q per tensor
     check = check_qdq_export(qmodel, path.read_bytes(), inputs)  # per sample, against fake-quant
     got = _run_onnx(path, inputs)
     with torch.no_grad():
@@ -291,6 +294,21 @@ def measure_exported(arch: ArchSpec, table_metadata: dict[str, Any], settings: A
             "device": meta.get("device"), "cpu_model": meta.get("cpu_model"), "table_device": table_metadata.get("device")}
 
 
+def measure_int8_file(model: nn.Module, arch: ArchSpec, path: Path, settings: Any = None) -> dict[str, Any]:
+    """The exported int8 file against the fp32 model's ONNX export, ONNX Runtime CPU, 1 thread,
+    batch 1, timed together (interleaved) by the project's protocol; the CPU's int8 ISA noted."""
+    from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
+
+    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
+    fp32 = export_onnx(copy.deepcopy(model).eval(), fixed_input(shape))
+    kw = settings.to_dict() if settings is not None else {}
+    fp32_ms, int8_ms = measure_onnx(OnnxRuntimeBackend(threads=1), [fp32, path.read_bytes()], shape, **kw)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    isa = "VNNI" if {"avx512_vnni", "avx_vnni"} & set(flags) else "AVX2, no VNNI" if "avx2" in flags else "other"
+    return {"fp32": fp32_ms.to_dict(), "int8": int8_ms.to_dict(), "speedup": fp32_ms.median_ms / int8_ms.median_ms,
+            "threads": 1, "isa": isa}
+
+
 def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None = None,
                out: str | os.PathLike | None = None, trial: int | None = None, *, measure: bool = True,
                card: bool = True, calibration: str = "random", measure_settings: Any = None,
@@ -313,6 +331,11 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str] | str | None =
         if progress:
             progress("measuring end-to-end latency")
         report.measured_latency = measure_exported(arch, table.metadata, measure_settings)
+    int8_item = next((item for item in results if item.format == "onnx-int8"), None)
+    if measure and int8_item is not None:
+        if progress:
+            progress("measuring int8 vs fp32 on ONNX Runtime")
+        int8_item.details["latency"] = measure_int8_file(model, arch, int8_item.path, measure_settings)
     elif measure:
         info.notes.append("no latency table in config.json: nothing to measure against")
     if card:

@@ -1,7 +1,8 @@
 """`nas compress quantize|prune|scale SOURCE`: shrink a found (or published) model further.
 
 SOURCE is a run (`runs/NAME`, meaning its `best/`), a model directory with arch.json +
-weights.safetensors, a spec JSON file, or `zoo:NAME` (scale only: no weights). Results land in
+weights.safetensors, a spec JSON file, or `zoo:NAME` (no weights: scale, and quantize with
+`--epochs 0`, random init and BN statistics from the calibration batches). Results land in
 `<run>/compress/<kind>/` (or `--out`): the policy JSON, arch.json, weights.safetensors and
 metrics.json.
 """
@@ -205,7 +206,9 @@ def _prune_policy(src: Source, data: Any, state: dict[str, Any], ratio: float | 
 @compress_app.command("quantize")
 @fail_on_user_error
 def quantize(
-    source: str = typer.Argument(..., help="A run (its best/), or a model directory."),
+    source: str = typer.Argument(..., help="A run (its best/), a model directory, a spec JSON or zoo:NAME "
+                                           "(without weights: random init, BN statistics from the calibration "
+                                           "batches; --epochs 0)."),
     bits: Optional[int] = typer.Option(None, help="Uniform weight and activation bits (2-8)."),
     policy: Optional[Path] = typer.Option(None, help="A quantization policy JSON."),
     search: bool = typer.Option(False, "--search", help="HAQ's DDPG agent under --size-ratio."),
@@ -214,50 +217,110 @@ def quantize(
     epochs: int = typer.Option(2, min=0, help="Quantization-aware fine-tune epochs with distillation."),
     dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
     weights: Optional[Path] = typer.Option(None),
+    resolution: Optional[int] = typer.Option(None, min=8, help="Input size of a source without weights "
+                                                               "(default: its spec's)."),
+    calibration_kind: str = typer.Option("data", "--calibration",
+                                         help="data: --dataset's training images; random: seeded N(0,1) images "
+                                              "(no dataset needed; no accuracy figures)."),
+    measure: bool = typer.Option(True, help="All 8-bit: time model_int8.onnx against model_fp32.onnx on ONNX "
+                                            "Runtime (1 thread, batch 1, interleaved) into metrics.json."),
     out: Optional[Path] = typer.Option(None),
     seed: int = typer.Option(0),
 ) -> None:
-    """Mixed-precision (HAQ) or uniform fake-quantization, QAT with distillation, int8 ONNX when all 8-bit."""
+    """Mixed-precision (HAQ) or uniform fake-quantization, QAT with distillation; when all 8-bit,
+    model_fp32.onnx and model_int8.onnx (int8 graph, checked against fake-quant) beside the usual files."""
     from compress.quantize import prepare_qat
     from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
-    from compress.quantize_export import export_qdq
     from nas.training import TrainConfig, distilled_finetune, evaluate
 
-    src = read_source(source, weights, need_weights=True)
     if (bits is not None) + (policy is not None) + search != 1:
         raise OptionError("give exactly one of --bits, --policy or --search")
-    data = _data(src, dataset, seed)
-    fp32 = src.model.eval()
+    if calibration_kind not in ("data", "random"):
+        raise OptionError(f"--calibration {calibration_kind!r}: expected 'data' or 'random'")
+    src = read_source(source, weights, need_weights=False)
+    if resolution is not None and src.model is None:
+        src.spec = src.spec.replace(resolution=resolution)
+    data = _data(src, dataset, seed) if calibration_kind == "data" or dataset or src.config.get("dataset") else None
+    if data is None and (epochs or search):
+        raise OptionError("--epochs > 0 and --search need a dataset (--dataset, or a run that names one)")
+    if src.model is None and (epochs or search):
+        raise OptionError(f"{source} has no trained weights: only --epochs 0 with --bits or --policy")
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
-    calibration = data.calibration_batches(seed)
+    calibration = data.calibration_batches(seed) if calibration_kind == "data" else _random_batches(shape, seed, 4)
+    fp32 = (src.model if src.model is not None else _random_model(src.spec, calibration, seed)).eval()
     chosen, report = _quant_policy(fp32, data, calibration, bits, policy, size_ratio, episodes, seed)
     qmodel = prepare_qat(fp32, chosen, calibration=calibration)
     train_report = distilled_finetune(qmodel, fp32, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     qmodel.eval()
     out_dir = _output_dir(src, "quantize", out)
     _save_quantized(out_dir, chosen, src.spec, qmodel)
-    infos = layer_infos(fp32, shape)
     metrics: dict[str, Any] = {
-        "policy": chosen.bits_string(),
-        "weight_bits": policy_weight_bits(fp32, chosen),
-        "weight_bits_fp32": policy_weight_bits(fp32),
-        "bitfusion_cycles": bitfusion_cost(infos, chosen).cycles,
-        "val_accuracy_fp32": evaluate(fp32, data.val),
-        "val_accuracy": evaluate(qmodel, data.val),
+        "policy": chosen.bits_string(), "source": source, "calibration": calibration_kind,
+        "weight_bits": policy_weight_bits(fp32, chosen), "weight_bits_fp32": policy_weight_bits(fp32),
+        "bitfusion_cycles": bitfusion_cost(layer_infos(fp32, shape), chosen).cycles,
+        "val_accuracy_fp32": evaluate(fp32, data.val) if data else None,
+        "val_accuracy": evaluate(qmodel, data.val) if data else None,
         "test_accuracy": train_report.test_accuracy if train_report else None,
-        "qat_epochs": epochs,
-        "search": report if isinstance(report, dict) else None,
+        "qat_epochs": epochs, "search": report if isinstance(report, dict) else None,
     }
     if all(layer == (8, 8) for layer in chosen.layers.values()):
-        (out_dir / "model.int8.onnx").write_bytes(export_qdq(qmodel, shape, check_inputs=data.val.tensors[0][:16]))
-        metrics["int8_onnx"] = "model.int8.onnx"
+        check = data.val.tensors[0][:16] if data else _random_batches(shape, seed + 1, 2)[0]
+        metrics.update(_write_onnx_pair(out_dir, fp32, qmodel, shape, check, measure))
     _write(out_dir, "metrics.json", metrics)
+    accuracy = (f"; val accuracy {metrics['val_accuracy_fp32']:.4f} -> {metrics['val_accuracy']:.4f}" if data else "")
+    latency = (f"; ONNX Runtime 1 thread: fp32 {metrics['latency']['fp32']['median_ms']:.3f} ms, int8 "
+               f"{metrics['latency']['int8']['median_ms']:.3f} ms" if metrics.get("latency") else "")
     console.print(f"{out_dir}: {metrics['policy']}; weight bits {metrics['weight_bits']:,} "
-                  f"(fp32 {metrics['weight_bits_fp32']:,}); val accuracy {metrics['val_accuracy_fp32']:.4f} -> "
-                  f"{metrics['val_accuracy']:.4f}")
+                  f"(fp32 {metrics['weight_bits_fp32']:,}){accuracy}{latency}")
 
 
-def _quant_policy(fp32: Any, data: Any, calibration: list, bits: int | None, policy: Path | None,
+def _random_batches(shape: tuple[int, ...], seed: int, count: int, batch: int = 8) -> list[Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *shape[1:], generator=generator) for _ in range(count)]
+
+
+def _random_model(spec: Any, calibration: list, seed: int) -> Any:
+    """A model without weights: seeded random init, BN running statistics from train-mode passes
+    over the calibration batches (momentum 0.1, as `bench.int8`)."""
+    import torch
+
+    from search_spaces.build import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(spec).train()
+    with torch.no_grad():
+        for batch in calibration:
+            model(batch)
+    return model.eval()
+
+
+def _write_onnx_pair(out_dir: Path, fp32: Any, qmodel: Any, shape: tuple[int, ...], check: Any,
+                     measure: bool) -> dict[str, Any]:
+    """model_fp32.onnx and model_int8.onnx (checked against fake-quant), sizes, and their latency."""
+    import copy
+
+    from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
+    from compress.quantize_onnx import optimized_op_counts, summarize_ops
+    from predictors.latency.backends import export_onnx, fixed_input
+
+    int8 = export_qdq(qmodel, shape, check_inputs=check)
+    (out_dir / "model_int8.onnx").write_bytes(int8)
+    (out_dir / "model_fp32.onnx").write_bytes(export_onnx(copy.deepcopy(fp32).eval(), fixed_input(shape)))
+    result: dict[str, Any] = {
+        "int8_onnx": "model_int8.onnx", "fp32_onnx": "model_fp32.onnx",
+        "int8_bytes": len(int8), "fp32_bytes": (out_dir / "model_fp32.onnx").stat().st_size,
+        "int8_export_check": check_qdq_export(qmodel, int8, check).to_dict(),
+        "int8_ort_ops": summarize_ops(optimized_op_counts(int8)),
+    }
+    if measure:
+        timed = measure_int8_latency(fp32, qmodel, shape, int8_model=int8)
+        result["latency"] = {key: timed[key] for key in ("fp32", "int8", "speedup", "backend")}
+    return result
+
+
+def _quant_policy(fp32: Any, data: Any | None, calibration: list, bits: int | None, policy: Path | None,
                   size_ratio: float, episodes: int, seed: int) -> tuple[Any, dict[str, Any] | None]:
     """The policy `nas compress quantize` applies, and HAQ's report when it searched for it."""
     from compress.haq import search_quant_policy

@@ -38,8 +38,10 @@ from torch import nn
 from predictors.latency.measure import (
     LATENCY_BACKENDS,
     LatencyBackend,
+    Measurement,
     PreparedOp,
     check_input_shape,
+    measure_prepared,
 )
 from search_spaces.errors import DeviceError
 
@@ -234,6 +236,11 @@ class OnnxRuntimeBackend(LatencyBackend):
             )
         return op
 
+    def prepare_onnx(self, model: bytes, input_shape: tuple[int, ...]) -> PreparedOp:
+        """A serialised ONNX model (built elsewhere, e.g. an int8 export) on this backend's session,
+        fed the fixed input; no export and no check against PyTorch."""
+        return _OrtOp(self.session(model), fixed_input(check_input_shape(input_shape)).numpy())
+
     def metadata(self) -> dict[str, Any]:
         import onnx
         import onnxruntime as ort
@@ -290,3 +297,16 @@ class CudaBackend(TorchBackend):
         meta["versions"].update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
         meta["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
         return meta
+
+
+def measure_onnx(backend: OnnxRuntimeBackend, models: list[bytes], input_shape: tuple[int, ...],
+                 **kw: Any) -> list[Measurement]:
+    """Time serialised ONNX models (same input shape) together, interleaved, by the project's
+    protocol (``measure.measure_prepared``'s keyword arguments)."""
+    with backend.pinned():
+        ops = [backend.prepare_onnx(model, input_shape) for model in models]
+        try:
+            return measure_prepared(ops, **kw)
+        finally:
+            for op in ops:
+                op.close()

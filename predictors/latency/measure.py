@@ -205,10 +205,8 @@ def measure_modules(
         _check_count(name, value, minimum)
     if not (isinstance(max_spread, (int, float)) and max_spread > 0):
         raise ValueError(f"max_spread={max_spread!r}: expected a number > 0")
-    best: dict[int, Measurement] = {}
-    ops: list[PreparedOp] = []
-    gc_was_enabled = gc.isenabled()
     with backend.pinned():
+        ops: list[PreparedOp] = []
         try:
             for index, (module, input_shape) in enumerate(items):
                 try:
@@ -217,34 +215,54 @@ def measure_modules(
                     if type(exc) not in (ValueError, TypeError, RuntimeError):
                         raise  # a subclass may not take a plain message; its own text must do
                     raise type(exc)(f"items[{index}]: {exc}") from exc  # say which item, same type
-            gc.disable()  # a collection inside a block would land on one item only
-            for op in ops:
-                if warmup:
-                    op.time_block(warmup)
-            pending, done = list(range(len(ops))), 0
-            for attempt in range(retries + 1):
-                for i, seconds in zip(pending, _interleaved([ops[i] for i in pending], blocks, block_runs)):
-                    fresh = _summarise(seconds, block_runs)
-                    if i not in best or fresh.spread < best[i].spread:
-                        best[i] = fresh
-                last = attempt == retries
-                pending = [] if last else [i for i in pending if best[i].spread > max_spread]
-                if progress is not None and len(ops) - len(pending) > done:
-                    done = len(ops) - len(pending)  # whatever is no longer pending is final
-                    progress(done)
-                if not pending:
-                    break
-                logger.info("re-measuring %d item(s) with spread > %.2f", len(pending), max_spread)
+            return measure_prepared(ops, warmup=warmup, blocks=blocks, block_runs=block_runs, max_spread=max_spread,
+                                    retries=retries, progress=progress)
         finally:
-            if gc_was_enabled:
-                gc.enable()
             for op in ops:
                 op.close()
+
+
+def measure_prepared(
+    ops: Sequence[PreparedOp],
+    *,
+    warmup: int = 10,
+    blocks: int = 15,
+    block_runs: int = 10,
+    max_spread: float = 0.2,
+    retries: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> list[Measurement]:
+    """The protocol of :func:`measure_modules` on ops already prepared (e.g. ONNX models built
+    elsewhere: ``backends.measure_onnx``); the caller holds the backend's ``pinned()`` and closes the ops."""
+    best: dict[int, Measurement] = {}
+    gc_was_enabled = gc.isenabled()
+    try:
+        gc.disable()  # a collection inside a block would land on one item only
+        for op in ops:
+            if warmup:
+                op.time_block(warmup)
+        pending, done = list(range(len(ops))), 0
+        for attempt in range(retries + 1):
+            for i, seconds in zip(pending, _interleaved([ops[i] for i in pending], blocks, block_runs)):
+                fresh = _summarise(seconds, block_runs)
+                if i not in best or fresh.spread < best[i].spread:
+                    best[i] = fresh
+            last = attempt == retries
+            pending = [] if last else [i for i in pending if best[i].spread > max_spread]
+            if progress is not None and len(ops) - len(pending) > done:
+                done = len(ops) - len(pending)  # whatever is no longer pending is final
+                progress(done)
+            if not pending:
+                break
+            logger.info("re-measuring %d item(s) with spread > %.2f", len(pending), max_spread)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     for i, m in sorted(best.items()):
         if m.spread > max_spread:
             logger.warning("items[%d] still unstable after %d retries: spread %.2f > max_spread %.2f",
                            i, retries, m.spread, max_spread)
-    return [best[i] for i in range(len(items))]
+    return [best[i] for i in range(len(ops))]
 
 
 def measure_module(

@@ -1,0 +1,122 @@
+"""Quantization points between layers, so that an exported 8-bit model runs on int8 kernels
+end to end (issue #16) instead of falling back to float around residual adds and pools.
+
+``compress.quantize`` quantizes each layer's *input*. ONNX Runtime turns DQ -> Conv -> (ReLU/Clip)
+-> Q into QLinearConv only where a Q follows the conv, and DQ, DQ -> Add -> Q into QLinearAdd only
+where both inputs come from DQ. A layer-input-only model leaves three kinds of tensors float:
+
+1. the projection conv of a residual MBConv feeds the add, not a quantized layer;
+2. the residual add's skip input is the float block input (the first conv quantizes its own copy);
+3. a conv whose output goes to a float op: the head conv (-> global pool), the depthwise conv of
+   an SE block (-> pool and the channel gate); and the classifier, whose logits are the output.
+
+So (:func:`add_int8_points`, called by ``apply_policy`` for 8-bit activations):
+
+- such a conv's activation gets an output quantizer after it (:class:`QuantizedOutput`: act, then
+  Q; BN is already folded): the exported graph reads Conv -> act -> Q, fused into QLinearConv;
+- the classifier's logits get an output quantizer (:class:`QuantLinearInt8Output`): QGemm;
+- a residual MBConv (:class:`Int8ResidualMBConv`, a class swap: same modules and state-dict keys,
+  plus the output quantizer's buffers) adds ``project_q + Q_first(x)``, where ``Q_first`` is the
+  block's first conv's input quantizer *applied again, without observing*: the add sees exactly the
+  codes the first conv sees, so the skip tensor is quantized once. The add's output is quantized by
+  its consumers (the next block's first conv and skip: the same parameters), which makes
+  DQ, DQ -> Add -> Q: QLinearAdd.
+
+The fake-quant model computes what the int8 graph computes by construction (each new point is a
+real quantization in both); QAT trains with them. Left float, deliberately: SE's global pool,
+gate and multiply (small tensors; the SE convs themselves are int8 on quantized inputs), the
+head's pool, and blocks other than MBConv/DSConv (GhostNet's ghost modules concatenate a conv and
+a depthwise output; ShuffleNet's units split and shuffle) -- their convs are still int8 where a
+quantized layer consumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor, nn
+
+from compress.quantize_ops import QUANT_TYPES, ActivationQuantizer, QuantLinear
+from search_spaces.blocks import MBConv, SqueezeExcite
+
+__all__ = ["Int8ResidualMBConv", "QuantLinearInt8Output", "QuantizedOutput", "add_int8_points", "int8_point_quantizers"]
+
+logger = logging.getLogger(__name__)
+
+
+class QuantizedOutput(nn.Module):
+    """A conv block's activation followed by an 8-bit output quantizer (replaces the activation
+    slot of a ConvBNAct, so the export reads Conv -> act -> QuantizeLinear)."""
+
+    def __init__(self, act: nn.Module, name: str = "") -> None:
+        super().__init__()
+        self.act = act
+        self.quant = ActivationQuantizer(8, name=name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.quant(self.act(x))
+
+
+class QuantLinearInt8Output(QuantLinear):
+    """The classifier with its logits on an 8-bit grid: ORT forms QGemm only for DQ -> Gemm -> Q
+    (without the Q, the float Gemm dequantizes its int8 weight on every run: ~1 ms at 1280x1000).
+    A class swap of a QuantLinear; ``output_quant`` is calibrated like every quantizer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_quant(super().forward(x))
+
+
+def _first_layer(block: MBConv) -> nn.Module:
+    return block.expand[0] if isinstance(block.expand, nn.Sequential) else block.depthwise[0]
+
+
+class Int8ResidualMBConv(MBConv):
+    """MBConv whose skip input is quantized with its first conv's input parameters (module docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        first = _first_layer(self)
+        if not (first.quant_enabled and first.input_quant.enabled):
+            return out + x
+        return out + first.input_quant.quantize_only(x)
+
+
+def _is_int8(layer: nn.Module) -> bool:
+    return isinstance(layer, QUANT_TYPES) and layer.activation_bits == 8
+
+
+def _quantize_output(sequential: nn.Sequential, name: str) -> bool:
+    last = len(sequential) - 1
+    if isinstance(sequential[last], QuantizedOutput):
+        return False
+    sequential[last] = QuantizedOutput(sequential[last], name)
+    return True
+
+
+def add_int8_points(model: nn.Module) -> int:
+    """Add the quantization points of the module docstring in place, where the convs they serve are
+    quantized with 8-bit activations; returns how many output quantizers were added."""
+    added = 0
+    for path, module in list(model.named_modules()):
+        if type(module) is MBConv or isinstance(module, Int8ResidualMBConv):
+            if isinstance(module.se, SqueezeExcite) and _is_int8(module.depthwise[0]):
+                added += _quantize_output(module.depthwise, f"{path}.depthwise")
+            if module.residual and _is_int8(_first_layer(module)) and _is_int8(module.project[0]):
+                added += _quantize_output(module.project, f"{path}.project")
+                module.__class__ = Int8ResidualMBConv
+    head_conv = getattr(getattr(model, "head", None), "conv", None)
+    if isinstance(head_conv, nn.Sequential) and _is_int8(head_conv[0]):
+        added += _quantize_output(head_conv, "head.conv")
+    classifier = getattr(getattr(model, "head", None), "classifier", None)
+    if type(classifier) is QuantLinear and classifier.activation_bits == 8:
+        classifier.output_quant = ActivationQuantizer(8, name="head.classifier output")
+        classifier.__class__ = QuantLinearInt8Output
+        added += 1
+    logger.debug("added %d int8 output quantizers", added)
+    return added
+
+
+def int8_point_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
+    """The output quantizers :func:`add_int8_points` added (not the layers' input quantizers)."""
+    return [quantizer for m in model.modules() for quantizer in
+            ([m.quant] if isinstance(m, QuantizedOutput) else [m.output_quant] if isinstance(m, QuantLinearInt8Output) else [])]
