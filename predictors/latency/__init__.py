@@ -16,6 +16,7 @@ from predictors.latency.lut import (
     MissingEntriesError,
     arch_signatures,
 )
+from predictors.latency.model import LatencyModel, TabularLatencyModel, is_named_model, open_latency_model
 from predictors.latency.measure import (
     LATENCY_BACKENDS,
     LatencyBackend,
@@ -35,6 +36,7 @@ __all__ = [
     "Calibration",
     "FidelityFigures",
     "LatencyBackend",
+    "LatencyModel",
     "LatencyTable",
     "LatencyTableError",
     "LocalMeasurer",
@@ -42,6 +44,7 @@ __all__ = [
     "Measurement",
     "Measurer",
     "MissingEntriesError",
+    "TabularLatencyModel",
     "ValidationReport",
     "arch_signatures",
     "build_table",
@@ -49,8 +52,10 @@ __all__ = [
     "get_backend",
     "import_proxyless_yaml",
     "import_table",
+    "is_named_model",
     "lut_path_for",
     "measure_module",
     "measure_modules",
+    "open_latency_model",
     "validate_table",
 ]
