@@ -105,6 +105,11 @@ def _source(info: RunInfo, trial: int | None) -> tuple[Path, str, int | None]:
     if not (best / "arch.json").is_file():
         raise InputFileError(f"{best}/arch.json does not exist: the run has no feasible trial yet; wait for one")
     if not (best / "weights.safetensors").is_file():
+        from nas.training.data import is_tabular
+
+        if info.dataset is not None and is_tabular(info.dataset):
+            raise InputFileError(f"{info.path}: searched on the tabular dataset {info.dataset!r}: its trials were "
+                                 "answered from the table and have no weights to export")
         raise InputFileError(f"{best}/weights.safetensors does not exist: the run kept no weights for its best "
                                 "trial (metrics.json weights=null); `nas search --resume` retrains it, then export again")
     label = f"best/ (trial {best_id})" if best_id is not None else "best/"

@@ -119,10 +119,13 @@ def search(
         from nas.training.data import load_dataset
 
         classes = load_dataset(settings["dataset"], settings["resolution"], seed=settings["seed"],
-                               limit=settings["train_limit"]).num_classes
+                               limit=settings["train_limit"], tabular=True).num_classes
         lut = ensure_lut(settings["space"], settings["resolution"], classes, options, backend, threads,
                          runs_dir / "luts")
-    config = SearchConfig(latency_budget_ms=budget_ms, lut_path=str(Path(lut).resolve()), space_options=options,
+    from predictors.latency import is_named_model
+
+    lut_text = str(lut) if is_named_model(str(lut)) else str(Path(lut).resolve())  # hwnasbench:pixel3 is a name
+    config = SearchConfig(latency_budget_ms=budget_ms, lut_path=lut_text, space_options=options,
                           strategy_options=strategy_options, train=train, **settings)
     run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress)
 
@@ -182,12 +185,18 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> BestMetrics:
     from nas.rundir.files import RunDirectory
     from nas.search.runner import finalize_best
-    from predictors.latency import LocalMeasurer, load_latency_predictor
+    from nas.training.data import is_tabular
+    from predictors.latency import LocalMeasurer, open_latency_model
 
     directory = RunDirectory(run_dir)
     if final_epochs == 0:
         return directory.read_best_metrics(required=True)
-    table = load_latency_predictor(SearchConfig.from_dict(directory.read_config()).lut_path)
+    config = SearchConfig.from_dict(directory.read_config())
+    if is_tabular(config.dataset):
+        console.print(f"final retraining skipped: {config.dataset} is a table of trained results, not images "
+                      "(the best trial's accuracy is the table's own, after its full schedule)")
+        return directory.read_best_metrics(required=True)
+    table = open_latency_model(config.lut_path)
     backend, threads = table.metadata.get("backend", "onnxruntime"), int(table.metadata.get("threads", 1))
     try:
         measurer = LocalMeasurer(str(backend), threads=threads)
@@ -212,7 +221,12 @@ def _print_best(run_dir: Path, metrics: BestMetrics) -> None:
     def row(label: str, value: Any, fmt: str = "{}") -> None:
         table.add_row(label, "-" if value is None else fmt.format(value))
 
-    row("val accuracy (search)", metrics.val_accuracy, "{:.4f}")
+    from nas.training.data import is_tabular
+
+    dataset = SearchConfig.from_dict(RunDirectory(run_dir).read_config()).dataset
+    # a tabular trial's accuracy is the table's observed column (NB201: 200-epoch test accuracy)
+    row(f"accuracy (search, {dataset} table)" if is_tabular(dataset) else "val accuracy (search)",
+        metrics.val_accuracy, "{:.4f}")
     row("val accuracy (final)", metrics.final_val_accuracy, "{:.4f}")
     row("test accuracy (final)", metrics.test_accuracy, "{:.4f}")
     row("params", metrics.params, "{:,}")

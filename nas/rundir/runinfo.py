@@ -73,6 +73,11 @@ class RunInfo:
         directory the run was started from), else relative to the run directory."""
         if self.lut is None:
             return None
+        from predictors.latency import is_named_model
+
+        if is_named_model(self.lut):
+            self.notes.append(f"latency from the whole-network model {self.lut!r}: no per-layer table")
+            return None
         for candidate in (Path(self.lut), self.path / self.lut, self.path.parent / self.lut):
             if candidate.is_file():
                 return candidate

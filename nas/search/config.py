@@ -28,9 +28,11 @@ class SearchConfig:
 
     space: str = setting("Search space (`nas spaces` lists them).", "mnasnet")
     latency_budget_ms: float = setting("Latency budget: 6ms, 0.5ms, 500us; a bare number: ms.", flag="--latency-budget")
-    lut_path: str = setting("Latency table; default: build or reuse runs/luts/<space>_r<res>_c<classes>_<backend>_"
+    lut_path: str = setting("Latency table file, or a tabular latency model: hwnasbench:<device> | help:<device> "
+                            "(nb201 only); default: build or reuse runs/luts/<space>_r<res>_c<classes>_<backend>_"
                             "t<threads>_<host>.json on this machine.", flag="--lut")
-    dataset: str = setting("digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH.", "digits")
+    dataset: str = setting("digits | synthetic[:N] | cifar10:PATH | imagefolder:PATH | "
+                           "nb201:cifar10|cifar100|imagenet16[:12ep] (answered from the NB201 table).", "digits")
     resolution: int = setting("Input resolution.", 32, min=8)
     num_classes: int | None = None  # None: the dataset's; no flag, the dataset decides
     space_options: dict[str, Any] = setting("JSON keyword arguments of the space, e.g. '{\"ops\": [\"mbconv\"]}'.",

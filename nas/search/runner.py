@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nas.training.data import DataSplits, load_dataset
+from nas.training.data import DataSplits, is_tabular, load_dataset
 from nas.search.trial import evaluate_candidate, precheck, retrain, train_candidate
 from nas.search.progress import SearchProgress
 from nas.rundir.files import RunDirError, RunDirectory
@@ -22,7 +22,8 @@ from nas.rundir.records import BestMetrics, TrialRecord
 from nas.search.session import SearchSession
 from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
-from predictors.latency import LatencyPredictor, Measurer, MissingEntriesError, load_latency_predictor
+from predictors.latency import LatencyModel, Measurer, MissingEntriesError, open_latency_model
+from predictors.tabular import TabularDataset
 from search_spaces.errors import OptionError
 from nas.search.config import SearchConfig, flag_of
 from search_spaces.space import SearchSpace
@@ -30,7 +31,8 @@ from search_spaces.spaces import get_space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SearchConfig", "SearchSummary", "checked_strategy", "finalize_best", "run_search", "strategy_descriptions"]
+__all__ = ["SearchConfig", "SearchSummary", "build_searcher", "checked_strategy", "finalize_best", "run_search",
+           "strategy_descriptions"]
 
 @dataclass(frozen=True)
 class SearchSummary:
@@ -59,11 +61,29 @@ def strategy_descriptions() -> list[dict[str, Any]]:
     return [SEARCHERS.get(name).describe() for name in SEARCHERS.names()]
 
 
-def checked_strategy(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyPredictor,
-                     run_dir: RunDirectory, data: DataSplits | None = None,
+def checked_strategy(config: SearchConfig, space: SearchSpace, objective: SearchObjective, table: LatencyModel,
+                     run_dir: RunDirectory, data: DataSplits | TabularDataset | None = None,
                      progress: bool = False) -> tuple[type[Searcher], StrategyContext, Any]:
     """The strategy named in the config, the one context every strategy receives, and its options
     checked; nothing is built or written yet (an Optuna strategy opens its storage when built)."""
+    return _checked(config.strategy, space, objective, table, seed=config.seed, trials=config.trials,
+                    options=config.strategy_options, storage=run_dir.optuna_storage, work_dir=run_dir.path,
+                    data=data, train=config.train, progress=progress)
+
+
+def build_searcher(strategy: str, space: SearchSpace, objective: SearchObjective, table: LatencyModel, *,
+                   seed: int, trials: int | None, options: dict[str, Any] | None = None, **context: Any) -> Searcher:
+    """Strategy `strategy` built with its context, outside any run directory (`run_in_memory`)."""
+    cls, built_context, parsed = _checked(strategy, space, objective, table, seed=seed, trials=trials,
+                                          options=options, **context)
+    return cls(built_context, parsed)
+
+
+def _checked(strategy: str, space: SearchSpace, objective: SearchObjective, table: LatencyModel, *, seed: int,
+             trials: int | None, options: dict[str, Any] | None = None, storage: str | None = None,
+             work_dir: Path | None = None, data: Any = None, train: Any = None,
+             progress: bool = False) -> tuple[type[Searcher], StrategyContext, Any]:
+    """Under a hard constraint the latency model's budget check is the strategy's pre-check."""
     def is_feasible(arch: Any) -> bool:
         try:
             return table.predict(arch) <= objective.latency_budget_ms
@@ -72,19 +92,27 @@ def checked_strategy(config: SearchConfig, space: SearchSpace, objective: Search
 
     # a soft constraint trains over-budget networks too, so nothing is pre-rejected
     context = StrategyContext(
-        space, objective, seed=config.seed, is_feasible=is_feasible if config.constraint == "hard" else None,
-        trials=config.trials, storage=run_dir.optuna_storage, work_dir=run_dir.path, table=table, data=data,
-        train=config.train, progress=progress)
-    strategy = strategy_class(config.strategy)
-    return strategy, context, strategy.parse_options(context, config.strategy_options)
+        space, objective, seed=seed, is_feasible=is_feasible if objective.constraint == "hard" else None,
+        trials=trials, storage=storage, work_dir=work_dir, table=table, data=data, train=train, progress=progress)
+    cls = strategy_class(strategy)
+    return cls, context, cls.parse_options(context, dict(options or {}))
 
 
-def load_search_data(config: SearchConfig) -> DataSplits:
-    return load_dataset(config.dataset, config.resolution, seed=config.seed, limit=config.train_limit)
+def load_search_data(config: SearchConfig) -> DataSplits | TabularDataset:
+    data = load_dataset(config.dataset, config.resolution, seed=config.seed, limit=config.train_limit, tabular=True)
+    if isinstance(data, TabularDataset):
+        if config.uses_ray:
+            raise OptionError(f"--dataset {config.dataset}: a tabular dataset answers trials in microseconds; "
+                              "run it without --ray / --ray-address")
+        if config.train_limit is not None:
+            raise OptionError(f"--train-limit: not used with the tabular dataset {config.dataset!r} (nothing is trained)")
+    return data
 
 
-def open_table(config: SearchConfig, space: SearchSpace) -> LatencyPredictor:
-    table = load_latency_predictor(config.lut_path)
+def open_table(config: SearchConfig, space: SearchSpace) -> LatencyModel:
+    """The run's latency model: a `LatencyTable` file, or a tabular model named by `--lut`
+    (`hwnasbench:<device>`, `help:<device>`), checked against the space."""
+    table = open_latency_model(config.lut_path)
     table.check_fits(space=space.name, resolution=space.resolution, num_classes=space.num_classes,
                      source=config.lut_path)
     return table
@@ -122,14 +150,17 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
 
 
 def _search(config: SearchConfig, directory: RunDirectory, searcher: Searcher, objective: SearchObjective,
-            table: LatencyPredictor, data: DataSplits, *, resume: bool, progress: bool) -> SearchSummary:
+            table: LatencyModel, data: DataSplits | TabularDataset, *, resume: bool, progress: bool) -> SearchSummary:
     """The search loop of `run_search`: resume bookkeeping, prepare, ask/evaluate/tell, best/."""
-    session = _open_session(directory, searcher, objective, config.trials)
+    tabular = isinstance(data, TabularDataset)
+    session = _open_session(directory, searcher, objective, config.trials, weights=not tabular)
     replayed = session.replay()
     # a one-shot strategy's derived network is its answer: trained even when it ends over the budget
     trial_objective = objective if searcher.kind != ONE_SHOT else replace(objective, constraint="soft")
 
     def retrain_trial(candidate: Candidate) -> Any:
+        if tabular:
+            return None  # a tabular trial has no weights (the session does not expect any)
         checked = precheck(candidate, table, trial_objective)
         if checked.verdict is not None:
             return None
@@ -157,7 +188,7 @@ def _search(config: SearchConfig, directory: RunDirectory, searcher: Searcher, o
 
 
 def _open_session(directory: RunDirectory, searcher: Searcher, objective: SearchObjective,
-                  trials: int) -> SearchSession:
+                  trials: int, weights: bool = True) -> SearchSession:
     """The run's session, its searcher restored from searcher.json when the run has one."""
     saved = directory.read_searcher_state()
     told: set[int] = set()
@@ -167,7 +198,7 @@ def _open_session(directory: RunDirectory, searcher: Searcher, objective: Search
                               f"the run uses {searcher.name!r}")
         searcher.load_state_dict(saved["state"])
         told = set(saved.get("told_trial_ids", []))
-    session = SearchSession(directory, searcher, objective, trials, told_trial_ids=told)
+    session = SearchSession(directory, searcher, objective, trials, told_trial_ids=told, weights=weights)
     if session.finished > trials:
         logger.warning("%s holds %d trials, more than trials=%d", directory.trials_path, session.finished, trials)
     return session
@@ -199,7 +230,7 @@ def refuse_unused_settings(strategy: type[Searcher], config: SearchConfig | None
                           f"{strategy.name!r} (`nas strategies` says what each strategy takes)")
 
 
-def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, table: LatencyPredictor,
+def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits | TabularDataset, table: LatencyModel,
                objective: SearchObjective) -> None:
     while session.remaining > 0:
         candidate = session.ask()
@@ -211,9 +242,14 @@ def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits, t
 def finalize_best(run_dir: str | os.PathLike, *, epochs: int, measurer: Measurer | None,
                   progress: bool = False) -> BestMetrics:
     """Retrain best/'s architecture for `epochs` from scratch (train split; val monitors), report
-    test accuracy, measure it end to end with `measurer`, and save weights and metrics in best/."""
+    test accuracy, measure it end to end with `measurer`, and save weights and metrics in best/.
+    A run on a tabular dataset has nothing to retrain (its figures are the table's, after the
+    table's full schedule): `OptionError` (`nas search` skips the step with a line saying so)."""
     directory = RunDirectory(run_dir)
     config = SearchConfig.from_dict(directory.read_config())
+    if is_tabular(config.dataset):
+        raise OptionError(f"{directory.path}: searched on the tabular dataset {config.dataset!r}; there are no "
+                          "images to retrain on (the best trial's figures are the table's)")
     arch = directory.read_best_arch()
     # the whole training split: `train_limit` only makes search trials cheaper
     data = load_dataset(config.dataset, config.resolution, seed=config.seed)

@@ -44,8 +44,10 @@ def trial_record(candidate: Candidate, result: Result, objective: SearchObjectiv
 
 class SearchSession:
     def __init__(self, run_dir: RunDirectory, searcher: Searcher, objective: SearchObjective, trials: int,
-                 *, told_trial_ids: set[int] | None = None) -> None:
+                 *, told_trial_ids: set[int] | None = None, weights: bool = True) -> None:
         self.run_dir = run_dir
+        # False: trials produce no weights (answered from a table), so best/ holds none by design
+        self.weights = weights
         self.searcher = searcher
         self.objective = objective
         self.trials = trials
@@ -111,7 +113,7 @@ class SearchSession:
         self.save_state()
         if self._better(record):
             self.best = record
-            if model is None and (weights_file is None or not Path(weights_file).is_file()):
+            if self.weights and model is None and (weights_file is None or not Path(weights_file).is_file()):
                 logger.warning("trial %d is the new best but its weights are not readable here; "
                                "they will be regenerated", candidate.trial_id)
             self._write_best(record, model=model, weights_file=weights_file)
@@ -151,7 +153,7 @@ class SearchSession:
                 shutil.rmtree(self.run_dir.best_dir)
             return
         complete = (metrics is not None and metrics.trial_id == self.best.trial_id
-                    and self.run_dir.best_weights_path.is_file() and (self.run_dir.best_dir / "arch.json").is_file())
+                    and (not self.weights or self.run_dir.best_weights_path.is_file()) and (self.run_dir.best_dir / "arch.json").is_file())
         if complete:
             return
         candidate = self.best.candidate

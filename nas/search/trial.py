@@ -3,7 +3,15 @@
 Two halves, because the Ray path runs them in different processes: `precheck` (cheap, no
 training: latency from the table, params and MACs, the budget verdict) runs where the searcher
 lives, `train_candidate` wherever there is a CPU to train on. `evaluate_candidate` is the two in
-a row, for the in-process loop. Every way a trial can go wrong ends in a `Result` with a reason
+a row, for the in-process loop (and `nas.search.memory`'s run without a run directory).
+
+A tabular dataset (`--dataset nb201:cifar10`, a `predictors.tabular.TabularDataset`) is answered,
+not trained: `answer_candidate` looks the candidate up after the same precheck (params and MACs
+then come from the table, which equals our own count on NB201). Its `Result`: `accuracy` is the
+table's observed column in [0, 1] (NB201: the 200-epoch *test* accuracy by default, the 12-epoch
+validation accuracy with `:12ep`), `epochs` the length of the schedule that produced it (200 or
+12), `train_time_s` that schedule's training time when the table records it (NB201's does not:
+None), no model, and `extra` names the table row and column. Every way a trial can go wrong ends in a `Result` with a reason
 rather than an exception: a trial is data about the space, and the search goes on.
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,13 +30,17 @@ from torch import nn
 from nas.training.data import DataSplits
 from nas.strategies.base import Candidate, Result, SearchObjective
 from nas.training.train import EpochCallback, TrainConfig, train
-from predictors.latency import LatencyPredictor, Measurer, MissingEntriesError
+from predictors.latency import LatencyModel, Measurer, MissingEntriesError
+from predictors.tabular import TabularDataset
 from search_spaces.build import build_model
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Precheck", "evaluate_candidate", "failure_reason", "precheck", "retrain", "train_candidate"]
+__all__ = ["Precheck", "answer_candidate", "evaluate_candidate", "failure_reason", "precheck", "retrain",
+           "train_candidate"]
+
+Cost = Callable[[ArchSpec], "tuple[int, int | None]"]
 
 
 def failure_reason(error: BaseException) -> str:
@@ -66,7 +79,9 @@ def count_cost(arch: ArchSpec, model: nn.Module | None = None) -> tuple[int, int
         return params, count(arch).macs
 
 
-def precheck(candidate: Candidate, table: LatencyPredictor, objective: SearchObjective) -> Precheck:
+def precheck(candidate: Candidate, table: LatencyModel, objective: SearchObjective,
+             cost: Cost | None = None) -> Precheck:
+    """Latency from the model, (params, MACs) from `cost` (default `count_cost`), budget verdict."""
     arch = candidate.arch
     try:
         latency_ms = table.predict(arch)
@@ -78,7 +93,7 @@ def precheck(candidate: Candidate, table: LatencyPredictor, objective: SearchObj
         logger.exception("trial %d: latency prediction failed", candidate.trial_id)
         return Precheck(verdict=Result(status="failed", reason=failure_reason(error)))
     try:
-        params, macs = count_cost(arch)
+        params, macs = (cost or count_cost)(arch)
     except Exception as error:  # the builder refused the architecture
         logger.exception("trial %d: could not build the architecture", candidate.trial_id)
         return Precheck(latency_ms, verdict=Result(status="failed", latency_ms=latency_ms,
@@ -131,7 +146,19 @@ def train_candidate(
     return result, model
 
 
-def _measure(arch: ArchSpec, table: LatencyPredictor) -> float:
+def answer_candidate(candidate: Candidate, checked: Precheck, data: TabularDataset) -> Result:
+    """A candidate that passed `precheck`, answered from a tabular dataset (see the module doc)."""
+    known = {"latency_ms": checked.latency_ms, "params": checked.params, "macs": checked.macs}
+    try:
+        answer = data.answer(candidate.arch)
+    except Exception as error:  # not a cell of the table
+        logger.exception("trial %d: %s cannot answer it", candidate.trial_id, data.name)
+        return Result(status="failed", reason=failure_reason(error), **known)
+    return Result(status="ok", accuracy=answer.accuracy, epochs=answer.epochs, train_time_s=answer.train_time_s,
+                  extra={"tabular": data.name, "table_index": answer.index, "observed": answer.column}, **known)
+
+
+def _measure(arch: ArchSpec, table: LatencyModel) -> float:
     from predictors.latency import LocalMeasurer
 
     measurer = LocalMeasurer(str(table.metadata.get("backend", "onnxruntime")),
@@ -142,15 +169,19 @@ def _measure(arch: ArchSpec, table: LatencyPredictor) -> float:
 def evaluate_candidate(
     candidate: Candidate,
     *,
-    data: DataSplits,
+    data: DataSplits | TabularDataset,
     train_config: TrainConfig,
-    table: LatencyPredictor,
+    table: LatencyModel,
     objective: SearchObjective,
     on_epoch: EpochCallback | None = None,
     measure_latency: bool = False,
 ) -> tuple[Result, nn.Module | None]:
-    """precheck, then train. With `measure_latency`, an ok trial is also timed end to end on the
-    table's backend and thread count (a measuring error is logged, not a trial failure)."""
+    """precheck, then train (or answer from a tabular dataset: no model). With `measure_latency`,
+    an ok trained trial is also timed end to end on the table's backend and thread count (a
+    measuring error is logged, not a trial failure)."""
+    if isinstance(data, TabularDataset):
+        checked = precheck(candidate, table, objective, cost=data.cost)
+        return (checked.verdict or answer_candidate(candidate, checked, data)), None
     checked = precheck(candidate, table, objective)
     if checked.verdict is not None:
         return checked.verdict, None
@@ -169,7 +200,7 @@ def retrain(
     data: DataSplits,
     train_config: TrainConfig,
     measurer: Measurer | None,
-    table: LatencyPredictor | None = None,
+    table: LatencyModel | None = None,
     *,
     progress: bool = False,
 ) -> tuple[dict[str, Any], nn.Module]:

@@ -11,6 +11,9 @@ Accepted names (see :data:`ACCEPTED_FORMS`):
 - ``cifar10:PATH`` -- an ``.npz`` with x_train/y_train/x_test/y_test, or a torchvision CIFAR-10 root.
 - ``imagefolder:PATH`` -- train/ + val/ (+ optional test/) class folders, or one class folder.
 - ``synthetic`` / ``synthetic:N`` -- a small deterministic learnable dataset for tests.
+- ``nb201:cifar10|cifar100|imagenet16[:12ep]`` -- not images but NAS-Bench-201's table
+  (`predictors.tabular.NB201Dataset`): a trial is answered from it instead of trained. Returned
+  as that oracle, not as `DataSplits`; its resolution is the data set's (32, 32, 16).
 
 Splitting rules (all deterministic for a seed, stratified by class):
 
@@ -40,8 +43,9 @@ from torch.utils.data import TensorDataset
 
 from search_spaces.errors import DatasetError, InputFileError, OptionError
 from nas.training.cifar10 import cifar10_arrays
+from predictors.tabular import TabularDataset
 
-__all__ = ["ACCEPTED_FORMS", "DataSplits", "absolute_dataset", "load_dataset"]
+__all__ = ["ACCEPTED_FORMS", "DataSplits", "absolute_dataset", "is_tabular", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +55,10 @@ ACCEPTED_FORMS = (
     "synthetic:N (N >= 2 classes)",
     "cifar10:PATH (an .npz with x_train/y_train/x_test/y_test, or a torchvision CIFAR-10 root)",
     "imagefolder:PATH (train/ and val/ [and test/] class folders, or a single class folder)",
+    "nb201:cifar10|cifar100|imagenet16[:12ep] (answered from the NAS-Bench-201 table, not trained)",
 )
 
+TABULAR_KINDS = ("nb201",)  # dataset names answered from a table, not trained on
 TEST_FRACTION = 0.2  # held out as test where the source has no test split of its own
 SYNTHETIC_DEFAULT_TRAIN = 512
 _RESIZE_CHUNK = 2048  # images per interpolate call: bounds peak memory on big sets
@@ -84,9 +90,26 @@ class DataSplits:
         return list(self.train.tensors[0][order].split(batch))
 
 
-def load_dataset(name: str, resolution: int, *, seed: int = 0, val_fraction: float = 0.1,
-                 limit: int | None = None) -> DataSplits:
+def is_tabular(name: str) -> bool:
+    """Whether dataset `name` is a table of results (`nb201:...`) rather than images."""
+    return str(name).partition(":")[0] in TABULAR_KINDS
+
+
+def load_dataset(
+    name: str,
+    resolution: int,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+    tabular: bool = False,
+) -> DataSplits | TabularDataset:
     """Load ``name`` (one of :data:`ACCEPTED_FORMS`) at ``resolution`` x ``resolution``.
+
+    A tabular name (``nb201:...``) gives its `TabularDataset` where the caller can use one
+    (``tabular=True``: the search's trials; ``limit`` and ``val_fraction`` do not apply and
+    ``resolution`` must be the data set's own); any other caller (training, export calibration,
+    fine-tunes) gets a `DatasetError`: a table holds no images.
 
     Nothing is ever downloaded and no user file is unpickled: ``.npz`` files are read with
     ``allow_pickle=False``. (A torchvision CIFAR-10 root is read by torchvision, which checks
@@ -114,6 +137,11 @@ def load_dataset(name: str, resolution: int, *, seed: int = 0, val_fraction: flo
         canonical, num_classes, grey = name, 10, False
     elif kind == "imagefolder" and argument:
         return _imagefolder(Path(argument), resolution, rng, val_fraction, limit, name)
+    elif kind == "nb201" and argument:
+        if not tabular:
+            raise DatasetError(f"{name}: a table of trained results, not images; it can answer search trials "
+                               "but nothing here can train or calibrate on it")
+        return _nb201(argument, resolution)
     else:
         raise DatasetError(f"unknown dataset {name!r}; accepted forms: " + "; ".join(ACCEPTED_FORMS))
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = splits
@@ -127,6 +155,16 @@ def absolute_dataset(name: str) -> str:
     """``name`` with its PATH made absolute, for a process that runs in another working directory."""
     kind, separator, argument = name.partition(":")
     return f"{kind}:{Path(argument).resolve()}" if separator and kind in ("cifar10", "imagefolder") else name
+
+
+def _nb201(argument: str, resolution: int) -> TabularDataset:
+    from predictors.tabular.nb201 import parse_nb201_dataset
+
+    dataset = parse_nb201_dataset(argument)
+    if resolution != dataset.resolution:
+        raise DatasetError(f"{dataset.name}: NB201 trained this data set at {dataset.resolution}x{dataset.resolution}; "
+                           f"pass --resolution {dataset.resolution} (got {resolution})")
+    return dataset
 
 
 # ---------------------------------------------------------------- splitting

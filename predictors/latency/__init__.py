@@ -17,6 +17,7 @@ from predictors.latency.lut import (
     MissingEntriesError,
     arch_signatures,
 )
+from predictors.latency.model import LatencyModel, TabularLatencyModel, is_named_model, open_latency_model
 from predictors.latency.measure import (
     LATENCY_BACKENDS,
     LatencyBackend,
@@ -39,6 +40,7 @@ __all__ = [
     "LatencyBackend",
     "FittedLatencyModel",
     "LatencyPredictor",
+    "LatencyModel",
     "LatencyTable",
     "LatencyTableError",
     "LocalMeasurer",
@@ -47,6 +49,7 @@ __all__ = [
     "Measurement",
     "Measurer",
     "MissingEntriesError",
+    "TabularLatencyModel",
     "ValidationReport",
     "arch_signatures",
     "build_table",
@@ -56,8 +59,10 @@ __all__ = [
     "import_proxyless_yaml",
     "import_table",
     "load_latency_predictor",
+    "is_named_model",
     "lut_path_for",
     "measure_module",
     "measure_modules",
+    "open_latency_model",
     "validate_table",
 ]
