@@ -160,6 +160,15 @@ class SearchSpace(ABC):
             out.append(value)
         return out
 
+    def _check_frame(self, arch: ArchSpec, stem: Any, head: Any) -> None:
+        """Only blocks are searched: `arch`'s input, classes, stem and head must be this space's."""
+        for field, value in {"resolution": self.resolution, "num_classes": self.num_classes, "in_channels": 3}.items():
+            if getattr(arch, field) != value:
+                raise SpecError(f"{self.name}: {field}={getattr(arch, field)} does not fit this space ({value})")
+        for path, actual, want in (("stem", arch.stem, stem), ("head", arch.head, head)):
+            if mismatch := first_mismatch(path, actual, want):
+                raise SpecError(f"{self.name}: {mismatch} does not fit")
+
     def sample(self, rng: np.random.Generator) -> ArchSpec:
         return self.decode([int(rng.integers(n)) for n in self.cardinalities])
 

@@ -41,7 +41,13 @@ from typing import Any
 import numpy as np
 
 from predictors.cost import layer_macs
-from predictors.latency.lut import LatencyTable, LatencyTableError, MissingEntriesError, arch_signatures
+from predictors.latency.lut import (
+    LatencyTable,
+    LatencyTableError,
+    MissingEntriesError,
+    arch_signatures,
+    mismatched_settings,
+)
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.errors import InputFileError, UserError
 from search_spaces.space import SearchSpace
@@ -182,14 +188,7 @@ class FittedLatencyModel:
 
     def check_fits(self, *, space: str | None, resolution: int, num_classes: int, backend: str | None = None,
                    threads: int | None = None, source: str = "model") -> None:
-        wanted = {"space": space, "resolution": resolution, "num_classes": num_classes}
-        have = {"space": self.space, "resolution": self.resolution, "num_classes": self.num_classes}
-        if backend is not None:
-            wanted["backend"], have["backend"] = backend, self.metadata.get("backend")
-        if threads is not None:
-            wanted["threads"], have["threads"] = threads, self.metadata.get("threads")
-        wrong = [f"{key}={have[key]!r} (requested {wanted[key]!r})" for key in wanted if have[key] != wanted[key]]
-        if wrong:
+        if wrong := mismatched_settings(self, space, resolution, num_classes, backend, threads):
             raise LatencyTableError(f"{source} was fitted for other settings: {', '.join(wrong)}")
 
     # -- files -------------------------------------------------------------------------------------

@@ -56,6 +56,18 @@ SCHEMA = "hwnas-latency-table"
 SCHEMA_VERSION = 1
 
 
+def mismatched_settings(model: Any, space: str | None, resolution: int, num_classes: int, backend: str | None,
+                        threads: int | None) -> list[str]:
+    """What a table or fitted model was made for that differs from what is requested
+    (`backend`/`threads`: only when given)."""
+    wanted = {"space": space, "resolution": resolution, "num_classes": num_classes}
+    have = {"space": model.space, "resolution": model.resolution, "num_classes": model.num_classes}
+    for key, value in (("backend", backend), ("threads", threads)):
+        if value is not None:
+            wanted[key], have[key] = value, model.metadata.get(key)
+    return [f"{key}={have[key]!r} (requested {wanted[key]!r})" for key in wanted if have[key] != wanted[key]]
+
+
 class LatencyTableError(UserError, ValueError):
     """A table file is corrupt, of another schema, or does not fit the request."""
 
@@ -271,13 +283,6 @@ class LatencyTable:
     def check_fits(self, *, space: str | None, resolution: int, num_classes: int, backend: str | None = None,
                    threads: int | None = None, source: str = "table") -> None:
         """Refuse to extend a table measured for something else (never silently mix devices)."""
-        wanted = {"space": space, "resolution": resolution, "num_classes": num_classes}
-        have = {"space": self.space, "resolution": self.resolution, "num_classes": self.num_classes}
-        if backend is not None:
-            wanted["backend"], have["backend"] = backend, self.metadata.get("backend")
-        if threads is not None:
-            wanted["threads"], have["threads"] = threads, self.metadata.get("threads")
-        wrong = [f"{key}={have[key]!r} (requested {wanted[key]!r})" for key in wanted if have[key] != wanted[key]]
-        if wrong:
+        if wrong := mismatched_settings(self, space, resolution, num_classes, backend, threads):
             raise LatencyTableError(f"{source} was built for other settings: {', '.join(wrong)}; use another path")
 

@@ -144,7 +144,7 @@ class FBNetSpace(SearchSpace):
         return v
 
     def encode(self, arch: ArchSpec) -> np.ndarray:
-        self._check_frame(arch)
+        self._check_frame(arch, self.stem, self.head)
         blocks, position, vector, channels = arch.blocks, 0, [], STEM_CHANNELS
         for s, ((width, depth, _), stride) in enumerate(zip(STAGES, self.strides)):
             count = 0
@@ -171,15 +171,6 @@ class FBNetSpace(SearchSpace):
             raise SpecError(f"fbnet: blocks[{position}] (out_channels={blocks[position].out_channels}) "
                             f"follows the last stage")
         return np.array(vector, dtype=np.int64)
-
-    def _check_frame(self, arch: ArchSpec) -> None:
-        expected = {"resolution": self.resolution, "num_classes": self.num_classes, "in_channels": 3}
-        for field, value in expected.items():
-            if getattr(arch, field) != value:
-                raise SpecError(f"fbnet: {field}={getattr(arch, field)} does not fit this space ({value})")
-        for path, actual, want in (("stem", arch.stem, self.stem), ("head", arch.head, self.head)):
-            if mismatch := first_mismatch(path, actual, want):
-                raise SpecError(f"fbnet: {mismatch} does not fit")
 
     # -- counting and latency-table keys -----------------------------------------------------------
     def size(self) -> int:

@@ -180,7 +180,7 @@ class MnasNetSpace(SearchSpace):
         """Stage by stage: its first block gives the choices, then every block equal to the
         stage's repeated block belongs to it (the next stage's first block never is: it has
         stride 2 or another width)."""
-        self._check_frame(arch)
+        self._check_frame(arch, self.stem, self.head)
         blocks, position, vector = arch.blocks, 0, []
         for stage in self.stages:
             if position >= len(blocks):
@@ -227,14 +227,6 @@ class MnasNetSpace(SearchSpace):
     def _match(self, block: BlockSpec, expected: BlockSpec, position: int, stage: Stage) -> None:
         if mismatch := first_mismatch(f"blocks[{position}]", block, expected):
             raise SpecError(f"mnasnet: {mismatch} does not fit stage{stage.index}")
-
-    def _check_frame(self, arch: ArchSpec) -> None:
-        for field, value in {"resolution": self.resolution, "num_classes": self.num_classes, "in_channels": 3}.items():
-            if getattr(arch, field) != value:
-                raise SpecError(f"mnasnet: {field}={getattr(arch, field)} does not fit this space ({value})")
-        for path, actual, want in (("stem", arch.stem, self.stem), ("head", arch.head, self.head)):
-            if mismatch := first_mismatch(path, actual, want):
-                raise SpecError(f"mnasnet: {mismatch} does not fit")
 
     # -- counting and latency-table keys -----------------------------------------------------------
     def _stage_choices(self, stage: Stage) -> Iterator[Choice]:

@@ -145,7 +145,7 @@ class NB201Space(SearchSpace):
                         name=f"{self.name}@{self.resolution}")
 
     def encode(self, arch: ArchSpec) -> np.ndarray:
-        self._check_frame(arch)
+        self._check_frame(arch, STEM, HEAD)
         cells = [block for block in arch.blocks if block.op is Op.CELL]
         edges = cells[0].edges if cells else ("none",) * len(CELL_EDGES)
         expected = self.spec_of_edges(edges)
@@ -156,15 +156,6 @@ class NB201Space(SearchSpace):
             if mismatch := first_mismatch(f"blocks[{position}]", block, want):
                 raise SpecError(f"nb201: {mismatch} does not fit (every cell must be the same)")
         return np.array([CELL_OPS.index(op) for op in edges], dtype=np.int64)
-
-    def _check_frame(self, arch: ArchSpec) -> None:
-        expected = {"resolution": self.resolution, "num_classes": self.num_classes, "in_channels": 3}
-        for field, value in expected.items():
-            if getattr(arch, field) != value:
-                raise SpecError(f"nb201: {field}={getattr(arch, field)} does not fit this space ({value})")
-        for path, actual, want in (("stem", arch.stem, STEM), ("head", arch.head, HEAD)):
-            if mismatch := first_mismatch(path, actual, want):
-                raise SpecError(f"nb201: {mismatch} does not fit")
 
     # -- NB201's arch strings ----------------------------------------------------------------------
     def from_arch_string(self, text: str) -> ArchSpec:

@@ -135,7 +135,7 @@ class ProxylessSpace(SearchSpace):
         return v
 
     def encode(self, arch: ArchSpec) -> np.ndarray:
-        self._check_frame(arch)
+        self._check_frame(arch, self.stem, self.head)
         blocks = arch.blocks
         first = blocks[0]
         if first.kernel not in KERNELS:
@@ -165,15 +165,6 @@ class ProxylessSpace(SearchSpace):
             raise SpecError(f"proxyless: blocks[{position}] (out_channels={blocks[position].out_channels}) "
                             f"follows the last stage; widths must be {self.widths}")
         return np.array(vector, dtype=np.int64)
-
-    def _check_frame(self, arch: ArchSpec) -> None:
-        expected = {"resolution": self.resolution, "num_classes": self.num_classes, "in_channels": 3}
-        for field, value in expected.items():
-            if getattr(arch, field) != value:
-                raise SpecError(f"proxyless: {field}={getattr(arch, field)} does not fit this space ({value})")
-        for path, actual, want in (("stem", arch.stem, self.stem), ("head", arch.head, self.head)):
-            if mismatch := first_mismatch(path, actual, want):
-                raise SpecError(f"proxyless: {mismatch} does not fit")
 
     def _check_block(self, block: BlockSpec, expected: BlockSpec, position: int) -> None:
         if mismatch := first_mismatch(f"blocks[{position}]", block, expected):
