@@ -39,7 +39,7 @@ from bench.report import REPO, fmt, md_table, publish, results_path
 
 logger = logging.getLogger("bench.nb201_strategies")
 NAME = "nb201_strategies"
-STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
+STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2", "local", "bananas", "proxy-warm")
 CHECKPOINTS = (10, 30, 100, 300)
 HEADLINE = ("cifar10", "hwnasbench:pixel3", 0.3)
 # what the issue measured for random search at HEADLINE (200 seeds): budget, feasible, best, regret
@@ -78,6 +78,7 @@ PLANS: dict[str, tuple[Block, ...]] = {
     # what fits in ~50 min on this VM: priority blocks, seed-major, cut by --time-limit; the
     # section states the seeds and queries behind every figure
     "fits": (
+        Block((HEADLINE,), ("local", "bananas", "proxy-warm"), 30, 100),  # the strategies of #13 step 5
         Block((HEADLINE,), ("random",), 200, 300),
         Block((HEADLINE,), ("evolution", "mnas-rl"), 30, 300),
         Block((HEADLINE,), ("nsga2", "tpe"), 10, 100),
