@@ -40,13 +40,13 @@ class MemoryTrial:
 
 def run_in_memory(strategy: str, space: SearchSpace, objective: SearchObjective, table: LatencyModel, data: Any,
                   *, trials: int, seed: int, options: dict[str, Any] | None = None,
-                  train_config: TrainConfig | None = None) -> list[MemoryTrial]:
+                  train_config: TrainConfig | None = None, score: Any = None) -> list[MemoryTrial]:
     """`trials` trials of ask/tell strategy `strategy` (an Optuna strategy keeps its study in
     memory). `data` is what `run_search` would load: a tabular dataset answers each trial, image
-    splits train it with `train_config`."""
+    splits train it with `train_config`. `score`: the cheap score of `StrategyContext.score`."""
     train_config = train_config or TrainConfig(seed=seed)
     searcher = build_searcher(strategy, space, objective, table, seed=seed, trials=trials, options=options,
-                              data=data, train=train_config)
+                              data=data, train=train_config, score=score)
     if searcher.kind == ONE_SHOT:
         raise OptionError(f"strategy {strategy!r} is one-shot: it trains a supernet and has no ask/tell loop to run "
                           "in memory")

@@ -81,8 +81,8 @@ def build_searcher(strategy: str, space: SearchSpace, objective: SearchObjective
 
 def _checked(strategy: str, space: SearchSpace, objective: SearchObjective, table: LatencyModel, *, seed: int,
              trials: int | None, options: dict[str, Any] | None = None, storage: str | None = None,
-             work_dir: Path | None = None, data: Any = None, train: Any = None,
-             progress: bool = False) -> tuple[type[Searcher], StrategyContext, Any]:
+             work_dir: Path | None = None, data: Any = None, train: Any = None, progress: bool = False,
+             score: Any = None) -> tuple[type[Searcher], StrategyContext, Any]:
     """Under a hard constraint the latency model's budget check is the strategy's pre-check."""
     def is_feasible(arch: Any) -> bool:
         try:
@@ -93,7 +93,8 @@ def _checked(strategy: str, space: SearchSpace, objective: SearchObjective, tabl
     # a soft constraint trains over-budget networks too, so nothing is pre-rejected
     context = StrategyContext(
         space, objective, seed=seed, is_feasible=is_feasible if objective.constraint == "hard" else None,
-        trials=trials, storage=storage, work_dir=work_dir, table=table, data=data, train=train, progress=progress)
+        trials=trials, storage=storage, work_dir=work_dir, table=table, data=data, train=train, progress=progress,
+        score=score)
     cls = strategy_class(strategy)
     return cls, context, cls.parse_options(context, dict(options or {}))
 
