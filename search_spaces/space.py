@@ -86,6 +86,15 @@ def first_mismatch(path: str, actual: Any, expected: Any) -> str | None:
     return f"{path}={actual!r} (expected {expected!r})"
 
 
+def skips_last(vector: list[int], stages: Sequence[slice], skip: int) -> list[int]:
+    """`vector` with each stage's skipped non-first layers moved to the stage's end, the order of
+    the others kept: one canonical vector per network where a skip only removes a layer."""
+    for part in stages:
+        present = [index for index in vector[part][1:] if index != skip]
+        vector[part] = [vector[part][0], *present, *[skip] * (part.stop - part.start - 1 - len(present))]
+    return vector
+
+
 class SearchSpace(ABC):
     """Base class of every space. Subclasses set `name`, build `decisions` in `__init__` and
     implement `decode`, `encode` and `candidate_ops`. Contract: `decode(encode(a)) == a` for

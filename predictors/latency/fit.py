@@ -32,7 +32,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +46,7 @@ from predictors.latency.lut import (
     MissingEntriesError,
     arch_signatures,
     mismatched_settings,
+    save_json_atomically,
 )
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.errors import InputFileError, UserError
@@ -220,16 +220,7 @@ class FittedLatencyModel:
                    cross_validation=data.get("cross_validation") or {})
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump(self.to_dict(), file, indent=1)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        save_json_atomically(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedLatencyModel:

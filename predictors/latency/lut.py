@@ -56,6 +56,23 @@ SCHEMA = "hwnas-latency-table"
 SCHEMA_VERSION = 1
 
 
+def save_json_atomically(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as JSON to a temporary file beside `path`, fsync it, then rename it over `path`:
+    a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(data, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def mismatched_settings(model: Any, space: str | None, resolution: int, num_classes: int, backend: str | None,
                         threads: int | None) -> list[str]:
     """What a table or fitted model was made for that differs from what is requested
@@ -255,18 +272,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic: a crash mid-write leaves the previous file intact (builds resume from it)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump(self.to_dict(), file, indent=1)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        save_json_atomically(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:

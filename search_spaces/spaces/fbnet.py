@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from search_spaces.build import LayerShape, conv_output_size
-from search_spaces.space import Decision, SearchSpace, first_mismatch, small_input_strides
+from search_spaces.space import Decision, SearchSpace, first_mismatch, skips_last, small_input_strides
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec
 
 OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
@@ -136,12 +136,7 @@ class FBNetSpace(SearchSpace):
         return self.strides[stage] == 1 and channels == STAGES[stage][0]
 
     def canonical(self, vector: Sequence[int]) -> list[int]:
-        """A stage's skipped non-first layers moved to its end, the order of the others kept."""
-        v = self.check_vector(vector)
-        for part in self._stage_slices():
-            present = [index for index in v[part][1:] if index != SKIP]
-            v[part] = [v[part][0], *present, *[SKIP] * (part.stop - part.start - 1 - len(present))]
-        return v
+        return skips_last(self.check_vector(vector), self._stage_slices(), SKIP)
 
     def encode(self, arch: ArchSpec) -> np.ndarray:
         self._check_frame(arch, self.stem, self.head)

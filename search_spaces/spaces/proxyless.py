@@ -38,7 +38,7 @@ import numpy as np
 
 from search_spaces.blocks import make_divisible
 from search_spaces.build import LayerShape, conv_output_size
-from search_spaces.space import Decision, SearchSpace, first_mismatch, small_input_strides
+from search_spaces.space import Decision, SearchSpace, first_mismatch, skips_last, small_input_strides
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec
 from search_spaces.supernet_plan import Slot, SupernetPlan, SupernetPlanError
 
@@ -127,12 +127,7 @@ class ProxylessSpace(SearchSpace):
                         name=f"{self.name}@{self.resolution}")
 
     def canonical(self, vector: Sequence[int]) -> list[int]:
-        """Skips moved to the end of their stage, the order of the present layers kept."""
-        v = self.check_vector(vector)
-        for part in self._stage_slices():
-            present = [index for index in v[part][1:] if index != SKIP]
-            v[part] = [v[part][0], *present, *[SKIP] * (part.stop - part.start - 1 - len(present))]
-        return v
+        return skips_last(self.check_vector(vector), self._stage_slices(), SKIP)
 
     def encode(self, arch: ArchSpec) -> np.ndarray:
         self._check_frame(arch, self.stem, self.head)
