@@ -45,7 +45,8 @@ from nas.oneshot.proxyless_config import DERIVE_RULES, LOSS_FORMS, ProxylessConf
 from nas.oneshot.supernet import (LatencyModel, Supernet, gate_gradient_to_alpha, rescale_sampled_logits,
                                   restricted_probabilities)
 from nas.oneshot.layout import SupernetLayout, layout_for_space
-from nas.training.train import cuda_devices, resolve_device, warmup_cosine_lr
+from nas.training.device import cuda_devices, resolve_device
+from nas.training.train import warmup_cosine_lr
 from predictors.latency import LatencyTable
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec

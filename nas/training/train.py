@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from nas.training.data import DataSplits
+from nas.training.device import cuda_devices, module_device, resolve_device
 from search_spaces.errors import DatasetError, OptionError
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
@@ -140,30 +141,6 @@ class TrainReport:
         return asdict(self)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else must parse and exist."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device {str(device)!r} requested but CUDA is not available")
-    return resolved
-
-
-def cuda_devices(device: torch.device) -> list[int]:
-    """What ``torch.random.fork_rng`` must fork for work on ``device``: its CUDA device, or none."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    first = next(module.parameters(), None)
-    if first is None:
-        first = next(module.buffers(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to ``base_lr``, then cosine decay to 0 at ``total_steps`` (0-based step)."""
     if step < warmup_steps:
@@ -215,8 +192,8 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, *, on_epoch: 
         if len(getattr(data, split)) == 0:
             raise DatasetError(f"train(): data.{split} of {data.name!r} is empty")
     device = resolve_device(config.device)
-    home = _module_device(model)
-    teacher_home = _module_device(teacher) if teacher is not None else None
+    home = module_device(model)
+    teacher_home = module_device(teacher) if teacher is not None else None
     teacher_was_training = teacher.training if teacher is not None else False
     try:
         with torch.random.fork_rng(devices=cuda_devices(device)):
@@ -393,7 +370,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: 
     restored too, so evaluating never changes the caller's model.
     """
     target = resolve_device(device)
-    home = _module_device(model)
+    home = module_device(model)
     was_training = model.training
     try:
         model.to(target)
