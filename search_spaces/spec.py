@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import MISSING, dataclass, field, fields, replace
-from enum import Enum
 from typing import Any
 
 from search_spaces.block_strings import block_fields_from_string, block_to_string
+from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value
 from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
     CELL_EDGES,
     CELL_OPS,
@@ -32,36 +32,6 @@ from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vo
 )
 
 GROUPED_OPS = (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1)  # ops whose 1x1 convs may be grouped (`BlockSpec.groups`)
-
-
-def _enum_value(enum: type[Enum], value: Any, path: str) -> Enum:
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(member.value for member in enum)
-        raise SpecError(f"{path}={value!r} not in {{{allowed}}}") from None
-
-
-def _check_int(value: Any, path: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{path}={value!r} must be an integer >= {minimum}")
-    if value < minimum:
-        raise SpecError(f"{path}={value!r} must be >= {minimum}")
-
-
-def _check_choice(value: Any, allowed: tuple, path: str) -> None:
-    if isinstance(value, bool) or value not in allowed:
-        raise SpecError(f"{path}={value!r} not in {{{', '.join(map(str, allowed))}}}")
-
-
-def _check_number(value: Any, path: str, *, low: float, high: float, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise SpecError(f"{path}={value!r} must be a number")
-    if value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise SpecError(f"{path}={value!r} must be in {bracket}{low}, {high}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +61,20 @@ class BlockSpec:
         self.validate("block")
 
     def validate(self, path: str) -> None:
-        object.__setattr__(self, "op", _enum_value(Op, self.op, f"{path}.op"))
-        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
-        object.__setattr__(self, "se_style", _enum_value(SEStyle, self.se_style, f"{path}.se_style"))
-        _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
-        _check_choice(self.stride, STRIDES, f"{path}.stride")
-        _check_choice(self.kernel, PW_KERNELS if self.op is Op.PW else KERNELS, f"{path}.kernel")
-        _check_number(self.expand_ratio, f"{path}.expand_ratio", low=0.0, high=16.0, low_open=True)
+        object.__setattr__(self, "op", enum_value(Op, self.op, f"{path}.op"))
+        object.__setattr__(self, "activation", enum_value(Activation, self.activation, f"{path}.activation"))
+        object.__setattr__(self, "se_style", enum_value(SEStyle, self.se_style, f"{path}.se_style"))
+        check_int(self.out_channels, f"{path}.out_channels", minimum=1)
+        check_choice(self.stride, STRIDES, f"{path}.stride")
+        check_choice(self.kernel, PW_KERNELS if self.op is Op.PW else KERNELS, f"{path}.kernel")
+        check_number(self.expand_ratio, f"{path}.expand_ratio", low=0.0, high=16.0, low_open=True)
         if self.mid_channels is not None:
-            _check_int(self.mid_channels, f"{path}.mid_channels", minimum=1)
-        _check_number(self.se_ratio, f"{path}.se_ratio", low=0.0, high=1.0)
+            check_int(self.mid_channels, f"{path}.mid_channels", minimum=1)
+        check_number(self.se_ratio, f"{path}.se_ratio", low=0.0, high=1.0)
         # 6 and 6.0 must serialise (and hash) identically
         object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
-        _check_int(self.groups, f"{path}.groups", minimum=1)
+        check_int(self.groups, f"{path}.groups", minimum=1)
         if self.groups != 1 and self.op not in GROUPED_OPS:
             raise SpecError(f"{path}.groups={self.groups} must be 1 for op '{self.op.value}' "
                             f"(grouped 1x1 convs: {', '.join(op.value for op in GROUPED_OPS)})")
@@ -198,10 +168,10 @@ class StemSpec:
         self.validate("stem")
 
     def validate(self, path: str) -> None:
-        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
-        _check_int(self.out_channels, f"{path}.out_channels", minimum=1)
-        _check_choice(self.kernel, STEM_KERNELS, f"{path}.kernel")
-        _check_choice(self.stride, STRIDES, f"{path}.stride")
+        object.__setattr__(self, "activation", enum_value(Activation, self.activation, f"{path}.activation"))
+        check_int(self.out_channels, f"{path}.out_channels", minimum=1)
+        check_choice(self.kernel, STEM_KERNELS, f"{path}.kernel")
+        check_choice(self.stride, STRIDES, f"{path}.stride")
         if not isinstance(self.pool, bool):
             raise SpecError(f"{path}.pool={self.pool!r} must be true or false")
 
@@ -226,12 +196,12 @@ class HeadSpec:
         self.validate("head")
 
     def validate(self, path: str) -> None:
-        object.__setattr__(self, "activation", _enum_value(Activation, self.activation, f"{path}.activation"))
+        object.__setattr__(self, "activation", enum_value(Activation, self.activation, f"{path}.activation"))
         if self.conv_channels is not None:
-            _check_int(self.conv_channels, f"{path}.conv_channels", minimum=1)
+            check_int(self.conv_channels, f"{path}.conv_channels", minimum=1)
         if self.hidden_channels is not None:
-            _check_int(self.hidden_channels, f"{path}.hidden_channels", minimum=1)
-        _check_number(self.dropout, f"{path}.dropout", low=0.0, high=0.95)
+            check_int(self.hidden_channels, f"{path}.hidden_channels", minimum=1)
+        check_number(self.dropout, f"{path}.dropout", low=0.0, high=0.95)
         object.__setattr__(self, "dropout", float(self.dropout))
         if not isinstance(self.preact, bool):
             raise SpecError(f"{path}.preact={self.preact!r} must be true or false")
@@ -272,9 +242,9 @@ class ArchSpec:
             if not isinstance(block, BlockSpec):
                 raise SpecError(f"blocks[{index}] must be a BlockSpec, got {type(block).__name__}")
             block.validate(f"blocks[{index}]")
-        _check_int(self.resolution, "resolution", minimum=8)
-        _check_int(self.num_classes, "num_classes", minimum=2)
-        _check_int(self.in_channels, "in_channels", minimum=1)
+        check_int(self.resolution, "resolution", minimum=8)
+        check_int(self.num_classes, "num_classes", minimum=2)
+        check_int(self.in_channels, "in_channels", minimum=1)
         self._check_block_shapes()
 
     def _check_block_shapes(self) -> None:
