@@ -146,3 +146,14 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, _search(tmp_path, lut, "--name", "cc"))
     assert result.exit_code == 130
     assert f"nas search --resume {tmp_path / 'cc'}" in flat(result.output)
+
+
+def test_nas_strategies_lists_every_kind_and_its_options_as_json() -> None:
+    result = CliRunner().invoke(app, ["strategies", "--json"])
+    assert result.exit_code == 0, result.output
+    described = {entry["name"]: entry for entry in json.loads(result.output)}
+    assert {name: described[name]["kind"] for name in ("evolution", "tpe", "proxyless")} == {
+        "evolution": "ask-tell", "tpe": "ask-tell", "proxyless": "one-shot"}
+    assert described["evolution"]["options"] == {"population_size": None, "sample_size": 5, "mutation_tries": 32}
+    assert "target_ms" not in described["proxyless"]["options"]  # the latency budget, set by the search
+    assert described["random"]["options"] == {}
