@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -126,6 +127,26 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {"slope": self.slope, "ms_per_mweight": self.ms_per_mweight, "intercept_ms": self.intercept_ms,
                 "samples": self.samples}
+
+
+def _calibration(data: Any, source: str) -> Calibration | None:
+    """A table's stored calibration, checked: a hand-edited slope of "abc" or -2 would otherwise
+    surface as a TypeError or as negative latencies far from where the file was read."""
+    if not data:
+        return None
+    fields = {"slope", "intercept_ms", "samples", "ms_per_mweight"}
+    if not isinstance(data, dict) or not {"slope", "intercept_ms", "samples"} <= set(data) <= fields:
+        raise LatencyTableError(f"{source}: calibration must be an object with slope, intercept_ms, samples "
+                                f"(and optionally ms_per_mweight); found {data!r}")
+    for name in fields & set(data):
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LatencyTableError(f"{source}: calibration.{name}={value!r}: expected a finite number")
+    for name in ("slope", "ms_per_mweight"):  # the fit holds both >= 0: more work is never faster
+        if data.get(name, 0.0) < 0:
+            raise LatencyTableError(f"{source}: calibration.{name}={data[name]!r}: expected >= 0 "
+                                    "(rerun `nas lut validate` to refit)")
+    return Calibration(**data)
 
 
 @lru_cache(maxsize=16384)
@@ -255,13 +276,12 @@ class LatencyTable:
                 entries[key] = Measurement.from_dict(value)
             except (TypeError, ValueError, AttributeError) as error:
                 raise LatencyTableError(f"{source}: entries[{key!r}] is invalid: {error}") from None
-        calibration = data.get("calibration")
-        try:
-            calibration = Calibration(**calibration) if calibration else None
-        except TypeError as error:
-            raise LatencyTableError(f"{source}: calibration is invalid: {error}") from None
+        calibration = _calibration(data.get("calibration"), source)
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise LatencyTableError(f"{source}: 'metadata' must be an object, not {type(metadata).__name__}")
         return cls(
-            metadata=data.get("metadata") or {},
+            metadata=metadata,
             entries=entries,
             space=data.get("space"),
             resolution=data.get("resolution"),
