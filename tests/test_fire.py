@@ -4,6 +4,7 @@ without batch norm, a conv classifier head), and the seed networks of `search_sp
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -15,7 +16,8 @@ from compress.scale import scale_spec
 from predictors.cost import count, layer_params, macs_of_spec, params_of_spec
 from predictors.latency.builder import LocalMeasurer, MeasureSettings
 from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, build_model, layer_shapes, zoo
-from search_spaces.build import LayerShape, build_layer
+from search_spaces.build import LayerShape, build_layer, layer_signatures
+from search_spaces.spaces import get_space
 
 FAST = MeasureSettings(warmup=1, blocks=3, block_runs=2, retries=0)
 
@@ -141,3 +143,25 @@ def test_fire_modules_quantize_and_export_as_int8() -> None:
     onnx_bytes = export_qdq(qmodel, (1, 3, 33, 33), check_inputs=torch.cat(batches))
     check = check_qdq_export(qmodel, onnx_bytes, torch.cat(batches))
     assert check.passed and check.quantization_error > 0
+
+
+def test_mnasnet_space_offers_fire_only_when_asked() -> None:
+    default = get_space("mnasnet")
+    assert default.size() == 3_965_410_130_118_750_000 and len(default.candidate_ops()) == 4053  # as before fire
+    with pytest.raises(SpecError, match=r"mnasnet: ops \['conv'\] not in \{mbconv, shuffle, ghost, dsconv, fire\}"):
+        get_space("mnasnet", ops=["conv"])
+    space = get_space("mnasnet", 32, 10, ops=["mbconv", "fire"])
+    keys = {layer.signature for layer in space.candidate_ops()}
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(6)]
+    fires = [block for arch in archs for block in arch.blocks if block.op is Op.FIRE]
+    assert fires and all(block.expand_ratio == 0.125 and not block.se_ratio for block in fires)
+    for arch in archs:
+        assert space.decode(space.encode(arch)) == arch
+        assert {key for _, key in layer_signatures(arch)} <= keys  # a table of the space covers it
+    assert build_model(archs[0])(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_fire_space_refuses_odd_strided_maps() -> None:
+    with pytest.raises(SpecError, match=r"op 'fire' at resolution 200: stage4 strides an odd 25x25 map"):
+        get_space("mnasnet", 200, ops=["mbconv", "fire"])
