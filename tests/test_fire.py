@@ -14,7 +14,7 @@ from compress.quantize_export import check_qdq_export, export_qdq
 from compress.quantize_policy import QuantPolicy
 from compress.scale import scale_spec
 from predictors.cost import count, layer_params, macs_of_spec, params_of_spec
-from predictors.latency.builder import LocalMeasurer, MeasureSettings
+from predictors.latency.builder import LocalMeasurer, MeasureSettings, build_table
 from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, SpecError, StemSpec, build_model, layer_shapes, zoo
 from search_spaces.build import LayerShape, build_layer, layer_signatures
 from search_spaces.spaces import get_space
@@ -165,3 +165,14 @@ def test_mnasnet_space_offers_fire_only_when_asked() -> None:
 def test_fire_space_refuses_odd_strided_maps() -> None:
     with pytest.raises(SpecError, match=r"op 'fire' at resolution 200: stage4 strides an odd 25x25 map"):
         get_space("mnasnet", 200, ops=["mbconv", "fire"])
+
+
+def test_latency_table_of_a_fire_space_predicts_its_networks(tmp_path) -> None:
+    # one network: fire modules only, each stage at its base width, kernel and depth
+    space = get_space("mnasnet", 32, 10, ops=["fire"], kernels=[3], expand_ratios=[1], se_ratios=[0],
+                      layer_deltas=[0], width_multipliers=[1.0])
+    assert space.size() == 1 and len(space.candidate_ops()) == 14  # stem, 7 first + 5 repeated blocks, head
+    table = build_table(space, LocalMeasurer("onnxruntime", threads=1, settings=FAST), tmp_path / "fire.json")
+    arch = space.sample(np.random.default_rng(0))
+    assert arch.blocks[0].to_string() == "fire_k3_e0.125_c16_s1_relu"
+    assert table.predict(arch) > 0
