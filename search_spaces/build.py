@@ -23,23 +23,24 @@ from search_spaces.spec import (
 )
 from search_spaces.spec_shapes import block_output_size, conv_output_size, stem_output_size
 
-__all__ = ["LayerShape", "Network", "build_head", "build_layer", "build_model", "build_stem", "conv_output_size",
-           "layer_shapes", "layer_signature", "layer_signatures"]
+__all__ = ["LayerShape", "Network", "block_output_size", "build_head", "build_layer", "build_model", "build_stem",
+           "conv_output_size", "layer_shapes", "layer_signature", "layer_signatures", "stem_output_size"]
 
 
 class Stem(nn.Sequential):
     """Conv + BN + act (+ max-pool); SqueezeNet's is a conv with a bias, unpadded, and no BN."""
 
     def __init__(self, spec: StemSpec, in_channels: int) -> None:
-        layers: list[nn.Module] = [
-            ConvBNAct(in_channels, spec.out_channels, spec.kernel, spec.stride, activation=spec.activation)
-        ]
-        if spec.padding is not None or not spec.batch_norm:
+        if spec.padding is None and spec.batch_norm:
+            first: nn.Module = ConvBNAct(in_channels, spec.out_channels, spec.kernel, spec.stride,
+                                         activation=spec.activation)
+        else:  # the same layout (conv, norm, act), so weight names do not depend on these fields
             padding = spec.kernel // 2 if spec.padding is None else spec.padding
             conv = nn.Conv2d(in_channels, spec.out_channels, spec.kernel, spec.stride, padding,
                              bias=not spec.batch_norm)
             norm = nn.BatchNorm2d(spec.out_channels) if spec.batch_norm else nn.Identity()
-            layers = [nn.Sequential(conv, norm, make_activation(spec.activation))]
+            first = nn.Sequential(conv, norm, make_activation(spec.activation))
+        layers = [first]
         if spec.pool:
             layers.append(nn.MaxPool2d(3, 2, 1))
         super().__init__(*layers)
