@@ -23,6 +23,9 @@ Two kinds, named like the policy keys:
   ``blocks.k.out`` names in a group are refused with a pointer to the group's name.
   Not supported (refused with a reason): groups written by a ShuffleNetV2 unit (concat + channel
   shuffle interleaves the two branches) or split by a stride-1 ShuffleNetV2 unit.
+- Refused outright (`PolicyError` naming the layer): SqueezeNet's parts, a fire module (its output
+  concatenates two expand convs and no layer of it has a batch norm), a stem without batch norm
+  and a conv classifier head, for which no unit or state-dict edit is written.
 
 Ghost modules compute ``cat(primary, cheap(primary))[:out]`` with ``P = ceil(out / 2)`` primary
 channels, so output channels j and P + j are one filter and its cheap copy, removed as a pair
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from compress.policy import PolicyError
 from search_spaces.blocks import se_squeeze_channels
 from search_spaces.spec import ArchSpec, BlockSpec, Op
 
@@ -116,8 +120,21 @@ def _ties(block: BlockSpec, in_channels: int) -> bool:
     return block.has_residual(in_channels) or (block.op is Op.SHUFFLE and block.stride == 1)
 
 
+def refuse_unsupported(spec: ArchSpec) -> None:
+    """Channel pruning has no rule for these parts; refuse before any policy is read."""
+    for index, block in enumerate(spec.blocks):
+        if block.op is Op.FIRE:
+            raise PolicyError(f"prune: blocks.{index} ({block.to_string()}) is a fire module; channel pruning does "
+                              "not support op 'fire' (SqueezeNet's concatenated expand convs without batch norm)")
+    if not spec.stem.batch_norm:
+        raise PolicyError("prune: stem.batch_norm=false is not supported (pruning scores and slices conv + BN)")
+    if spec.head.classifier != "linear":
+        raise PolicyError(f"prune: head.classifier={spec.head.classifier!r} is not supported (only 'linear')")
+
+
 def analyse(spec: ArchSpec) -> tuple[dict[str, Unit], dict[str, str]]:
     """(prunable units by name, reason by name for every other name a policy could use)."""
+    refuse_unsupported(spec)
     units: dict[str, Unit] = {}
     reasons: dict[str, str] = {}
     ins = block_inputs(spec)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from search_spaces.blocks import se_squeeze_channels
-from search_spaces.build import LayerShape, conv_output_size, layer_shapes
+from search_spaces.build import LayerShape, layer_shapes
+from search_spaces.spec_shapes import block_output_size, stem_output_size
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec
 
 __all__ = ["at_resolution", "layer_macs", "layer_params", "layer_weights", "macs_of_spec", "params_of_spec"]
@@ -153,6 +154,13 @@ def _resblock(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Co
     return convs
 
 
+def _fire(block: BlockSpec, c_in: int, size: int, out_size: int) -> list[_Conv]:
+    # the stride-2 max-pool comes first, so every conv runs at the output size; biases, no BN
+    mid, expand1x1 = block.mid(c_in), block.out_channels // 2
+    return [_Conv(out_size, c_in, mid, bn=False, bias=True), _Conv(out_size, mid, expand1x1, bn=False, bias=True),
+            _Conv(out_size, mid, block.out_channels - expand1x1, block.kernel, bn=False, bias=True)]
+
+
 # op -> convs(block, input channels, input size, output size); one entry per block class
 _BLOCK_CONVS: dict[Op, Callable[[BlockSpec, int, int, int], list[_Conv]]] = {
     Op.MBCONV: _mbconv,
@@ -164,14 +172,18 @@ _BLOCK_CONVS: dict[Op, Callable[[BlockSpec, int, int, int], list[_Conv]]] = {
     Op.IRF: _mbconv,
     Op.PW: _pw,
     Op.SHUFFLE_V1: _shuffle_v1,
+    Op.FIRE: _fire,
 }
 
 
 def _layer_convs(layer: LayerShape) -> list[_Conv]:
     part = layer.part
     if isinstance(part, StemSpec):
-        conv_size = conv_output_size(layer.in_size, part.stride)  # the max-pool adds no MACs
-        return [_Conv(conv_size, layer.in_channels, part.out_channels, part.kernel)]
+        conv_size = stem_output_size(replace(part, pool=False), layer.in_size)  # the max-pool adds no MACs
+        return [_Conv(conv_size, layer.in_channels, part.out_channels, part.kernel, bn=part.batch_norm,
+                      bias=not part.batch_norm)]
+    if isinstance(part, HeadSpec) and part.classifier == "conv":  # SqueezeNet's 1x1 conv before the pool
+        return [_Conv(layer.in_size, layer.in_channels, layer.out_channels, bn=False, bias=True)]
     if isinstance(part, HeadSpec):
         channels, convs = layer.in_channels, []
         if part.preact:
@@ -213,7 +225,10 @@ def layer_params(layer: LayerShape) -> int:
 def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_size: int,
                 out_channels: int) -> tuple[int, int, int]:
     """(MACs, bias adds, params) of a layer; the output size follows from the part and `in_size`."""
-    out_size = 1 if kind == "head" else conv_output_size(in_size, part.stride)
+    if kind == "head":
+        out_size = 1
+    else:
+        out_size = stem_output_size(part, in_size) if kind == "stem" else block_output_size(part, in_size)
     convs = _layer_convs(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
     return (sum(conv.macs for conv in convs), sum(conv.bias_adds for conv in convs),
             sum(conv.params for conv in convs))
@@ -221,14 +236,16 @@ def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: i
 
 def layer_weights(layer: LayerShape) -> int:
     """Conv and linear weights of one layer (no biases, no batch norm): its MACs with every map
-    shrunk to 1x1, since each weight is then used exactly once. What a network streams from memory
+    at 1x1, since each weight is then used exactly once. What a network streams from memory
     per inference, which a latency table's isolated timings (weights warm in cache) do not see."""
     return _weights(layer.kind, layer.part, layer.in_channels, layer.out_channels)
 
 
 @lru_cache(maxsize=65536)  # a search asks for the same few thousand layers over and over
 def _weights(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, out_channels: int) -> int:
-    return layer_macs(LayerShape("", kind, in_channels, 1, out_channels, 1, part))
+    # a weight count does not depend on the map size (an unpadded stem or a pooling fire module
+    # would shrink a 1x1 map to nothing, so the sizes are not taken from a 1x1 input)
+    return sum(conv.weights for conv in _layer_convs(LayerShape("", kind, in_channels, 1, out_channels, 1, part)))
 
 
 def macs_of_spec(spec: ArchSpec, resolution: int | None = None, *, with_bias: bool = False) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from search_spaces.spec_vocabulary import CELL_OPS, Activation, Op, SEStyle, SpecError
 
 _OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.CELL: "cell", Op.RESBLOCK: "rb",
-             Op.IRF: "irf", Op.PW: "pw", Op.SHUFFLE_V1: "sv1"}
+             Op.IRF: "irf", Op.PW: "pw", Op.SHUFFLE_V1: "sv1", Op.FIRE: "fire"}
 # fields an op fixes (validation holds them at their defaults), so its string leaves them out
 _FIXED_FIELDS = {Op.CELL: {"kernel", "expand_ratio", "stride"}, Op.RESBLOCK: {"expand_ratio"}}
 # a cell's edges as one piece, `o` + one digit per edge: the op's index in NB201's op list

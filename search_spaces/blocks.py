@@ -7,7 +7,7 @@ GhostNet for `GhostBottleneck`, MobileNetV1 for `DSConv`, NAS-Bench-201 (Dong & 
 its reference code, `xautodl.models.cell_infers` / `cell_operations`) for `Cell` and `ResBlock`,
 FBNet (HW-NAS-Bench's `ConvBlock` and
 `Skip`) for `IRFBlock` and `PointwiseConv`, ShuffleNet V1 (the authors' megvii reference) for
-`ShuffleV1Unit`. `BlockSpec.groups` > 1 makes an MBConv's two 1x1 convs grouped, with a channel
+`ShuffleV1Unit`, SqueezeNet (torchvision's) for `Fire`. `BlockSpec.groups` > 1 makes an MBConv's two 1x1 convs grouped, with a channel
 shuffle after the first (FBNet's `_g2` ops).
 """
 
@@ -345,6 +345,28 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_b(self.conv_a(x)) + self.shortcut(x)
+
+
+@BLOCKS.register(Op.FIRE.value)
+class Fire(nn.Module):
+    """SqueezeNet's fire module (Iandola et al., 2016, Sec. 3.2; torchvision's `Fire`): squeeze 1x1
+    to `mid` channels + act, then expand 1x1 (out // 2 channels) and expand kxk (the rest, 'same'
+    padding) in parallel, each + act, concatenated. Convs carry biases and no batch norm, as the
+    paper's. Stride 2 max-pools the input first, 3x3/s2 unpadded in ceil mode: the pooling
+    SqueezeNet puts between its fire stages."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        mid, expand1x1 = spec.mid(in_channels), spec.out_channels // 2
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True) if spec.stride == 2 else nn.Identity()
+        self.squeeze = nn.Sequential(nn.Conv2d(in_channels, mid, 1), make_activation(spec.activation))
+        self.expand1x1 = nn.Sequential(nn.Conv2d(mid, expand1x1, 1), make_activation(spec.activation))
+        self.expand3x3 = nn.Sequential(nn.Conv2d(mid, spec.out_channels - expand1x1, spec.kernel,
+                                                 padding=spec.kernel // 2), make_activation(spec.activation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze(self.pool(x))
+        return torch.cat((self.expand1x1(x), self.expand3x3(x)), dim=1)
 
 
 def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:

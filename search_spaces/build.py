@@ -21,18 +21,26 @@ from search_spaces.spec import (
     check_block_input,
     part_from_dict,
 )
+from search_spaces.spec_shapes import block_output_size, conv_output_size, stem_output_size
 
-
-def conv_output_size(size: int, stride: int) -> int:
-    """Spatial size after a 'same'-padded odd-kernel conv (or 3x3/s2/p1 max-pool)."""
-    return (size - 1) // stride + 1
+__all__ = ["LayerShape", "Network", "block_output_size", "build_head", "build_layer", "build_model", "build_stem",
+           "conv_output_size", "layer_shapes", "layer_signature", "layer_signatures", "stem_output_size"]
 
 
 class Stem(nn.Sequential):
+    """Conv + BN + act (+ max-pool); SqueezeNet's is a conv with a bias, unpadded, and no BN."""
+
     def __init__(self, spec: StemSpec, in_channels: int) -> None:
-        layers: list[nn.Module] = [
-            ConvBNAct(in_channels, spec.out_channels, spec.kernel, spec.stride, activation=spec.activation)
-        ]
+        if spec.padding is None and spec.batch_norm:
+            first: nn.Module = ConvBNAct(in_channels, spec.out_channels, spec.kernel, spec.stride,
+                                         activation=spec.activation)
+        else:  # the same layout (conv, norm, act), so weight names do not depend on these fields
+            padding = spec.kernel // 2 if spec.padding is None else spec.padding
+            conv = nn.Conv2d(in_channels, spec.out_channels, spec.kernel, spec.stride, padding,
+                             bias=not spec.batch_norm)
+            norm = nn.BatchNorm2d(spec.out_channels) if spec.batch_norm else nn.Identity()
+            first = nn.Sequential(conv, norm, make_activation(spec.activation))
+        layers = [first]
         if spec.pool:
             layers.append(nn.MaxPool2d(3, 2, 1))
         super().__init__(*layers)
@@ -45,6 +53,11 @@ class Head(nn.Module):
     def __init__(self, spec: HeadSpec, in_channels: int, num_classes: int) -> None:
         super().__init__()
         channels = in_channels
+        self.conv_classifier = spec.classifier == "conv"
+        if self.conv_classifier:  # SqueezeNet: dropout, 1x1 conv to the classes, act, then the pool
+            self.dropout = nn.Dropout(spec.dropout)
+            self.classifier = nn.Sequential(nn.Conv2d(channels, num_classes, 1), make_activation(spec.activation))
+            return
         self.preact: nn.Module = nn.Identity()
         if spec.preact:
             self.preact = nn.Sequential(nn.BatchNorm2d(channels), make_activation(spec.activation))
@@ -60,6 +73,8 @@ class Head(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_classifier:
+            return self.classifier(self.dropout(x)).mean((2, 3))
         x = self.conv(self.preact(x)).mean((2, 3))
         return self.classifier(self.dropout(self.hidden(x)))
 
@@ -156,14 +171,14 @@ class LayerShape:
                 raise SpecError(f"layer.{key}={value!r} must be an integer >= {minimum}")
         in_channels, in_size = data["in_channels"], data["in_size"]
         if kind == "block":
-            out_channels, out_size = part.out_channels, conv_output_size(in_size, part.stride)
+            out_channels, out_size = part.out_channels, block_output_size(part, in_size)
             if part.op is Op.SHUFFLE and part.stride == 1 and in_channels != part.out_channels:
                 raise SpecError("layer: a stride-1 'shuffle' unit needs in_channels == part.out_channels")
             check_block_input(part, in_channels, in_size, "layer.part")
         elif kind == "stem":
-            out_channels = part.out_channels
-            out_size = conv_output_size(in_size, part.stride)
-            out_size = conv_output_size(out_size, 2) if part.pool else out_size
+            out_channels, out_size = part.out_channels, stem_output_size(part, in_size)
+            if out_size < 1:
+                raise SpecError(f"layer.in_size={in_size} is too small for the stem's unpadded conv")
         else:
             out_channels, out_size = data["out_channels"], 1
         return cls(str(data.get("name", kind)), kind, in_channels, in_size, out_channels, out_size, part)
@@ -192,9 +207,13 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         return f"{part.to_string()}@{shape}"
     if isinstance(part, StemSpec):
         pool = "_pool" if part.pool else ""
-        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
+        # padding and BN appear only when not the defaults, so older tables keep their keys
+        extra = ("" if part.padding is None else f"_p{part.padding}") + ("" if part.batch_norm else "_nobn")
+        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}{extra}_{part.activation.value}{pool}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
     preact = "preact_" if part.preact else ""
+    if part.classifier == "conv":
+        return f"head_convclassifier_{part.activation.value}_classes{out_channels}@{shape}"
     return (
         f"head_{preact}conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
         f"_classes{out_channels}@{shape}"
@@ -204,13 +223,11 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
 def _walk(spec: ArchSpec) -> Iterator[tuple[str, str, int, int, int, int, StemSpec | BlockSpec | HeadSpec]]:
     """(name, kind, in_channels, in_size, out_channels, out_size, part) of every layer in order."""
     size = spec.resolution
-    stem_out = conv_output_size(size, spec.stem.stride)
-    if spec.stem.pool:
-        stem_out = conv_output_size(stem_out, 2)
+    stem_out = stem_output_size(spec.stem, size)
     yield "stem", "stem", spec.in_channels, size, spec.stem.out_channels, stem_out, spec.stem
     channels, size = spec.stem.out_channels, stem_out
     for index, block in enumerate(spec.blocks):
-        out_size = (size - 1) // block.stride + 1
+        out_size = block_output_size(block, size)
         yield f"blocks.{index}", "block", channels, size, block.out_channels, out_size, block
         channels, size = block.out_channels, out_size
     yield "head", "head", channels, size, spec.num_classes, 1, spec.head

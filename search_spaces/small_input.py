@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from search_spaces.build import conv_output_size
+from search_spaces.build import block_output_size, stem_output_size
 from search_spaces.space import SMALL_INPUT_MAX_RESOLUTION
 from search_spaces.spec import ArchSpec, Op
 
@@ -30,11 +30,9 @@ MIN_FINAL_MAP = 4
 
 def final_map_size(spec: ArchSpec) -> int:
     """Side of the feature map that reaches the head."""
-    size = conv_output_size(spec.resolution, spec.stem.stride)
-    if spec.stem.pool:
-        size = conv_output_size(size, 2)
+    size = stem_output_size(spec.stem, spec.resolution)
     for block in spec.blocks:
-        size = conv_output_size(size, block.stride)
+        size = block_output_size(block, size)
     return size
 
 

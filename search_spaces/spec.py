@@ -18,9 +18,11 @@ from typing import Any
 
 from search_spaces.block_strings import block_fields_from_string, block_to_string
 from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value
+from search_spaces.spec_shapes import block_output_size, check_block_input, stem_output_size
 from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
     CELL_EDGES,
     CELL_OPS,
+    CLASSIFIERS,
     KERNELS,
     PW_KERNELS,
     STEM_KERNELS,
@@ -86,6 +88,11 @@ class BlockSpec:
                     raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} for op '{self.op.value}'")
         if self.op is Op.SHUFFLE_V1 and self.se_ratio:
             raise SpecError(f"{path}.se_ratio={self.se_ratio!r} must be 0.0 for op 'shufflev1'")
+        if self.op is Op.FIRE and (self.se_ratio or self.out_channels < 2):
+            # both expand branches need a channel; the paper's module has no SE
+            name, value = ("se_ratio", self.se_ratio) if self.se_ratio else ("out_channels", self.out_channels)
+            rule = "must be 0.0" if self.se_ratio else "must be >= 2 (1x1 and kxk expand halves)"
+            raise SpecError(f"{path}.{name}={value!r} {rule} for op 'fire'")
         if self.op is Op.SHUFFLE and self.out_channels % 2:
             raise SpecError(f"{path}.out_channels={self.out_channels} must be even for op 'shuffle' (channel split)")
         self._validate_edges(path)
@@ -156,13 +163,19 @@ class BlockSpec:
 @dataclass(frozen=True, slots=True)
 class StemSpec:
     """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet).
-    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is."""
+    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is.
+
+    SqueezeNet's stem (Iandola et al., 2016) is an unpadded conv with a bias and no batch norm:
+    `padding` (None: 'same', kernel // 2) and `batch_norm=False`. Both are left out of the JSON at
+    their defaults, so specs written before them keep their JSON and content hash."""
 
     out_channels: int = 32
     kernel: int = 3
     stride: int = 2
     activation: Activation = Activation.RELU
     pool: bool = False
+    padding: int | None = None
+    batch_norm: bool = True
 
     def __post_init__(self) -> None:
         self.validate("stem")
@@ -172,11 +185,18 @@ class StemSpec:
         check_int(self.out_channels, f"{path}.out_channels", minimum=1)
         check_choice(self.kernel, STEM_KERNELS, f"{path}.kernel")
         check_choice(self.stride, STRIDES, f"{path}.stride")
-        if not isinstance(self.pool, bool):
-            raise SpecError(f"{path}.pool={self.pool!r} must be true or false")
+        for name in ("pool", "batch_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be true or false")
+        if self.padding is not None:
+            check_choice(self.padding, tuple(range(self.kernel // 2 + 1)), f"{path}.padding")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+        out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+        for name, default in (("padding", None), ("batch_norm", True)):
+            if out[name] == default:  # absent unless used: older specs keep their JSON and content hash
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +204,18 @@ class HeadSpec:
     """Optional BN + act on the last block's output (`preact`: the pre-activation networks'
     closing "lastact", NAS-Bench-201's), 1x1 conv + BN + act (optional), global average pool,
     optional hidden linear + act (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier.
-    `preact` is left out of the JSON when false, so older specs keep their hashes."""
+    `preact` is left out of the JSON when false, so older specs keep their hashes.
+
+    `classifier="conv"` is SqueezeNet's head instead: dropout, 1x1 conv (with bias) to the classes,
+    act, global average pool; it takes no head conv, hidden layer or preact. At "linear" (the
+    default) it is left out of the JSON."""
 
     conv_channels: int | None = 1280
     hidden_channels: int | None = None
     activation: Activation = Activation.RELU
     dropout: float = 0.2
     preact: bool = False
+    classifier: str = "linear"
 
     def __post_init__(self) -> None:
         self.validate("head")
@@ -205,11 +230,18 @@ class HeadSpec:
         object.__setattr__(self, "dropout", float(self.dropout))
         if not isinstance(self.preact, bool):
             raise SpecError(f"{path}.preact={self.preact!r} must be true or false")
+        check_choice(self.classifier, CLASSIFIERS, f"{path}.classifier")
+        if self.classifier == "conv":
+            for name, plain in (("conv_channels", None), ("hidden_channels", None), ("preact", False)):
+                if getattr(self, name) != plain:
+                    raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} with classifier 'conv'")
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
         if not self.preact:
             del out["preact"]
+        if self.classifier == "linear":
+            del out["classifier"]
         return out
 
 
@@ -251,12 +283,13 @@ class ArchSpec:
         """Rules that need the input width or size: a stride-1 ShuffleNet unit and a cell keep their
         width; a strided resblock needs an even input size."""
         channels = self.stem.out_channels
-        size = self.resolution
-        for stride in self.strides()[: len(self.strides()) - len(self.blocks)]:
-            size = (size - 1) // stride + 1
+        size = stem_output_size(self.stem, self.resolution)
+        if size < 1:
+            raise SpecError(f"resolution={self.resolution} is too small for the stem's "
+                            f"{self.stem.kernel}x{self.stem.kernel} conv at padding {self.stem.padding}")
         for index, block in enumerate(self.blocks):
             check_block_input(block, channels, size, f"blocks[{index}]")
-            channels, size = block.out_channels, (size - 1) // block.stride + 1
+            channels, size = block.out_channels, block_output_size(block, size)
         if size < 1:
             raise SpecError(f"resolution={self.resolution} is too small for {len(self.strides())} strided layers")
 
@@ -333,40 +366,6 @@ class ArchSpec:
 
     def replace(self, **changes: Any) -> ArchSpec:
         return replace(self, **changes)
-
-
-def check_block_input(block: BlockSpec, in_channels: int, in_size: int, path: str) -> None:
-    """What a block needs of its input beyond its own fields."""
-    if block.op is Op.SHUFFLE and block.stride == 1 and in_channels != block.out_channels:
-        raise SpecError(
-            f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
-            "for a stride-1 'shuffle' unit (use stride 2 to change width)"
-        )
-    if block.op is Op.SHUFFLE_V1 and (in_channels != block.out_channels if block.stride == 1
-                                      else in_channels >= block.out_channels):
-        rule = "equal" if block.stride == 1 else "exceed"
-        raise SpecError(f"{path}.out_channels={block.out_channels} must {rule} its input width "
-                        f"{in_channels} for a stride-{block.stride} 'shufflev1' unit")
-    if block.groups > 1:
-        _check_groups(block, in_channels, path)
-    if block.op is Op.CELL and in_channels != block.out_channels:
-        # NB201 changes width only in its reduction blocks; its cells map C to C on every edge
-        raise SpecError(f"{path}.out_channels={block.out_channels} must equal its input width {in_channels} "
-                        "for a 'cell' (change width with a 'resblock')")
-    if block.op is Op.RESBLOCK and block.stride == 2 and in_size % 2:
-        # the 2x2 average-pool shortcut floors an odd size, the strided 3x3 conv rounds it up
-        raise SpecError(f"{path}: a stride-2 'resblock' needs an even input size, got {in_size}x{in_size}")
-
-
-def _check_groups(block: BlockSpec, channels: int, path: str) -> None:
-    """Grouped 1x1 convs need every width they touch divisible by the groups."""
-    mid = block.mid(channels)
-    out = block.out_channels - (channels if block.op is Op.SHUFFLE_V1 and block.stride == 2 else 0)
-    grouped_in = not (block.op is Op.SHUFFLE_V1 and channels < mid)  # see blocks.ShuffleV1Unit
-    for name, width in (("input width", channels if grouped_in else mid), ("inner width", mid),
-                        ("output width", out)):
-        if width < 1 or width % block.groups:
-            raise SpecError(f"{path}.groups={block.groups} does not divide its {name} {width}")
 
 
 def part_from_dict(cls: type, data: Any, path: str) -> Any:

@@ -28,6 +28,7 @@ class Op(str, Enum):
     IRF = "irf"  # FBNet's inverted residual: MBConv whose 1x1 expand is always present (also at e1)
     PW = "pw"  # 1x1 conv + BN + act (FBNet's `skip` where the shape changes); kernel 1
     SHUFFLE_V1 = "shufflev1"  # ShuffleNet V1 unit (grouped 1x1s, shuffle; stride 2 concatenates a pooled input)
+    FIRE = "fire"  # SqueezeNet's fire module (squeeze 1x1, expand 1x1 and kxk concatenated; stride 2 max-pools first)
 
 
 class Activation(str, Enum):
@@ -61,3 +62,4 @@ CELL_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 PW_KERNELS = (1,)  # the only kernel of op 'pw'
 STRIDES = (1, 2)
 STEM_KERNELS = (1, 3, 5, 7)
+CLASSIFIERS = ("linear", "conv")  # `HeadSpec.classifier`: a linear layer after pooling, or SqueezeNet's 1x1 conv before it

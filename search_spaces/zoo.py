@@ -50,6 +50,8 @@ Sources and conventions, where a paper and a reference implementation disagree:
   ShuffleNet-Series reference, 1.9M params): stem 3x3 24 s2 + max-pool, stages 240/480/960 with
   4/8/4 units, bottleneck out / 4, the first unit's first 1x1 not grouped, no head conv.
 
+- **SqueezeNet 1.0 / 1.1, MobileNet V1**: `zoo_seeds.py`, with their sources.
+
 MACs everywhere are multiply-adds of convolutions and linear layers only (`predictors.cost`).
 """
 
@@ -59,6 +61,7 @@ from dataclasses import dataclass
 
 from search_spaces.errors import UnknownNameError
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, HeadSpec, Op, SEStyle, StemSpec
+from search_spaces.zoo_seeds import SEED_FIGURES, SEED_MODELS, SEED_TORCHVISION_NAMES
 
 RELU, RELU6, HSWISH, SWISH = Activation.RELU, Activation.RELU6, Activation.HSWISH, Activation.SWISH
 
@@ -98,6 +101,7 @@ PUBLISHED: dict[str, PublishedFigures] = {
     "shufflenet_v1_g3": PublishedFigures(
         1_900_000, 137_000_000, "Zhang et al., CVPR 2018, Table 1 (137 MFLOPs, g=3); 1.9M params in megvii's table"
     ),
+    **{name: PublishedFigures(*figures) for name, figures in SEED_FIGURES.items()},
 }
 
 # Zoo name -> torchvision builder, where torchvision ships the same network.
@@ -108,6 +112,7 @@ TORCHVISION_NAMES: dict[str, str] = {
     "mnasnet_b1": "mnasnet1_0",
     "efficientnet_b0": "efficientnet_b0",
     "shufflenet_v2_x1_0": "shufflenet_v2_x1_0",
+    **SEED_TORCHVISION_NAMES,
 }
 
 
@@ -367,6 +372,7 @@ _MODELS = {
     "fbnet_b": _fbnet_b,
     "fbnet_c": _fbnet_c,
     "shufflenet_v1_g3": _shufflenet_v1_g3,
+    **SEED_MODELS,
 }
 
 

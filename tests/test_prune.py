@@ -187,12 +187,14 @@ def test_se_squeeze_follows_the_pruned_spec() -> None:
 # compress/prune*.py knows the ops mbconv, shuffle, ghost and dsconv; FBNet's irf/pw blocks and the
 # ShuffleNet V1 unit (grouped 1x1 convs) came later (issue #17) and are not pruned yet
 PRUNE_UNSUPPORTED = {"fbnet_a", "fbnet_b", "fbnet_c", "shufflenet_v1_g3"}
+PRUNE_REFUSED = {"squeezenet1_0", "squeezenet1_1"}  # fire modules: refused with a clear error (below)
 
 
 @pytest.mark.parametrize("index,name", [
     pytest.param(index, name, marks=pytest.mark.xfail(strict=True, reason="compress/ does not prune irf, pw or "
                                                        "shufflev1 blocks (issue #17)"))
-    if name in PRUNE_UNSUPPORTED else (index, name) for index, name in enumerate(zoo.names())])
+    if name in PRUNE_UNSUPPORTED else (index, name) for index, name in enumerate(zoo.names())
+    if name not in PRUNE_REFUSED])
 def test_every_zoo_model_prunes_builds_and_shrinks(index: int, name: str) -> None:
     spec = zoo.get(name, 32, 10)
     model = randomised(spec)
@@ -200,6 +202,15 @@ def test_every_zoo_model_prunes_builds_and_shrinks(index: int, name: str) -> Non
     assert pruned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert count(pruned).params < count(model).params
     assert macs_of_spec(pruned.spec) < macs_of_spec(spec)
+
+
+@pytest.mark.parametrize("name", sorted(PRUNE_REFUSED))
+def test_fire_modules_are_refused_by_name(name: str) -> None:
+    spec = zoo.get(name, 32, 10)
+    with pytest.raises(PolicyError, match=r"blocks\.0 \(fire_k3_m16_c128_s2_relu\) is a fire module; .*'fire'"):
+        PrunePolicy.uniform(spec, 0.5)
+    with pytest.raises(PolicyError, match="does not support op 'fire'"):
+        plan_prune(spec, PrunePolicy(ratios={"stem": 0.5}))
 
 
 def test_policy_json_round_trip(tmp_path) -> None:

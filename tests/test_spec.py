@@ -72,7 +72,7 @@ def test_block_string_fields() -> None:
     [
         (("blocks", 1, "kernel"), 4, "blocks[1].kernel=4 not in {3, 5, 7}"),
         (("blocks", 0, "stride"), 3, "blocks[0].stride=3 not in {1, 2}"),
-        (("blocks", 0, "op"), "conv", "blocks[0].op='conv' not in {mbconv, shuffle, ghost, dsconv, cell, resblock, irf, pw, shufflev1}"),
+        (("blocks", 0, "op"), "conv", "blocks[0].op='conv' not in {mbconv, shuffle, ghost, dsconv, cell, resblock, irf, pw, shufflev1, fire}"),
         (("blocks", 0, "activation"), "gelu", "blocks[0].activation='gelu' not in {relu, relu6, hswish, swish, none}"),
         (("blocks", 0, "se_ratio"), 1.5, "blocks[0].se_ratio=1.5 must be in [0.0, 1.0]"),
         (("blocks", 0, "expand_ratio"), 0, "blocks[0].expand_ratio=0 must be in (0.0, 16.0]"),

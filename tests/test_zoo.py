@@ -31,6 +31,9 @@ EXPECTED = {
     "fbnet_b": (4_813_048, 296_614_728),
     "fbnet_c": (5_572_200, 384_960_160),
     "shufflenet_v1_g3": (1_865_728, 137_460_672),
+    "squeezenet1_0": (1_248_424, 818_924_576),
+    "squeezenet1_1": (1_235_496, 349_151_936),
+    "mobilenet_v1": (4_231_976, 568_740_352),
 }
 # (params, MACs) tolerance against the paper where 2% is not met, with the reason in zoo.py's notes:
 # FBNet's MACs are held to the 3%; FBNet-B's parameters sit 6.9% above the paper's 4.5M.

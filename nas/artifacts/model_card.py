@@ -63,12 +63,15 @@ def architecture_rows(arch: ArchSpec, per_layer_cost: dict[str, tuple[int, int]]
         part = layer.part
         shape = f"{layer.in_channels}x{layer.in_size}x{layer.in_size}"
         if isinstance(part, StemSpec):
-            cells = ["stem", layer.name, "conv" + (" + maxpool" if part.pool else ""), str(part.kernel), "-", "-",
+            conv = "conv" + ("" if part.batch_norm else " (bias, no BN)")
+            cells = ["stem", layer.name, conv + (" + maxpool" if part.pool else ""), str(part.kernel), "-", "-",
                      part.activation.value, str(part.out_channels), str(part.stride * (2 if part.pool else 1))]
         elif isinstance(part, HeadSpec):
             inner = [f"conv {part.conv_channels}" if part.conv_channels else "",
                      f"hidden {part.hidden_channels}" if part.hidden_channels else ""]
-            cells = ["head", layer.name, "conv1x1 + pool + fc" if part.conv_channels else "pool + fc",
+            kind = "conv1x1 + pool + fc" if part.conv_channels else "pool + fc"
+            kind = "conv1x1 classifier + pool" if part.classifier == "conv" else kind
+            cells = ["head", layer.name, kind,
                      "1" if part.conv_channels else "-", " / ".join(x for x in inner if x) or "-", "-",
                      part.activation.value, f"{layer.out_channels} classes", "1"]
         else:

@@ -28,6 +28,12 @@ module, and `size()` counts networks exactly):
   dropped from the earlier stage (the later stage keeps its base width).
 - `dsconv` has no expansion and no SE: its stage's expansion and SE decisions are ignored
   (canonical index 0).
+- `fire` (SqueezeNet's fire module, Iandola et al. 2016) is opt-in (`ops=[..., "fire"]`), not in
+  the default op set, so the default space's vectors, size and tables are unchanged. Its squeeze
+  is fixed at 1/8 of the block's input (SqueezeNet's fire5-fire9 ratio), its expansion and SE
+  decisions are ignored as dsconv's, and its kernel is the expand kxk. A strided fire module
+  max-pools in ceil mode, which matches the stage sizes only on even maps, so a space with fire
+  refuses a stride-2 stage on an odd input size.
 - a Ghost bottleneck uses its kernel only when strided or when its shortcut changes width, i.e.
   in the first layer of its stage; the stage's other layers carry kernel 3.
 - a ShuffleNetV2 unit changes width only in its stride-2 form, so `shuffle` is offered only in
@@ -61,6 +67,8 @@ BASES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "efficientnet_b0": ((16, 1, 1), (24, 2, 2), (40, 2, 2), (80, 3, 2), (112, 3, 1), (192, 4, 2), (320, 1, 1)),
 }
 OPS = (Op.MBCONV, Op.SHUFFLE, Op.GHOST, Op.DSCONV)
+OPT_IN_OPS = (Op.FIRE,)  # offered only when `ops` names them
+FIRE_SQUEEZE = 0.125  # squeeze width / input width of a fire module
 KERNELS = (3, 5, 7)
 EXPAND_RATIOS = (1.0, 3.0, 4.0, 6.0)
 SE_RATIOS = (0.0, 0.25)
@@ -123,10 +131,10 @@ class MnasNetSpace(SearchSpace):
             raise SpecError(f"mnasnet: base={base!r} not in {{{', '.join(BASES)}}}")
         # the layer ops only: NB201's cell and resblock, FBNet's irf/pw and
         # ShuffleNet V1 units belong to other spaces
-        known_ops = {op.value for op in OPS}
+        known_ops = [op.value for op in OPS + OPT_IN_OPS]
         unknown_ops = [op for op in ops if (op.value if isinstance(op, Op) else op) not in known_ops]
         if unknown_ops:
-            raise SpecError(f"mnasnet: ops {unknown_ops} not in {{{', '.join(op.value for op in OPS)}}}")
+            raise SpecError(f"mnasnet: ops {unknown_ops} not in {{{', '.join(known_ops)}}}")
         stages = BASES[base] if isinstance(base, str) else tuple(tuple(stage) for stage in base)
         stem_stride, strides = small_input_strides(resolution, 2, [stride for _, _, stride in stages])
         self.stem = StemSpec(make_divisible(32 * width_mult, 8), 3, stem_stride, Activation.RELU)
@@ -143,17 +151,24 @@ class MnasNetSpace(SearchSpace):
                                      tuple(float(r) for r in se_ratios),
                                      tuple(sorted(_unique(max(1, layers + d) for d in layer_deltas))), stage_widths))
             size = conv_output_size(size, stride)
+        if Op.FIRE in (Op(op) for op in ops):
+            for stage in self.stages:
+                if stage.stride == 2 and stage.in_size % 2:
+                    raise SpecError(f"mnasnet: op 'fire' at resolution {resolution}: stage{stage.index} strides an "
+                                    f"odd {stage.in_size}x{stage.in_size} map, where a fire module's ceil-mode "
+                                    "max-pool and the other ops' strided convs disagree; use an even-sized chain")
         self.decisions = [Decision(f"stage{stage.index}.{field}", stage.options(field))
                           for stage in self.stages for field in FIELDS]
 
     # -- one stage ---------------------------------------------------------------------------------
     def _canonical_choice(self, stage: Stage, choice: Choice) -> Choice:
-        return choice._replace(expand_ratio=0, se_ratio=0) if stage.ops[choice.op] is Op.DSCONV else choice
+        plain = stage.ops[choice.op] in (Op.DSCONV, Op.FIRE)
+        return choice._replace(expand_ratio=0, se_ratio=0) if plain else choice
 
     def _block(self, stage: Stage, choice: Choice, first: bool) -> BlockSpec:
         op = stage.ops[choice.op]
         kernel = stage.kernels[choice.kernel] if first or op is not Op.GHOST else UNUSED_KERNEL
-        expand, se = ((1.0, 0.0) if op is Op.DSCONV
+        expand, se = ((1.0, 0.0) if op is Op.DSCONV else (FIRE_SQUEEZE, 0.0) if op is Op.FIRE
                       else (stage.expand_ratios[choice.expand_ratio], stage.se_ratios[choice.se_ratio]))
         return BlockSpec(op, stage.widths[choice.width], stage.stride if first else 1, kernel, expand, se_ratio=se,
                          se_style=SEStyle.EFFICIENTNET, activation=Activation.RELU)
@@ -219,7 +234,7 @@ class MnasNetSpace(SearchSpace):
         op = index("op", block.op, stage.ops)
         width = index("out_channels", block.out_channels, stage.widths)
         kernel = index("kernel", block.kernel, stage.kernels)
-        plain = block.op is Op.DSCONV
+        plain = block.op in (Op.DSCONV, Op.FIRE)  # their expansion (a fire's squeeze) is fixed
         expand = 0 if plain else index("expand_ratio", block.expand_ratio, stage.expand_ratios)
         se = 0 if plain else index("se_ratio", block.se_ratio, stage.se_ratios)
         return Choice(op, kernel, expand, se, 0, width)
