@@ -242,3 +242,18 @@ def test_cli_refuses_to_export_an_all_8bit_dorefa_policy(tmp_path: Path) -> None
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "cannot be exported" in result.output
+
+
+# ---- the study's policy ---------------------------------------------------------------------------
+
+
+def test_lowbit_study_puts_dorefa_only_where_the_input_is_non_negative() -> None:
+    from bench.toolbox_lowbit import lowbit_policy, non_negative_inputs
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec()).eval()
+    # the image (stem) and the residual sum (head conv) are signed; ReLU6 outputs and the pooled head are not
+    found = non_negative_inputs(model, [torch.randn(4, 3, 8, 8)])
+    assert found == {"blocks.0.expand.0", "blocks.0.depthwise.0", "blocks.0.project.0", "head.classifier"}
+    policy = lowbit_policy(model, "ttq", 4, found)
+    assert policy.bits_string() == "w8a8 wTTQa4d wTTQa4d wTTQa4d wTTQa4 w8a8"  # first and last layer stay 8/8
