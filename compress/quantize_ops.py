@@ -35,7 +35,8 @@ Each quantized layer quantizes its *weights* and its *input activation* (HAQ's p
 Gradients: the rounding is a straight-through estimator. Linear modes use PyTorch's
 ``fake_quantize_per_{channel,tensor}_affine`` (gradient 1 where the code is inside
 [quant_min, quant_max], 0 where it was clipped); binary/ternary pass the gradient through
-unchanged. Scales get no gradient (they follow the weights / the observed range).
+unchanged. Scales get no gradient (they follow the weights / the observed range), except TTQ's
+W_p / W_n, which are trained (``compress.quantize_ttq``).
 
 These two torch ops are also what makes the export faithful: the TorchScript ONNX exporter turns
 them into QuantizeLinear/DequantizeLinear pairs (opset >= 13, 8-bit ranges only); see
