@@ -106,15 +106,17 @@ def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool 
     policy.check_model(result)  # before folding: names refer to the caller's model
     if fold_batchnorm:
         fold_conv_batchnorm(result)
+    threshold = policy.ttq_threshold
     for name, (weight_bits, activation_bits) in policy.layers.items():
         layer = result.get_submodule(name)
         if isinstance(layer, QUANT_TYPES):
-            layer.set_bits(weight_bits, activation_bits)
+            layer.set_bits(weight_bits, activation_bits, threshold)
         elif isinstance(layer, nn.Conv2d):
-            _set_module(result, name, QuantConv2d.from_float(layer, weight_bits, activation_bits, name))
+            _set_module(result, name, QuantConv2d.from_float(layer, weight_bits, activation_bits, name, threshold))
         else:
-            _set_module(result, name, QuantLinear.from_float(layer, weight_bits, activation_bits, name))
+            _set_module(result, name, QuantLinear.from_float(layer, weight_bits, activation_bits, name, threshold))
         result.get_submodule(name).input_quant.momentum = momentum
+        result.get_submodule(name).input_quant.scheme = policy.activation_scheme(name)
         result.get_submodule(name).reduce_range = reduce_range
     if int8_points:
         add_int8_points(result)
@@ -123,8 +125,14 @@ def apply_policy(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool 
 
 
 def current_policy(model: nn.Module) -> QuantPolicy:
-    """The policy a quantized model carries (its QuantConv2d/QuantLinear layers' bits)."""
-    return QuantPolicy({name: (m.weight_bits, m.activation_bits) for name, m in quant_layers(model).items()})
+    """The policy a quantized model carries (its QuantConv2d/QuantLinear layers' bits, TTQ threshold
+    and DoReFa layers)."""
+    layers = quant_layers(model)
+    thresholds = {m.ttq_threshold for m in layers.values() if m.weight_bits == "ttq"}
+    dorefa = {name: "dorefa" for name, m in layers.items() if m.input_quant.scheme == "dorefa"}
+    return QuantPolicy({name: (m.weight_bits, m.activation_bits) for name, m in layers.items()},
+                       **({"ttq_threshold": thresholds.pop()} if len(thresholds) == 1 else {}),
+                       activation_quantizer=dorefa)
 
 
 def prepare_qat(model: nn.Module, policy: QuantPolicy, *, fold_batchnorm: bool = True,

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from compress.quantize import ActivationQuantizer, frozen_qparams, quant_layers, quantization_disabled
 from compress.quantize_onnx import int8_graph
+from compress.quantize_policy import PolicyError
 from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
 
 __all__ = ["QDQ_TOLERANCE", "ExportCheck", "check_qdq_export", "export_qdq", "measure_int8_latency"]
@@ -72,6 +73,16 @@ def require_int8(qmodel: nn.Module) -> None:
     layers = quant_layers(qmodel)
     if not layers:
         raise ValueError("export: the model has no quantized layers; apply_policy() and calibrate() first")
+    learned = [f"{n} (weight_bits={m.weight_bits!r}, activation_quantizer={m.input_quant.scheme!r})"
+               for n, m in layers.items() if m.weight_bits == "ttq" or m.input_quant.scheme != "linear"]
+    if learned:
+        # TTQ's two scales per layer are not one int8 grid, and DoReFa's clip is not a QDQ pair
+        # ORT fuses; both are trained/costed as simulations, like the 2..7-bit grids
+        raise PolicyError(
+            "int8 ONNX export: weight_bits='ttq' and activation_quantizer='dorefa' cannot be exported; "
+            "allowed: weight_bits=8 with activation_quantizer='linear' on every layer; not: "
+            + ", ".join(learned[:5]) + (f", ... ({len(learned)} in all)" if len(learned) > 5 else "")
+        )
     wrong = [f"{n} (w{m.weight_bits}a{m.activation_bits})" for n, m in layers.items()
              if m.weight_bits != 8 or m.activation_bits != 8]
     if wrong:

@@ -82,7 +82,8 @@ class Int8ResidualMBConv(MBConv):
 
 
 def _is_int8(layer: nn.Module) -> bool:
-    return isinstance(layer, QUANT_TYPES) and layer.activation_bits == 8
+    # a DoReFa input is clipped to [0, 1]: reusing it for a residual skip would clip the skip too
+    return isinstance(layer, QUANT_TYPES) and layer.activation_bits == 8 and layer.input_quant.scheme == "linear"
 
 
 def _quantize_output(sequential: nn.Sequential, name: str) -> bool:
@@ -108,7 +109,7 @@ def add_int8_points(model: nn.Module) -> int:
     if isinstance(head_conv, nn.Sequential) and _is_int8(head_conv[0]):
         added += _quantize_output(head_conv, "head.conv")
     classifier = getattr(getattr(model, "head", None), "classifier", None)
-    if type(classifier) is QuantLinear and classifier.activation_bits == 8:
+    if type(classifier) is QuantLinear and _is_int8(classifier):
         classifier.output_quant = ActivationQuantizer(8, name="head.classifier output")
         classifier.__class__ = QuantLinearInt8Output
         added += 1

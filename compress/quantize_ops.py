@@ -21,16 +21,22 @@ Each quantized layer quantizes its *weights* and its *input activation* (HAQ's p
   affected; 2..7-bit grids are simulations for cost models, not run on int8 kernels.
   ``"binary"``: ``sign(w) * mean|w_c|`` (BWN/XNOR-Net; w = 0 maps to +); ``"ternary"`` (TWN):
   threshold ``0.7 * mean|w_c|``, ``alpha_c`` = mean |w| above it, ``w_q in {-alpha_c, 0, alpha_c}``.
+  ``"ttq"`` (``compress.quantize_ttq``): ``{-W_n, 0, +W_p}`` with two trainable per-layer scales,
+  which live on the layer (``ttq_positive``, ``ttq_negative``), so it is the one weight scheme
+  :func:`quantize_weight` cannot compute from the weight alone.
 - **activations**, ``b`` in 2..8: asymmetric per tensor, unsigned codes 0..2^b - 1. An observer
   tracks the input's min and max with an exponential moving average (``momentum``) while the
   layer is training or being calibrated; the range is widened to include 0 (so zero -- padding,
   ReLU's output -- is exact), ``scale = (max - min) / (2^b - 1)``, ``zero_point = round(-min / scale)``.
   The range is stored, not the scale: changing a layer's bits keeps its calibration.
+  ``scheme="dorefa"`` (``compress.quantize_dorefa``) instead clips to the fixed range [0, 1]:
+  nothing to observe, and the grid is ``1 / (2^b - 1)`` with zero point 0.
 
 Gradients: the rounding is a straight-through estimator. Linear modes use PyTorch's
 ``fake_quantize_per_{channel,tensor}_affine`` (gradient 1 where the code is inside
 [quant_min, quant_max], 0 where it was clipped); binary/ternary pass the gradient through
-unchanged. Scales get no gradient (they follow the weights / the observed range).
+unchanged. Scales get no gradient (they follow the weights / the observed range), except TTQ's
+W_p / W_n, which are trained (``compress.quantize_ttq``).
 
 These two torch ops are also what makes the export faithful: the TorchScript ONNX exporter turns
 them into QuantizeLinear/DequantizeLinear pairs (opset >= 13, 8-bit ranges only); see
@@ -51,7 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
+from compress.quantize_dorefa import dorefa_activation, dorefa_scale
 from compress.quantize_policy import PolicyError, WeightBits
+from compress.quantize_ttq import TTQ_THRESHOLD, add_ttq_scales, remove_ttq_scales, ttq_weight
 
 __all__ = [
     "QUANT_TYPES",
@@ -109,6 +117,8 @@ def fake_quant_weight(weight: Tensor, bits: WeightBits, reduce_range: bool = Fal
 
 def quantize_weight(weight: Tensor, bits: WeightBits, reduce_range: bool = False) -> tuple[Tensor, Tensor]:
     """(weight on its grid, the per-channel step (1-D): the scale, or alpha for binary/ternary)."""
+    if bits == "ttq":
+        raise ValueError("ttq weights need the layer's learned scales: use QuantConv2d/QuantLinear.quantized_weight()")
     if bits == "binary":
         alpha = _channel_mean_abs(weight.detach())
         return _StraightThrough.apply(weight, torch.where(weight.detach() >= 0, alpha, -alpha)), alpha.flatten()
@@ -160,9 +170,10 @@ class ActivationQuantizer(nn.Module):
     accuracy in a search wrong).
     """
 
-    def __init__(self, bits: int, momentum: float = 0.1, name: str = "") -> None:
+    def __init__(self, bits: int, momentum: float = 0.1, name: str = "", scheme: str = "linear") -> None:
         super().__init__()
         self.bits, self.momentum, self.layer_name = bits, momentum, name
+        self.scheme = scheme  # "linear" (observed range) or "dorefa" (fixed [0, 1])
         self.observing = False
         self.enabled = True
         self.frozen: tuple[Tensor, Tensor] | None = None
@@ -182,11 +193,15 @@ class ActivationQuantizer(nn.Module):
             self.max_val.lerp_(high, self.momentum)
 
     def qparams(self) -> tuple[Tensor, Tensor]:
+        if self.scheme == "dorefa":
+            return dorefa_scale(self.bits).to(self.min_val.device), torch.zeros((), dtype=torch.int32)
         return activation_qparams(self.min_val, self.max_val, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
+        if self.scheme == "dorefa":
+            return dorefa_activation(x, self.bits)
         if self.training or self.observing:
             self.observe(x)
         elif not bool(self.initialized):
@@ -202,11 +217,13 @@ class ActivationQuantizer(nn.Module):
         tensor this quantizer quantizes sees the same codes (``compress.quantize_graph``)."""
         if not self.enabled:
             return x
+        if self.scheme == "dorefa":
+            return dorefa_activation(x, self.bits)
         scale, zero_point = self.frozen if self.frozen is not None else self.qparams()
         return fake_quant_activation(x, scale, zero_point, self.bits)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, momentum={self.momentum}"
+        return f"bits={self.bits}, momentum={self.momentum}" + (", scheme=dorefa" if self.scheme == "dorefa" else "")
 
 
 class _QuantMixin:
@@ -217,8 +234,9 @@ class _QuantMixin:
     weight_bits: WeightBits
     quant_enabled: bool
 
-    def _setup(self, weight_bits: WeightBits, activation_bits: int, name: str) -> None:
+    def _setup(self, weight_bits: WeightBits, activation_bits: int, name: str, ttq_threshold: float) -> None:
         self.weight_bits, self.quant_enabled = weight_bits, True
+        self._sync_ttq(ttq_threshold)
         self.reduce_range = True  # 8-bit weights on 7-bit codes: exact on every CPU's int8 kernels (module docstring)
         self.input_quant = ActivationQuantizer(activation_bits, name=name)
         # set by compress.quantize.frozen_qparams for export: constants instead of traced math
@@ -229,8 +247,16 @@ class _QuantMixin:
     def activation_bits(self) -> int:
         return self.input_quant.bits
 
-    def set_bits(self, weight_bits: WeightBits, activation_bits: int) -> None:
+    def set_bits(self, weight_bits: WeightBits, activation_bits: int, ttq_threshold: float = TTQ_THRESHOLD) -> None:
         self.weight_bits, self.input_quant.bits = weight_bits, activation_bits
+        self._sync_ttq(ttq_threshold)
+
+    def _sync_ttq(self, ttq_threshold: float) -> None:
+        # the learned scales exist exactly while the layer is TTQ (state-dict keys follow the policy)
+        if self.weight_bits == "ttq":
+            add_ttq_scales(self, ttq_threshold)
+        else:
+            remove_ttq_scales(self)
 
     def quantized_parameters(self) -> tuple[Tensor, Tensor | None]:
         """(weight, bias) as the layer computes with them; call after its input was quantized
@@ -240,6 +266,9 @@ class _QuantMixin:
         if self.frozen_weight_scale is not None and isinstance(self.weight_bits, int):
             weight = _fake_quant_weight_with(self.weight, self.frozen_weight_scale, self.weight_bits)
             return weight, self.frozen_bias if self.frozen_bias is not None else self.bias
+        if self.weight_bits == "ttq":
+            # two scales, so no single accumulator step to put an integer bias on: the bias stays float
+            return ttq_weight(self.weight, self.ttq_positive, self.ttq_negative, self.ttq_threshold), self.bias
         weight, step = quantize_weight(self.weight, self.weight_bits, self.reduce_range)
         if self.bias is None or not self.input_quant.enabled:
             return weight, self.bias
@@ -256,13 +285,14 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     and bias are unchanged (the quantizer adds ``<name>.input_quant.*`` buffers)."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_bits: WeightBits, activation_bits: int, name: str = "") -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, weight_bits: WeightBits, activation_bits: int, name: str = "",
+                   ttq_threshold: float = TTQ_THRESHOLD) -> QuantConv2d:
         if conv.padding_mode != "zeros":
             raise PolicyError(f"layer {name!r}: padding_mode={conv.padding_mode!r}; only 'zeros' is supported")
         args = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, conv.bias is not None)
         return _adopt(skip_init(cls, *args, device=conv.weight.device, dtype=conv.weight.dtype), conv,
-                      weight_bits, activation_bits, name)
+                      weight_bits, activation_bits, name, ttq_threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quant(x) if self.quant_enabled else x
@@ -273,10 +303,11 @@ class QuantLinear(_QuantMixin, nn.Linear):
     """A Linear whose weight (per output row) and input are fake-quantized; see QuantConv2d."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_bits: WeightBits, activation_bits: int, name: str = "") -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, weight_bits: WeightBits, activation_bits: int, name: str = "",
+                   ttq_threshold: float = TTQ_THRESHOLD) -> QuantLinear:
         args = (linear.in_features, linear.out_features, linear.bias is not None)
         return _adopt(skip_init(cls, *args, device=linear.weight.device, dtype=linear.weight.dtype), linear,
-                      weight_bits, activation_bits, name)
+                      weight_bits, activation_bits, name, ttq_threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quant(x) if self.quant_enabled else x
@@ -286,11 +317,12 @@ class QuantLinear(_QuantMixin, nn.Linear):
 QUANT_TYPES = (QuantConv2d, QuantLinear)
 
 
-def _adopt(new: _Q, old: nn.Module, weight_bits: WeightBits, activation_bits: int, name: str) -> _Q:
+def _adopt(new: _Q, old: nn.Module, weight_bits: WeightBits, activation_bits: int, name: str,
+           ttq_threshold: float = TTQ_THRESHOLD) -> _Q:
     """Give ``new`` (built with skip_init: no allocation, no global RNG use) the float layer's own
     parameters, so optimisers and state-dict keys see the same tensors."""
     new.weight, new.bias = old.weight, old.bias
-    new._setup(weight_bits, activation_bits, name)
+    new._setup(weight_bits, activation_bits, name, ttq_threshold)
     new.input_quant.to(old.weight.device)
     return new.train(old.training)
 

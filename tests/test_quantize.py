@@ -171,7 +171,7 @@ def test_bad_policies_name_the_layer_and_the_allowed_values() -> None:
         apply_policy(model, QuantPolicy({"blocks.9.expand.0": (8, 8)}))
     with pytest.raises(PolicyError, match=r"'stem\.0\.1' is a BatchNorm2d"):
         apply_policy(model, QuantPolicy({"stem.0.1": (8, 8)}))
-    with pytest.raises(PolicyError, match=r"layer 'stem\.0\.0': weight_bits=9 not in \{2, 3, 4, 5, 6, 7, 8, 'binary', 'ternary'\}"):
+    with pytest.raises(PolicyError, match=r"layer 'stem\.0\.0': weight_bits=9 not in \{2, 3, 4, 5, 6, 7, 8, 'binary', 'ternary', 'ttq'\}"):
         QuantPolicy({"stem.0.0": (9, 8)})
     with pytest.raises(PolicyError, match=r"layer 'stem\.0\.0': activation_bits='ternary' not in \{2, 3, 4, 5, 6, 7, 8\}"):
         QuantPolicy({"stem.0.0": (8, "ternary")})
