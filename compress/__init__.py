@@ -28,7 +28,10 @@ from compress.quantize import (
 )
 from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
 from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
+from compress.quantize_dorefa import dorefa_activation
 from compress.quantize_policy import QuantPolicy, uniform_policy
+from compress.quantize_ttq import TTQ_THRESHOLD, ttq_weight
+from compress.sparsity import apply_masks, current_masks, magnitude_masks, remove_masks, sparsity_of
 from compress.scale import (
     CoefficientSearch,
     PhiFit,
@@ -56,6 +59,8 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantPolicy",
+    "TTQ_THRESHOLD",
+    "apply_masks",
     "apply_policy",
     "bitfusion_cost",
     "calibrate",
@@ -63,12 +68,15 @@ __all__ = [
     "check_qdq_export",
     "compound_coefficients",
     "compound_scale",
+    "current_masks",
     "current_policy",
+    "dorefa_activation",
     "export_qdq",
     "fit_phi_to_budget",
     "grid_search_coefficients",
     "kd_loss",
     "layer_infos",
+    "magnitude_masks",
     "measure_int8_latency",
     "plan_prune",
     "policy_weight_bits",
@@ -77,12 +85,15 @@ __all__ = [
     "prune",
     "prune_model",
     "pruned_width",
+    "remove_masks",
     "round_filters",
     "round_repeats",
     "scale_spec",
     "search_prune_policy",
     "search_quant_policy",
     "select_channels",
+    "sparsity_of",
     "stages",
+    "ttq_weight",
     "uniform_policy",
 ]
