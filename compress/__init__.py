@@ -31,7 +31,6 @@ from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_
 from compress.quantize_dorefa import dorefa_activation
 from compress.quantize_policy import QuantPolicy, uniform_policy
 from compress.quantize_ttq import TTQ_THRESHOLD, ttq_weight
-from compress.sparsity import apply_masks, current_masks, magnitude_masks, remove_masks, sparsity_of
 from compress.scale import (
     CoefficientSearch,
     PhiFit,
@@ -44,6 +43,7 @@ from compress.scale import (
     scale_spec,
     stages,
 )
+from compress.sparsity import apply_masks, current_masks, magnitude_masks, remove_masks, sparsity_of
 
 __all__ = [
     "CRITERIA",
