@@ -27,8 +27,8 @@ from compress.quantize import (
     prepare_qat,
 )
 from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
-from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
 from compress.quantize_dorefa import dorefa_activation
+from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
 from compress.quantize_policy import QuantPolicy, uniform_policy
 from compress.quantize_ttq import TTQ_THRESHOLD, ttq_weight
 from compress.scale import (
