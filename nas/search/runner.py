@@ -197,8 +197,19 @@ def _open_session(directory: RunDirectory, searcher: Searcher, objective: Search
         if saved.get("strategy") != searcher.name:
             raise RunDirError(f"{directory.searcher_path}: state of strategy {saved.get('strategy')!r}, "
                               f"the run uses {searcher.name!r}")
-        searcher.load_state_dict(saved["state"])
-        told = set(saved.get("told_trial_ids", []))
+        told_ids = saved.get("told_trial_ids", [])
+        try:
+            if not isinstance(saved.get("state"), dict):
+                raise TypeError(f"'state' is {type(saved.get('state')).__name__}, expected an object")
+            if not isinstance(told_ids, list) or not all(type(i) is int for i in told_ids):
+                raise TypeError("'told_trial_ids' must be a list of ints")
+            searcher.load_state_dict(saved["state"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            # a hand-edited or foreign file; the trials themselves are safe in trials.jsonl
+            raise RunDirError(f"{directory.searcher_path}: unreadable {searcher.name!r} state ({type(error).__name__}: "
+                              f"{error}); restore the file, or move it aside to resume with a fresh strategy "
+                              "state (finished trials are kept)") from None
+        told = set(told_ids)
     session = SearchSession(directory, searcher, objective, trials, told_trial_ids=told, weights=weights)
     if session.finished > trials:
         logger.warning("%s holds %d trials, more than trials=%d", directory.trials_path, session.finished, trials)
