@@ -3,9 +3,10 @@
 Layout (little-endian)::
 
     magic          8 bytes  b"HWDC\\r\\n\\x1a\\n" (PNG-style: text-mode mangling breaks it visibly)
-    header_length  uint32
-    header_crc32   uint32   CRC-32 of the header bytes
-    header         JSON (UTF-8), below
+    header_length  uint32   bytes of the stored (compressed) header
+    header_crc32   uint32   CRC-32 of those bytes
+    header         JSON (UTF-8), below, zlib-compressed: its ~300 entries repeat the same keys, and
+                   uncompressed it would be a fifth of a 200 KB model
     payload        the segments the header lists, back to back, no padding
 
     {"schema": "hwnas-deep-compression", "schema_version": 1, "arch": {ArchSpec},
@@ -20,7 +21,7 @@ Layout (little-endian)::
         "bytes": m}]}                                                  # one segment, raw
 
 Reading trusts nothing and checks, in order: magic, header length against the file, header CRC,
-JSON, schema name, schema_version, every field's type and range (shapes bounded before anything is
+inflating within a size limit, JSON, schema name, schema_version, every field's type and range (shapes bounded before anything is
 allocated; lengths consistent with each other), the segments' total against the payload's actual
 size, the payload's SHA-256, then each stream as it decodes. Each failure is one line of
 `CompressedFileError` naming the file, the tensor and the field.
@@ -94,7 +95,7 @@ def encode(arch: ArchSpec, clustered: Mapping[str, ClusteredTensor], dense: Mapp
 
 def pack(header: dict[str, Any], payload: bytes) -> bytes:
     """Preamble + header + payload (also what a tool editing the header would write)."""
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     return PREAMBLE.pack(MAGIC, len(raw), zlib.crc32(raw)) + raw + payload
 
 
@@ -143,8 +144,15 @@ def read_header(data: bytes, source: str = "file") -> tuple[dict[str, Any], byte
     raw = data[PREAMBLE.size:PREAMBLE.size + length]
     if zlib.crc32(raw) != crc:
         raise fail("header CRC-32 mismatch: the header is corrupt")
+    inflater = zlib.decompressobj()
     try:
-        header = json.loads(raw)
+        text = inflater.decompress(raw, MAX_HEADER_BYTES)
+    except zlib.error as error:
+        raise fail(f"header is not zlib data ({error})") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise fail(f"header inflates past the {MAX_HEADER_BYTES}-byte limit or is cut short")
+    try:
+        header = json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise fail(f"header is not valid JSON ({error})") from None
     if not isinstance(header, dict) or header.get("schema") != SCHEMA:
@@ -239,10 +247,10 @@ def _check_against_arch(arch: ArchSpec, entries: list[dict[str, Any]], source: s
     parameter count, so a hostile arch cannot make us build a huge model)."""
     import torch
 
-    from predictors.cost import count
+    from predictors.cost import params_of_spec
     from search_spaces.build import build_model
 
-    params = count(arch).params
+    params = params_of_spec(arch)
     if params > MAX_NUMEL:
         raise CompressedFileError(f"{source}: header field 'arch' has {params:,} parameters, over the {MAX_NUMEL:,} limit")
     with torch.random.fork_rng(devices=[]):

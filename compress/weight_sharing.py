@@ -87,28 +87,27 @@ def linear_centroids(values: Tensor, k: int) -> Tensor:
     return torch.linspace(float(values.min()), float(values.max()), k)
 
 
-def assign(values: Tensor, centroids: Tensor) -> Tensor:
+def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid of each value (1-D: midpoints of the sorted centroids)."""
-    order = torch.argsort(centroids, stable=True)
+    order = np.argsort(centroids, kind="stable")
     ranked = centroids[order]
-    nearest = torch.bucketize(values, (ranked[1:] + ranked[:-1]) / 2)
-    return order[nearest]
+    return order[np.searchsorted((ranked[1:] + ranked[:-1]) / 2, values, side="left")]
 
 
 def kmeans_1d(values: Tensor, centroids: Tensor, iterations: int = KMEANS_ITERATIONS) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means from `centroids`: (centroids, indices). An empty cluster keeps its centroid."""
-    centroids = centroids.clone().double()
-    values = values.double()
-    indices = assign(values, centroids)
+    x = values.detach().cpu().double().numpy()
+    c = centroids.detach().cpu().double().numpy().copy()
+    indices = assign(x, c)
     for _ in range(iterations):
-        sums = torch.zeros_like(centroids).index_add_(0, indices, values)
-        counts = torch.bincount(indices, minlength=centroids.numel())
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
-        new = assign(values, centroids)
-        if torch.equal(new, indices):
+        sums = np.bincount(indices, weights=x, minlength=c.size)
+        counts = np.bincount(indices, minlength=c.size)
+        c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        new = assign(x, c)
+        if np.array_equal(new, indices):
             break
         indices = new
-    return centroids.float(), indices
+    return torch.from_numpy(c).float(), torch.from_numpy(indices).long()
 
 
 class _Shared(nn.Module):

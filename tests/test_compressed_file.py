@@ -2,6 +2,7 @@
 
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def compressed():
 
 def _parts(data: bytes) -> tuple[dict, bytes]:
     length = struct.unpack_from("<I", data, 8)[0]
-    return json.loads(data[PREAMBLE.size:PREAMBLE.size + length]), data[PREAMBLE.size + length:]
+    return json.loads(zlib.decompress(data[PREAMBLE.size:PREAMBLE.size + length])), data[PREAMBLE.size + length:]
 
 
 def test_decoding_gives_the_models_weights_bit_for_bit(compressed):
