@@ -2,8 +2,9 @@
 masks kept; trained weight sharing, fine-tune the centroids; Huffman-coded file.
 
 Training is the caller's: `finetune(model, stage)` (the project's distilled fine-tune; this package
-cannot import `nas.training`) and `evaluate(model) -> accuracy`, so the CLI and the benchmark
-study run the same steps.
+cannot import `nas.training`), which may return the fine-tuned model's accuracy (the train loop
+evaluates the test split anyway, so it is not evaluated twice), and `evaluate(model) -> accuracy`,
+so the CLI and the benchmark study run the same steps.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def model_from(decoded: DecodedModel) -> nn.Module:
 
 
 def deep_compress(model: nn.Module, arch: ArchSpec, sparsity: float, bits: Mapping[str, int], *,
-                  finetune: Callable[[nn.Module, str], Any] | None = None,
-                  evaluate: Callable[[nn.Module], float] | None = None) -> DeepCompressionResult:
-    """All three stages on a copy of `model`; the file is decoded again and checked bit for bit."""
+                  finetune: Callable[[nn.Module, str], float | None] | None = None,
+                  evaluate: Callable[[nn.Module], float] | None = None,
+                  base_accuracy: float | None = None) -> DeepCompressionResult:
+    """All three stages on a copy of `model`; the file is decoded again and checked bit for bit.
+    `base_accuracy`: the source's accuracy when the caller knows it (else evaluated)."""
     model = copy.deepcopy(model)
     accuracy: dict[str, float] = {}
 
@@ -77,11 +80,14 @@ def deep_compress(model: nn.Module, arch: ArchSpec, sparsity: float, bits: Mappi
         if evaluate:
             accuracy[name] = evaluate(model)
         if train and finetune:
-            finetune(model, name)
+            reported = finetune(model, name)
             if evaluate:
-                accuracy[f"{name}_finetuned"] = evaluate(model)
+                accuracy[f"{name}_finetuned"] = reported if reported is not None else evaluate(model)
 
-    step("base", False)
+    if base_accuracy is not None:
+        accuracy["base"] = base_accuracy
+    else:
+        step("base", False)
     apply_masks(model, magnitude_masks(model, sparsity))
     step("pruned", True)
     share_weights(model, bits)

@@ -71,9 +71,10 @@ def deep_compression(
     data = _data(src, dataset, seed)
     teacher = src.model.eval()
 
-    def finetune(model: Any, stage: str) -> None:
-        if epochs:
-            distilled_finetune(model, teacher, data, TrainConfig(seed=seed), epochs=epochs)
+    def finetune(model: Any, stage: str) -> float | None:
+        if not epochs:
+            return None
+        return distilled_finetune(model, teacher, data, TrainConfig(seed=seed), epochs=epochs).test_accuracy
 
     result = deep_compress(src.model, src.spec, sparsity, policy, finetune=finetune,
                            evaluate=lambda model: evaluate(model, data.test))
