@@ -224,7 +224,7 @@ def decode(data: bytes, source: str = "file") -> DecodedModel:
     header, payload = read_header(data, source)
     try:
         arch = ArchSpec.from_dict(header.get("arch"))
-    except (SpecError, TypeError, AttributeError) as error:
+    except (SpecError, TypeError, AttributeError, KeyError, ValueError) as error:
         raise CompressedFileError(f"{source}: header field 'arch' is not a valid ArchSpec ({error})") from None
     _check_against_arch(arch, header["tensors"], source)
     tensors, offset = {}, 0

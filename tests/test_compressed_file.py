@@ -69,6 +69,8 @@ def _rewrite(data: bytes, edit) -> bytes:
     (lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:], "header CRC-32 mismatch"),
     (lambda d: d[:-3] + bytes([d[-3] ^ 0x40]) + d[-2:], "payload SHA-256 mismatch"),
     (lambda d: _rewrite(d, lambda h: h.update(schema_version=2)), "unknown schema_version 2: this version reads 1"),
+    (lambda d: _rewrite(d, lambda h: h.update(schema="onnx")), "header schema 'onnx': expected 'hwnas-deep-compression'"),
+    (lambda d: _rewrite(d, lambda h: h.update(arch={"blocks": 3})), "header field 'arch' is not a valid ArchSpec"),
     (lambda d: _rewrite(d, lambda h: h["tensors"][0].update(index_bytes=10**9)),
      "tensor 'stem.0.0.weight': field 'index_bytes' = 1000000000, expected an integer"),
     (lambda d: _rewrite(d, lambda h: h["tensors"][0].update(shape=[1 << 20, 1 << 20])),
