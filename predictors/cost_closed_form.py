@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import torch
+from torch import nn
+
 from search_spaces.blocks import se_squeeze_channels
-from search_spaces.build import LayerShape, conv_output_size, layer_shapes
+from search_spaces.build import LayerShape, build_layer, conv_output_size, layer_shapes
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec
 
 __all__ = ["at_resolution", "layer_macs", "layer_params", "layer_weights", "macs_of_spec", "params_of_spec"]
@@ -214,9 +217,35 @@ def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: i
                 out_channels: int) -> tuple[int, int, int]:
     """(MACs, bias adds, params) of a layer; the output size follows from the part and `in_size`."""
     out_size = 1 if kind == "head" else conv_output_size(in_size, part.stride)
+    if getattr(part, "ranks", ()):
+        return _shape_cost(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
     convs = _layer_convs(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
     return (sum(conv.macs for conv in convs), sum(conv.bias_adds for conv in convs),
             sum(conv.params for conv in convs))
+
+
+def _shape_cost(layer: LayerShape) -> tuple[int, int, int]:
+    """(MACs, bias adds, params) of a layer with low-rank convs (`BlockSpec.ranks`): any conv of
+    any block may be factorized, so rather than a formula per (op, conv) the module is built on
+    the meta device (shapes, no memory) and one forward pass there gives each conv's output map."""
+    with torch.device("meta"):
+        module = build_layer(layer, initialise=False).eval()
+    outputs: dict[nn.Module, torch.Size] = {}
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, _, out: outputs.__setitem__(m, out.shape)) for m in layers]
+    with torch.no_grad():
+        module(torch.empty(layer.input_shape, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    macs = bias_adds = 0
+    for m in layers:
+        shape = outputs.get(m)
+        if shape is None:  # not on the forward path (a cell's dead edge): never runs, no MACs
+            continue
+        per_weight = math.prod(shape[2:]) if isinstance(m, nn.Conv2d) else math.prod(shape[:-1])
+        macs += m.weight.numel() * per_weight
+        bias_adds += math.prod(shape) if m.bias is not None else 0
+    return macs, bias_adds, sum(p.numel() for p in module.parameters())
 
 
 def layer_weights(layer: LayerShape) -> int:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from search_spaces.blocks import ConvBNAct, build_block, make_activation
+from search_spaces.lowrank_layers import apply_ranks
 from search_spaces.spec import (
     ArchSpec,
     BlockSpec,
@@ -21,6 +22,7 @@ from search_spaces.spec import (
     check_block_input,
     part_from_dict,
 )
+from search_spaces.spec_fields import ranks_to_string
 
 
 def conv_output_size(size: int, stride: int) -> int:
@@ -58,6 +60,7 @@ class Head(nn.Module):
             channels = spec.hidden_channels
         self.dropout = nn.Dropout(spec.dropout)
         self.classifier = nn.Linear(channels, num_classes)
+        apply_ranks(self, spec.ranks, "head.ranks")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(self.preact(x)).mean((2, 3))
@@ -71,8 +74,8 @@ class Network(nn.Module):
         self.stem = build_stem(spec)
         channels = spec.stem.out_channels
         blocks = []
-        for block in spec.blocks:
-            blocks.append(build_block(block, channels))
+        for index, block in enumerate(spec.blocks):
+            blocks.append(build_block(block, channels, f"blocks[{index}].ranks"))
             channels = block.out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = build_head(spec)
@@ -109,7 +112,8 @@ def _initialise(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # the first factor of a low-rank linear has none
+                nn.init.zeros_(module.bias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +199,10 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
     preact = "preact_" if part.preact else ""
+    ranks = f"_{ranks_to_string(part.ranks)}" if part.ranks else ""
     return (
         f"head_{preact}conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
-        f"_classes{out_channels}@{shape}"
+        f"_classes{out_channels}{ranks}@{shape}"
     )
 
 

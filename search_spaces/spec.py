@@ -17,19 +17,9 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from search_spaces.block_strings import block_fields_from_string, block_to_string
-from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value
-from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
-    CELL_EDGES,
-    CELL_OPS,
-    KERNELS,
-    PW_KERNELS,
-    STEM_KERNELS,
-    STRIDES,
-    Activation,
-    Op,
-    SEStyle,
-    SpecError,
-)
+from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value, normalize_ranks, put_ranks
+from search_spaces.spec_vocabulary import (  # noqa: F401  (re-exported: the spec's public vocabulary)
+    CELL_EDGES, CELL_OPS, KERNELS, PW_KERNELS, STEM_KERNELS, STRIDES, Activation, Op, SEStyle, SpecError)
 
 GROUPED_OPS = (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1)  # ops whose 1x1 convs may be grouped (`BlockSpec.groups`)
 
@@ -43,7 +33,9 @@ class BlockSpec:
 
     `groups` (ops `mbconv`, `irf`, `shufflev1`): the pointwise 1x1 convs are grouped convs and a
     channel shuffle follows the first (ShuffleNet V1, FBNet's `_g2` ops). At 1 (the default) it is
-    left out of the JSON, so specs written before it existed keep their JSON and content hash."""
+    left out of the JSON, so specs written before it existed keep their JSON and content hash.
+    `ranks` (conv name inside the block -> rank, or [r_in, r_out]): those convs are built
+    low-rank (`search_spaces.lowrank_layers`); absent from the JSON when empty, like `groups`."""
 
     op: Op
     out_channels: int
@@ -56,6 +48,7 @@ class BlockSpec:
     activation: Activation = Activation.RELU
     edges: tuple[str, ...] = ()
     groups: int = 1
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("block")
@@ -75,6 +68,7 @@ class BlockSpec:
         object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
         check_int(self.groups, f"{path}.groups", minimum=1)
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
         if self.groups != 1 and self.op not in GROUPED_OPS:
             raise SpecError(f"{path}.groups={self.groups} must be 1 for op '{self.op.value}' "
                             f"(grouped 1x1 convs: {', '.join(op.value for op in GROUPED_OPS)})")
@@ -139,7 +133,7 @@ class BlockSpec:
             del out["edges"]  # specs from before cells existed serialise (and hash) as they did
         if out["groups"] == 1:  # absent unless used: older specs keep their JSON and content hash
             del out["groups"]
-        return out
+        return put_ranks(out, self.ranks)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str = "block") -> BlockSpec:
@@ -184,13 +178,15 @@ class HeadSpec:
     """Optional BN + act on the last block's output (`preact`: the pre-activation networks'
     closing "lastact", NAS-Bench-201's), 1x1 conv + BN + act (optional), global average pool,
     optional hidden linear + act (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier.
-    `preact` is left out of the JSON when false, so older specs keep their hashes."""
+    `preact` is left out of the JSON when false, `ranks` (as `BlockSpec.ranks`: "conv", "hidden",
+    "classifier") when empty, so older specs keep their hashes."""
 
     conv_channels: int | None = 1280
     hidden_channels: int | None = None
     activation: Activation = Activation.RELU
     dropout: float = 0.2
     preact: bool = False
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("head")
@@ -205,12 +201,13 @@ class HeadSpec:
         object.__setattr__(self, "dropout", float(self.dropout))
         if not isinstance(self.preact, bool):
             raise SpecError(f"{path}.preact={self.preact!r} must be true or false")
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
         if not self.preact:
             del out["preact"]
-        return out
+        return put_ranks(out, self.ranks)
 
 
 SCHEMA_VERSION = 1
