@@ -10,7 +10,9 @@ Layers are named `<part>.<conv>`: "blocks.3.expand", "blocks.5.conv_a", "head.co
 - `latency_policy`: greedy under a latency budget. Every layer has a ladder of ranks (those of
   `LADDER` energies); all start unfactorized. Each step moves the one layer whose next rung saves
   the most predicted latency per unit of energy lost (the fraction of its squared singular values
-  dropped), until the predicted latency (sum of per-layer table entries) fits the budget.
+  dropped), until the predicted latency (sum of per-layer table entries) fits the budget. A layer's
+  next rung is the nearest lower one that lowers the prediction at all (at small widths a factorized
+  conv, two kernels launched instead of one, can be slower until its rank is cut further).
 
 Both leave a layer alone when no rank saves MACs: a rank r saves only if r (c_in k k + d) <
 d c_in k k (SVD; Tucker-2: c_in r_in s^2 + r_in r_out k k + r_out d < d c_in k k at stride s),
@@ -234,20 +236,20 @@ def latency_policy(model: nn.Module, budget_ms: float, layer_ms: Callable[[Layer
     while now > budget_ms:
         best = None
         for name, rungs in ladders.items():
-            if position[name] + 1 >= len(rungs):
-                continue
-            ranks, lost = rungs[position[name] + 1]
             before = rungs[position[name]][1] if position[name] >= 0 else 0.0
-            trial = RankPolicy({**policy.ranks, name: ranks}, policy.settings)
-            latency = predict(trial.apply(spec))
-            score = (now - latency) / max(lost - before, 1e-9)
-            if latency < now and (best is None or score > best[0]):
-                best = (score, name, trial, latency)
+            for rung in range(position[name] + 1, len(rungs)):  # its nearest rung that lowers the prediction
+                ranks, lost = rungs[rung]
+                trial = RankPolicy({**policy.ranks, name: ranks}, policy.settings)
+                latency = predict(trial.apply(spec))
+                if latency < now:
+                    score = (now - latency) / max(lost - before, 1e-9)
+                    if best is None or score > best[0]:
+                        best = (score, name, trial, latency, rung)
+                    break
         if best is None:
-            raise PolicyError(f"latency_budget={budget_ms:g} ms is out of reach: factorizing every layer down to "
-                              f"energy {LADDER[-1]} predicts {now:.3f} ms (unfactorized {start:.3f} ms)")
-        _, name, policy, now = best
-        position[name] += 1
+            raise PolicyError(f"latency_budget={budget_ms:g} ms is out of reach: no further rank cut (down to energy "
+                              f"{LADDER[-1]}) lowers the predicted {now:.3f} ms (unfactorized {start:.3f} ms)")
+        _, name, policy, now, position[name] = best
         steps += 1
     report = {"predicted_ms_before": start, "predicted_ms_after": now, "steps": steps,
               "skipped": {**skipped, **{n: "not needed to meet the budget" for n in ladders if position[n] < 0}}}

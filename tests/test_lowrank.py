@@ -162,3 +162,15 @@ def test_a_factorized_model_saves_and_loads(tmp_path) -> None:
     loaded = load(tmp_path / "m").eval()
     x = torch.randn(1, 3, 8, 8)
     assert loaded.spec == model.spec and torch.equal(loaded(x), model(x))
+
+
+def test_a_factorized_model_exports_to_onnx_with_the_same_output() -> None:
+    import onnxruntime
+
+    from predictors.latency.backends import export_onnx, fixed_input
+
+    model = factorize(trained_like(tiny_spec()), RankPolicy({"blocks.1.conv_a": (4, 6), "head.classifier": (3,)}))
+    x = fixed_input((1, 3, 8, 8))
+    session = onnxruntime.InferenceSession(export_onnx(model.eval(), x), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(torch.from_numpy(out), model(x).detach(), atol=1e-4)
