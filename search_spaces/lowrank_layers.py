@@ -105,7 +105,7 @@ def _check_ranks(layer: nn.Module, name: str, ranks: tuple[int, ...], path: str)
         raise SpecError(f"{path}.{name}={list(ranks)}: Tucker-2 ranks need a k x k conv (k > 1); "
                         f"give one rank <= {full[0]}")
     bounds = full[:1] if len(ranks) == 1 else full[1:]
-    for rank, bound, what in zip(ranks, bounds, ("rank", "rank_out") if len(ranks) == 1 else ("r_in", "r_out")):
+    for rank, bound, what in zip(ranks, bounds, ("rank",) if len(ranks) == 1 else ("r_in", "r_out")):
         if rank > bound:
             raise SpecError(f"{path}.{name}={rank if len(ranks) == 1 else list(ranks)}: {what} must be <= {bound} "
                             "(full rank)")

@@ -47,6 +47,8 @@ def normalize_ranks(value: Any, path: str) -> tuple[tuple[str, tuple[int, ...]],
     linear layer becomes two) or [r_in, r_out] (Tucker-2: a k x k conv becomes three). Accepted as
     a JSON object or as the normalised form (pairs sorted by name, each rank a tuple), so the
     spec stays hashable and equal ranks give equal specs."""
+    if value == () or value == {}:  # every spec without ranks passes here: keep it cheap
+        return ()
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in value):

@@ -174,3 +174,11 @@ def test_a_factorized_model_exports_to_onnx_with_the_same_output() -> None:
     session = onnxruntime.InferenceSession(export_onnx(model.eval(), x), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert torch.allclose(torch.from_numpy(out), model(x).detach(), atol=1e-4)
+
+
+def test_channel_pruning_refuses_a_low_rank_spec_instead_of_failing_on_weights() -> None:
+    from compress.prune import PrunePolicy, prune
+
+    spec = lowrank_spec()
+    with pytest.raises(PolicyError, match=r"blocks\[0\], blocks\[1\], head have low-rank layers"):
+        prune(spec, PrunePolicy("l1", {"blocks.0": 0.5}), build_model(spec).state_dict())
