@@ -257,6 +257,10 @@ def layer_weights(layer: LayerShape) -> int:
 
 @lru_cache(maxsize=65536)  # a search asks for the same few thousand layers over and over
 def _weights(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, out_channels: int) -> int:
+    if getattr(part, "ranks", ()):  # a 1x1 map would not pass a strided resblock's 2x2 pool: count the weights
+        with torch.device("meta"):
+            module = build_layer(LayerShape("", kind, in_channels, 1, out_channels, 1, part), initialise=False)
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     return layer_macs(LayerShape("", kind, in_channels, 1, out_channels, 1, part))
 
 

@@ -182,3 +182,11 @@ def test_channel_pruning_refuses_a_low_rank_spec_instead_of_failing_on_weights()
     spec = lowrank_spec()
     with pytest.raises(PolicyError, match=r"blocks\[0\], blocks\[1\], head have low-rank layers"):
         prune(spec, PrunePolicy("l1", {"blocks.0": 0.5}), build_model(spec).state_dict())
+
+
+def test_layer_weights_of_a_low_rank_layer_count_each_factor_once() -> None:
+    from predictors.cost import layer_weights
+
+    block = next(layer for layer in layer_shapes(lowrank_spec()) if layer.name == "blocks.1")
+    # conv_a 16*4 + 4*6*9 + 6*16, conv_b 16*9*5 + 5*16, shortcut 16*16
+    assert layer_weights(block) == 64 + 216 + 96 + 720 + 80 + 256

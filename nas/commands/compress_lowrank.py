@@ -67,7 +67,8 @@ def lowrank(
     energy: Optional[float] = typer.Option(None, help="Keep this share of each layer's squared singular values."),
     latency_budget: Optional[str] = typer.Option(None, help="e.g. 1.2ms: greedy ranks under --lut's prediction."),
     lut: Optional[Path] = typer.Option(None, help="Latency table for --latency-budget."),
-    ranks: Optional[Path] = typer.Option(None, help="A lowrank policy JSON (layer -> rank or [r_in, r_out])."),
+    ranks: Optional[Path] = typer.Option(None, help="A lowrank policy JSON (layer -> rank (SVD) or [r_in, r_out] "
+                                                    "(Tucker-2)); --method does not apply."),
     method: str = typer.Option("svd", help="svd | tucker2 (Tucker-2 for k x k convs, SVD for 1x1 and linears)."),
     epochs: int = typer.Option(3, min=0, help="Fine-tune epochs with distillation from the original."),
     dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
@@ -99,7 +100,7 @@ def lowrank(
     original, factorized = count(src.spec), count(model.spec)
     metrics: dict[str, Any] = {
         "params": [original.params, factorized.params], "macs": [original.macs, factorized.macs],
-        "factorized_layers": len(policy.ranks), "method": method, **report,
+        "factorized_layers": len(policy.ranks), "method": policy.settings.get("method", method), **report,
         "val_accuracy_original": evaluate(base, data.val),
         "val_accuracy_before_finetune": before_finetune,
         "val_accuracy": train_report.val_accuracy if train_report else before_finetune,
