@@ -83,3 +83,31 @@ def test_bad_ranks_fail_with_one_line_naming_the_layer(model_dir: Path, tmp_path
 def test_bad_options_exit_2(model_dir: Path, tmp_path: Path, args: list, message: str) -> None:
     result = lowrank(str(model_dir), *args, "--dataset", "synthetic", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and message in result.output
+
+
+def test_latency_budget_is_met_on_the_predicted_latency(model_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import predictors.latency
+    from predictors.cost import layer_macs
+    from predictors.latency import LatencyTable, Measurement
+    from search_spaces.build import layer_shapes
+
+    class MacsMeasurer:  # a pretend device: 1 ms per 10k MACs, so the test needs no timing
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def measure_layers(self, layers: list) -> list[Measurement]:
+            return [Measurement(layer_macs(layer) / 1e4, layer_macs(layer) / 1e4, layer_macs(layer) / 1e4, 1)
+                    for layer in layers]
+
+    monkeypatch.setattr(predictors.latency, "LocalMeasurer", MacsMeasurer)
+    LatencyTable({"backend": "onnxruntime"}).save(tmp_path / "lut.json")
+    full_ms = sum(layer_macs(layer) for layer in layer_shapes(load(model_dir).spec)) / 1e4
+    out = tmp_path / "lr"
+    result = lowrank(str(model_dir), "--latency-budget", f"{0.8 * full_ms:.4f}ms", "--lut", str(tmp_path / "lut.json"),
+                     "--dataset", "synthetic", "--epochs", "0", "--no-measure", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["predicted_ms_before"] == pytest.approx(full_ms)
+    assert metrics["predicted_ms_after"] <= 0.8 * full_ms
+    assert count(load(out).spec).macs / 1e4 == pytest.approx(metrics["predicted_ms_after"])
