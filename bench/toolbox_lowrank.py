@@ -1,9 +1,9 @@
 """Low-rank factorization vs uniform l1 channel pruning at matched measured latency (issue #18).
 
 On the trained base: SVD factorization of every layer where it saves MACs, at a few energy levels
-(`compress.lowrank_policy.energy_policy`; in this MobileNetV2 the factorizable layers are the 1x1
-expand/project convs, the head's 1x1 conv and the classifier: depthwise convs have no rank to cut
-and the stem is not factorized). Pruning candidates at `PRUNE_RATIOS` are measured in the same
+(`compress.lowrank_policy.energy_policy`; in this MobileNetV2 the factorizable layers are the 3x3
+stem conv, the 1x1 expand/project convs, the head's 1x1 conv and the classifier: depthwise convs
+have no rank to cut). Pruning candidates at `PRUNE_RATIOS` are measured in the same
 interleaved ONNX Runtime call as the low-rank models; for each low-rank model the ratio whose
 latency lands nearest is fine-tuned and reported beside it, so the two methods are compared at
 (nearly) equal measured latency, not equal MACs.
@@ -90,9 +90,9 @@ def render(result: dict[str, Any]) -> list[str]:
         f"squared singular values saves MACs, at E = {', '.join(f'{e:g}' for e in result['energies'])}; uniform "
         f"l1 channel pruning (multiples of {result['round_to']}) at the ratio whose ONNX Runtime latency (1 thread, "
         f"batch 1, all candidates in one interleaved measurement) lands nearest each low-rank model's. Each model "
-        f"then gets {result['finetune_epochs']} epoch(s) of distilled fine-tune. In MobileNetV2 only the 1x1 "
-        "convs and the classifier can be factorized (depthwise convs have no rank to cut), and each factorized "
-        "1x1 conv becomes two convs: MACs fall faster than latency.",
+        f"then gets {result['finetune_epochs']} epoch(s) of distilled fine-tune. In MobileNetV2 only the stem, "
+        "the 1x1 convs and the classifier can be factorized (depthwise convs have no rank to cut), and each "
+        "factorized conv becomes two: MACs fall faster than latency.",
         "",
         "| method | setting | MACs | params | latency ms | test acc before FT | test acc |",
         "|---|---|---:|---:|---:|---:|---:|",

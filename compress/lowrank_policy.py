@@ -1,7 +1,7 @@
 """Which ranks: a `RankPolicy` (layer -> rank, the compression-policy envelope of kind "lowrank")
 and the two ways to choose one.
 
-Layers are named `<part>.<conv>`: "blocks.3.expand", "blocks.5.conv_a", "head.conv",
+Layers are named `<part>.<conv>`: "stem.0", "blocks.3.expand", "blocks.5.conv_a", "head.conv",
 "head.classifier" (the conv names of `search_spaces.lowrank_layers.layer_paths`). A value is a rank
 (SVD) or [r_in, r_out] (Tucker-2, k x k convs only).
 
@@ -16,8 +16,8 @@ Layers are named `<part>.<conv>`: "blocks.3.expand", "blocks.5.conv_a", "head.co
 
 Both leave a layer alone when no rank saves MACs: a rank r saves only if r (c_in k k + d) <
 d c_in k k (SVD; Tucker-2: c_in r_in s^2 + r_in r_out k k + r_out d < d c_in k k at stride s),
-which excludes small fan-ins (the stem's 3 x 3 x 3) and thin layers; grouped and depthwise convs
-have no rank to cut. Each skipped layer is reported with its reason.
+which excludes thin layers and small fan-ins unless the energy is low (a 3 x 3 stem on RGB needs
+r < 27 d / (27 + d)); grouped and depthwise convs have no rank to cut. Each skipped layer is reported with its reason.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ class LayerInfo:
 def factorizable(model: nn.Module) -> tuple[dict[str, LayerInfo], dict[str, str]]:
     """(layers that may be factorized, layer -> why not) of a `Network`, in network order."""
     spec: ArchSpec = model.spec
-    if any(b.ranks for b in spec.blocks) or spec.head.ranks:
+    if any(b.ranks for b in spec.blocks) or spec.head.ranks or spec.stem.ranks:
         raise PolicyError(f"{KIND} policy: the source is already low-rank; factorize the original network")
-    parts = [(f"blocks.{i}", model.blocks[i]) for i in range(len(spec.blocks))] + [("head", model.head)]
+    parts = [("stem", model.stem), *((f"blocks.{i}", model.blocks[i]) for i in range(len(spec.blocks))),
+             ("head", model.head)]
     layers, reasons = {}, {}
     for part, module in parts:
         for conv, path in layer_paths(module).items():
@@ -123,9 +124,9 @@ class RankPolicy:
             by_part.setdefault(part, {})[conv] = ranks
         blocks = [replace(b, ranks={**dict(b.ranks), **by_part[f"blocks.{i}"]}) if f"blocks.{i}" in by_part else b
                   for i, b in enumerate(spec.blocks)]
-        head = replace(spec.head, ranks={**dict(spec.head.ranks), **by_part["head"]}) if "head" in by_part \
-            else spec.head
-        return spec.replace(blocks=tuple(blocks), head=head)
+        head, stem = ((replace(p, ranks={**dict(p.ranks), **by_part[key]}) if key in by_part else p)
+                      for p, key in ((spec.head, "head"), (spec.stem, "stem")))
+        return spec.replace(blocks=tuple(blocks), head=head, stem=stem)
 
     def to_envelope(self) -> PolicyEnvelope:
         layers = {name: r[0] if len(r) == 1 else list(r) for name, r in self.ranks.items()}
@@ -149,8 +150,8 @@ class RankPolicy:
 
 def _split(name: str) -> tuple[str, str]:
     """"blocks.3.se.reduce" -> ("blocks.3", "se.reduce"); "head.conv" -> ("head", "conv")."""
-    if name.startswith("head."):
-        return "head", name[len("head."):]
+    if name.startswith(("head.", "stem.")):
+        return name[:4], name[5:]
     kind, index, conv = name.split(".", 2)
     return f"{kind}.{index}", conv
 

@@ -97,7 +97,8 @@ class PrunePolicy:
 
     def validate(self, spec: ArchSpec) -> None:
         """Every layer named must be a prunable unit of `spec`; the error lists those that are."""
-        low_rank = [f"blocks[{i}]" for i, b in enumerate(spec.blocks) if b.ranks] + (["head"] if spec.head.ranks else [])
+        low_rank = [f"blocks[{i}]" for i, b in enumerate(spec.blocks) if b.ranks] + [
+            part for part in ("stem", "head") if getattr(spec, part).ranks]
         if low_rank:  # the pruner's weight map knows full convs only
             raise PolicyError(f"{KIND} policy: {', '.join(low_rank)} have low-rank layers (ranks); prune the "
                               "network before factorizing it")

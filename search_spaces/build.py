@@ -38,6 +38,7 @@ class Stem(nn.Sequential):
         if spec.pool:
             layers.append(nn.MaxPool2d(3, 2, 1))
         super().__init__(*layers)
+        apply_ranks(self, spec.ranks, "stem.ranks")
 
 
 class Head(nn.Module):
@@ -196,7 +197,8 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         return f"{part.to_string()}@{shape}"
     if isinstance(part, StemSpec):
         pool = "_pool" if part.pool else ""
-        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}@{shape}"
+        ranks = f"_{ranks_to_string(part.ranks)}" if part.ranks else ""
+        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}_{part.activation.value}{pool}{ranks}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
     preact = "preact_" if part.preact else ""
     ranks = f"_{ranks_to_string(part.ranks)}" if part.ranks else ""

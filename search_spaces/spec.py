@@ -150,13 +150,15 @@ class BlockSpec:
 @dataclass(frozen=True, slots=True)
 class StemSpec:
     """Full conv + BN + activation, optionally followed by a 3x3 stride-2 max-pool (ShuffleNet).
-    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is."""
+    `activation="none"` leaves the stem linear (conv + BN), as NAS-Bench-201's is. `ranks` as
+    `BlockSpec.ranks` (its conv is named "0"), absent from the JSON when empty."""
 
     out_channels: int = 32
     kernel: int = 3
     stride: int = 2
     activation: Activation = Activation.RELU
     pool: bool = False
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("stem")
@@ -168,9 +170,11 @@ class StemSpec:
         check_choice(self.stride, STRIDES, f"{path}.stride")
         if not isinstance(self.pool, bool):
             raise SpecError(f"{path}.pool={self.pool!r} must be true or false")
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
+        return put_ranks({**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value},
+                         self.ranks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,8 @@ def trained_like(spec: ArchSpec) -> nn.Module:
 
 def test_ranks_stay_out_of_the_json_and_hash_when_empty() -> None:
     spec = tiny_spec()
-    assert "ranks" not in spec.to_dict()["blocks"][0] and "ranks" not in spec.to_dict()["head"]
+    assert all("ranks" not in part for part in (spec.to_dict()["blocks"][0], spec.to_dict()["head"],
+                                                spec.to_dict()["stem"]))
     lowrank = spec.replace(blocks=(replace(spec.blocks[0], ranks={"project": 4, "expand": 3}), spec.blocks[1]))
     assert lowrank.to_dict()["blocks"][0]["ranks"] == {"expand": 3, "project": 4}
     assert lowrank.content_hash() != spec.content_hash()
@@ -49,6 +50,7 @@ def test_block_string_and_latency_key_carry_the_ranks() -> None:
     assert BlockSpec.from_string(block.to_string()) == block
     head = HeadSpec(ranks={"classifier": 5})
     assert "_lr[classifier=5]@" in layer_signature(head, 16, 4, 10)
+    assert layer_signature(StemSpec(8, ranks={"0": 4}), 3, 8, 8) == "stem_k3_c8_s2_relu_lr[0=4]@3x8x8"
 
 
 @pytest.mark.parametrize("ranks, message", [
@@ -73,7 +75,7 @@ def test_build_refuses_unknown_grouped_and_too_large_ranks() -> None:
 
 def lowrank_spec() -> ArchSpec:
     spec = tiny_spec(ranks={"conv": 5, "classifier": 3})
-    return spec.replace(blocks=(replace(spec.blocks[0], ranks={"expand": 3}),
+    return spec.replace(stem=replace(spec.stem, ranks={"0": 4}), blocks=(replace(spec.blocks[0], ranks={"expand": 3}),
                                 replace(spec.blocks[1], ranks={"conv_a": [4, 6], "conv_b": 5})))
 
 
@@ -82,7 +84,7 @@ def test_the_spec_builds_the_low_rank_layers_and_counts_them_exactly() -> None:
     model = build_model(spec)
     assert isinstance(model.blocks[0].expand[0], SVDConv)
     assert isinstance(model.blocks[1].conv_b[1], SVDConv) and isinstance(model.blocks[1].conv_a[1], Tucker2Conv)
-    assert isinstance(model.head.classifier, SVDLinear)
+    assert isinstance(model.head.classifier, SVDLinear) and isinstance(model.stem[0][0], SVDConv)
     traced = count(spec)
     assert macs_of_spec(spec) == traced.macs and params_of_spec(spec) == traced.params
     # by hand, 4x4 in, 2x2 out: conv_a 1x1 16->4 at 4x4, 3x3/2 4->6 and 1x1 6->16 at 2x2; conv_b 3x3 16->5
@@ -96,7 +98,7 @@ def test_full_rank_factorization_reproduces_the_network() -> None:
     spec = tiny_spec()
     model = trained_like(spec)
     layers, _ = factorizable(model)
-    full = {"blocks.1.conv_a": (16, 16), "blocks.1.conv_b": (16,), "blocks.0.expand": (8,),
+    full = {"stem.0": (3, 8), "blocks.1.conv_a": (16, 16), "blocks.1.conv_b": (16,), "blocks.0.expand": (8,),
             "blocks.0.project": (16,), "head.conv": (16,), "head.classifier": (10,)}
     assert set(full) <= set(layers)
     factorized = factorize(model, RankPolicy(full)).eval()
@@ -180,7 +182,7 @@ def test_channel_pruning_refuses_a_low_rank_spec_instead_of_failing_on_weights()
     from compress.prune import PrunePolicy, prune
 
     spec = lowrank_spec()
-    with pytest.raises(PolicyError, match=r"blocks\[0\], blocks\[1\], head have low-rank layers"):
+    with pytest.raises(PolicyError, match=r"blocks\[0\], blocks\[1\], stem, head have low-rank layers"):
         prune(spec, PrunePolicy("l1", {"blocks.0": 0.5}), build_model(spec).state_dict())
 
 
