@@ -67,8 +67,8 @@ def lowrank(
     energy: Optional[float] = typer.Option(None, help="Keep this share of each layer's squared singular values."),
     latency_budget: Optional[str] = typer.Option(None, help="e.g. 1.2ms: greedy ranks under --lut's prediction."),
     lut: Optional[Path] = typer.Option(None, help="Latency table for --latency-budget."),
-    ranks: Optional[Path] = typer.Option(None, help="A lowrank policy JSON (layer -> a rank (SVD) or a pair r_in, r_out "
-                                                    "(Tucker-2)); --method does not apply."),
+    ranks: Optional[Path] = typer.Option(None, help="A lowrank policy JSON (layer -> a rank (SVD) or a pair "
+                                                    "r_in, r_out (Tucker-2)); --method does not apply."),
     method: str = typer.Option("svd", help="svd | tucker2 (Tucker-2 for k x k convs, SVD for 1x1 and linears)."),
     epochs: int = typer.Option(3, min=0, help="Fine-tune epochs with distillation from the original."),
     dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
