@@ -97,6 +97,11 @@ class PrunePolicy:
 
     def validate(self, spec: ArchSpec) -> None:
         """Every layer named must be a prunable unit of `spec`; the error lists those that are."""
+        low_rank = [f"blocks[{i}]" for i, b in enumerate(spec.blocks) if b.ranks] + [
+            part for part in ("stem", "head") if getattr(spec, part).ranks]
+        if low_rank:  # the pruner's weight map knows full convs only
+            raise PolicyError(f"{KIND} policy: {', '.join(low_rank)} have low-rank layers (ranks); prune the "
+                              "network before factorizing it")
         units, reasons = analyse(spec)
         check_layers(KIND, self.ratios, {**reasons, **dict.fromkeys(units)})
 

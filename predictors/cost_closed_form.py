@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import torch
+from torch import nn
+
 from search_spaces.blocks import se_squeeze_channels
-from search_spaces.build import LayerShape, layer_shapes
+from search_spaces.build import LayerShape, build_layer, layer_shapes
 from search_spaces.spec_shapes import block_output_size, stem_output_size
 from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec
 
@@ -229,9 +232,35 @@ def _layer_cost(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: i
         out_size = 1
     else:
         out_size = stem_output_size(part, in_size) if kind == "stem" else block_output_size(part, in_size)
+    if getattr(part, "ranks", ()):
+        return _shape_cost(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
     convs = _layer_convs(LayerShape("", kind, in_channels, in_size, out_channels, out_size, part))
     return (sum(conv.macs for conv in convs), sum(conv.bias_adds for conv in convs),
             sum(conv.params for conv in convs))
+
+
+def _shape_cost(layer: LayerShape) -> tuple[int, int, int]:
+    """(MACs, bias adds, params) of a layer with low-rank convs (`BlockSpec.ranks`): any conv of
+    any block may be factorized, so rather than a formula per (op, conv) the module is built on
+    the meta device (shapes, no memory) and one forward pass there gives each conv's output map."""
+    with torch.device("meta"):
+        module = build_layer(layer, initialise=False).eval()
+    outputs: dict[nn.Module, torch.Size] = {}
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, _, out: outputs.__setitem__(m, out.shape)) for m in layers]
+    with torch.no_grad():
+        module(torch.empty(layer.input_shape, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    macs = bias_adds = 0
+    for m in layers:
+        shape = outputs.get(m)
+        if shape is None:  # not on the forward path (a cell's dead edge): never runs, no MACs
+            continue
+        per_weight = math.prod(shape[2:]) if isinstance(m, nn.Conv2d) else math.prod(shape[:-1])
+        macs += m.weight.numel() * per_weight
+        bias_adds += math.prod(shape) if m.bias is not None else 0
+    return macs, bias_adds, sum(p.numel() for p in module.parameters())
 
 
 def layer_weights(layer: LayerShape) -> int:
@@ -243,6 +272,10 @@ def layer_weights(layer: LayerShape) -> int:
 
 @lru_cache(maxsize=65536)  # a search asks for the same few thousand layers over and over
 def _weights(kind: str, part: StemSpec | BlockSpec | HeadSpec, in_channels: int, out_channels: int) -> int:
+    if getattr(part, "ranks", ()):  # a 1x1 map would not pass a strided resblock's 2x2 pool: count the weights
+        with torch.device("meta"):
+            module = build_layer(LayerShape("", kind, in_channels, 1, out_channels, 1, part), initialise=False)
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     # a weight count does not depend on the map size (an unpadded stem or a pooling fire module
     # would shrink a 1x1 map to nothing, so the sizes are not taken from a 1x1 input)
     return sum(conv.weights for conv in _layer_convs(LayerShape("", kind, in_channels, 1, out_channels, 1, part)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search_spaces.spec_fields import ranks_from_string, ranks_to_string
 from search_spaces.spec_vocabulary import CELL_OPS, Activation, Op, SEStyle, SpecError
 
 _OP_CODES = {Op.MBCONV: "mb", Op.SHUFFLE: "sh", Op.GHOST: "gh", Op.DSCONV: "ds", Op.CELL: "cell", Op.RESBLOCK: "rb",
@@ -46,12 +47,19 @@ def block_to_string(block: Any) -> str:
     if block.se_ratio:
         parts.append(f"se{_SE_STYLE_CODES[block.se_style]}{block.se_ratio:g}")
     parts.append(block.activation.value)
+    if block.ranks:  # last, bracketed: conv names may hold underscores (`conv_a`)
+        parts.append(ranks_to_string(block.ranks))
     return "_".join(parts)
 
 
 def block_fields_from_string(text: str) -> dict[str, Any]:
     """The `BlockSpec` fields a block string names; the spec validates them."""
-    pieces = text.strip().split("_")
+    text = text.strip()
+    ranks = None
+    if text.endswith("]") and "_lr[" in text:
+        text, _, inside = text[:-1].rpartition("_lr[")
+        ranks = ranks_from_string(inside, f"block string {text!r}: ranks")
+    pieces = text.split("_")
     ops = {code: op for op, code in _OP_CODES.items()}
     if not pieces or pieces[0] not in ops:
         raise SpecError(f"block string {text!r}: op code {pieces[0]!r} not in {{{', '.join(ops)}}}")
@@ -80,6 +88,8 @@ def block_fields_from_string(text: str) -> dict[str, Any]:
                 f"{', '.join(_FIELD_CODES)}, {_EDGES_CODE}<edge ops>, se<ratio>, and an activation "
                 f"({', '.join(sorted(activations))})"
             )
+    if ranks:
+        values["ranks"] = ranks
     if "out_channels" not in values:
         raise SpecError(f"block string {text!r}: missing output channels (c<N>)")
     return values

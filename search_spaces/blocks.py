@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from search_spaces.lowrank_layers import apply_ranks
 from search_spaces.registry import Registry
 from search_spaces.spec import CELL_EDGES, Activation, BlockSpec, Op, SEStyle
 
@@ -369,5 +370,8 @@ class Fire(nn.Module):
         return torch.cat((self.expand1x1(x), self.expand3x3(x)), dim=1)
 
 
-def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:
-    return BLOCKS.get(spec.op.value)(in_channels, spec)
+def build_block(spec: BlockSpec, in_channels: int, path: str = "block.ranks") -> nn.Module:
+    """The block's module; convs named in `spec.ranks` are built low-rank (errors name `path`)."""
+    block = BLOCKS.get(spec.op.value)(in_channels, spec)
+    apply_ranks(block, spec.ranks, path)
+    return block

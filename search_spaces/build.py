@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from search_spaces.blocks import ConvBNAct, build_block, make_activation
+from search_spaces.lowrank_layers import apply_ranks
 from search_spaces.spec import (
     ArchSpec,
     BlockSpec,
@@ -22,6 +23,7 @@ from search_spaces.spec import (
     part_from_dict,
 )
 from search_spaces.spec_shapes import block_output_size, conv_output_size, stem_output_size
+from search_spaces.spec_fields import ranks_to_string
 
 __all__ = ["LayerShape", "Network", "block_output_size", "build_head", "build_layer", "build_model", "build_stem",
            "conv_output_size", "layer_shapes", "layer_signature", "layer_signatures", "stem_output_size"]
@@ -44,6 +46,7 @@ class Stem(nn.Sequential):
         if spec.pool:
             layers.append(nn.MaxPool2d(3, 2, 1))
         super().__init__(*layers)
+        apply_ranks(self, spec.ranks, "stem.ranks")
 
 
 class Head(nn.Module):
@@ -57,6 +60,7 @@ class Head(nn.Module):
         if self.conv_classifier:  # SqueezeNet: dropout, 1x1 conv to the classes, act, then the pool
             self.dropout = nn.Dropout(spec.dropout)
             self.classifier = nn.Sequential(nn.Conv2d(channels, num_classes, 1), make_activation(spec.activation))
+            apply_ranks(self, spec.ranks, "head.ranks")
             return
         self.preact: nn.Module = nn.Identity()
         if spec.preact:
@@ -71,6 +75,7 @@ class Head(nn.Module):
             channels = spec.hidden_channels
         self.dropout = nn.Dropout(spec.dropout)
         self.classifier = nn.Linear(channels, num_classes)
+        apply_ranks(self, spec.ranks, "head.ranks")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_classifier:
@@ -86,8 +91,8 @@ class Network(nn.Module):
         self.stem = build_stem(spec)
         channels = spec.stem.out_channels
         blocks = []
-        for block in spec.blocks:
-            blocks.append(build_block(block, channels))
+        for index, block in enumerate(spec.blocks):
+            blocks.append(build_block(block, channels, f"blocks[{index}].ranks"))
             channels = block.out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = build_head(spec)
@@ -124,7 +129,8 @@ def _initialise(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # the first factor of a low-rank linear has none
+                nn.init.zeros_(module.bias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +215,16 @@ def layer_signature(part: StemSpec | BlockSpec | HeadSpec, in_channels: int, in_
         pool = "_pool" if part.pool else ""
         # padding and BN appear only when not the defaults, so older tables keep their keys
         extra = ("" if part.padding is None else f"_p{part.padding}") + ("" if part.batch_norm else "_nobn")
-        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}{extra}_{part.activation.value}{pool}@{shape}"
+        ranks = f"_{ranks_to_string(part.ranks)}" if part.ranks else ""
+        return f"stem_k{part.kernel}_c{part.out_channels}_s{part.stride}{extra}_{part.activation.value}{pool}{ranks}@{shape}"
     # dropout is absent from inference, so it is not part of the latency signature
     preact = "preact_" if part.preact else ""
+    ranks = f"_{ranks_to_string(part.ranks)}" if part.ranks else ""
     if part.classifier == "conv":
-        return f"head_convclassifier_{part.activation.value}_classes{out_channels}@{shape}"
+        return f"head_convclassifier_{part.activation.value}_classes{out_channels}{ranks}@{shape}"
     return (
         f"head_{preact}conv{part.conv_channels or 0}_hidden{part.hidden_channels or 0}_{part.activation.value}"
-        f"_classes{out_channels}@{shape}"
+        f"_classes{out_channels}{ranks}@{shape}"
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from search_spaces.block_strings import block_fields_from_string, block_to_string
-from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value
+from search_spaces.spec_fields import check_choice, check_int, check_number, enum_value, normalize_ranks, put_ranks
 from search_spaces.spec_shapes import block_output_size, check_block_input, stem_output_size
 from search_spaces.spec_vocabulary import (  # re-exported: the spec's public vocabulary
     CELL_EDGES,
@@ -45,7 +45,9 @@ class BlockSpec:
 
     `groups` (ops `mbconv`, `irf`, `shufflev1`): the pointwise 1x1 convs are grouped convs and a
     channel shuffle follows the first (ShuffleNet V1, FBNet's `_g2` ops). At 1 (the default) it is
-    left out of the JSON, so specs written before it existed keep their JSON and content hash."""
+    left out of the JSON, so specs written before it existed keep their JSON and content hash.
+    `ranks` (conv name inside the block -> rank, or [r_in, r_out]): those convs are built
+    low-rank (`search_spaces.lowrank_layers`); absent from the JSON when empty, like `groups`."""
 
     op: Op
     out_channels: int
@@ -58,6 +60,7 @@ class BlockSpec:
     activation: Activation = Activation.RELU
     edges: tuple[str, ...] = ()
     groups: int = 1
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("block")
@@ -77,6 +80,7 @@ class BlockSpec:
         object.__setattr__(self, "expand_ratio", float(self.expand_ratio))
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
         check_int(self.groups, f"{path}.groups", minimum=1)
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
         if self.groups != 1 and self.op not in GROUPED_OPS:
             raise SpecError(f"{path}.groups={self.groups} must be 1 for op '{self.op.value}' "
                             f"(grouped 1x1 convs: {', '.join(op.value for op in GROUPED_OPS)})")
@@ -146,7 +150,7 @@ class BlockSpec:
             del out["edges"]  # specs from before cells existed serialise (and hash) as they did
         if out["groups"] == 1:  # absent unless used: older specs keep their JSON and content hash
             del out["groups"]
-        return out
+        return put_ranks(out, self.ranks)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str = "block") -> BlockSpec:
@@ -167,7 +171,8 @@ class StemSpec:
 
     SqueezeNet's stem (Iandola et al., 2016) is an unpadded conv with a bias and no batch norm:
     `padding` (None: 'same', kernel // 2) and `batch_norm=False`. Both are left out of the JSON at
-    their defaults, so specs written before them keep their JSON and content hash."""
+    their defaults, so specs written before them keep their JSON and content hash. `ranks` as
+    `BlockSpec.ranks` (its conv is named "0"), absent from the JSON when empty."""
 
     out_channels: int = 32
     kernel: int = 3
@@ -176,6 +181,7 @@ class StemSpec:
     pool: bool = False
     padding: int | None = None
     batch_norm: bool = True
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("stem")
@@ -190,13 +196,14 @@ class StemSpec:
                 raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be true or false")
         if self.padding is not None:
             check_choice(self.padding, tuple(range(self.kernel // 2 + 1)), f"{path}.padding")
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
         for name, default in (("padding", None), ("batch_norm", True)):
             if out[name] == default:  # absent unless used: older specs keep their JSON and content hash
                 del out[name]
-        return out
+        return put_ranks(out, self.ranks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +211,8 @@ class HeadSpec:
     """Optional BN + act on the last block's output (`preact`: the pre-activation networks'
     closing "lastact", NAS-Bench-201's), 1x1 conv + BN + act (optional), global average pool,
     optional hidden linear + act (MobileNetV3's 1280, GhostNet's conv_head), dropout, classifier.
-    `preact` is left out of the JSON when false, so older specs keep their hashes.
+    `preact` is left out of the JSON when false, `ranks` (as `BlockSpec.ranks`: "conv", "hidden",
+    "classifier") when empty, so older specs keep their hashes.
 
     `classifier="conv"` is SqueezeNet's head instead: dropout, 1x1 conv (with bias) to the classes,
     act, global average pool; it takes no head conv, hidden layer or preact. At "linear" (the
@@ -216,6 +224,7 @@ class HeadSpec:
     dropout: float = 0.2
     preact: bool = False
     classifier: str = "linear"
+    ranks: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate("head")
@@ -235,6 +244,7 @@ class HeadSpec:
             for name, plain in (("conv_channels", None), ("hidden_channels", None), ("preact", False)):
                 if getattr(self, name) != plain:
                     raise SpecError(f"{path}.{name}={getattr(self, name)!r} must be {plain} with classifier 'conv'")
+        object.__setattr__(self, "ranks", normalize_ranks(self.ranks, f"{path}.ranks"))
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{f.name: getattr(self, f.name) for f in fields(self)}, "activation": self.activation.value}
@@ -242,7 +252,7 @@ class HeadSpec:
             del out["preact"]
         if self.classifier == "linear":
             del out["classifier"]
-        return out
+        return put_ranks(out, self.ranks)
 
 
 SCHEMA_VERSION = 1
