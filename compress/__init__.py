@@ -2,8 +2,13 @@
 
 Every policy is data (`compress.policy`: one versioned JSON envelope per kind)."""
 
+from compress.compressed_file import CompressedFileError, DecodedModel
+from compress.deep_compression import DeepCompressionResult, deep_compress, encode_model, model_from
 from compress.distill import DistillationLoss, kd_loss
 from compress.haq import HaqConfig, search_quant_policy
+from compress.huffman import HuffmanCode, HuffmanError, code_lengths
+from compress.lowrank import factorize, factorize_model, svd_factors, tucker2_factors
+from compress.lowrank_policy import RankPolicy, energy_policy, latency_policy
 from compress.policy import PolicyEnvelope, PolicyError
 from compress.prune import (
     CRITERIA,
@@ -44,12 +49,18 @@ from compress.scale import (
     stages,
 )
 from compress.sparsity import apply_masks, current_masks, magnitude_masks, remove_masks, sparsity_of
+from compress.weight_sharing import bits_policy, remove_sharing, share_weights
 
 __all__ = [
     "CRITERIA",
     "CoefficientSearch",
+    "CompressedFileError",
+    "DecodedModel",
+    "DeepCompressionResult",
     "DistillationLoss",
     "HaqConfig",
+    "HuffmanCode",
+    "HuffmanError",
     "PhiFit",
     "PolicyEnvelope",
     "PolicyError",
@@ -59,25 +70,35 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantPolicy",
+    "RankPolicy",
     "TTQ_THRESHOLD",
     "apply_masks",
     "apply_policy",
     "bitfusion_cost",
+    "bits_policy",
     "calibrate",
     "channel_scores",
     "check_qdq_export",
+    "code_lengths",
     "compound_coefficients",
     "compound_scale",
     "current_masks",
     "current_policy",
+    "deep_compress",
     "dorefa_activation",
+    "encode_model",
+    "energy_policy",
     "export_qdq",
+    "factorize",
+    "factorize_model",
     "fit_phi_to_budget",
     "grid_search_coefficients",
     "kd_loss",
+    "latency_policy",
     "layer_infos",
     "magnitude_masks",
     "measure_int8_latency",
+    "model_from",
     "plan_prune",
     "policy_weight_bits",
     "prepare_qat",
@@ -86,14 +107,18 @@ __all__ = [
     "prune_model",
     "pruned_width",
     "remove_masks",
+    "remove_sharing",
     "round_filters",
     "round_repeats",
     "scale_spec",
     "search_prune_policy",
     "search_quant_policy",
     "select_channels",
+    "share_weights",
     "sparsity_of",
     "stages",
+    "svd_factors",
     "ttq_weight",
+    "tucker2_factors",
     "uniform_policy",
 ]

@@ -1,5 +1,8 @@
-"""CLI command groups, one module each; `nas.cli` registers them in this order."""
+"""CLI command groups, one module each; `nas.cli` registers them in this order. The modules in
+`COMPRESS_COMMANDS` add their command to `nas compress` when imported."""
 
-from nas.commands import compress, device, export, latency, lut, proxies, report, search, spaces, strategies, zoo
+from nas.commands import compress, device, export, latency, load, lut, proxies, report, search, spaces, strategies, zoo
+from nas.commands import compress_deep, compress_lowrank
 
-COMMAND_MODULES = [zoo, spaces, strategies, lut, device, search, export, report, compress, latency, proxies]
+COMMAND_MODULES = [zoo, spaces, strategies, lut, device, search, export, report, compress, load, latency, proxies]
+COMPRESS_COMMANDS = [compress_deep, compress_lowrank]
