@@ -1,5 +1,4 @@
-"""`nas export RUN` (verified deployable files + MODEL_CARD.md) and `nas load PATH` (rebuild a
-model from arch.json + weights.safetensors, without pickle, and summarise it)."""
+"""`nas export RUN`: verified deployable files + MODEL_CARD.md."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from nas.commands.common import error_console, fail_on_user_error
 
 def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
-    app.command("load")(load_command)
 
 
 @fail_on_user_error
@@ -54,22 +52,3 @@ def export_command(
         console.print(f"model card: {report.card_path}")
 
 
-@fail_on_user_error
-def load_command(
-    path: Path = typer.Argument(..., help="Directory with arch.json + weights.safetensors, or one of the two files."),
-    weights: Optional[Path] = typer.Option(None, help="The weights file, when PATH is an arch.json elsewhere."),
-) -> None:
-    """Rebuild a model (no pickle: never opens .pt/TorchScript) and print its size and input."""
-    from nas.rundir.model_files import load_model_files
-    from predictors.cost import count
-
-    model, metadata = load_model_files(path, weights)
-    spec = model.spec
-    cost = count(model)
-    console = Console()
-    console.print(f"[bold]{spec.name or path}[/] (arch hash {spec.content_hash()}, "
-                  f"{'integrity metadata checked' if metadata.get('arch_hash') else 'no integrity metadata'})")
-    console.print(f"input: 1 x {spec.in_channels} x {spec.resolution} x {spec.resolution}, "
-                  f"{spec.num_classes} classes")
-    console.print(f"params: {cost.params:,}   MACs: {cost.macs:,}")
-    console.print("blocks: " + " ".join(spec.block_strings()), highlight=False)

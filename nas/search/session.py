@@ -58,6 +58,7 @@ class SearchSession:
                 raise RunDirError(f"{run_dir.trials_path}: trial_id {record.trial_id} appears twice")
             self.finished_ids.add(record.trial_id)
         self.told: set[int] = set(told_trial_ids or ())
+        self._check_agreement()
         self.listeners: list[Listener] = []
         self.started = time.perf_counter()
         self.session_finished = 0  # trials finished by this process (for the time-left estimate)
@@ -65,6 +66,23 @@ class SearchSession:
         for record in self.records:
             if self._better(record):
                 self.best = record
+
+    def _check_agreement(self) -> None:
+        """Refuse to resume when the run files contradict trials.jsonl: a trial the searcher was
+        told of, or the one best/ holds, must have its line (both are written after it). Going on
+        would retrain over a finished model or reuse trial ids, so stop and say which file lies."""
+        lost = sorted(self.told - self.finished_ids)
+        if lost:
+            raise RunDirError(
+                f"{self.run_dir.trials_path} lacks trial(s) {lost[:10]} that {self.run_dir.searcher_path.name} "
+                f"records as finished (lines lost?); restore trials.jsonl from a backup, or start a new run from "
+                f"best/ (nothing was changed)")
+        metrics = self.run_dir.read_best_metrics() if self.run_dir.best_dir.exists() else None
+        if metrics is not None and metrics.trial_id not in self.finished_ids:
+            raise RunDirError(
+                f"{self.run_dir.best_dir}/ holds trial {metrics.trial_id}, which {self.run_dir.trials_path.name} "
+                f"does not record (lines lost?); restore trials.jsonl, or move best/ aside to resume without it "
+                f"(nothing was changed)")
 
     # -- progress ----------------------------------------------------------------------------------
     @property
