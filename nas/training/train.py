@@ -76,9 +76,10 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     max_batches_per_epoch: int | None = None
     eval_batch_size: int = 256
-    # sparsity penalties (compress.regularize): SSL group lasso, network slimming's L1 on BN gamma
-    group_lasso: float = field(default=0.0, metadata={"help": "SSL group-lasso coefficient (filters, channels).", "min": 0.0})
-    bn_l1: float = field(default=0.0, metadata={"help": "Network slimming: L1 coefficient on BN gammas.", "min": 0.0})
+    # sparsity penalties added to the loss (compress.regularize): SSL group lasso on conv filters and
+    # channels, network slimming's L1 on BN gammas; no `nas search` flag: they serve compression runs
+    group_lasso: float = 0.0
+    bn_l1: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> OptionError:
