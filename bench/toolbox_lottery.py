@@ -1,6 +1,6 @@
 """Toolbox study: lottery tickets against their controls, and network slimming against no penalty.
 
-Part 1, at 50/20/10% of the conv/linear weights remaining (global magnitude scope):
+Part 1, at 50/20/10% of every conv/linear weight tensor remaining (layer-wise magnitude scope):
 (a) IMP with rewinding (`compress.lottery`): a fresh init trained for the retrain budget, survivors
 rewound to their values after k steps, one prune-retrain round per target; (b) the same masks on a
 random re-initialisation; (c) from scratch (Liu et al., ICLR 2019): the masks one-shot pruning
@@ -109,7 +109,9 @@ def render(result: dict[str, Any]) -> list[str]:
     lines = [
         "### Lottery tickets, random re-init, from scratch, and fine-tuning",
         "",
-        f"Global magnitude pruning of every conv/linear weight. Every (re)training here is {e} epoch(s) -- the "
+        "Unstructured magnitude pruning, each conv/linear weight tensor to the target (a global ranking, as the "
+        "lottery paper uses for deep conv nets, emptied whole depthwise convs and the classifier by 80% on a small "
+        f"MobileNet-like net: layer collapse). Every (re)training here is {e} epoch(s) -- the "
         "papers train each round on the full schedule, so (a)-(c), which start from (near) random weights, are "
         f"far below the base ({result['base_accuracy']:.1%}, its full recipe) and a fresh network trained for "
         f"the same {e} epoch(s) reaches {result['dense_same_budget']:.1%}. (a) IMP (Frankle & Carbin, 2019) "

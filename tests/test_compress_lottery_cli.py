@@ -29,7 +29,8 @@ def model_dir(tmp_path: Path) -> Path:
 def test_lottery_writes_tickets_masks_and_every_control(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "lottery"
     result = runner.invoke(app, ["compress", "lottery", str(model_dir), "--sparsity", "0.5,0.8", "--rewind-steps", "1",
-                                 "--epochs", "1", "--dataset", "synthetic:10", "--out", str(out)])
+                                 "--epochs", "1", "--scope", "global", "--dataset", "synthetic:10",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rewound_to_step"] == 1

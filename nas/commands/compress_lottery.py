@@ -48,7 +48,8 @@ def lottery(
                                      "dense training (0: the initialisation, as Frankle & Carbin 2019)."),
     rounds: int = typer.Option(1, help="Prune-retrain rounds to reach each target (geometric)."),
     epochs: int = typer.Option(2, help="Epochs of the dense training and of every retraining."),
-    scope: str = typer.Option("global", help="global | layer: rank all weights together, or each layer alone."),
+    scope: str = typer.Option("layer", help="layer | global: each conv/linear weight to the target, or all "
+                              "ranked together (can empty whole depthwise layers)."),
     controls: bool = typer.Option(True, "--controls/--no-controls", help="Also train the reinit (and, with "
                                   "weights, scratch and fine-tune) controls."),
     dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
