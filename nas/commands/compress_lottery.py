@@ -82,7 +82,7 @@ def lottery(
         return build_model(src.spec)
 
     def train_fn(model: Any) -> dict[str, Any]:
-        return train(model, data, config).to_dict()
+        return train(model, data, config, evaluate_test=True).to_dict()
 
     def evaluate_fn(model: Any) -> float:
         return evaluate(model, data.test)
@@ -108,6 +108,7 @@ def lottery(
                "dense_report": dense["dense_report"],
                "rows": rows, "ticket_reports": [t.report for t in tickets]}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    console.print(f"{out_dir}: {len(tickets)} ticket(s), rewound to step {dense['rewind_step']}")
+    console.print(f"{out_dir}: {len(tickets)} ticket(s), rewound to step {dense['rewind_step']}; the dense network, "
+                  f"trained alike: test accuracy {dense['dense_report']['test_accuracy']:.4f}")
     for row in rows:
         console.print(f"  {row['sparsity']:.2f} {row['method']:>8}: test accuracy {row['accuracy']:.4f}")
