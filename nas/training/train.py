@@ -76,6 +76,10 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     max_batches_per_epoch: int | None = None
     eval_batch_size: int = 256
+    # sparsity penalties added to the loss (compress.regularize): SSL group lasso on conv filters and
+    # channels, network slimming's L1 on BN gammas; no `nas search` flag: they serve compression runs
+    group_lasso: float = 0.0
+    bn_l1: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> OptionError:
@@ -106,6 +110,9 @@ class TrainConfig:
             not is_int(self.max_batches_per_epoch) or self.max_batches_per_epoch < 1
         ):
             raise bad("max_batches_per_epoch", "None or an int >= 1")
+        for name, value in (("group_lasso", self.group_lasso), ("bn_l1", self.bn_l1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise bad(name, "a finite float >= 0 (0: no penalty)")
         if self.device != "auto":
             # syntax only: a config is data and may be written on a machine without the device;
             # availability is checked when train() resolves it
@@ -243,16 +250,22 @@ class _Loop:
 
 def _loss_function(model: nn.Module, config: TrainConfig, teacher: nn.Module | None,
                    distill_loss: DistillLoss | None) -> Callable[[Tensor, Tensor], Tensor]:
-    """Cross-entropy, or the distillation loss against the teacher's logits."""
+    """Cross-entropy, or the distillation loss against the teacher's logits; plus the sparsity penalty."""
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    penalty = None
+    if config.group_lasso or config.bn_l1:
+        from compress.regularize import sparsity_penalty  # deferred: `compress` costs a second to import
+        penalty = sparsity_penalty(model, config.group_lasso, config.bn_l1)
 
     def loss_of(images: Tensor, labels: Tensor) -> Tensor:
         logits = model(images)
         if teacher is not None and distill_loss is not None:
             with torch.no_grad():
                 teacher_logits = teacher(images)
-            return distill_loss(logits, teacher_logits, labels)
-        return criterion(logits, labels)
+            loss = distill_loss(logits, teacher_logits, labels)
+        else:
+            loss = criterion(logits, labels)
+        return loss if penalty is None else loss + penalty()
 
     return loss_of
 
