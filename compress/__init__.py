@@ -7,6 +7,7 @@ from compress.deep_compression import DeepCompressionResult, deep_compress, enco
 from compress.distill import DistillationLoss, kd_loss
 from compress.haq import HaqConfig, search_quant_policy
 from compress.huffman import HuffmanCode, HuffmanError, code_lengths
+from compress.lottery import LotteryPlan, Ticket, TicketComparison, compare_tickets, find_tickets, snapshot_after_steps
 from compress.lowrank import factorize, factorize_model, svd_factors, tucker2_factors
 from compress.lowrank_policy import RankPolicy, energy_policy, latency_policy
 from compress.policy import PolicyEnvelope, PolicyError
@@ -36,6 +37,7 @@ from compress.quantize_dorefa import dorefa_activation
 from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
 from compress.quantize_policy import QuantPolicy, uniform_policy
 from compress.quantize_ttq import TTQ_THRESHOLD, ttq_weight
+from compress.regularize import bn_l1_penalty, group_lasso_penalty, sparsity_penalty
 from compress.scale import (
     CoefficientSearch,
     PhiFit,
@@ -61,6 +63,7 @@ __all__ = [
     "HaqConfig",
     "HuffmanCode",
     "HuffmanError",
+    "LotteryPlan",
     "PhiFit",
     "PolicyEnvelope",
     "PolicyError",
@@ -72,14 +75,18 @@ __all__ = [
     "QuantPolicy",
     "RankPolicy",
     "TTQ_THRESHOLD",
+    "Ticket",
+    "TicketComparison",
     "apply_masks",
     "apply_policy",
     "bitfusion_cost",
     "bits_policy",
+    "bn_l1_penalty",
     "calibrate",
     "channel_scores",
     "check_qdq_export",
     "code_lengths",
+    "compare_tickets",
     "compound_coefficients",
     "compound_scale",
     "current_masks",
@@ -91,8 +98,10 @@ __all__ = [
     "export_qdq",
     "factorize",
     "factorize_model",
+    "find_tickets",
     "fit_phi_to_budget",
     "grid_search_coefficients",
+    "group_lasso_penalty",
     "kd_loss",
     "latency_policy",
     "layer_infos",
@@ -115,7 +124,9 @@ __all__ = [
     "search_quant_policy",
     "select_channels",
     "share_weights",
+    "snapshot_after_steps",
     "sparsity_of",
+    "sparsity_penalty",
     "stages",
     "svd_factors",
     "ttq_weight",

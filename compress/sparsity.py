@@ -124,10 +124,22 @@ def current_masks(model: nn.Module) -> dict[str, Tensor]:
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Bake the masks in: ordinary weights holding the masked values, the usual state-dict keys."""
+    """Bake the masks in: ordinary weights holding the masked values, the usual state-dict keys.
+
+    Done by hand rather than with `remove_parametrizations`: a deepcopy of a masked model shares
+    the generated parametrized class with its original, and torch's removal deletes the class's
+    `weight` property, breaking the original too."""
     for module in prunable_weights(model).values():
-        if parametrize.is_parametrized(module, "weight"):
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        if set(module.parametrizations) != {"weight"} or not isinstance(module.parametrizations.weight[0], _Mask):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            continue
+        value = module.weight.detach().clone()
+        requires_grad = module.parametrizations.weight.original.requires_grad
+        del module.parametrizations
+        module.__class__ = module.__class__.__bases__[0]
+        module.register_parameter("weight", nn.Parameter(value, requires_grad=requires_grad))
     return model
 
 

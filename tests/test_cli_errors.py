@@ -249,7 +249,7 @@ def test_user_errors_keep_their_builtin_base_and_plain_message(tmp_path: Path) -
     with pytest.raises(OptionError, match=r"space option\(s\) \['depth'\] unknown to search space 'mnasnet'; "
                                           r"allowed: \['base', 'width_mult', 'ops'"):
         get_space("mnasnet", resolution=32, num_classes=10, depth=3)
-    with pytest.raises(SpecError, match=r"mnasnet: ops \['conv'\] not in \{mbconv, shuffle, ghost, dsconv\}"):
+    with pytest.raises(SpecError, match=r"mnasnet: ops \['conv'\] not in \{mbconv, shuffle, ghost, dsconv, fire\}"):
         get_space("mnasnet", resolution=32, num_classes=10, ops=["mbconv", "conv"])
     with pytest.raises(FileNotFoundError) as missing:
         PrunePolicy.load(tmp_path / "policy.json")

@@ -57,3 +57,14 @@ def test_bad_sparsity_and_unknown_layers_are_refused_by_name():
         magnitude_masks(_net(), {"blocks.9": 0.5})
     with pytest.raises(PolicyError, match="scope='row'"):
         magnitude_masks(_net(), 0.5, scope="row")
+
+
+def test_removing_the_masks_of_a_copy_leaves_the_original_masked():
+    import copy
+
+    net = _net()
+    apply_masks(net, magnitude_masks(net, 0.5))
+    baked = remove_masks(copy.deepcopy(net))
+    assert set(baked.state_dict()) == {"0.weight", "2.weight", "2.bias"}
+    assert set(current_masks(net)) == {"0", "2"}
+    assert net[0].weight.flatten().tolist() == [0, 0, 0, 0, 5, -6, 7, -8]

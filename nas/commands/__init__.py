@@ -2,7 +2,7 @@
 `COMPRESS_COMMANDS` add their command to `nas compress` when imported."""
 
 from nas.commands import compress, device, export, latency, load, lut, proxies, report, search, spaces, strategies, zoo
-from nas.commands import compress_deep, compress_lowrank
+from nas.commands import compress_deep, compress_lottery, compress_lowrank, compress_slim
 
 COMMAND_MODULES = [zoo, spaces, strategies, lut, device, search, export, report, compress, load, latency, proxies]
-COMPRESS_COMMANDS = [compress_deep, compress_lowrank]
+COMPRESS_COMMANDS = [compress_deep, compress_lowrank, compress_lottery, compress_slim]
