@@ -61,10 +61,14 @@ def load_arch(argument: str, resolution: int | None = None, num_classes: int | N
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: not valid JSON ({error})") from None
+    from predictors.size_limits import check_size
+
     try:
-        return ArchSpec.from_dict(data.get("arch", data) if isinstance(data, dict) else data)
+        spec = ArchSpec.from_dict(data.get("arch", data) if isinstance(data, dict) else data)
     except SpecError as error:
         raise SpecError(f"{path}: {error}") from None
+    check_size(spec, source=str(path))
+    return spec
 
 
 def make_measurer(backend: str, threads: int, device: str | None = None, token: str | None = None):

@@ -98,6 +98,7 @@ def scale(
 ) -> None:
     """EfficientNet compound scaling: explicit multipliers, a phi, or the largest phi under a budget."""
     from compress.scale import compound_scale, fit_phi_to_budget, scale_spec
+    from predictors.size_limits import check_size
 
     spec = read_source(source, need_weights=False).spec
     explicit = any(value is not None for value in (width, depth, resolution))
@@ -110,9 +111,15 @@ def scale(
         scaled = compound_scale(spec, alpha, beta, gamma, phi)
     else:
         measurer = make_measurer(backend, threads)
-        fit = fit_phi_to_budget(spec, alpha, beta, gamma, lambda s: measurer.measure_archs([s])[0].median_ms,
-                                latency_budget, phi_min=-2.0, phi_max=3.0, phi_step=0.25)
+
+        def measured_ms(candidate: Any) -> float:
+            check_size(candidate, source=f"phi grid point {candidate.name or 'spec'}")
+            return measurer.measure_archs([candidate])[0].median_ms
+
+        fit = fit_phi_to_budget(spec, alpha, beta, gamma, measured_ms, latency_budget, phi_min=-2.0, phi_max=3.0,
+                                phi_step=0.25)
         scaled, details = fit.spec, {"phi": fit.phi, "latency_ms": fit.latency_ms}
+    check_size(scaled, source="the scaled spec")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(scaled.to_json() + "\n")
     from predictors.cost import count

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from nas.rundir.atomic import write_atomically
+from predictors.size_limits import check_size
 from search_spaces.build import Network, build_model
 from search_spaces.errors import InputFileError, UserError
 from search_spaces.spec import ArchSpec, SpecError
@@ -139,7 +140,11 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     size = path.stat().st_size
     with open(path, "rb") as file:
         head = file.read(8)
-        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        # a safetensors header (JSON) follows its 8-byte length; a length whose low byte is 0x80
+        # looks like a pickle's PROTO opcode, so only the byte after the length tells them apart
+        looks_like_json = file.read(1) == b"{"
+        file.seek(8)
+        if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and not looks_like_json):
             raise WeightsError(f"{path} is a zip/pickle (torch.save or TorchScript), not safetensors; it is not "
                                "loaded because unpickling can run code. Re-export with `nas export`")
         if len(head) < 8:
@@ -202,6 +207,7 @@ def load_model_files(path: str | os.PathLike, weights: str | os.PathLike | None 
         logger.info("%s has no integrity metadata (not written by `nas export`); checking shapes only", weights_path)
     elif recorded_hash != arch.content_hash():
         hash_note = f" (weights were saved for arch_hash {recorded_hash}, {arch_path.name} hashes to {arch.content_hash()})"
+    check_size(arch, source=str(arch_path))  # before building: a crafted spec must not fill the memory
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the caller's RNG untouched
         model = build_model(arch)
     _check_shapes(model, tensors, arch_path, weights_path, hash_note)
