@@ -134,6 +134,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": f"agent failed: {type(error).__name__}: {error}"})
 
     def _authorise(self) -> None:
+        try:
+            self._check_token()
+        except RequestError:
+            self.server.record_auth(self.client_address[0], ok=False)
+            raise
+        self.server.record_auth(self.client_address[0], ok=True)
+
+    def _check_token(self) -> None:
         header = self.headers.get("Authorization")
         if not header:
             raise RequestError(401, "missing token: send the header 'Authorization: Bearer <token>'")
@@ -203,10 +211,52 @@ def _refuse_constant(name: str) -> None:
 
 
 class _Server(ThreadingHTTPServer):  # daemon threads: an in-flight measurement never blocks exit
+    """Bounded before authentication: at most `MAX_CONNECTIONS` handler threads (a connection
+    beyond them is closed at once, no thread made), and a client whose token failed
+    `FAILURES_BEFORE_BACKOFF` times in a row is cut off for 2, 4, ... up to 60 s (its connections
+    are closed unread), so guessing tokens or holding idle sockets costs the agent nothing."""
+
+    MAX_CONNECTIONS = 8
+    FAILURES_BEFORE_BACKOFF = 5
+    MAX_BACKOFF_S = 60.0
+
     def __init__(self, address: tuple[str, int], agent: DeviceAgent, token: str) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.agent, self.token = agent, token
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self._failures: dict[str, tuple[int, float]] = {}  # client host -> (failures in a row, blocked until)
+        self._failures_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._failures_lock:
+            _, until = self._failures.get(client_address[0], (0, 0.0))
+        if time.monotonic() < until:
+            return False
+        if not self._slots.acquire(blocking=False):
+            logger.warning("refused a connection from %s: %d connections open", client_address[0],
+                           self.MAX_CONNECTIONS)
+            return False
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def record_auth(self, host: str, ok: bool) -> None:
+        with self._failures_lock:
+            if ok:
+                self._failures.pop(host, None)
+                return
+            failures = self._failures.get(host, (0, 0.0))[0] + 1
+            until = 0.0
+            if failures >= self.FAILURES_BEFORE_BACKOFF:
+                delay = min(self.MAX_BACKOFF_S, 2.0 ** (failures - self.FAILURES_BEFORE_BACKOFF + 1))
+                until = time.monotonic() + delay
+                logger.warning("%s: %d bad tokens in a row; ignoring it for %.0f s", host, failures, delay)
+            self._failures[host] = (failures, until)
 
 
 class AgentServer:
