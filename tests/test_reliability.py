@@ -129,3 +129,26 @@ def test_a_safetensors_header_length_ending_in_0x80_is_not_taken_for_a_pickle(tm
     save(build_model(small), small, tmp_path / "model")
     assert (tmp_path / "model" / "weights.safetensors").read_bytes()[:1] == b"\x80"
     assert invoke("load", str(tmp_path / "model")).exit_code == 0
+
+
+# -- measurements under load say so -----------------------------------------------------------------
+
+def test_other_load_is_the_machines_busy_time_minus_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from predictors.latency import machine_load
+
+    busy, own, wall = iter([10.0, 12.0]), iter([3.0, 3.5]), iter([100.0, 101.0])
+    monkeypatch.setattr(machine_load, "_machine_busy_s", lambda: next(busy))
+    monkeypatch.setattr(machine_load.time, "process_time", lambda: next(own))
+    monkeypatch.setattr(machine_load.time, "perf_counter", lambda: next(wall))
+    with machine_load.OtherLoad() as load:
+        pass
+    assert load.cores == 1.5 and load.busy  # 2 s of machine CPU in 1 s, 0.5 s of it ours
+
+
+def test_other_load_is_unknown_without_proc_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    from predictors.latency import machine_load
+
+    monkeypatch.setattr(machine_load, "_machine_busy_s", lambda: None)
+    with machine_load.OtherLoad() as load:
+        pass
+    assert load.cores is None and not load.busy

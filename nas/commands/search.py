@@ -238,7 +238,16 @@ def _print_best(run_dir: Path, metrics: BestMetrics) -> None:
     row("latency measured (end to end)", measured, "{:.3f} ms")
     if predicted and measured:
         row("prediction error", 100 * (predicted - measured) / measured, "{:+.1f}%")
+    budget, other = metrics.latency_budget_ms, metrics.extra.get("measured_other_load_cores")
+    if measured and budget and measured > budget:
+        row("over budget", f"[red]by {100 * (measured / budget - 1):.1f}% measured[/]")
+    if other is not None:
+        row("other load while measuring", f"{other:.2f} cores" + (" [yellow](not quiet)[/]" if other >= 0.5 else ""))
     console.print(table)
+    if other is not None and other >= 0.5:
+        console.print(f"[yellow]the end-to-end latency was measured while other processes used {other:.1f} "
+                      "core(s): it is likely inflated. Re-measure on a quiet machine: "
+                      f"nas export {run_dir} --format json[/]")
 
 
 # The demo's settings, chosen by timing `nas demo` end to end on the 2-core x86 VM this was built

@@ -222,7 +222,13 @@ def retrain(
     if table is not None:
         metrics["predicted_latency_ms"] = table.predict(arch)
     if measurer is not None:
-        measurement = measurer.measure_archs([arch])[0]
+        from predictors.latency.machine_load import OtherLoad
+
+        with OtherLoad() as load:
+            measurement = measurer.measure_archs([arch])[0]
+        # a remote agent's machine is not this one: only a local measurement knows its load
+        if load.cores is not None and not measurer.metadata().get("remote_url"):
+            metrics["measured_other_load_cores"] = round(load.cores, 2)
         metrics["measured_latency_ms"] = measurement.median_ms
         metrics["measured_latency_p10_ms"] = measurement.p10_ms
         metrics["measured_latency_p90_ms"] = measurement.p90_ms
