@@ -152,3 +152,18 @@ def test_other_load_is_unknown_without_proc_stat(monkeypatch: pytest.MonkeyPatch
     with machine_load.OtherLoad() as load:
         pass
     assert load.cores is None and not load.busy
+
+
+def test_a_search_whose_trials_all_scored_at_chance_says_so(old_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.commands import search as search_command
+
+    printed: list[str] = []
+    monkeypatch.setattr(search_command.console, "print", lambda text, *a, **k: printed.append(str(text)))
+    search_command._warn_if_indistinguishable(old_run)  # 4 classes, best val accuracy 0.5: a real signal
+    assert printed == []
+    lines = [json.loads(line) for line in (old_run / "trials.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["result"]["accuracy"] = 0.25
+    (old_run / "trials.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    search_command._warn_if_indistinguishable(old_run)
+    assert len(printed) == 1 and "every trial scored near chance (best val accuracy 0.250, chance 0.250)" in printed[0]

@@ -173,6 +173,7 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     if summary.best is None:
         console.print("[yellow]no trial met the latency budget; nothing to retrain[/]")
         return None
+    _warn_if_indistinguishable(summary.run_dir)
     metrics = _finalize(summary.run_dir, final_epochs, progress)
     if demo_info:
         from nas.rundir.files import RunDirectory
@@ -180,6 +181,23 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
         metrics = RunDirectory(summary.run_dir).update_best_metrics(extra={**metrics.extra, "demo": demo_info})
     _print_best(summary.run_dir, metrics)
     return metrics
+
+
+def _warn_if_indistinguishable(run_dir: Path) -> None:
+    """Say so when every trained trial scored at chance: the search then ranked noise (too few
+    epochs or images for these networks), and its "best" means nothing."""
+    from nas.rundir.files import RunDirectory
+
+    directory = RunDirectory(run_dir)
+    accuracies = [r.result.accuracy for r in directory.read_trials()
+                  if r.result.status == "ok" and r.result.accuracy is not None]
+    if len(accuracies) < 2:
+        return
+    chance = 1.0 / directory.read_best_arch().num_classes
+    if max(accuracies) <= 1.5 * chance:
+        console.print(f"[yellow]every trial scored near chance (best val accuracy {max(accuracies):.3f}, chance "
+                      f"{chance:.3f}): the search could not tell the candidates apart. Train trials longer "
+                      "(--epochs) or on more images before trusting its choice.[/]")
 
 
 def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> BestMetrics:
