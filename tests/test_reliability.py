@@ -167,3 +167,17 @@ def test_a_search_whose_trials_all_scored_at_chance_says_so(old_run: Path, monke
     (old_run / "trials.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     search_command._warn_if_indistinguishable(old_run)
     assert len(printed) == 1 and "every trial scored near chance (best val accuracy 0.250, chance 0.250)" in printed[0]
+
+
+def test_resume_with_another_strategys_state_names_both(old_run: Path) -> None:
+    searcher = json.loads((old_run / "searcher.json").read_text())
+    searcher["strategy"] = "tpe"
+    (old_run / "searcher.json").write_text(json.dumps(searcher))
+    with pytest.raises(RunDirError, match=r"searcher.json: state of strategy 'tpe', the run uses 'evolution'"):
+        _resume(old_run)
+
+
+def test_a_corrupt_run_config_is_named(old_run: Path) -> None:
+    (old_run / "config.json").write_text("{bad")
+    assert_user_error(invoke("compress", "quantize", str(old_run), "--bits", "8", "--epochs", "0",
+                             "--dataset", "synthetic:2"), "config.json", "not valid JSON")
