@@ -190,3 +190,25 @@ def test_proxy_warm_falls_back_to_params_and_continues_with_local_search() -> No
     assert [i["origin"] for i in infos[3:]] == ["neighbour", "neighbour"]
     with pytest.raises(OptionError, match="then='tpe' not in"):
         make("proxy-warm", then="tpe")
+
+
+def test_proxy_warm_scores_with_a_named_zero_cost_proxy_on_the_runs_images() -> None:
+    """proxy="nwot": each pool network scored by NASWOT on one fixed batch of the run's training
+    images; the warm asks are those networks in score order, and their scores are reproducible."""
+    from nas.strategies.proxy_score import proxy_scorer
+    from nas.training.data import load_dataset
+
+    space, table = synthetic()
+    data = load_dataset("synthetic:4", space.resolution, seed=0)
+    searcher = ProxyWarmSearcher(StrategyContext(space, table.objective, seed=1, data=data), pool_size=12,
+                                 warm_start=3, proxy="nwot")
+    infos: list[dict[str, Any]] = []
+    history = run_search(searcher, table, trials=3, infos=infos)
+    again = proxy_scorer("nwot", data, seed=1)
+    assert [i["score"] for i in infos] == [again(arch) for arch, _ in history]
+    assert [i["score"] for i in infos] == sorted((i["score"] for i in infos), reverse=True)
+    assert infos[0]["proxy"] == "nwot"
+    with pytest.raises(OptionError, match=r"proxy='nwot' needs training images"):
+        ProxyWarmSearcher(StrategyContext(space, table.objective, seed=1), proxy="nwot")
+    with pytest.raises(OptionError, match="unknown zero-cost proxy 'bogus'; registered: fisher"):
+        make("proxy-warm", proxy="bogus")

@@ -2,9 +2,10 @@
 "Zero-Cost Proxies for Lightweight NAS", ICLR: "warmup" of the search by zero-cost proxies).
 
 - At the first ask, `pool_size` feasible random architectures (distinct) are scored by the
-  context's `score` (a cheap, training-free score, higher = better: a zero-cost proxy the
-  runner computes), or, when the run gives none, by the parameter count
-  (`predictors.cost.params_of_spec`, a published strong baseline proxy). The seconds spent
+  context's `score` (a cheap, training-free score, higher = better; tabular benchmarks pass
+  published proxy scores), else by the option `proxy`: the parameter count by default
+  (`predictors.cost.params_of_spec`, a published strong baseline proxy), or any zero-cost proxy
+  of `predictors.proxies` computed on the run's training images (`nas.strategies.proxy_score`). The seconds spent
   scoring are logged, kept in the state and in each warm candidate's info: a proxy costs no
   trial, but it is not free.
 - The first `warm_start` proposals are the top-scored ones, best first (by default as many as
@@ -29,7 +30,9 @@ from typing import Any
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.strategies.evolution import EvolutionSearcher
 from nas.strategies.local_search import LocalSearcher
+from nas.strategies.proxy_score import proxy_scorer
 from predictors.cost import params_of_spec
+from predictors.proxies import get_proxy
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
@@ -43,8 +46,10 @@ class ProxyWarmOptions:
     pool_size: int = 1000  # feasible random architectures scored
     warm_start: int | None = None  # top-scored ones asked first; None: the continuing search's start size
     then: str = "evolution"  # the search that continues: evolution or local
+    proxy: str = "params"  # the score when the run gives none: a predictors.proxies name (synflow, nwot, ...)
 
     def __post_init__(self) -> None:
+        get_proxy(self.proxy)  # an unknown name is an UnknownNameError listing the registered ones
         if self.pool_size < 1:
             raise OptionError(f"pool_size={self.pool_size} must be >= 1")
         if self.warm_start is not None and not 1 <= self.warm_start <= self.pool_size:
@@ -64,8 +69,15 @@ class ProxyWarmSearcher(Searcher):
 
     def __init__(self, context: StrategyContext, options: ProxyWarmOptions | None = None, **settings: Any) -> None:
         super().__init__(context, options, **settings)
-        self.score = context.score or params_of_spec
-        self.proxy = "context" if context.score is not None else "params"
+        if context.score is not None:  # e.g. published scores of a tabular benchmark
+            self.score, self.proxy = context.score, "context"
+        elif self.options.proxy == "params":
+            self.score, self.proxy = params_of_spec, "params"
+        else:
+            resolution = getattr(self.space, "resolution", None)
+            self.score = proxy_scorer(self.options.proxy, context.data, context.seed, resolution=resolution,
+                                      num_classes=getattr(self.space, "num_classes", None))
+            self.proxy = get_proxy(self.options.proxy).name
         self.inner: Searcher = SEARCHERS.get(self.options.then)(dataclasses.replace(context, seed=context.seed + 1))
         # by default as many as the continuing search would draw at random to start with
         start = self.inner.population_size if isinstance(self.inner, EvolutionSearcher) else self.inner.num_init
