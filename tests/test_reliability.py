@@ -181,3 +181,22 @@ def test_a_corrupt_run_config_is_named(old_run: Path) -> None:
     (old_run / "config.json").write_text("{bad")
     assert_user_error(invoke("compress", "quantize", str(old_run), "--bits", "8", "--epochs", "0",
                              "--dataset", "synthetic:2"), "config.json", "not valid JSON")
+
+
+@pytest.mark.parametrize("other, threads", [(0.0, 4), (1.2, 3), (2.6, 1), (7.5, 1), (None, 4)])
+def test_training_threads_are_the_cpus_other_processes_leave_free(monkeypatch: pytest.MonkeyPatch,
+                                                                 other: float | None, threads: int) -> None:
+    from nas.training import threads as threads_module
+
+    class FakeLoad:
+        cores = other
+
+        def __enter__(self) -> FakeLoad:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    monkeypatch.setattr(threads_module, "available_cpus", lambda: 4)
+    monkeypatch.setattr(threads_module, "OtherLoad", FakeLoad)
+    assert threads_module.fair_threads(sample_s=0) == threads

@@ -88,14 +88,15 @@ def search(
     runs_dir: Path = typer.Option(Path("runs"), help="Where runs (and built tables, under luts/) go."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
     train_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for in-process training "
-                                                                 "(default: torch's; 1 is safest on a shared box)."),
+                                                                 "(default: one per CPU other processes leave free)."),
     **settings: Any,  # an option per SETTINGS entry, added by `_with_setting_options`
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
-    if train_threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(train_threads)
+    from nas.training.threads import fair_threads
+
+    torch.set_num_threads(train_threads or fair_threads())
     # by name: typer bundles its own click, whose ParameterSource is not click's
     passed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"]
     if resume is not None:
@@ -256,7 +257,7 @@ def _print_best(run_dir: Path, metrics: BestMetrics) -> None:
     row("latency measured (end to end)", measured, "{:.3f} ms")
     if predicted and measured:
         row("prediction error", 100 * (predicted - measured) / measured, "{:+.1f}%")
-    budget, other = metrics.latency_budget_ms, metrics.extra.get("measured_other_load_cores")
+    budget, other = metrics.latency_budget_ms, metrics.measured_other_load_cores
     if measured and budget and measured > budget:
         row("over budget", f"[red]by {100 * (measured / budget - 1):.1f}% measured[/]")
     if other is not None:

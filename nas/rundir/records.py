@@ -107,6 +107,7 @@ class BestMetrics:
     measured_latency_p10_ms: float | None = None
     measured_latency_p90_ms: float | None = None
     measured_with: dict[str, Any] | None = None  # backend, threads, device
+    measured_other_load_cores: float | None = None  # CPU other processes used meanwhile (None: unknown/remote)
     extra: dict[str, Any] = field(default_factory=dict)  # what one strategy or command adds
 
     @classmethod
