@@ -8,7 +8,7 @@ cached by (spec hash, recipe, data, seed). Each study (`bench/toolbox_<name>.py`
 JSON, ``render(result)`` -> Markdown) gets a `ToolboxContext` and is cached by (base key, study
 settings), so a killed run resumes at the first unfinished study and `--studies` re-runs one.
 
-    python -m bench.toolbox                             # ~60-90 min on 2 quiet cores; writes BENCHMARKS.md
+    python -m bench.toolbox --finetune-epochs 1         # ~60 min on 2 quiet cores; writes BENCHMARKS.md
     nohup python -m bench.toolbox > runs/bench/toolbox.log 2>&1 &     # the way to run it
     python -m bench.toolbox --epochs 1 --finetune-epochs 1 --max-batches 3 --measure 2,3,3 \
         --out runs/bench/toolbox-smoke --no-write      # every code path in a few minutes
@@ -22,7 +22,7 @@ import importlib
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--batch-size", type=int, default=64)
     add("--finetune-epochs", type=int, default=2, help="Distilled fine-tune epochs after each compression step.")
     add("--max-batches", type=int, default=None, help="Cap on batches per epoch everywhere (smoke tests).")
+    add("--finetune-max-batches", type=int, default=80,
+        help="Cap on batches per fine-tune epoch in the studies (the base trains on every batch): 80 of 141.")
     add("--measure", default="10,15,10", help="warmup,blocks,block_runs of the latency protocol.")
     add("--threads", type=int, default=2, help="torch threads for training (latency: 1).")
     add("--device", default="auto", help="Training device (latency is always CPU).")
@@ -94,7 +96,9 @@ def _base(args: argparse.Namespace, out: Path) -> tuple[ToolboxContext, dict[str
         record.write_text(json.dumps(info, indent=1) + "\n")
         logger.info("base: trained, test acc %.4f in %.0f s", report.test_accuracy, report.train_time_s)
     model.cpu().eval()
-    ctx = ToolboxContext(spec=spec, base=model, base_accuracy=info["test_accuracy"], data=data, config=config,
+    # the studies' fine-tunes may see fewer batches per epoch than the base did (their budget)
+    study_config = replace(config, max_batches_per_epoch=args.max_batches or args.finetune_max_batches)
+    ctx = ToolboxContext(spec=spec, base=model, base_accuracy=info["test_accuracy"], data=data, config=study_config,
                          finetune_epochs=args.finetune_epochs, measure=MeasureSettings.parse(args.measure),
                          out=out, seed=args.seed)
     return ctx, {"spec": spec.name, "key": key, **info, "train_images": len(data.train),
@@ -150,13 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ctx, base, base_key = _base(args, args.out)
-    settings_key = _key(base_key, args.finetune_epochs, args.max_batches, args.measure)
+    settings_key = _key(base_key, args.finetune_epochs, args.max_batches, args.finetune_max_batches, args.measure)
     results = {name: _run_study(name, ctx, settings_key, args.fresh) for name in args.studies}
     lines = [f"Base `{base['spec']}` (the network of the compression section): trained fp32 for {args.epochs} "
              f"epochs (SGD Nesterov lr {args.lr:g}, cosine, batch {args.batch_size}, no augmentation) on "
              f"{base['train_images']:,} images, test accuracy **{100 * base['test_accuracy']:.2f}%** on "
              f"{base['test_images']:,}. Every fine-tune: the project's distilled fine-tune (AdamW 1e-3, cosine, "
-             f"KD from the fp32 base, T=4, α=0.9), {args.finetune_epochs} epoch(s) unless a study says otherwise. "
+             f"KD from the fp32 base, T=4, α=0.9), {args.finetune_epochs} epoch(s) of at most "
+             f"{ctx.config.max_batches_per_epoch} batches of {args.batch_size} unless a study says otherwise. "
              f"Seed {args.seed}; training on {args.threads} torch thread(s). Wall time of this run "
              f"{(time.perf_counter() - start) / 60:.1f} min (cached studies cost nothing; "
              + ", ".join(f"{name} {r['wall_s'] / 60:.1f} min" for name, r in results.items()) + " when run)."]
