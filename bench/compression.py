@@ -38,12 +38,8 @@ logger = logging.getLogger("bench.compression")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parts.add_base_arguments(parser)
     add = parser.add_argument
-    add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
-    add("--width", type=float, default=0.5, help="MobileNetV2 width multiplier of the base model.")
-    add("--epochs", type=int, default=8, help="fp32 training epochs of the base model.")
-    add("--lr", type=float, default=0.05, help="SGD (Nesterov) learning rate of the base model, cosine.")
-    add("--batch-size", type=int, default=64)
     add("--train-limit", type=int, default=None, help="Training images (stratified); default all 9,000.")
     add("--max-batches", type=int, default=None, help="Cap on batches per epoch everywhere (smoke tests).")
     add("--qat-epochs", type=int, default=2, help="QAT + distillation epochs of w4a8 and HAQ (same for both).")

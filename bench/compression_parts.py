@@ -3,6 +3,7 @@ JSON-serialisable dicts; compression.py renders them."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -11,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from compress import (
     DistillationLoss,
     PrunePolicy,
     QuantPolicy,
-    apply_policy,
     bitfusion_cost,
-    calibrate,
     current_policy,
     layer_infos,
     policy_weight_bits,
@@ -51,6 +50,16 @@ def cifar_mobilenet_v2(width: float, resolution: int, num_classes: int) -> ArchS
     spec = zoo.get("mobilenet_v2", resolution, num_classes)
     spec = scale_spec(spec, width) if width != 1.0 else spec  # scale first: stages() splits on strides
     return small_input(spec).replace(name=f"mobilenet_v2_w{width:g}_r{resolution}_small_input")
+
+
+def add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """The base network and its fp32 recipe, shared by `bench.compression` and `bench.toolbox`."""
+    add = parser.add_argument
+    add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
+    add("--width", type=float, default=0.5, help="MobileNetV2 width multiplier of the base model.")
+    add("--epochs", type=int, default=8, help="fp32 training epochs of the base model.")
+    add("--lr", type=float, default=0.05, help="SGD (Nesterov) learning rate of the base model, cosine.")
+    add("--batch-size", type=int, default=64)
 
 
 def test_accuracy(model: nn.Module, data: DataSplits, device: str) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.compression_parts import cifar_mobilenet_v2
+from bench.compression_parts import add_base_arguments, cifar_mobilenet_v2
 from bench.report import publish
 from bench.toolbox_context import ToolboxContext
 from nas.training import TrainConfig, load_dataset, train
@@ -48,12 +48,8 @@ STUDIES = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_base_arguments(parser)
     add = parser.add_argument
-    add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
-    add("--width", type=float, default=0.5, help="MobileNetV2 width multiplier of the base model.")
-    add("--epochs", type=int, default=8, help="fp32 training epochs of the base model.")
-    add("--lr", type=float, default=0.05, help="SGD (Nesterov) learning rate of the base model, cosine.")
-    add("--batch-size", type=int, default=64)
     add("--finetune-epochs", type=int, default=2, help="Distilled fine-tune epochs after each compression step.")
     add("--max-batches", type=int, default=None, help="Cap on batches per epoch everywhere (smoke tests).")
     add("--finetune-max-batches", type=int, default=80,

@@ -32,3 +32,17 @@ def u8s8_saturates() -> bool:
     except OSError:
         return False
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+def saved_model(directory: os.PathLike, stem: int, block: int, head: int, *, stride: int = 1, expand: float = 2,
+                resolution: int = 8) -> os.PathLike:
+    """A one-MBConv model (random weights, seed 0) saved as arch.json + weights.safetensors: the
+    source the compress commands' tests start from."""
+    from nas.rundir.model_files import save
+    from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
+
+    spec = ArchSpec(StemSpec(stem), (BlockSpec(Op.MBCONV, block, stride=stride, expand_ratio=expand),),
+                    HeadSpec(conv_channels=head, dropout=0.0), resolution=resolution, num_classes=10)
+    torch.manual_seed(0)
+    save(build_model(spec), spec, directory)
+    return directory

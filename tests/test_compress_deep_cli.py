@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import saved_model
 import torch
 import typer
 from typer.testing import CliRunner
@@ -13,8 +14,7 @@ from typer.testing import CliRunner
 from nas.cli import app
 from nas.commands import compress_deep
 from nas.commands import load as load_command
-from nas.rundir.model_files import load, save
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
+from nas.rundir.model_files import load
 
 runner = CliRunner()
 assert compress_deep.FILE_NAME == "model.hwdc"  # importing it adds deep-compression to `nas compress`
@@ -25,11 +25,7 @@ load_command.register(load_app)
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    spec = ArchSpec(StemSpec(8), (BlockSpec(Op.MBCONV, 16, stride=2, expand_ratio=2),),
-                    HeadSpec(conv_channels=32, dropout=0.0), resolution=8, num_classes=10)
-    torch.manual_seed(0)
-    save(build_model(spec), spec, tmp_path / "model")
-    return tmp_path / "model"
+    return saved_model(tmp_path / "model", stem=8, block=16, head=32, stride=2)
 
 
 def test_deep_compression_writes_a_file_that_loads_back_to_the_same_weights(model_dir: Path, tmp_path: Path) -> None:

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import saved_model
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.rundir.model_files import load, save
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
+from nas.rundir.model_files import load
 
-importlib.import_module("nas.commands.compress_lottery")  # registers the command (until nas.commands imports it)
 runner = CliRunner()
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    spec = ArchSpec(StemSpec(8), (BlockSpec(Op.MBCONV, 8, expand_ratio=2),), HeadSpec(conv_channels=16, dropout=0.0),
-                    resolution=8, num_classes=10)
-    save(build_model(spec), spec, tmp_path / "model")
-    return tmp_path / "model"
+    return saved_model(tmp_path / "model", stem=8, block=8, head=16)
 
 
 def test_lottery_writes_tickets_masks_and_every_control(model_dir: Path, tmp_path: Path) -> None:

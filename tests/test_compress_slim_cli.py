@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import saved_model
 from typer.testing import CliRunner
 
 from nas.cli import app
-from nas.rundir.model_files import load, save
+from nas.rundir.model_files import load
 from predictors.cost import count
-from search_spaces import ArchSpec, BlockSpec, HeadSpec, Op, StemSpec, build_model
 
-importlib.import_module("nas.commands.compress_slim")  # registers the command (until nas.commands imports it)
 runner = CliRunner()
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    spec = ArchSpec(StemSpec(16), (BlockSpec(Op.MBCONV, 16, expand_ratio=4),), HeadSpec(conv_channels=32, dropout=0.0),
-                    resolution=8, num_classes=10)
-    save(build_model(spec), spec, tmp_path / "model")
-    return tmp_path / "model"
+    return saved_model(tmp_path / "model", stem=16, block=16, head=32, expand=4)
 
 
 def test_slim_prunes_by_bn_gamma_after_penalised_training(model_dir: Path, tmp_path: Path) -> None:
