@@ -67,11 +67,12 @@ def model_from(decoded: DecodedModel) -> nn.Module:
     return model.eval()
 
 
-def deep_compress(model: nn.Module, arch: ArchSpec, sparsity: float, bits: Mapping[str, int], *,
+def deep_compress(model: nn.Module, arch: ArchSpec, sparsity: float | Mapping[str, float], bits: Mapping[str, int], *,
                   finetune: Callable[[nn.Module, str], float | None] | None = None,
                   evaluate: Callable[[nn.Module], float] | None = None,
                   base_accuracy: float | None = None) -> DeepCompressionResult:
     """All three stages on a copy of `model`; the file is decoded again and checked bit for bit.
+    `sparsity`: one fraction for every conv/linear, or layer name -> fraction (others stay dense).
     `base_accuracy`: the source's accuracy when the caller knows it (else evaluated)."""
     model = copy.deepcopy(model)
     accuracy: dict[str, float] = {}
