@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="auto", help="Training device (latency is always CPU).")
     add("--seed", type=int, default=0)
     add("--studies", nargs="*", default=list(STUDIES), choices=list(STUDIES))
-    add("--fresh", action="store_true", help="Ignore cached study results (the cached base is kept).")
+    add("--fresh", nargs="*", default=[], choices=list(STUDIES),
+        help="Studies to run again even when cached (the cached base is kept).")
     add("--out", type=Path, default=Path("runs/bench/toolbox"))
     add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
     return parser.parse_args(argv)
@@ -102,6 +103,7 @@ def _base(args: argparse.Namespace, out: Path) -> tuple[ToolboxContext, dict[str
 
 
 def _run_study(name: str, ctx: ToolboxContext, key: str, fresh: bool) -> dict[str, Any]:
+    """The study's cached result, or a new one (always with `fresh`, e.g. after changing its settings)."""
     path = ctx.out / f"{name}-{key}.json"
     if path.is_file() and not fresh:
         logger.info("%s: cached %s", name, path)
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     ctx, base, base_key = _base(args, args.out)
     settings_key = _key(base_key, args.finetune_epochs, args.max_batches, args.finetune_max_batches, args.measure)
-    results = {name: _run_study(name, ctx, settings_key, args.fresh) for name in args.studies}
+    results = {name: _run_study(name, ctx, settings_key, name in args.fresh) for name in args.studies}
     lines = [f"Base `{base['spec']}` (the network of the compression section): trained fp32 for {args.epochs} "
              f"epochs (SGD Nesterov lr {args.lr:g}, cosine, batch {args.batch_size}, no augmentation) on "
              f"{base['train_images']:,} images, test accuracy **{100 * base['test_accuracy']:.2f}%** on "
