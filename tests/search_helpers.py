@@ -16,7 +16,7 @@ from tiny_space import TinySpace
 from nas.search.config import SearchConfig
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from nas.training.train import TrainConfig
-from predictors.latency import LatencyTable, Measurement, build_table
+from predictors.latency import LatencyTable, LocalMeasurer, Measurement, build_table
 from search_spaces.spaces import SPACES
 from search_spaces.spec import ArchSpec
 
@@ -73,10 +73,12 @@ def registered() -> Iterator[None]:
 class FakeMeasurer:
     """Latency = 1 ms per 10 characters of the layer key, +1 ms for kernel 5, +0.5 ms for
     expansion 3: deterministic, instant, and different for most tiny networks. Claims the torch
-    backend so the CLI's end-to-end measurement of the winner runs for real."""
+    backend and this machine as its device, so the CLI's end-to-end measurement of the winner
+    runs for real (a table from another device is never measured here)."""
 
     def metadata(self) -> dict[str, Any]:
-        return {"backend": "torch", "threads": 1, "device": "test"}
+        here = LocalMeasurer("torch", threads=1).metadata()
+        return {"backend": "torch", "threads": 1, "device": here["device"], "cpu_model": here["cpu_model"]}
 
     def measure_layers(self, layers: Any, progress: Any = None) -> list[Measurement]:
         values = [len(layer.signature) / 10 + ("_k5" in layer.signature) + 0.5 * ("_e3" in layer.signature)

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from predictors.cost import layer_weights
-from predictors.latency import Calibration, LatencyTable, Measurement, build_table, validate_table
+from predictors.latency import Calibration, LatencyTable, LocalMeasurer, Measurement, build_table, validate_table
 from predictors.latency.validate import fit_calibration, out_of_fold_predictions
 from search_spaces.build import build_layer, layer_shapes
 from test_lut import CountingMeasurer
@@ -128,7 +128,8 @@ class OnnxRuntimeLabelledMeasurer(CountingMeasurer):
     """Fake entries, labelled as an onnxruntime table so `nas lut validate` measures with the real backend."""
 
     def metadata(self) -> dict:
-        return {"backend": "onnxruntime", "threads": 1, "device": "test"}
+        here = LocalMeasurer("onnxruntime", threads=1).metadata()  # built on this machine: validated here
+        return {"backend": "onnxruntime", "threads": 1, "device": here["device"], "cpu_model": here["cpu_model"]}
 
 
 def test_lut_validate_cli_samples_the_restricted_space_the_table_was_built_for(tmp_path: Path) -> None:

@@ -200,3 +200,32 @@ def test_training_threads_are_the_cpus_other_processes_leave_free(monkeypatch: p
     monkeypatch.setattr(threads_module, "available_cpus", lambda: 4)
     monkeypatch.setattr(threads_module, "OtherLoad", FakeLoad)
     assert threads_module.fair_threads(sample_s=0) == threads
+
+
+# -- a table knows its device -----------------------------------------------------------------------
+
+def test_measured_elsewhere_compares_the_tables_device_with_the_measurers() -> None:
+    from predictors.latency.provenance import measured_elsewhere
+
+    here = {"device": "vm", "cpu_model": "AMD EPYC"}
+    assert measured_elsewhere(here, {**here, "backend": "torch"}) is None
+    assert measured_elsewhere({"device": "pixel1", "cpu_model": "Snapdragon 821"}, here) == (
+        "the table was measured on pixel1 (Snapdragon 821), this measurer runs on vm (AMD EPYC)")
+    agent = {"remote_url": "http://phone:8765"}
+    assert measured_elsewhere(agent, here) == (
+        "the table was measured on the agent at http://phone:8765, this measurer runs on vm (AMD EPYC)")
+    assert measured_elsewhere(agent, {**agent, "device": "phone"}) is None
+    assert measured_elsewhere({"source": "proxyless"}, here) == (
+        "the table records no measuring device (imported: proxyless)")
+
+
+def test_lut_validate_refuses_to_store_another_devices_calibration(tmp_path: Path) -> None:
+    table = json.loads((FIXTURES / "run_v1_lut.json").read_text())
+    table["space"] = "mnasnet"
+    table["metadata"] |= {"remote_url": "http://phone:8765", "backend": "onnxruntime"}
+    path = tmp_path / "phone.json"
+    path.write_text(json.dumps(table))
+    before = path.read_text()
+    line = assert_user_error(invoke("lut", "validate", str(path), "--samples", "4"), str(path))
+    assert "measured on the agent at http://phone:8765" in line and "pass --device URL of that agent" in line
+    assert path.read_text() == before

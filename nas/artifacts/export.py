@@ -295,8 +295,11 @@ def measure_exported(arch: ArchSpec, table_metadata: dict[str, Any], settings: A
     measurer = LocalMeasurer(backend, threads=int(table_metadata.get("threads", 1)), settings=settings)
     measurement = measurer.measure_archs([arch])[0]
     meta = measurer.metadata()
+    from predictors.latency.provenance import measured_elsewhere
+
     return {**measurement.to_dict(), "backend": backend, "threads": meta.get("threads"),
-            "device": meta.get("device"), "cpu_model": meta.get("cpu_model"), "table_device": table_metadata.get("device")}
+            "device": meta.get("device"), "cpu_model": meta.get("cpu_model"), "table_device": table_metadata.get("device"),
+            "not_the_tables_device": measured_elsewhere(table_metadata, meta)}
 
 
 def measure_int8_file(model: nn.Module, arch: ArchSpec, path: Path, settings: Any = None) -> dict[str, Any]:

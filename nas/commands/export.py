@@ -47,7 +47,9 @@ def export_command(
     if report.measured_latency:
         measured = report.measured_latency
         console.print(f"measured latency: {measured['median_ms']:.4f} ms ({measured['backend']}, "
-                      f"{measured['threads']} thread(s))")
+                      f"{measured['threads']} thread(s), on this machine)")
+        if measured.get("not_the_tables_device"):
+            console.print(f"[yellow]not comparable with the table's prediction: {measured['not_the_tables_device']}[/]")
     if report.card_path:
         console.print(f"model card: {report.card_path}")
 

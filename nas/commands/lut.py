@@ -94,6 +94,13 @@ def validate(
     space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes,
                       **table.metadata.get("space_options", {}))
     measurer = make_measurer(table.metadata.get("backend", "onnxruntime"), table.metadata.get("threads", 1), device, token)
+    from predictors.latency.provenance import measured_elsewhere
+
+    if reason := measured_elsewhere(table.metadata, measurer.metadata()):
+        # a calibration from another device would be stored in this table as if it were its own
+        raise LatencyTableError(f"{table_path}: not validated: {reason}; "
+                                + ("pass --device URL of that agent" if table.metadata.get("remote_url")
+                                   else "validate it on the machine that built it"))
     plot = plot or table_path.with_suffix(".validation.png")
     report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot)
     table.save(table_path)

@@ -217,10 +217,16 @@ def _finalize(run_dir: Path, final_epochs: int, progress: bool) -> BestMetrics:
         return directory.read_best_metrics(required=True)
     table = open_latency_model(config.lut_path)
     backend, threads = table.metadata.get("backend", "onnxruntime"), int(table.metadata.get("threads", 1))
+    from predictors.latency.provenance import measured_elsewhere
+
     try:
         measurer = LocalMeasurer(str(backend), threads=threads)
     except (KeyError, ValueError) as error:  # a table measured elsewhere (a device agent, an import)
         console.print(f"[yellow]cannot measure on backend {backend!r} here ({error}); prediction only[/]")
+        measurer = None
+    if measurer is not None and (reason := measured_elsewhere(table.metadata, measurer.metadata())):
+        # a local time next to another device's prediction would read as that device's latency
+        console.print(f"[yellow]no end-to-end measurement: {reason}; the table's prediction stands alone[/]")
         measurer = None
     console.print(f"retraining the best architecture for {final_epochs} epochs, then measuring it on "
                   f"{backend} x{threads} ...")
