@@ -211,6 +211,9 @@ class PhiFit:
     tried: list[tuple[float, float]] = field(default_factory=list)  # (phi, latency_ms)
 
 
+HOPELESS = 1.5  # the smallest grid point this far over the budget ends the fit at once
+
+
 def fit_phi_to_budget(
     base: ArchSpec,
     alpha: float,
@@ -247,6 +250,11 @@ def fit_phi_to_budget(
             cache[key] = float(predict(spec))
         latency = cache[key]
         tried.append((phi, latency))
+        if step == 0 and latency > HOPELESS * budget_ms:
+            # the smallest network is far over: larger phi only grow (up to rounding), so say no now
+            # instead of measuring the whole grid
+            raise OptionError(f"budget_ms={budget_ms} ms is out of reach: the smallest scaling (phi={phi}) already "
+                              f"takes {latency:.3f} ms; lower phi_min or raise the budget")
         if latency <= budget_ms:
             best = PhiFit(phi, spec, latency)
     if best is None:

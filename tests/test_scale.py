@@ -123,5 +123,11 @@ def test_fit_phi_picks_the_largest_phi_under_the_budget() -> None:
     assert len(fit.tried) == 21
     plain = fit_phi_to_budget(B0, 1.2, 1.1, 1.15, predictor.predict, budget, phi_max=2.0)  # a callable works too
     assert plain.phi == fit.phi
-    with pytest.raises(ValueError, match="no phi in"):
-        fit_phi_to_budget(B0, 1.2, 1.1, 1.15, predictor, 0.001, phi_max=1.0)
+    smallest = predictor.predict(B0)  # phi_min = 0
+    with pytest.raises(ValueError, match="no phi in"):  # close: every grid point is tried
+        fit_phi_to_budget(B0, 1.2, 1.1, 1.15, predictor, smallest / 1.2, phi_max=1.0)
+    asked: list[float] = []
+    with pytest.raises(ValueError, match=r"budget_ms=0.001 ms is out of reach: the smallest scaling \(phi=0.0\)"):
+        fit_phi_to_budget(B0, 1.2, 1.1, 1.15, lambda spec: asked.append(1) or predictor.predict(spec), 0.001,
+                          phi_max=1.0)
+    assert len(asked) == 1  # hopeless: said after the first prediction, not the whole grid
