@@ -188,3 +188,21 @@ def test_published_pixel1_table_imports_and_names_what_proxylessnas_mobile_lacks
         "mb_k3_e3_c32_s1_relu6@32x56x56",
         "mb_k7_e3_c40_s2_relu6@32x56x56",
     ]
+
+
+def test_a_build_on_a_busy_machine_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    class NoisyMeasurer(CountingMeasurer):  # as the protocol reports each chunk's unstable items
+        def measure_layers(self, layers, progress=None):
+            logging.getLogger("predictors.latency.measure").warning(
+                "%d of %d item(s) still unstable after %d retries (spread > %.2f; worst items[%d] at %.2f): ...",
+                1, len(layers), 2, 0.2, 0, 0.5)
+            return super().measure_layers(layers, progress)
+
+    todo = len(TinySpace().candidate_ops())
+    with caplog.at_level("WARNING"):
+        build_table(TinySpace(), NoisyMeasurer(), tmp_path / "t.json", chunk_size=2)
+    chunks = -(-todo // 2)
+    assert [r.getMessage().split(": ")[1].split(" ops")[0] for r in caplog.records] == [f"{chunks} of {todo}"]
+    assert "still unstable" not in caplog.text and "likely busy" in caplog.text

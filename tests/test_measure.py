@@ -281,4 +281,5 @@ def test_still_unstable_item_is_kept_and_reported(caplog: pytest.LogCaptureFixtu
         )
     assert m.median_ms == pytest.approx(1.0) and m.spread > 0.5
     assert done == [1]
-    assert "items[0] still unstable after 1 retries" in caplog.text
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["1 of 1 item(s) still unstable after 1 retries"]
+    assert "worst items[0] at" in caplog.text

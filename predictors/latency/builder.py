@@ -129,8 +129,38 @@ def build_table(
     logger.info("%s: %d candidate ops, %d to measure", space.name, len(candidates), len(todo))
     if not todo:
         return table
+    unstable = _UnstableCount()
+    measure_log = logging.getLogger("predictors.latency.measure")
+    measure_log.addFilter(unstable)  # one summary for the build instead of a line per chunk
+    try:
+        _measure_chunks(table, todo, measurer, path, chunk_size, show_progress, space.name)
+    finally:
+        measure_log.removeFilter(unstable)
+    if unstable.items:
+        logger.warning("%s: %d of %d ops measured with a spread over max_spread even after retries (the machine "
+                       "was likely busy); their medians are kept. Rebuild on a quiet machine for a reliable table.",
+                       path, unstable.items, len(todo))
+    return table
+
+
+class _UnstableCount(logging.Filter):
+    """Swallows the measuring protocol's per-call "still unstable" warnings and counts their items."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "still unstable" in str(record.msg) and record.args:
+            self.items += int(record.args[0])
+            return False
+        return True
+
+
+def _measure_chunks(table: LatencyTable, todo: list, measurer: Measurer, path: Path, chunk_size: int,
+                    show_progress: bool, name: str) -> None:
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"measuring {space.name} ops", total=len(todo))
+        task = bar.add_task(f"measuring {name} ops", total=len(todo))
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             done_before = start
@@ -141,4 +171,3 @@ def build_table(
                 table.add(layer.signature, measurement)
             table.save(path)
             bar.update(task, completed=start + len(chunk))
-    return table
