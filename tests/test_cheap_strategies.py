@@ -204,7 +204,7 @@ def test_proxy_warm_scores_with_a_named_zero_cost_proxy_on_the_runs_images() -> 
                                  warm_start=3, proxy="nwot")
     infos: list[dict[str, Any]] = []
     history = run_search(searcher, table, trials=3, infos=infos)
-    again = proxy_scorer("nwot", data, seed=1)
+    again = proxy_scorer("nwot", data, seed=1, resolution=space.resolution, num_classes=space.num_classes)
     assert [i["score"] for i in infos] == [again(arch) for arch, _ in history]
     assert [i["score"] for i in infos] == sorted((i["score"] for i in infos), reverse=True)
     assert infos[0]["proxy"] == "nwot"

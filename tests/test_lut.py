@@ -193,11 +193,12 @@ def test_published_pixel1_table_imports_and_names_what_proxylessnas_mobile_lacks
 def test_a_build_on_a_busy_machine_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
+    from predictors.latency.measure import UNSTABLE_ITEMS
+
     class NoisyMeasurer(CountingMeasurer):  # as the protocol reports each chunk's unstable items
         def measure_layers(self, layers, progress=None):
             logging.getLogger("predictors.latency.measure").warning(
-                "%d of %d item(s) still unstable after %d retries (spread > %.2f; worst items[%d] at %.2f): ...",
-                1, len(layers), 2, 0.2, 0, 0.5)
+                "%d of %d item(s) still unstable ...", 1, len(layers), extra={UNSTABLE_ITEMS: 1})
             return super().measure_layers(layers, progress)
 
     todo = len(TinySpace().candidate_ops())

@@ -1,83 +1,30 @@
 """ProxylessNAS: supernet layout, path binarization (counted with forward hooks), the two-path
-gradient estimator, both loss terms, convergence to the table's fastest network, derivation,
-epoch checkpoints and the run directory. A reduced proxyless space at 8 px keeps it fast."""
+gradient estimator, both loss terms, convergence to the table's fastest network, derivation and
+epoch checkpoints (the run directory: test_proxyless_run.py). A reduced proxyless space at 8 px
+keeps it fast."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from proxyless_helpers import CLASSES, RESOLUTION, FakeMeasurer, SmallProxylessSpace
 
-from nas.training.data import load_dataset
-from nas.rundir.files import RunDirectory, load_weights
-from nas.search.config import SearchConfig
-from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
 from nas.oneshot.checkpoint import load_checkpoint, save_checkpoint
-from nas.oneshot.proxyless_strategy import ProxylessSearcher
-from nas.search.runner import run_search
-from nas.strategies.base import SearchObjective, StrategyContext
-from search_spaces.errors import OptionError
-from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
 from nas.oneshot.layout import LayoutError, layout_for_space
-from nas.training.train import TrainConfig
-from predictors.latency import Calibration, LatencyTable, Measurement, build_table
-from search_spaces.build import LayerShape, build_model, layer_shapes
-from search_spaces.space import Decision, SearchSpace
-from search_spaces.spaces import SPACES
+from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
+from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
+from nas.training.data import load_dataset
+from predictors.latency import Calibration, LatencyTable, build_table
+from search_spaces.build import build_model, layer_shapes
 from search_spaces.spaces.mnasnet import MnasNetSpace
-from search_spaces.spaces.proxyless import KERNELS, PAIR_LABELS, PAIRS, ProxylessSpace
-from search_spaces.spec import Activation, ArchSpec, HeadSpec, StemSpec
+from search_spaces.spaces.proxyless import ProxylessSpace
+from search_spaces.spec import ArchSpec
 from search_spaces.supernet_plan import Slot, SupernetPlan
-
-RESOLUTION, CLASSES = 8, 4
-
-
-class SmallProxylessSpace(ProxylessSpace):
-    """The proxyless space cut to two stages of at most two layers (16 ch stride 2, 24 ch):
-    first.kernel x 6 x 7 x 6 x 7 = 5292 vectors, few enough to brute-force the fastest."""
-
-    name = "proxyless-small"
-
-    def __init__(self, resolution: int = RESOLUTION, num_classes: int = CLASSES) -> None:
-        SearchSpace.__init__(self, resolution, num_classes)
-        self.width_mult = 1.0
-        self.stem = StemSpec(8, 3, 1, Activation.RELU6)
-        self.first_channels = 8
-        self.head = HeadSpec(conv_channels=32, activation=Activation.RELU6, dropout=0.1)
-        self.widths, self.strides, self.depths = [16, 24], [2, 1], [2, 2]
-        self.decisions = [Decision("first.kernel", KERNELS)]
-        for s, depth in enumerate(self.depths, 1):
-            self.decisions.append(Decision(f"stage{s}.layer1", PAIRS, PAIR_LABELS))
-            self.decisions += [Decision(f"stage{s}.layer{j}", (None, *PAIRS), ("skip", *PAIR_LABELS))
-                               for j in range(2, depth + 1)]
-
-
-if SmallProxylessSpace.name not in SPACES:
-    SPACES.add(SmallProxylessSpace.name, SmallProxylessSpace)
-
-
-def fake_latency_ms(signature: str) -> float:
-    """Known, deterministic and (almost surely) tie-free latency per table key: 0.5-2.0 ms."""
-    return 0.5 + 1.5 * int(hashlib.sha256(signature.encode()).hexdigest()[:8], 16) / 2**32
-
-
-class FakeMeasurer:
-    def metadata(self) -> dict[str, Any]:
-        return {"backend": "fake", "threads": 1, "device": "test"}
-
-    def measure_layers(self, layers: Sequence[LayerShape], progress: Any = None) -> list[Measurement]:
-        return [Measurement(*(fake_latency_ms(layer.signature),) * 3, runs=1) for layer in layers]
-
-    def measure_archs(self, archs: Sequence[ArchSpec], progress: Any = None) -> list[Measurement]:
-        raise NotImplementedError
 
 
 @pytest.fixture(scope="module")
@@ -343,82 +290,3 @@ def test_resume_from_a_checkpoint_repeats_the_next_epoch(space, table, data, tmp
     assert [r["probabilities"] for r in straight.history] == [r["probabilities"] for r in resumed.history]
     with pytest.raises(ValueError, match="arch_lr"):
         load_checkpoint(ProxylessSearch(space, table, data, config(epochs=3, warmup_epochs=1, arch_lr=0.3)), tmp_path)
-
-
-# -- the run directory -------------------------------------------------------------------------------
-
-def run_config(lut: Path, **strategy: Any) -> SearchConfig:
-    options = {"epochs": 2, "warmup_epochs": 1, "steps_per_epoch": 4, "arch_lr": 0.2, **strategy}
-    return SearchConfig(space=SmallProxylessSpace.name, latency_budget_ms=6.0, lut_path=str(lut),
-                        dataset=f"synthetic:{CLASSES}", resolution=RESOLUTION, strategy="proxyless",
-                        strategy_options=options, train=TrainConfig(epochs=1, batch_size=8, device="cpu"),
-                        train_limit=64)
-
-
-def test_run_directory_and_resume_after_a_kill(lut: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    straight = tmp_path / "straight"
-    summary = run_search(run_config(lut), straight, progress=False)
-    assert summary.trials == summary.ok == 1 and summary.best is not None
-    records = [json.loads(line) for line in (straight / "trials.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and records[0]["result"]["status"] == "ok"
-    run = RunDirectory(straight)
-    arch = run.read_best_arch()
-    assert arch.content_hash() == records[0]["arch_hash"]
-    build_model(arch).load_state_dict(load_weights(run.best_weights_path))
-    assert run.read_best_metrics().trial_id == 0
-    history = json.loads((straight / "proxyless/alpha_history.json").read_text())
-    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
-    assert len(history["epochs"][-1]["probabilities"]) == len(history["slots"]) == len(SmallProxylessSpace().decisions)
-    assert json.loads((straight / "searcher.json").read_text())["state"]["finished"] is True
-    assert sorted(p.name for p in (straight / "proxyless").glob("*.safetensors")) == [
-        "optimizers-e0002.safetensors", "supernet-e0002.safetensors"]
-    again = run_search(None, straight, resume=True, progress=False)  # finished: nothing retrained
-    assert again.best.finished_at == summary.best.finished_at
-
-    killed = tmp_path / "killed"
-    original = ProxylessSearch.run_epoch
-
-    def crash_in_epoch_two(self: ProxylessSearch) -> dict:
-        if self.epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return original(self)
-
-    monkeypatch.setattr(ProxylessSearch, "run_epoch", crash_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(run_config(lut), killed, progress=False)
-    assert not (killed / "trials.jsonl").exists()
-    monkeypatch.setattr(ProxylessSearch, "run_epoch", original)
-    run_search(None, killed, resume=True, progress=False)
-    for name in ("proxyless/alpha_history.json", "best/arch.json"):
-        ours, theirs = json.loads((killed / name).read_text()), json.loads((straight / name).read_text())
-        if name.endswith("history.json"):
-            ours, theirs = ([e["probabilities"] for e in h["epochs"]] for h in (ours, theirs))
-        assert ours == theirs
-    with pytest.raises(ValueError, match="resumes with its config.json"):
-        run_search(None, killed, resume=True, progress=False, given={"strategy_options": {"arch_lr": 0.5}})
-
-
-def test_a_one_shot_run_has_one_trial_and_refuses_ray(lut: Path, tmp_path: Path) -> None:
-    summary = run_search(run_config(lut), tmp_path / "run", progress=False)
-    assert summary.trials == 1
-    assert json.loads((tmp_path / "run/config.json").read_text())["trials"] == 1
-    assert (tmp_path / "run/proxyless/alpha_history.json").is_file()
-    with pytest.raises(OptionError, match="--ray: not used by the one-shot strategy"):
-        run_search(replace(run_config(lut), ray=True), tmp_path / "ray", progress=False)
-
-
-def test_the_supernet_trains_for_the_runs_epochs_unless_the_options_say_otherwise(space) -> None:
-    context = StrategyContext(space, SearchObjective(6.0), seed=3, train=TrainConfig(epochs=1, batch_size=8))
-    plain = ProxylessSearcher.from_options(context, {}).options
-    assert (plain.epochs, plain.warmup_epochs, plain.batch_size, plain.target_ms, plain.seed) == (1, 0, 8, 6.0, 3)
-    assert ProxylessSearcher.from_options(context, {"epochs": 2}).options.epochs == 2
-    with pytest.raises(OptionError, match="set by the search"):
-        ProxylessSearcher.from_options(context, {"target_ms": 5.0})
-    with pytest.raises(OptionError, match=r"\['epoch'\] unknown to 'proxyless'"):
-        ProxylessSearcher.from_options(context, {"epoch": 2})
-
-
-def test_settings_a_one_shot_strategy_does_not_use_are_refused(lut: Path, tmp_path: Path) -> None:
-    with pytest.raises(OptionError, match=r"--trials: not used by the one-shot strategy 'proxyless'"):
-        run_search(replace(run_config(lut), trials=5), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()

@@ -118,8 +118,7 @@ def test_a_hand_edited_table_is_refused_by_field(tmp_path: Path, edit: dict, mes
     table = json.loads((FIXTURES / "run_v1_lut.json").read_text()) | edit
     path = tmp_path / "lut.json"
     path.write_text(json.dumps(table))
-    assert message in assert_user_error(invoke("lut", "info", str(path)), str(path)).replace("\\", "") or \
-        pytest.fail(message)
+    assert message in assert_user_error(invoke("lut", "info", str(path)), str(path))
 
 
 def test_a_safetensors_header_length_ending_in_0x80_is_not_taken_for_a_pickle(tmp_path: Path) -> None:

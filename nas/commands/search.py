@@ -92,17 +92,13 @@ def search(
     **settings: Any,  # an option per SETTINGS entry, added by `_with_setting_options`
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
-    import torch
-
-    from nas.training.threads import fair_threads
-
-    torch.set_num_threads(train_threads or fair_threads())
     # by name: typer bundles its own click, whose ParameterSource is not click's
     passed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"]
     if resume is not None:
         refuse_on_resume([p.opts[0] for p in passed if p.name not in (*EXECUTION_FIELDS, *_RESUMABLE)])
         given = {p.name: ctx.params[p.name] for p in passed if p.name in EXECUTION_FIELDS}
-        run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress)
+        run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress,
+                       train_threads=train_threads)
         return
     budget, lut = settings.pop("latency_budget"), settings.pop("lut")
     if name is None or budget is None:
@@ -128,7 +124,7 @@ def search(
     lut_text = str(lut) if is_named_model(str(lut)) else str(Path(lut).resolve())  # hwnasbench:pixel3 is a name
     config = SearchConfig(latency_budget_ms=budget_ms, lut_path=lut_text, space_options=options,
                           strategy_options=strategy_options, train=train, **settings)
-    run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress)
+    run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, train_threads=train_threads)
 
 
 def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -153,11 +149,23 @@ search = fail_on_user_error(_with_setting_options(search))
 
 
 def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: dict[str, Any] | None = None,
-                   final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None) -> BestMetrics | None:
-    """Search, then retrain / test / measure the winner, print it and save it under best/."""
+                   final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None,
+                   train_threads: int | None = None) -> BestMetrics | None:
+    """Search, then retrain / test / measure the winner, print it and save it under best/.
+    `train_threads`: torch threads for training; None: one per CPU other processes leave free
+    (measured only when something will be trained: a tabular run trains nothing)."""
     import logging
 
+    import torch
+
+    from nas.rundir.files import RunDirectory
     from nas.search.runner import run_search
+    from nas.training.data import is_tabular
+    from nas.training.threads import fair_threads
+
+    dataset = (config or SearchConfig.from_dict(RunDirectory(run_dir).read_config())).dataset
+    if train_threads or not is_tabular(dataset):
+        torch.set_num_threads(train_threads or fair_threads())
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # one line per trial (nas.search.session) is enough next to the progress bar; epochs show with -v
@@ -177,8 +185,6 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
     _warn_if_indistinguishable(summary.run_dir)
     metrics = _finalize(summary.run_dir, final_epochs, progress)
     if demo_info:
-        from nas.rundir.files import RunDirectory
-
         metrics = RunDirectory(summary.run_dir).update_best_metrics(extra={**metrics.extra, "demo": demo_info})
     _print_best(summary.run_dir, metrics)
     return metrics
@@ -337,7 +343,8 @@ def demo(
     )
     info = {"lut": str(lut), "lut_build_s": round(lut_s, 1), "budget_rule": f"median of {DEMO_BUDGET_SAMPLES}",
             "threads": torch.get_num_threads()}
-    metrics = run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, demo_info=info)
+    metrics = run_and_report(config, directory.path, final_epochs=final_epochs, progress=progress, demo_info=info,
+                             train_threads=DEMO_TRAIN_THREADS)
     wall = time.perf_counter() - started
     write_json_atomic(directory.path / "demo.json", {**info, "wall_time_s": round(wall, 1),
                                                      "best": metrics and metrics.to_json()})

@@ -1,16 +1,15 @@
-"""Writes a reader (or a crash) never sees half of: temporary file, fsync, rename, fsync of the
-directory; and the strict-JSON conversion every run file goes through."""
+"""The strict-JSON conversion every run file goes through, written atomically
+(`search_spaces.atomic_files.write_atomically`, re-exported here)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
+
+from search_spaces.atomic_files import write_atomically
 
 __all__ = ["json_safe", "now_iso", "write_atomically", "write_json_atomic"]
 
@@ -28,34 +27,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value
-
-
-def _fsync_directory(path: Path) -> None:
-    # makes the rename itself durable; not every platform lets a directory be opened (or fsync'ed)
-    with contextlib.suppress(OSError):
-        handle = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-
-
-def write_atomically(path: str | os.PathLike, payload: bytes | str) -> None:
-    """Readers (and a crash) see the old file or the new one, never half: write a temporary file
-    beside it, fsync, rename it over the target, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload.encode() if isinstance(payload, str) else payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

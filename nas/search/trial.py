@@ -227,10 +227,11 @@ def retrain(
         with OtherLoad() as load:
             measurement = measurer.measure_archs([arch])[0]
         # a remote agent's machine is not this one: only a local measurement knows its load
-        if load.cores is not None and not measurer.metadata().get("remote_url"):
+        where = measurer.metadata()  # an agent's answers over HTTP: ask once
+        if load.cores is not None and not where.get("remote_url"):
             metrics["measured_other_load_cores"] = round(load.cores, 2)
         metrics["measured_latency_ms"] = measurement.median_ms
         metrics["measured_latency_p10_ms"] = measurement.p10_ms
         metrics["measured_latency_p90_ms"] = measurement.p90_ms
-        metrics["measured_with"] = {key: measurer.metadata().get(key) for key in ("backend", "threads", "device")}
+        metrics["measured_with"] = {key: where.get(key) for key in ("backend", "threads", "device")}
     return metrics, model

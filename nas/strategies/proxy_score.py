@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["proxy_scorer"]
 
 
-def proxy_scorer(name: str, data: Any, seed: int, *, resolution: int | None = None,
-                 num_classes: int | None = None, channels: int = 3) -> Callable[[ArchSpec], float]:
+def proxy_scorer(name: str, data: Any, seed: int, *, resolution: int, num_classes: int,
+                 channels: int = 3) -> Callable[[ArchSpec], float]:
     """Score function of proxy `name` (a `predictors.proxies` name or alias); `data` is the run's
     `DataSplits` (None or a tabular dataset: only data-free proxies, on a shape-only batch)."""
     proxy = get_proxy(name)
@@ -41,8 +41,6 @@ def proxy_scorer(name: str, data: Any, seed: int, *, resolution: int | None = No
         raise OptionError(f"proxy={name!r} needs training images; this run has none (data-free proxies: "
                           "synflow, zen, params, macs)")
     else:
-        if resolution is None or num_classes is None:
-            raise ValueError("proxy_scorer: a data-free batch needs resolution and num_classes")
         batch = shape_batch(channels, resolution, num_classes)
 
     def score(arch: ArchSpec) -> float:

@@ -74,9 +74,8 @@ class ProxyWarmSearcher(Searcher):
         elif self.options.proxy == "params":
             self.score, self.proxy = params_of_spec, "params"
         else:
-            resolution = getattr(self.space, "resolution", None)
-            self.score = proxy_scorer(self.options.proxy, context.data, context.seed, resolution=resolution,
-                                      num_classes=getattr(self.space, "num_classes", None))
+            self.score = proxy_scorer(self.options.proxy, context.data, context.seed,
+                                      resolution=self.space.resolution, num_classes=self.space.num_classes)
             self.proxy = get_proxy(self.options.proxy).name
         self.inner: Searcher = SEARCHERS.get(self.options.then)(dataclasses.replace(context, seed=context.seed + 1))
         # by default as many as the continuing search would draw at random to start with

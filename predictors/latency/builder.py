@@ -25,6 +25,7 @@ from rich.progress import (
 
 from predictors.latency.lut import LatencyTable
 from predictors.latency.measure import (
+    UNSTABLE_ITEMS,
     LatencyBackend,
     Measurement,
     get_backend,
@@ -144,17 +145,18 @@ def build_table(
 
 
 class _UnstableCount(logging.Filter):
-    """Swallows the measuring protocol's per-call "still unstable" warnings and counts their items."""
+    """Swallows the measuring protocol's per-call unstable-items warnings and counts their items."""
 
     def __init__(self) -> None:
         super().__init__()
         self.items = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "still unstable" in str(record.msg) and record.args:
-            self.items += int(record.args[0])
-            return False
-        return True
+        count = getattr(record, UNSTABLE_ITEMS, None)
+        if count is None:
+            return True
+        self.items += count
+        return False
 
 
 def _measure_chunks(table: LatencyTable, todo: list, measurer: Measurer, path: Path, chunk_size: int,

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -46,6 +45,7 @@ import numpy as np
 
 from predictors.cost import layer_weights
 from predictors.latency.measure import Measurement
+from search_spaces.atomic_files import write_atomically
 from search_spaces.build import LayerShape, layer_shapes
 from search_spaces.errors import InputFileError, UserError
 from search_spaces.space import SearchSpace
@@ -58,20 +58,8 @@ SCHEMA_VERSION = 1
 
 
 def save_json_atomically(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as JSON to a temporary file beside `path`, fsync it, then rename it over `path`:
-    a crash mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """`data` as JSON, written atomically: a crash mid-write leaves the previous file intact."""
+    write_atomically(path, json.dumps(data, indent=1))
 
 
 def mismatched_settings(model: Any, space: str | None, resolution: int, num_classes: int, backend: str | None,

@@ -188,6 +188,9 @@ def _interleaved(ops: Sequence[PreparedOp], blocks: int, block_runs: int) -> lis
     return samples
 
 
+UNSTABLE_ITEMS = "unstable_items"  # log-record attribute: how many items a call left unstable
+
+
 def measure_modules(
     backend: LatencyBackend,
     items: Sequence[tuple[nn.Module, tuple[int, ...]]],
@@ -263,7 +266,7 @@ def measure_prepared(
         worst, index = unstable[-1]
         logger.warning("%d of %d item(s) still unstable after %d retries (spread > %.2f; worst items[%d] at %.2f): "
                        "the machine is likely busy; their medians are kept", len(unstable), len(ops), retries,
-                       max_spread, index, worst)
+                       max_spread, index, worst, extra={UNSTABLE_ITEMS: len(unstable)})
     return [best[i] for i in range(len(ops))]
 
 
