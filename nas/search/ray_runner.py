@@ -26,10 +26,12 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import ray
 from ray import tune
+from ray._private import ray_constants
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher as TuneSearcher
 
@@ -43,12 +45,13 @@ from predictors.latency import LatencyPredictor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TuneSearcherAdapter", "connect", "run_on_ray", "tune_trial"]
+__all__ = ["TuneSearcherAdapter", "connect", "connected", "run_on_ray", "tune_trial"]
 
 METRIC = "val_accuracy"
 # Ray puts unix sockets under its temp dir; their paths must stay below ~107 bytes, and Ray adds
 # about 65 (session_<date>_<pid>/sockets/plasma_store), so longer temp dirs go to /tmp instead.
 MAX_TEMP_DIR_CHARS = 40
+_CLUSTERS_ENABLED = ray_constants.ENABLE_RAY_CLUSTER  # as this process's environment set it
 
 
 class TuneSearcherAdapter(TuneSearcher):
@@ -151,7 +154,22 @@ def _temp_dir(run_dir: Path) -> str:
 
 # Variables Ray reads or sets in os.environ during `ray.init`; restored after the search so a
 # library caller's process is left as it was.
-_RAY_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")
+_RAY_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+LOOPBACK = "127.0.0.1"
+
+
+def _loopback_only(enabled: bool) -> None:
+    """Make the embedded cluster's node IP 127.0.0.1, so that everything it starts listens on
+    loopback only (issue #19). Ray binds its gRPC servers (GCS, raylet, object manager, workers,
+    the driver) and its agents to every interface unless the node IP is exactly 127.0.0.1, and
+    `ray.init` turns an explicit `_node_ip_address="127.0.0.1"` back into the routable address
+    (`services.resolve_ip_for_localhost`) unless Ray clusters are switched off, as Ray does on
+    Windows and macOS. So switch them off while the embedded cluster runs: the module constant
+    for this process (read at each call), the variable it comes from for the processes Ray
+    starts. Private API, as Ray itself uses it; `enabled=False` restores the constant."""
+    ray_constants.ENABLE_RAY_CLUSTER = _CLUSTERS_ENABLED and not enabled
+    if enabled:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def _reset_token_cache() -> None:
@@ -166,7 +184,8 @@ def _reset_token_cache() -> None:
 
 
 def connect(config: Any, run_dir: Path) -> None:
-    """Start embedded local Ray, or attach to the cluster at `config.ray_address`."""
+    """Start embedded local Ray (listening on 127.0.0.1 only), or attach to the cluster at
+    `config.ray_address` (whose network must be trusted: Ray runs whatever its clients send)."""
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process; shut it down before a search")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -185,9 +204,32 @@ def connect(config: Any, run_dir: Path) -> None:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         _reset_token_cache()
     cpus = max(1, int(round(config.workers * config.cpus_per_trial + 0.4999)))
+    _loopback_only(True)
     # address="local": always a fresh private instance, never a stray cluster found via `auto`
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _temp_dir=_temp_dir(run_dir),
-             log_to_driver=not quiet, configure_logging=False, object_store_memory=128 * 1024**2)
+             _node_ip_address=LOOPBACK, log_to_driver=not quiet, configure_logging=False,
+             object_store_memory=128 * 1024**2)
+
+
+@contextlib.contextmanager
+def connected(config: Any, run_dir: Path) -> Iterator[None]:
+    """Ray connected for the block (`connect`), then shut down, leaving this process's
+    environment and Ray's process-wide settings as they were."""
+    if ray.is_initialized():  # before the try: someone else's Ray is not ours to shut down
+        raise RuntimeError("Ray is already initialised in this process; shut it down before a search")
+    saved_env = {name: os.environ.get(name) for name in _RAY_ENV}
+    try:
+        connect(config, run_dir)
+        yield
+    finally:
+        ray.shutdown()
+        _loopback_only(False)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reset_token_cache()
 
 
 def run_on_ray(config: Any, session: Any, table: LatencyPredictor, objective: SearchObjective) -> None:
@@ -202,34 +244,25 @@ def run_on_ray(config: Any, session: Any, table: LatencyPredictor, objective: Se
     scheduler = (ASHAScheduler(metric=METRIC, mode="max", grace_period=1, max_t=config.train.epochs)
                  if config.asha else None)
     trainable = tune.with_resources(tune_trial, {"cpu": config.cpus_per_trial})
-    saved_env = {name: os.environ.get(name) for name in _RAY_ENV}
     try:
-        connect(config, run_dir)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"setup": setup},
-            tune_config=tune.TuneConfig(search_alg=adapter, scheduler=scheduler, num_samples=-1,
-                                        max_concurrent_trials=config.workers),
-            run_config=tune.RunConfig(
-                name=time.strftime("tune-%Y%m%d-%H%M%S"),
-                storage_path=str((run_dir / "ray_results").resolve()),
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                verbose=0,
-            ),
-        )
-        tuner.fit()
+        with connected(config, run_dir):
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"setup": setup},
+                tune_config=tune.TuneConfig(search_alg=adapter, scheduler=scheduler, num_samples=-1,
+                                            max_concurrent_trials=config.workers),
+                run_config=tune.RunConfig(
+                    name=time.strftime("tune-%Y%m%d-%H%M%S"),
+                    storage_path=str((run_dir / "ray_results").resolve()),
+                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                    verbose=0,
+                ),
+            )
+            tuner.fit()
     except KeyboardInterrupt:
         logger.warning("interrupted; %d of %d trials finished. Resume with --resume %s",
                        session.finished, session.trials, run_dir)
         raise
-    finally:
-        ray.shutdown()
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        _reset_token_cache()
     if session.remaining > 0:
         logger.warning("Tune stopped with %d of %d trials finished (interrupted?); resume with --resume %s",
                        session.finished, session.trials, run_dir)
