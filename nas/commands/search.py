@@ -72,7 +72,7 @@ def _json_option(text: str | None, option: str) -> dict[str, Any]:
 _PARSED = ("latency_budget_ms", "lut_path", "space_options", "strategy_options")
 _TRAIN = [name.partition(".")[2] for name in SETTINGS if name.startswith("train.")]
 # Besides the execution settings, what may change on resume: how this process shows and finishes it.
-_RESUMABLE = ("resume", "progress", "train_threads", "final_epochs")
+_RESUMABLE = ("resume", "progress", "train_threads", "final_epochs", "repair")
 
 
 def search(
@@ -89,6 +89,9 @@ def search(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
     train_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for in-process training "
                                                                  "(default: one per CPU other processes leave free)."),
+    repair: bool = typer.Option(False, "--repair", help="With --resume, when the run's files disagree: first rebuild "
+                                                       "trials.jsonl from what best/ and searcher.json prove (the "
+                                                       "files as they were are kept as *.before-repair)."),
     **settings: Any,  # an option per SETTINGS entry, added by `_with_setting_options`
 ) -> None:
     """Search a space for the most accurate network under a latency budget."""
@@ -98,8 +101,10 @@ def search(
         refuse_on_resume([p.opts[0] for p in passed if p.name not in (*EXECUTION_FIELDS, *_RESUMABLE)])
         given = {p.name: ctx.params[p.name] for p in passed if p.name in EXECUTION_FIELDS}
         run_and_report(None, resume, resume=True, given=given, final_epochs=final_epochs, progress=progress,
-                       train_threads=train_threads)
+                       train_threads=train_threads, repair=repair)
         return
+    if repair:
+        raise OptionError("--repair: only with --resume runs/NAME (a new run has nothing to repair)")
     budget, lut = settings.pop("latency_budget"), settings.pop("lut")
     if name is None or budget is None:
         missing = [flag for flag, value in (("--name", name), ("--latency-budget", budget)) if value is None]
@@ -150,7 +155,7 @@ search = fail_on_user_error(_with_setting_options(search))
 
 def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: dict[str, Any] | None = None,
                    final_epochs: int, progress: bool, demo_info: dict[str, Any] | None = None,
-                   train_threads: int | None = None) -> BestMetrics | None:
+                   train_threads: int | None = None, repair: bool = False) -> BestMetrics | None:
     """Search, then retrain / test / measure the winner, print it and save it under best/.
     `train_threads`: torch threads for training; None: one per CPU other processes leave free
     (measured only when something will be trained: a tabular run trains nothing)."""
@@ -171,7 +176,8 @@ def run_and_report(config: Any, run_dir: Path, *, resume: bool = False, given: d
         # one line per trial (nas.search.session) is enough next to the progress bar; epochs show with -v
         logging.getLogger("nas.training.train").setLevel(logging.WARNING)
     try:
-        summary = run_search(config, run_dir, resume=resume, progress=progress, given=given)
+        summary = run_search(config, run_dir, resume=resume, progress=progress, given=given, repair=repair,
+                             on_repair=lambda report: console.print("\n".join(report.lines()), highlight=False))
     except KeyboardInterrupt:
         # every finished trial is on disk: say how to go on instead of ending in a traceback
         console.print(f"[yellow]interrupted; finished trials are kept. Go on with: nas search --resume {run_dir}[/]")

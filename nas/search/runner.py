@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from nas.search.trial import evaluate_candidate, precheck, retrain, train_candid
 from nas.search.progress import SearchProgress
 from nas.rundir.files import RunDirError, RunDirectory
 from nas.rundir.records import BestMetrics, TrialRecord
+from nas.rundir.repair import RepairReport, repair_run
 from nas.search.session import SearchSession
 from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
@@ -120,12 +122,17 @@ def open_table(config: SearchConfig, space: SearchSpace) -> LatencyModel:
 
 
 def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
-               progress: bool = True, given: dict[str, Any] | None = None) -> SearchSummary:
+               progress: bool = True, given: dict[str, Any] | None = None, repair: bool = False,
+               on_repair: Callable[[RepairReport], None] | None = None) -> SearchSummary:
     """Run (or resume) a search into `run_dir`, whatever the strategy's kind.
 
     Fresh: `config` is required and `run_dir` must not hold a run. Resume: the run's config.json
     is the config; `given` (the settings the user passed) may hold execution settings (Ray,
-    workers) only (`SearchConfig.resumed_with`)."""
+    workers) only (`SearchConfig.resumed_with`); `repair`: first make run files that disagree
+    agree again (`nas.rundir.repair.repair_run`, under the same writer lock), and hand its report
+    to `on_repair` before any trial runs (default: log it)."""
+    if repair and not resume:
+        raise OptionError("--repair: only with --resume RUN (a new run has nothing to repair)")
     directory = RunDirectory(run_dir)
     config = _resolve_config(directory, config, resume, given)
     data = load_search_data(config)
@@ -142,12 +149,19 @@ def run_search(config: SearchConfig | None, run_dir: str | os.PathLike, *, resum
     strategy, context, options = checked_strategy(config, space, objective, table, directory, data, progress)
     # everything is checked: from here on this process is the run directory's one writer
     with directory.writing(new=not resume):
+        if repair:
+            report = repair_run(directory, planned=config.trials)
+            (on_repair or _log_repair)(report)
         directory.repair_trials()
         searcher = strategy(context, options)
         if searcher.kind == ONE_SHOT:
             config = replace(config, trials=1)
         directory.write_config(config.to_dict())
         return _search(config, directory, searcher, objective, table, data, resume=resume, progress=progress)
+
+
+def _log_repair(report: RepairReport) -> None:
+    logger.warning("%s", "\n".join(report.lines()))
 
 
 def _search(config: SearchConfig, directory: RunDirectory, searcher: Searcher, objective: SearchObjective,

@@ -55,7 +55,8 @@ class SearchSession:
         self.finished_ids: set[int] = set()
         for record in self.records:
             if record.trial_id in self.finished_ids:
-                raise RunDirError(f"{run_dir.trials_path}: trial_id {record.trial_id} appears twice")
+                raise RunDirError(f"{run_dir.trials_path}: trial_id {record.trial_id} appears twice (two writers?); "
+                                  f"`nas search --resume {run_dir.path} --repair` keeps one line per trial")
             self.finished_ids.add(record.trial_id)
         self.told: set[int] = set(told_trial_ids or ())
         self._check_agreement()
@@ -72,17 +73,18 @@ class SearchSession:
         told of, or the one best/ holds, must have its line (both are written after it). Going on
         would retrain over a finished model or reuse trial ids, so stop and say which file lies."""
         lost = sorted(self.told - self.finished_ids)
+        repair = (f"`nas search --resume {self.run_dir.path} --repair` rebuilds trials.jsonl from what best/ and "
+                  f"searcher.json prove (keeping the files as *.before-repair)")
         if lost:
             raise RunDirError(
                 f"{self.run_dir.trials_path} lacks trial(s) {lost[:10]} that {self.run_dir.searcher_path.name} "
-                f"records as finished (lines lost?); restore trials.jsonl from a backup, or start a new run from "
-                f"best/ (nothing was changed)")
+                f"records as finished (lines lost?); {repair}, or restore trials.jsonl from a backup "
+                f"(nothing was changed)")
         metrics = self.run_dir.read_best_metrics() if self.run_dir.best_dir.exists() else None
         if metrics is not None and metrics.trial_id not in self.finished_ids:
             raise RunDirError(
                 f"{self.run_dir.best_dir}/ holds trial {metrics.trial_id}, which {self.run_dir.trials_path.name} "
-                f"does not record (lines lost?); restore trials.jsonl, or move best/ aside to resume without it "
-                f"(nothing was changed)")
+                f"does not record (lines lost?); {repair}, or restore trials.jsonl (nothing was changed)")
 
     # -- progress ----------------------------------------------------------------------------------
     @property
