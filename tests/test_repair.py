@@ -69,7 +69,7 @@ def test_trials_jsonl_deleted_is_rebuilt_from_best_and_the_lost_trials_are_train
     report = repair_run(RunDirectory(old_run), planned=3)
     assert (report.kept, report.rebuilt, [lost.trial_id for lost in report.lost]) == ((), (0,), [1, 2])
     assert report.lines()[1:] == [
-        "  kept 0 trial line(s) of trials.jsonl as they were",
+        "  trials.jsonl was missing",
         "  rebuilt trial 0's line from best/metrics.json and best/arch.json",
         "  not rebuilt: trial 1 finished (searcher.json says so) but its result is lost; searcher.json keeps only "
         "its architecture and reward 0.25 (not its accuracy or latency)",
@@ -91,11 +91,13 @@ def test_trials_jsonl_deleted_is_rebuilt_from_best_and_the_lost_trials_are_train
 
 def test_a_truncated_trials_jsonl_keeps_its_whole_lines(old_run: Path) -> None:
     raw = (old_run / "trials.jsonl").read_bytes()
-    cut = raw.rindex(b"\n", 0, len(raw) - 1) + 100  # killed 100 bytes into the last line (trial 2)
+    cut = raw.rindex(b"\n", 0, len(raw) - 1) + 1 + 100  # killed 100 bytes into the last line (trial 2)
     (old_run / "trials.jsonl").write_bytes(raw[:cut])
     best = _files(old_run / "best")
-    summary = _resume(old_run)
-    assert summary.trials == 3
+    report = repair_run(RunDirectory(old_run), planned=3)
+    assert report.dropped == ("line 3: unterminated (100 bytes; killed while appending)",)
+    assert [lost.trial_id for lost in report.lost] == [2] and report.next_trial_id == 3
+    assert _resume(old_run, repair=False).trials == 3
     _check_consistent(old_run, [0, 1, 3], best)
     assert (old_run / "trials.jsonl.before-repair").read_bytes() == raw[:cut]
 

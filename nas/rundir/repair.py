@@ -62,6 +62,7 @@ class RepairReport:
     best_trial: int | None  # the trial best/ holds (None: no best/, or it was moved aside)
     best_moved: str | None = None  # why best/ went to best.before-repair
     planned: int | None = None  # config.json's trials
+    trials_missing: bool = False  # there was no trials.jsonl at all
     next_trial_id: int | None = None  # the first id the resumed run can hand out
 
     @property
@@ -77,7 +78,8 @@ class RepairReport:
         if not self.changed:
             return [f"{self.run}: the run files agree ({self.recorded} trials recorded); nothing to repair"]
         out = [f"{self.run}: repaired; the files as they were are kept as *{BACKUP_SUFFIX}"]
-        out += [f"  kept {len(self.kept)} trial line(s) of trials.jsonl as they were{_ids(self.kept)}"]
+        out += [f"  kept {len(self.kept)} trial line(s) of trials.jsonl as they were{_ids(self.kept)}"
+                if self.kept or not self.trials_missing else "  trials.jsonl was missing"]
         out += [f"  rebuilt trial {trial_id}'s line from best/metrics.json and best/arch.json" for trial_id in self.rebuilt]
         out += [f"  dropped trials.jsonl {reason}" for reason in self.dropped]
         out += [f"  not rebuilt: trial {lost.trial_id} finished (searcher.json says so) but its result is lost; "
@@ -105,6 +107,7 @@ class _Line:
 def repair_run(directory: RunDirectory, *, planned: int | None = None) -> RepairReport:
     """Rebuild `directory`'s trials.jsonl (and searcher.json's told ids) from what best/ and
     searcher.json prove; a run whose files agree is left as it is. `planned`: the run's trials."""
+    trials_missing = not directory.trials_path.is_file()
     lines, dropped = _read_lines(directory)
     try:
         saved = directory.read_searcher_state()
@@ -143,7 +146,8 @@ def repair_run(directory: RunDirectory, *, planned: int | None = None) -> Repair
     next_id = max(known | told, default=-1) + 1
     report = RepairReport(directory.path, tuple(line.record.trial_id for line in lines), rebuilt, lost,
                           tuple(dropped), tuple(rewritten), tuple(backups), None if best_moved else best_id,
-                          best_moved, planned, max(next_id, state_next) if type(state_next) is int else next_id)
+                          best_moved=best_moved, planned=planned, trials_missing=trials_missing,
+                          next_trial_id=max(next_id, state_next) if type(state_next) is int else next_id)
     return report
 
 
@@ -293,5 +297,7 @@ def _backup(path: Path) -> Path:
 
 
 def _ids(ids: tuple[int, ...]) -> str:
-    return f" (trials {', '.join(map(str, ids))})" if 0 < len(ids) <= 20 else ""
+    if not 0 < len(ids) <= 20:
+        return ""
+    return f" (trial{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})"
 
