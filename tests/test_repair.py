@@ -151,7 +151,8 @@ def test_a_best_dir_that_proves_no_trial_is_moved_aside_not_deleted(old_run: Pat
     (old_run / "best" / "metrics.json").unlink()  # killed while best/ was being rewritten
     best = _files(old_run / "best")
     report = repair_run(RunDirectory(old_run), planned=3)
-    assert report.best_moved == "it has no metrics.json (the run stopped while saving it), so its trial is unknown"
+    assert report.best_moved == ("to best.before-repair: it has no metrics.json (the run stopped while saving it), "
+                                 "so its trial is unknown")
     assert _files(old_run / "best.before-repair") == best and not (old_run / "best").exists()
     assert report.lines()[-1] == ("  trials.jsonl now records 0 of the 3 planned trials: the resumed run trains 3 "
                                   "more, ids from 3 on (lost trials' ids are not reused)")
@@ -172,3 +173,12 @@ def test_cli_repairs_and_resumes(old_run: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "3 trials (3 ok, 0 failed, 0 over budget)" in " ".join(result.stdout.split())  # rich wraps lines
     assert "rebuilt trial 0's line from best/metrics.json" in result.stdout
+
+
+def test_repair_waits_its_turn_behind_the_run_lock(old_run: Path) -> None:
+    (old_run / "trials.jsonl").unlink()
+    before = _files(old_run)
+    with RunDirectory(old_run).writing(new=False):  # a search still writing this run
+        with pytest.raises(RunDirError, match=r"is being written by process \d+"):
+            _resume(old_run)
+    assert {name: data for name, data in _files(old_run).items() if name != ".lock"} == before

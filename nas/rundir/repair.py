@@ -60,7 +60,7 @@ class RepairReport:
     rewritten: tuple[str, ...]  # the run files written anew
     backups: tuple[Path, ...]  # copies of the files as they were
     best_trial: int | None  # the trial best/ holds (None: no best/, or it was moved aside)
-    best_moved: str | None = None  # why best/ went to best.before-repair
+    best_moved: str | None = None  # where best/ went (best.before-repair) and why
     planned: int | None = None  # config.json's trials
     trials_missing: bool = False  # there was no trials.jsonl at all
     next_trial_id: int | None = None  # the first id the resumed run can hand out
@@ -80,12 +80,13 @@ class RepairReport:
         out = [f"{self.run}: repaired; the files as they were are kept as *{BACKUP_SUFFIX}"]
         out += [f"  kept {len(self.kept)} trial line(s) of trials.jsonl as they were{_ids(self.kept)}"
                 if self.kept or not self.trials_missing else "  trials.jsonl was missing"]
-        out += [f"  rebuilt trial {trial_id}'s line from best/metrics.json and best/arch.json" for trial_id in self.rebuilt]
+        out += [f"  rebuilt trial {trial_id}'s line from best/metrics.json and best/arch.json"
+                for trial_id in self.rebuilt]
         out += [f"  dropped trials.jsonl {reason}" for reason in self.dropped]
         out += [f"  not rebuilt: trial {lost.trial_id} finished (searcher.json says so) but its result is lost; "
                 f"searcher.json keeps only {lost.known}" for lost in self.lost]
         if self.best_moved:
-            out.append(f"  best/ moved to best{BACKUP_SUFFIX}: {self.best_moved}")
+            out.append(f"  best/ moved {self.best_moved}")
         elif self.best_trial is not None:
             out.append(f"  best/ (trial {self.best_trial}) is untouched")
         if self.planned is not None:
@@ -140,7 +141,9 @@ def repair_run(directory: RunDirectory, *, planned: int | None = None) -> Repair
         write_json_atomic(directory.searcher_path, {**saved, "told_trial_ids": new_told})
         rewritten.append(directory.SEARCHER)
     if best_moved:
-        directory.best_dir.rename(_free_name(directory.best_dir))
+        target = _free_name(directory.best_dir)
+        directory.best_dir.rename(target)
+        best_moved = f"to {target.name}: {best_moved}"
     state = (saved or {}).get("state")
     state_next = state.get("next_trial_id") if isinstance(state, dict) else None
     next_id = max(known | told, default=-1) + 1
