@@ -106,9 +106,7 @@ class RunDirectory:
     # -- trials ------------------------------------------------------------------------------------
     def append_trial(self, record: TrialRecord) -> None:
         """One line, durable before returning: the trial counts as finished from then on."""
-        line = json.dumps(json_safe(record.to_json()), allow_nan=False, separators=(",", ":"))
-        if "\n" in line:
-            raise ValueError("a trial record must serialise to one line")
+        line = record.to_line()
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.trials_path, "a", encoding="utf-8") as file:
             file.write(line + "\n")

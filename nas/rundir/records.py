@@ -7,10 +7,11 @@ figures, the demo's settings) from version 1's top level into ``extra``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-from nas.rundir.atomic import now_iso
+from nas.rundir.atomic import json_safe, now_iso
 from nas.strategies.base import Candidate, Result
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
@@ -65,6 +66,13 @@ class TrialRecord:
                 "arch_hash": self.arch_hash, "blocks": self.arch.block_strings(), "result": self.result.to_dict(),
                 "reward": self.reward, "feasible": self.feasible, "finished_at": self.finished_at,
                 "executor": self.executor, "executor_trial_id": self.executor_trial_id}
+
+    def to_line(self) -> str:
+        """The record as its one line of trials.jsonl (strict JSON, no newline)."""
+        line = json.dumps(json_safe(self.to_json()), allow_nan=False, separators=(",", ":"))
+        if "\n" in line:
+            raise ValueError("a trial record must serialise to one line")
+        return line
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "trials.jsonl") -> TrialRecord:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.rundir.atomic import json_safe, write_atomically, write_json_atomic
+from nas.rundir.atomic import write_atomically, write_json_atomic
 from nas.rundir.files import RunDirectory
 from nas.rundir.records import BestMetrics, RunDirError, TrialRecord
 from nas.strategies.base import Candidate, Result
@@ -86,7 +86,9 @@ class RepairReport:
         out += [f"  not rebuilt: trial {lost.trial_id} finished (searcher.json says so) but its result is lost; "
                 f"searcher.json keeps only {lost.known}" for lost in self.lost]
         if self.best_moved:
-            out.append(f"  best/ moved {self.best_moved}")
+            again = "; the resume saves the best recorded trial there anew (retrained with its seed)" \
+                if self.recorded else ""
+            out.append(f"  best/ moved {self.best_moved}{again}")
         elif self.best_trial is not None:
             out.append(f"  best/ (trial {self.best_trial}) is untouched")
         if self.planned is not None:
@@ -125,7 +127,7 @@ def repair_run(directory: RunDirectory, *, planned: int | None = None) -> Repair
     rebuilt: tuple[int, ...] = ()
     if best is not None and best_id not in recorded:
         record = _rebuilt_record(directory, *best)
-        records.insert(_place(lines, record), _line_of(record))
+        records.insert(_place(lines, record), (record.to_line() + "\n").encode())
         rebuilt = (best_id,)
     known = recorded | set(rebuilt)
     lost = tuple(LostTrial(i, _what_state_keeps(saved, i)) for i in sorted(told - known))
@@ -191,7 +193,7 @@ def _told_ids(saved: dict[str, Any] | None, directory: RunDirectory) -> set[int]
     told = saved.get("told_trial_ids", [])
     if not isinstance(told, list) or not all(type(i) is int for i in told):
         raise RunDirError(f"{directory.searcher_path}: 'told_trial_ids' must be a list of ints; move the file aside "
-                        "to resume with a fresh strategy state (finished trials are kept)")
+                          "to resume with a fresh strategy state (finished trials are kept)")
     return set(told)
 
 
@@ -278,10 +280,6 @@ def _place(lines: list[_Line], record: TrialRecord) -> int:
         if accuracy is not None and line.record.feasible and other is not None and other >= accuracy:
             return index
     return len(lines)
-
-
-def _line_of(record: TrialRecord) -> bytes:
-    return (json.dumps(json_safe(record.to_json()), allow_nan=False, separators=(",", ":")) + "\n").encode()
 
 
 def _free_name(path: Path) -> Path:
