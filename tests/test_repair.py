@@ -182,3 +182,17 @@ def test_repair_waits_its_turn_behind_the_run_lock(old_run: Path) -> None:
         with pytest.raises(RunDirError, match=r"is being written by process \d+"):
             _resume(old_run)
     assert {name: data for name, data in _files(old_run).items() if name != ".lock"} == before
+
+
+def test_a_corrupt_line_in_the_middle_is_dropped_and_its_trial_trained_anew(old_run: Path) -> None:
+    lines = (old_run / "trials.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:40] + "#" + lines[1][41:]  # a flipped byte in trial 1's line
+    (old_run / "trials.jsonl").write_text("\n".join(lines) + "\n")
+    best = _files(old_run / "best")
+    with pytest.raises(RunDirError, match=r"trials.jsonl:2: corrupt trial record .*--repair` drops it"):
+        _resume(old_run, repair=False)
+    report = repair_run(RunDirectory(old_run), planned=3)
+    assert report.dropped[0].startswith("line 2: not JSON (")
+    assert [lost.trial_id for lost in report.lost] == [1]
+    assert _resume(old_run, repair=False).trials == 3
+    _check_consistent(old_run, [0, 2, 3], best)

@@ -134,7 +134,8 @@ class RunDirectory:
                     logger.warning("%s: ignoring a torn last line (%d bytes; the run was killed while "
                                    "appending it)", self.trials_path, len(line))
                     continue
-                raise RunDirError(f"{self.trials_path}:{number}: corrupt trial record ({error})") from None
+                raise RunDirError(f"{self.trials_path}:{number}: corrupt trial record ({error}); `nas search --resume "
+                                  f"{self.path} --repair` drops it (keeping trials.jsonl.before-repair)") from None
             if is_last:
                 # complete JSON but no newline: the fsync did not finish, so it never counted
                 logger.warning("%s: ignoring an unterminated last line", self.trials_path)
