@@ -14,6 +14,8 @@ when a run asks for Ray.
   the runner retrains the best architecture at the end instead).
 - A worker that dies is retried by Tune (`FailureConfig(max_failures)`); a trial that still fails
   is recorded as failed, so the run ends with exactly `trials` finished trials.
+- The embedded cluster listens on 127.0.0.1 only (`_loopback_only`) and requires a per-run token;
+  a `ray_address` cluster keeps its own settings, and its network must be trusted.
 """
 
 from __future__ import annotations
