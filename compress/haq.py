@@ -17,9 +17,9 @@ starting over, until it fits (for a model size budget only weight bits are lower
 accelerator cost both) -- the order of the authors' ``_final_action_wall`` (mit-han-lab/haq,
 ``lib/env/linear_quantize_env.py``), which takes the bits from the large late layers first. With
 ``keep_first_last`` (default, as their ``_keep_first_last_layer``) the first and last layers stay
-at ``max_bits``: they hold few weights and are the most sensitive. Our first version swept from
-the first layer, so the budget cut fell on the small sensitive early layers first. A budget below
-the smallest policy the rules allow raises at once. **Reward**: ``0.1 * (accuracy - float accuracy)``
+at ``max_bits``: they hold few weights and are the most sensitive. A budget below the
+smallest policy the rules allow raises at once. A third budget, ORT latency over {int8, fp32}
+per layer, is ``compress.haq_latency``'s. **Reward**: ``0.1 * (accuracy - float accuracy)``
 (``reward_scale``), where ``accuracy = evaluate(quantized model)`` -- the caller's callable, which
 may fine-tune briefly first as HAQ does; the search calibrates activation ranges beforehand.
 
@@ -62,6 +62,10 @@ __all__ = ["HaqAgent", "HaqConfig", "cut_to_budget", "search_quant_policy", "sta
 logger = logging.getLogger(__name__)
 
 STATE_DIM = 10
+_COST_SOURCES = {  # what the resource numbers are, carried into reports
+    "weight_bits": "exact (model size)", "bitfusion_cycles": "simulated (BitFusion-like accelerator model)",
+    "latency_ms": "predicted (layer_cost table); measure the chosen policy with compress.haq_measure",
+}
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,13 @@ class _QuantProblem:
         self.cuttable = [i for i in range(self.steps)
                          if i not in self.pinned and (by_cost or i % self.per_layer == 0)]
         self.cache: dict[QuantPolicy, float] = {}
+        self.budget_kind = "bitfusion_cycles" if by_cost else "weight_bits"
+
+    def to_bits(self, action: float) -> int:
+        return _action_to_bits(action, self.config)
+
+    def to_action(self, bits: int) -> float:
+        return _bits_to_action(bits, self.config)
 
     def policy_of(self, bits: list[int]) -> QuantPolicy:
         if self.search_activations:
@@ -287,11 +298,11 @@ class _QuantProblem:
         return self.cache[policy]
 
 
-def _checked_budget(budget_weight_bits: int | None, budget_cost: float | None, episodes: int) -> float:
+def _checked_budget(budgets: Sequence[float | None], episodes: int) -> float:
     """The one budget as a number, after checking the search's arguments."""
-    if (budget_weight_bits is None) == (budget_cost is None):
-        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits or budget_cost")
-    budget = float(budget_weight_bits if budget_weight_bits is not None else budget_cost)  # type: ignore[arg-type]
+    if len(given := [b for b in budgets if b is not None]) != 1:
+        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits, budget_cost or latency_budget_ms")
+    budget = float(given[0])
     if not (math.isfinite(budget) and budget > 0):
         raise OptionError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -309,10 +320,10 @@ def _run_episode(agent: HaqAgent, problem: _QuantProblem, evaluate: Callable[[nn
         states[step, 9] = previous
         previous = agent.act(states[step], explore)
         proposed.append(previous)
-    bits = problem.fit([_action_to_bits(a, config) for a in proposed])
+    bits = problem.fit([problem.to_bits(a) for a in proposed])
     policy = problem.policy_of(bits)
     accuracy = problem.accuracy_of(policy, evaluate)
-    executed = [_bits_to_action(b, config) for b in bits]
+    executed = [problem.to_action(b) for b in bits]
     states[1:, 9] = executed[:-1]  # the state each executed action was (now) taken in
     reward = config.reward_scale * (accuracy - float_accuracy)
     advantage = agent.observe(states, executed, reward)
@@ -338,6 +349,8 @@ def search_quant_policy(
     search_activations: bool | None = None,
     fold_batchnorm: bool = True,
     config: HaqConfig | None = None,
+    latency_budget_ms: float | None = None,
+    layer_cost: Callable[[int, str], float] | None = None,
 ) -> tuple[QuantPolicy, dict[str, Any]]:
     """HAQ's search under exactly one budget: ``budget_weight_bits`` (model size in bits,
     ``quantize_cost.policy_weight_bits``) or ``budget_cost`` (BitFusion-like cycles,
@@ -346,9 +359,14 @@ def search_quant_policy(
     (input, label) pairs). ``search_activations`` defaults to True for a cost budget and False
     for a size budget (activations do not count toward model size; they are kept at
     ``config.fixed_activation_bits``). Returns the best policy found (highest accuracy; ties go to
-    the smaller resource) and a JSON-serialisable report of every episode."""
+    the smaller resource) and a JSON-serialisable report of every episode.
+
+    ``latency_budget_ms`` with ``layer_cost(layer index, "int8" | "fp32") -> ms``: the latency mode
+    of ``compress.haq_latency`` (per layer int8 or fp32; the policy names the int8 layers)."""
     config = config or HaqConfig()
-    budget = _checked_budget(budget_weight_bits, budget_cost, episodes)
+    budget = _checked_budget((budget_weight_bits, budget_cost, latency_budget_ms), episodes)
+    if (latency_budget_ms is None) != (layer_cost is None):
+        raise OptionError("search_quant_policy: latency_budget_ms and layer_cost go together")
     search_activations = budget_cost is not None if search_activations is None else search_activations
     batches = list(calibration)
     if not batches:
@@ -356,7 +374,11 @@ def search_quant_policy(
     base = copy.deepcopy(model).eval()
     if fold_batchnorm:
         fold_conv_batchnorm(base)
-    problem = _QuantProblem(base, batches, config, search_activations, budget, by_cost=budget_cost is not None)
+    from compress.haq_latency import LatencyProblem  # it builds on this module's problem
+
+    search_activations = search_activations and layer_cost is None
+    problem = (LatencyProblem(base, batches, config, budget, layer_cost) if layer_cost is not None else
+               _QuantProblem(base, batches, config, search_activations, budget, by_cost=budget_cost is not None))
     problem.check_reachable()
     float_accuracy = float(evaluate(copy.deepcopy(base)))
     agent = HaqAgent(config, seed)
@@ -369,7 +391,7 @@ def search_quant_policy(
                     history[-1]["explore"], history[-1]["accuracy"], history[-1]["resource"], budget)
     best = max(history, key=lambda h: (h["accuracy"], -h["resource"], -h["episode"]))
     report = {
-        "budget": {"kind": "bitfusion_cycles" if problem.by_cost else "weight_bits", "value": budget},
+        "budget": {"kind": problem.budget_kind, "value": budget, "cost_source": _COST_SOURCES[problem.budget_kind]},
         "float_accuracy": float_accuracy, "search_activations": search_activations, "seed": seed,
         "config": asdict(config), "layers": [info.to_dict() for info in problem.infos], "best_episode": best["episode"],
         "best": {k: best[k] for k in ("accuracy", "resource", "bits")}, "episodes": history,
