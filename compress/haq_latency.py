@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from compress.haq import HaqConfig, _QuantProblem, cut_to_budget
+from compress.haq_problem import HaqConfig, QuantProblem, cut_to_budget
 from compress.quantize_policy import QuantPolicy
 from search_spaces.errors import InputFileError, OptionError
 
@@ -104,8 +104,8 @@ def predicted_ms(layer_cost: LayerCost, names: Sequence[str], policy: QuantPolic
     return float(sum(layer_cost(i, INT8 if name in policy.layers else FP32) for i, name in enumerate(names)))
 
 
-class LatencyProblem(_QuantProblem):
-    """``compress.haq``'s problem with levels {0: int8, 1: fp32} and a predicted-latency budget."""
+class LatencyProblem(QuantProblem):
+    """``compress.haq_problem``'s problem with levels {0: int8, 1: fp32} and a predicted-latency budget."""
 
     def __init__(self, base: nn.Module, batches: list, config: HaqConfig, budget_ms: float,
                  layer_cost: LayerCost) -> None:

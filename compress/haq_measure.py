@@ -28,8 +28,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from compress.haq import HaqConfig
 from compress.haq_latency import LatencyProblem, LayerCost, LayerLatencyTable, predicted_ms
+from compress.haq_problem import HaqConfig
 from compress.quantize import apply_policy, calibrate, fold_conv_batchnorm
 from compress.quantize_cost import layer_infos
 from compress.quantize_export import check_qdq_export, export_qdq
