@@ -59,10 +59,6 @@ __all__ = ["HaqAgent", "HaqConfig", "cut_to_budget", "search_quant_policy", "sta
 logger = logging.getLogger(__name__)
 
 STATE_DIM = 10
-_COST_SOURCES = {  # what the resource numbers are, carried into reports
-    "weight_bits": "exact (model size)", "bitfusion_cycles": "simulated (BitFusion-like accelerator model)",
-    "latency_ms": "predicted (layer_cost table); measure the chosen policy with compress.haq_measure",
-}
 
 
 
@@ -246,8 +242,9 @@ def search_quant_policy(
     ``config.fixed_activation_bits``). Returns the best policy found (highest accuracy; ties go to
     the smaller resource) and a JSON-serialisable report of every episode.
 
-    ``latency_budget_ms`` with ``layer_cost(layer index, "int8" | "fp32") -> ms``: the latency mode
-    of ``compress.haq_latency`` (per layer int8 or fp32; the policy names the int8 layers)."""
+    ``latency_budget_ms`` with ``layer_cost``: the latency mode of ``compress.haq_latency`` (int8
+    or fp32 per layer, or per block with an int8-aware ``LatencyTable``; the policy names the
+    int8 layers; ``report["budget"]["cost_source"]`` says the costs are predicted)."""
     config = config or HaqConfig()
     budget = _checked_budget((budget_weight_bits, budget_cost, latency_budget_ms), episodes)
     if (latency_budget_ms is None) != (layer_cost is None):
@@ -274,7 +271,7 @@ def search_quant_policy(
                     history[-1]["explore"], history[-1]["accuracy"], history[-1]["resource"], budget)
     best = max(history, key=lambda h: (h["accuracy"], -h["resource"], -h["episode"]))
     report = {
-        "budget": {"kind": problem.budget_kind, "value": budget, "cost_source": _COST_SOURCES[problem.budget_kind]},
+        "budget": {"kind": problem.budget_kind, "value": budget, "cost_source": problem.cost_source},
         "float_accuracy": float_accuracy, "search_activations": search_activations, "seed": seed,
         "config": asdict(config), "layers": [info.to_dict() for info in problem.infos], "best_episode": best["episode"],
         "best": {k: best[k] for k in ("accuracy", "resource", "bits")}, "episodes": history,

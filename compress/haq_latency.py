@@ -16,9 +16,13 @@ its state, reward and the budget cut are ``compress.haq``'s; only these differ:
   the budget and the baseline the search must beat -- stays reachable; the agent learns which
   layers are worth their milliseconds.
 
-``layer_cost(index, precision) -> ms`` is any callable over the layers in execution order
-(``quantize_cost.layer_infos``); :class:`LayerLatencyTable` is the one filled by measurement
-(``compress.haq_measure.measure_layer_table``). Whatever fills it, the costs the search sees are
+Two cost models: ``layer_cost(index, precision) -> ms``, any callable over the conv/linear layers
+in execution order (``quantize_cost.layer_infos``; one decision per layer, the sum predicts) --
+:class:`LayerLatencyTable` is the one filled by in-context measurement
+(``compress.haq_measure.measure_layer_table``); or the int8-aware ``predictors.latency.LatencyTable``
+(``nas lut build --precision int8``), whose granularity is the table's layer -- stem, each block,
+head: one decision per block (all its convs int8 or all fp32) and ``predict_mixed``, with a Q or
+DQ wherever the precision changes, predicts. Either way the costs the search sees are
 *predicted*; the chosen policy is then *measured* end to end (``compress.haq_measure``).
 """
 
@@ -27,13 +31,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from compress.haq_problem import HaqConfig, QuantProblem, cut_to_budget
+from compress.quantize_cost import LayerInfo
 from compress.quantize_policy import QuantPolicy
 from search_spaces.errors import InputFileError, OptionError
 
@@ -104,15 +109,52 @@ def predicted_ms(layer_cost: LayerCost, names: Sequence[str], policy: QuantPolic
     return float(sum(layer_cost(i, INT8 if name in policy.layers else FP32) for i, name in enumerate(names)))
 
 
+def _lut_units(names: Sequence[str], spec: Any) -> list[tuple[str, list[str]]]:
+    """The int8-aware table's layers (stem, blocks.i, head) and the conv/linear layers in each."""
+    from predictors.latency.lut import arch_layers
+
+    units = [(unit, [n for n in names if n == unit or n.startswith(unit + ".")]) for unit, _, _ in arch_layers(spec)]
+    placed = {n for _, members in units for n in members}
+    if placed != set(names):
+        raise OptionError(f"latency table: layers {sorted(set(names) - placed)[:3]} belong to none of the table's "
+                          f"layers {[u for u, _ in units]}")
+    return [(unit, members) for unit, members in units if members]
+
+
+def _unit_info(name: str, members: Sequence[LayerInfo]) -> LayerInfo:
+    """A decision unit (a block) as one state row: its first input, its last output, summed sizes."""
+    first, last = members[0], members[-1]
+    return replace(first, name=name, out_channels=last.out_channels, kernel=max(m.kernel for m in members),
+                   stride=math.prod(m.stride for m in members), groups=1, out_size=last.out_size,
+                   weight_params=sum(m.weight_params for m in members), macs=sum(m.macs for m in members))
+
+
 class LatencyProblem(QuantProblem):
-    """``compress.haq_problem``'s problem with levels {0: int8, 1: fp32} and a predicted-latency budget."""
+    """``compress.haq_problem``'s problem with levels {0: int8, 1: fp32} and a predicted-latency
+    budget. ``cost`` is a per-layer ``layer_cost`` (one decision per conv/linear layer, the sum
+    predicts), or an int8-aware ``predictors.latency.LatencyTable`` (one decision per table layer
+    -- stem, each block, head -- and its ``predict_mixed``, transitions included, predicts; the
+    model must carry its ``spec``, as ``search_spaces.build`` models do)."""
 
     def __init__(self, base: nn.Module, batches: list, config: HaqConfig, budget_ms: float,
-                 layer_cost: LayerCost) -> None:
+                 cost: LayerCost | Any) -> None:
         super().__init__(base, batches, config, search_activations=False, budget=budget_ms, by_cost=False)
-        if isinstance(layer_cost, LayerLatencyTable):
-            layer_cost.check_layers(self.names)
-        self.layer_cost = layer_cost
+        if hasattr(cost, "predict_mixed"):
+            spec = getattr(base, "spec", None)
+            if spec is None:
+                raise OptionError("latency table mode needs a model built from a spec (model.spec)")
+            by_name = {info.name: info for info in self.infos}
+            self.units = _lut_units(self.names, spec)
+            self.infos = [_unit_info(unit, [by_name[n] for n in members]) for unit, members in self.units]
+            self.predict = lambda precisions: float(cost.predict_mixed(spec, precisions))
+            self.cost_source = f"predicted by the int8-aware latency table {getattr(cost, 'label', '')}".strip()
+        else:
+            if isinstance(cost, LayerLatencyTable):
+                cost.check_layers(self.names)
+            self.units = [(name, [name]) for name in self.names]
+            self.predict = lambda precisions: float(sum(cost(i, p) for i, p in enumerate(precisions)))
+            self.cost_source = f"predicted by layer_cost ({getattr(cost, 'source', 'a callable')})"
+        self.steps = len(self.units)
         self.pinned = set()
         self.cuttable = list(range(self.steps))
         self.budget_kind = "latency_ms"
@@ -124,10 +166,14 @@ class LatencyProblem(QuantProblem):
         return 0.25 + 0.5 * level
 
     def policy_of(self, bits: list[int]) -> QuantPolicy:
-        return QuantPolicy({n: (8, 8) for n, level in zip(self.names, bits) if level == 0})
+        return QuantPolicy({n: (8, 8) for (_, members), level in zip(self.units, bits) if level == 0 for n in members})
+
+    def unit_precisions(self, policy: QuantPolicy) -> list[str]:
+        """Per unit: int8 when the policy names all its layers at 8 bits, else fp32."""
+        return [INT8 if all(policy.layers.get(n) == (8, 8) for n in members) else FP32 for _, members in self.units]
 
     def resource(self, policy: QuantPolicy) -> float:
-        return predicted_ms(self.layer_cost, self.names, policy)
+        return self.predict(self.unit_precisions(policy))
 
     def allowed(self, bits: list[int]) -> list[int]:
         return list(bits)
@@ -136,7 +182,7 @@ class LatencyProblem(QuantProblem):
         floor = self.resource(self.policy_of([0] * self.steps))
         if floor > self.budget:
             raise OptionError(f"search_quant_policy: latency_budget_ms={self.budget:g} is below the minimum "
-                              f"{floor:.4g} ms (every layer int8, predicted by layer_cost)")
+                              f"{floor:.4g} ms (every layer int8, {self.cost_source})")
 
     def fit(self, bits: list[int]) -> list[int]:
         return cut_to_budget(list(bits), lambda b: self.resource(self.policy_of(b)), self.budget,

@@ -15,8 +15,9 @@ vs measured is reported. A difference can be negative (a small layer whose Q/DQ 
 than its int8 kernel saves): the agent then gains latency by keeping it float.
 
 **Baselines** (:func:`latency_baselines`), evaluated exactly as the search evaluates: uniform int8,
-and "best single layer kept fp32": each layer kept fp32 in turn, the most accurate one whose
-predicted latency fits the budget.
+and "best single layer kept fp32": each decision unit (a conv/linear layer; a block with an
+int8-aware ``LatencyTable``) kept fp32 in turn, the most accurate one whose predicted latency
+fits the budget.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from compress.haq_latency import LatencyProblem, LayerCost, LayerLatencyTable, predicted_ms
+from compress.haq_latency import LatencyProblem, LayerCost, LayerLatencyTable
 from compress.haq_problem import HaqConfig
 from compress.quantize import apply_policy, calibrate, fold_conv_batchnorm
 from compress.quantize_cost import layer_infos
@@ -37,8 +38,8 @@ from compress.quantize_onnx import optimized_op_counts, summarize_ops
 from compress.quantize_policy import QuantPolicy
 from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input, measure_onnx
 
-__all__ = ["export_policy", "latency_baselines", "layer_names", "measure_layer_table", "measure_policies",
-           "single_fp32_policy"]
+__all__ = ["export_policy", "latency_baselines", "latency_problem", "layer_names", "measure_layer_table",
+           "measure_policies", "single_fp32_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,12 @@ def measure_layer_table(model: nn.Module, calibration: Iterable[Tensor], input_s
 
 
 def measure_policies(model: nn.Module, policies: Mapping[str, QuantPolicy], calibration: Iterable[Tensor],
-                     input_shape: Sequence[int], *, layer_cost: LayerCost | None = None,
+                     input_shape: Sequence[int], *, predict: Callable[[QuantPolicy], float] | None = None,
                      check_inputs: Tensor | None = None, threads: int = 1, **measure_kw: Any) -> dict[str, Any]:
     """Each policy exported (and checked with ``check_inputs``) and timed end to end on ONNX
     Runtime, interleaved with the fp32 model: ``{"fp32": {...}, label: {...}, "backend": ...}``,
     each with ``measured_ms`` (median), p10/p90, and for policies ``predicted_ms`` (with
-    ``layer_cost``), the ORT op census and the export check."""
+    ``predict``, e.g. :func:`latency_predictor`), the ORT op census and the export check."""
     batches = list(calibration)
     shape = (1, *tuple(input_shape)[1:])
     names = layer_names(model, shape)
@@ -102,32 +103,41 @@ def measure_policies(model: nn.Module, policies: Mapping[str, QuantPolicy], cali
         if label in policies:
             entry["fp32_layers"] = [n for n in names if n not in policies[label].layers]
             entry["ort_ops"] = summarize_ops(optimized_op_counts(onnx_model, threads))
-            if layer_cost is not None:
-                entry["predicted_ms"] = predicted_ms(layer_cost, names, policies[label])
+            if predict is not None:
+                entry["predicted_ms"] = predict(policies[label])
             if label in checks:
                 entry["export_check"] = checks[label]
         result[label] = entry
     return result
 
 
+def latency_problem(model: nn.Module, calibration: Iterable[Tensor], layer_cost: LayerCost | Any,
+                    latency_budget_ms: float) -> LatencyProblem:
+    """The search's problem for ``model`` (BN folded, as the search folds it): its ``resource``
+    predicts a policy's latency, its ``units`` are what one decision covers."""
+    base = fold_conv_batchnorm(copy.deepcopy(model).eval())
+    return LatencyProblem(base, list(calibration), HaqConfig(), latency_budget_ms, layer_cost)
+
+
 def latency_baselines(model: nn.Module, evaluate: Callable[[nn.Module], float], *, calibration: Iterable[Tensor],
-                      layer_cost: LayerCost, latency_budget_ms: float) -> dict[str, Any]:
+                      layer_cost: LayerCost | Any, latency_budget_ms: float) -> dict[str, Any]:
     """Uniform int8 and the best single-fp32-layer policy under the budget (module docstring):
     ``{"uniform_int8": {...}, "best_single_fp32": {...} | None}``, each with the policy, its
     accuracy (``evaluate`` on the calibrated quantized model, as the search) and predicted ms;
     ``best_single_fp32`` also lists every candidate tried."""
-    batches = list(calibration)
-    base = fold_conv_batchnorm(copy.deepcopy(model).eval())
-    problem = LatencyProblem(base, batches, HaqConfig(), latency_budget_ms, layer_cost)
+    problem = latency_problem(model, calibration, layer_cost, latency_budget_ms)
     problem.check_reachable()
+    units = dict(problem.units)
 
-    def entry(keep: str | None) -> dict[str, Any]:
-        policy = single_fp32_policy(problem.names, keep)
-        return {"fp32_layer": keep, "accuracy": problem.accuracy_of(policy, evaluate),
+    def policy_keeping(unit: str | None) -> QuantPolicy:
+        return QuantPolicy({n: (8, 8) for n in problem.names if unit is None or n not in units[unit]})
+
+    def entry(unit: str | None) -> dict[str, Any]:
+        policy = policy_keeping(unit)
+        return {"fp32_layer": unit, "accuracy": problem.accuracy_of(policy, evaluate),
                 "predicted_ms": problem.resource(policy), "policy": policy.to_dict()}
 
-    candidates = [entry(name) for name in problem.names
-                  if problem.resource(single_fp32_policy(problem.names, name)) <= latency_budget_ms]
+    candidates = [entry(unit) for unit in units if problem.resource(policy_keeping(unit)) <= latency_budget_ms]
     best = max(candidates, key=lambda c: (c["accuracy"], -c["predicted_ms"]), default=None)
     if best is not None:
         best = {**best, "candidates": [{k: c[k] for k in ("fp32_layer", "accuracy", "predicted_ms")}

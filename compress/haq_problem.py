@@ -91,6 +91,7 @@ class QuantProblem:
                          if i not in self.pinned and (by_cost or i % self.per_layer == 0)]
         self.cache: dict[QuantPolicy, float] = {}
         self.budget_kind = "bitfusion_cycles" if by_cost else "weight_bits"
+        self.cost_source = "simulated (BitFusion-like accelerator model)" if by_cost else "exact (model size)"
 
     def to_bits(self, action: float) -> int:
         return _action_to_bits(action, self.config)

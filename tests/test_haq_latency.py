@@ -101,3 +101,29 @@ def test_best_single_fp32_baseline_is_the_most_accurate_layer_that_fits() -> Non
     assert result["best_single_fp32"]["accuracy"] == max(c["accuracy"] for c in tried)
     assert result["best_single_fp32"]["accuracy"] >= result["uniform_int8"]["accuracy"]
     assert result["uniform_int8"]["predicted_ms"] == pytest.approx(len(table.layers))
+
+
+def test_with_the_int8_aware_table_each_block_is_one_decision_and_its_prediction_the_budget() -> None:
+    from test_int8_table import int8_table, smallest_arch
+
+    from search_spaces.build import build_model
+
+    table, arch = int8_table(), smallest_arch()  # int8 entries a third of fp32, Q 0.1 / DQ 0.2 ms
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    # predicted: all int8 3.367 ms; stem kept fp32 3.884; any other unit kept fp32 >= 4.118
+    budget = 4.0
+    kwargs = {"calibration": batches(1), "latency_budget_ms": budget, "layer_cost": table, "episodes": 5,
+              "config": HaqConfig(warmup_episodes=3, batch_size=8)}
+    policy, report = search_quant_policy(model, _output_agreement(model), seed=1, **kwargs)
+    assert [layer["name"] for layer in report["layers"]] == ["stem", "blocks.0", "head"]
+    assert all(episode["resource"] <= budget for episode in report["episodes"])
+    assert {n for n in layer_names(model, SHAPE) if n not in policy.layers} <= {"stem.0.0"}
+    assert report["budget"]["cost_source"].startswith("predicted by the int8-aware latency table")
+    result = latency_baselines(model, _output_agreement(model), calibration=batches(1), layer_cost=table,
+                               latency_budget_ms=budget)
+    assert [c["fp32_layer"] for c in result["best_single_fp32"]["candidates"]] == ["stem"]
+    assert result["uniform_int8"]["predicted_ms"] == pytest.approx(table.predict_mixed(arch, ["int8"] * 3))
+    with pytest.raises(UserError, match=r"latency_budget_ms=3 is below the minimum 3.367 ms \(every layer int8"):
+        search_quant_policy(model, _output_agreement(model), calibration=batches(1), latency_budget_ms=3.0,
+                            layer_cost=table, episodes=1)
