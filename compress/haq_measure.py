@@ -96,7 +96,7 @@ def measure_policies(model: nn.Module, policies: Mapping[str, QuantPolicy], cali
         if check_inputs is not None:
             checks[label] = check_qdq_export(qmodel, exports[label], check_inputs).to_dict()
     timed = measure_onnx(backend, list(exports.values()), shape, **measure_kw)
-    result: dict[str, Any] = {"backend": backend.metadata(), "cost_source": "measured end to end"}
+    result: dict[str, Any] = {"backend": backend.metadata(), "latency_source": "measured end to end"}
     for (label, onnx_model), measurement in zip(exports.items(), timed):
         entry: dict[str, Any] = {"measured_ms": measurement.median_ms, "p10_ms": measurement.p10_ms,
                                  "p90_ms": measurement.p90_ms, "bytes": len(onnx_model)}
