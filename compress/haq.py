@@ -182,7 +182,8 @@ class HaqAgent:
 def _checked_budget(budgets: Sequence[float | None], episodes: int) -> float:
     """The one budget as a number, after checking the search's arguments."""
     if len(given := [b for b in budgets if b is not None]) != 1:
-        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits, budget_cost or latency_budget_ms")
+        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits, budget_cost or "
+                          "latency_budget_ms")
     budget = float(given[0])
     if not (math.isfinite(budget) and budget > 0):
         raise OptionError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")

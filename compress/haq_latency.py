@@ -96,7 +96,8 @@ class LayerLatencyTable:
             return cls(tuple(data["layers"]), tuple(data["int8_ms"]), tuple(data["fp32_ms"]),
                        str(data.get("source", "unspecified")))
         except (KeyError, TypeError) as error:
-            raise InputFileError(f"{path}: missing or malformed field {error}; need layers, int8_ms, fp32_ms") from error
+            raise InputFileError(f"{path}: missing or malformed field {error}; need layers, int8_ms, "
+                                 "fp32_ms") from error
 
     def check_layers(self, names: Sequence[str]) -> None:
         if tuple(names) != self.layers:

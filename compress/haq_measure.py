@@ -68,7 +68,10 @@ def measure_layer_table(model: nn.Module, calibration: Iterable[Tensor], input_s
     batches = list(calibration)
     shape = (1, *tuple(input_shape)[1:])
     names = layer_names(model, shape)
-    exports = [export_policy(model, single_fp32_policy(names, keep), batches, shape)[1] for keep in [None, *names]]
+    exports = []
+    for keep in [None, *names]:
+        exports.append(export_policy(model, single_fp32_policy(names, keep), batches, shape)[1])
+        logger.info("layer table: exported %d of %d models", len(exports), len(names) + 1)
     timed = measure_onnx(OnnxRuntimeBackend(threads=threads), exports, shape, **measure_kw)
     base = timed[0].median_ms
     share = base / len(names)

@@ -21,7 +21,8 @@ runner = CliRunner()
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """Stem, a residual MBConv, a stride-2 MBConv, head conv, classifier: 10 layers at 8 px."""
-    spec = ArchSpec(StemSpec(16), (BlockSpec(Op.MBCONV, 16, expand_ratio=4), BlockSpec(Op.MBCONV, 24, stride=2, expand_ratio=4)),
+    blocks = (BlockSpec(Op.MBCONV, 16, expand_ratio=4), BlockSpec(Op.MBCONV, 24, stride=2, expand_ratio=4))
+    spec = ArchSpec(StemSpec(16), blocks,
                     HeadSpec(conv_channels=64, dropout=0.0), resolution=8, num_classes=10)
     save(build_model(spec), spec, tmp_path / "model")
     return tmp_path / "model"
@@ -49,7 +50,8 @@ def test_latency_search_writes_a_policy_within_budget_and_measures_it(model_dir:
     assert mode["uniform_int8"]["predicted_ms"] == sum(table.int8_ms)
     assert all(mode[k]["measured_ms"] > 0 for k in ("fp32", "haq", "uniform_int8"))
     assert mode["haq"]["export_check"]["passed"] and mode["prediction_source"].startswith("predicted by layer_cost")
-    assert metrics["search"]["budget"] == {"kind": "latency_ms", "value": budget, "cost_source": mode["prediction_source"]}
+    assert metrics["search"]["budget"] == {"kind": "latency_ms", "value": budget,
+                                           "cost_source": mode["prediction_source"]}
     assert (out / "model_int8.onnx").is_file()
 
 

@@ -282,6 +282,9 @@ def quantize(
         "val_accuracy": evaluate(qmodel, data.val) if data else None,
         "test_accuracy": train_report.test_accuracy if train_report else None,
         "qat_epochs": epochs, "search": report if isinstance(report, dict) else None,
+        "cost_sources": {"weight_bits": "exact", "bitfusion_cycles": "simulated (BitFusion-like accelerator model)",
+                         "latency, latency_mode.*.measured_ms": "measured (ONNX Runtime)",
+                         "latency_mode.*.predicted_ms": "predicted (latency table)"},
     }
     if all(layer == (8, 8) for layer in chosen.layers.values()):
         check = data.val.tensors[0][:16] if data else _random_batches(shape, seed + 1, 2)[0]
@@ -296,6 +299,11 @@ def quantize(
     accuracy = (f"; val accuracy {metrics['val_accuracy_fp32']:.4f} -> {metrics['val_accuracy']:.4f}" if data else "")
     latency = (f"; ONNX Runtime 1 thread: fp32 {metrics['latency']['fp32']['median_ms']:.3f} ms, int8 "
                f"{metrics['latency']['int8']['median_ms']:.3f} ms" if metrics.get("latency") else "")
+    mode = metrics.get("latency_mode")
+    if mode:
+        latency = (f"; ONNX Runtime 1 thread: this policy predicted {mode['haq']['predicted_ms']:.3f} ms, measured "
+                   f"{mode['haq']['measured_ms']:.3f} ms (uniform int8 {mode['uniform_int8']['measured_ms']:.3f}, "
+                   f"fp32 {mode['fp32']['measured_ms']:.3f}; budget {latency_budget:g} ms)")
     console.print(f"{out_dir}: {metrics['policy']}; weight bits {metrics['weight_bits']:,} "
                   f"(fp32 {metrics['weight_bits_fp32']:,}){accuracy}{latency}")
 
