@@ -12,7 +12,7 @@ at precision boundaries, checked against fake-quant) and timed end to end with f
 interleaved (ORT, 1 thread, batch 1); accuracies are fake-quant PyTorch on the test split.
 
     python -m bench.haq_latency                  # trains the base (~5 min on 2 cores), then ~10-20 min
-    python -m bench.haq_latency --smoke          # 1-2 min: 1 epoch on 2 batches, 4 episodes, no BENCHMARKS write
+    python -m bench.haq_latency --smoke          # a few min: 1 block per stage, 1 epoch on 2 batches, 4 episodes, no write
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import TensorDataset
 
 from bench.compression_parts import EVAL_BATCH, cifar_mobilenet_v2
 from bench.int8 import isa
@@ -35,6 +36,7 @@ from compress.haq_latency import FP32, INT8
 from compress.haq_measure import latency_baselines, latency_problem, measure_layer_table, measure_policies
 from compress.quantize import apply_policy, calibrate
 from compress.quantize_policy import QuantPolicy
+from compress.scale import scale_spec
 from nas.training import TrainConfig, evaluate, load_dataset, train
 from predictors.latency import MeasureSettings
 from search_spaces.build import build_model
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--data", default="cifar10:/work/shared/data/cifar10_subset.npz")
     add("--width", type=float, default=0.5)
+    add("--depth", type=float, default=1.0, help="Depth multiplier of the network (smoke runs: fewer layers).")
     add("--epochs", type=int, default=8, help="fp32 training epochs (bench.compression's 8).")
     add("--lr", type=float, default=0.05)
     add("--batch-size", type=int, default=64)
@@ -56,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--budget-fraction", type=float, default=0.3,
         help="Budget = all-int8 prediction + this fraction of (all-fp32 - all-int8) predicted.")
     add("--reward-images", type=int, default=500, help="Validation images behind each episode's reward.")
+    add("--eval-limit", type=int, default=None, help="Validation and test images kept (smoke runs; default all).")
     add("--lut", type=Path, default=None, help="An int8-aware latency table instead of the in-context one.")
     add("--measure", default="10,15,10", help="warmup,blocks,block_runs of the latency protocol.")
     add("--threads", type=int, default=2, help="torch threads (training, evaluation); ORT runs 1 thread.")
@@ -65,22 +69,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.epochs, args.max_batches, args.episodes, args.measure = 1, 2, 4, "2,3,3"
-        args.calibration_batches, args.reward_images, args.no_write = 1, 64, True
+        args.epochs, args.max_batches, args.episodes, args.measure, args.depth = 1, 2, 4, "2,3,3", 0.1
+        args.calibration_batches, args.reward_images, args.eval_limit, args.no_write = 1, 64, 128, True
     return args
 
 
-def _subset(dataset: Any, count: int, seed: int) -> Any:
+def _subset(dataset: TensorDataset, count: int | None, seed: int) -> TensorDataset:
     # a random subset: the splits are grouped by class, so a prefix would hold one or two classes
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
-    return Subset(dataset, pick.tolist())
+    return TensorDataset(*(tensor[pick] for tensor in dataset.tensors))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     measure = MeasureSettings.parse(args.measure)
     measure_kw = {"warmup": measure.warmup, "blocks": measure.blocks, "block_runs": measure.block_runs}
     data = load_dataset(args.data, 32, seed=args.seed)
+    if args.eval_limit is not None:
+        data = replace(data, val=_subset(data.val, args.eval_limit, args.seed),
+                       test=_subset(data.test, args.eval_limit, args.seed))
     spec = cifar_mobilenet_v2(args.width, data.resolution, data.num_classes)
+    spec = scale_spec(spec, 1.0, args.depth) if args.depth != 1.0 else spec
     shape = (1, 3, spec.resolution, spec.resolution)
     torch.manual_seed(args.seed)
     base = build_model(spec)

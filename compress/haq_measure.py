@@ -14,6 +14,9 @@ boundary they do not quite, which is why chosen policies are measured end to end
 vs measured is reported. A difference can be negative (a small layer whose Q/DQ costs more
 than its int8 kernel saves): the agent then gains latency by keeping it float.
 
+The same run also times the fp32 model: the table's all-fp32 prediction against that measurement
+(in ``source``; a warning beyond 25%) says whether the differences add up on this machine.
+
 **Baselines** (:func:`latency_baselines`), evaluated exactly as the search evaluates: uniform int8,
 and "best single layer kept fp32": each decision unit (a conv/linear layer; a block with an
 int8-aware ``LatencyTable``) kept fp32 in turn, the most accurate one whose predicted latency
@@ -43,6 +46,8 @@ __all__ = ["export_policy", "latency_baselines", "latency_problem", "layer_names
 
 logger = logging.getLogger(__name__)
 
+ADDITIVITY_WARNING = 0.25  # |predicted - measured| all-fp32 latency, as a fraction of measured, that is warned about
+
 
 def layer_names(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """The quantizable layers in execution order: the index order of ``layer_cost``."""
@@ -65,20 +70,28 @@ def export_policy(model: nn.Module, policy: QuantPolicy, calibration: Iterable[T
 def measure_layer_table(model: nn.Module, calibration: Iterable[Tensor], input_shape: Sequence[int], *,
                         threads: int = 1, **measure_kw: Any) -> LayerLatencyTable:
     """The in-context table of the module docstring (len(layers) + 1 exports, timed together)."""
-    batches = list(calibration)
+    # activation ranges do not change latency: 8 images set them, so the len(layers) + 1 exports stay cheap
+    first = next(iter(calibration))
+    batches = [(first[0] if isinstance(first, (tuple, list)) else first)[:8]]
     shape = (1, *tuple(input_shape)[1:])
     names = layer_names(model, shape)
     exports = []
     for keep in [None, *names]:
         exports.append(export_policy(model, single_fp32_policy(names, keep), batches, shape)[1])
         logger.info("layer table: exported %d of %d models", len(exports), len(names) + 1)
+    exports.append(export_onnx(copy.deepcopy(model).cpu().eval(), fixed_input(shape)))  # the additivity check
     timed = measure_onnx(OnnxRuntimeBackend(threads=threads), exports, shape, **measure_kw)
-    base = timed[0].median_ms
+    base, all_fp32 = timed[0].median_ms, timed[-1].median_ms
     share = base / len(names)
+    fp32_ms = tuple(share + m.median_ms - base for m in timed[1:-1])
+    predicted = sum(fp32_ms)
+    if abs(predicted - all_fp32) > ADDITIVITY_WARNING * all_fp32:
+        logger.warning("layer table: all layers fp32 predicted %.4f ms, measured %.4f ms in the same run: the "
+                       "per-layer differences do not add up (a busy machine, or too few timed runs)",
+                       predicted, all_fp32)
     source = (f"measured in context on ONNX Runtime ({threads} thread(s), batch 1): T(layer i fp32) - T(all int8), "
-              f"all int8 {base:.4f} ms")
-    return LayerLatencyTable(tuple(names), tuple(share for _ in names),
-                             tuple(share + m.median_ms - base for m in timed[1:]), source)
+              f"all int8 {base:.4f} ms; all fp32 measured {all_fp32:.4f} ms, predicted {predicted:.4f} ms")
+    return LayerLatencyTable(tuple(names), tuple(share for _ in names), fp32_ms, source)
 
 
 def measure_policies(model: nn.Module, policies: Mapping[str, QuantPolicy], calibration: Iterable[Tensor],
