@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from predictors.cost import layer_weights
-from predictors.latency import Calibration, LatencyTable, LatencyTableError, Measurement, MissingEntriesError
+from predictors.latency import (
+    Calibration,
+    LatencyTable,
+    LatencyTableError,
+    Measurement,
+    MeasureSettings,
+    MissingEntriesError,
+)
 from predictors.latency.precision import parse_precisions, transition_key
 from search_spaces.build import layer_shapes
 from tiny_space import TinySpace
@@ -118,3 +125,32 @@ def test_a_file_whose_precisions_disagree_with_its_sections_is_refused(tmp_path:
     data["metadata"]["precisions"] = ["fp32"]
     with pytest.raises(LatencyTableError, match=r"holds sections \['int8'\], but metadata.precisions lists"):
         LatencyTable.from_dict(data, source="t.json")
+
+
+def test_the_int8_backend_times_a_tiny_layer_between_uint8_tensors() -> None:
+    from compress.quantize_backend import Int8Measurer
+    from compress.quantize_layer_export import int8_layer_model
+    from compress.quantize_onnx import optimized_op_counts
+    from search_spaces.build import build_layer
+
+    block = layer_shapes(smallest_arch())[1]  # mb_k3_e1_c16_s2 on 8x8x8
+    model, borders = int8_layer_model(build_layer(block), block.input_shape)
+    assert borders == {"input": "uint8", "output": "uint8"}
+    ops = optimized_op_counts(model)
+    assert ops.get("QLinearConv") == 2 and "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    measurer = Int8Measurer(settings=MeasureSettings(warmup=1, blocks=2, block_runs=2))
+    (layer,), (quantize,) = measurer.measure_layers([block]), measurer.measure_transitions([("quantize", (1, 4))])
+    for measurement in (layer, quantize):
+        assert 0 < measurement.median_ms < 1e3 and measurement.runs == 4
+
+
+def test_int8_is_refused_through_a_device_agent_and_on_another_backend() -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    for extra, message in ((["--device", "http://127.0.0.1:1", "--token", "t"], "device agent measures fp32"),
+                           (["--backend", "torch"], "runs on --backend onnxruntime only")):
+        result = CliRunner().invoke(app, ["lut", "build", "--space", "proxyless", "--out", "unused.json",
+                                          "--precision", "fp32,int8", *extra])
+        assert result.exit_code == 2 and message in " ".join(result.output.split())
