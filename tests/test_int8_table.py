@@ -154,3 +154,20 @@ def test_int8_is_refused_through_a_device_agent_and_on_another_backend() -> None
         result = CliRunner().invoke(app, ["lut", "build", "--space", "proxyless", "--out", "unused.json",
                                           "--precision", "fp32,int8", *extra])
         assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_validating_int8_calibrates_int8_and_leaves_fp32_alone() -> None:
+    from predictors.latency import validate_table
+
+    table = int8_table()
+
+    class WholeInt8:  # "measures" each network at 2 x its raw int8 sum + 0.1 ms
+        def measure_archs(self, archs, progress=None):
+            return [ms(2 * table.predict(arch, calibrated=False, precision="int8") + 0.1) for arch in archs]
+
+    report = validate_table(table, TinySpace(), WholeInt8(), samples=6, precision="int8")
+    assert report.raw.spearman == pytest.approx(1.0)
+    assert table.calibration_for("int8").slope == pytest.approx(2.0, abs=1e-6)
+    assert table.calibration_for("int8").intercept_ms == pytest.approx(0.1, abs=1e-6)
+    assert table.sections["int8"].validation["samples"] == 6
+    assert table.calibration == Calibration(0.5, 0.25, 20, 2.0)

@@ -157,11 +157,11 @@ def validate(
     report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot, precision=chosen)
     table.save(table_path)
     summary = Table(title=f"{table_path.name} [{chosen}]: {report.samples} architectures")
-    for column in ("prediction", "RMSE ms", "MAPE", "within ±10%", "Kendall tau"):
+    for column in ("prediction", "RMSE ms", "MAPE", "within ±10%", "Kendall tau", "Spearman rho"):
         summary.add_column(column)
     for label, figures in (("raw sum", report.raw), ("calibrated (out-of-fold)", report.calibrated)):
         summary.add_row(label, f"{figures.rmse_ms:.4f}", f"{100 * figures.mape:.2f}%",
-                        f"{100 * figures.within_10pct:.0f}%", f"{figures.kendall_tau:.3f}")
+                        f"{100 * figures.within_10pct:.0f}%", f"{figures.kendall_tau:.3f}", f"{figures.spearman:.3f}")
     console.print(summary)
     console.print(f"calibration (stored): {report.calibration}; plot: {plot}")
 
