@@ -115,7 +115,7 @@ def border_study(layers: list, measure: MeasureSettings) -> list[dict[str, Any]]
                                                                            layer.out_size)
         with backend.pinned():
             ops = [backend.prepare_onnx(alone, layer.input_shape),
-                   backend.prepare_onnx(inner, layer.input_shape, np.uint8 if borders["input"] == "uint8" else np.float32),
+                   backend.prepare_onnx(inner, tuple(borders["input_shape"]), np.dtype(borders["input"])),
                    *(backend.prepare_onnx(model, shape, dtype) for shape, (model, dtype) in
                      ((layer.input_shape, qdq_model("quantize", layer.input_shape)),
                       (out_shape, qdq_model("dequantize", out_shape))))]

@@ -52,8 +52,7 @@ class Int8OnnxRuntimeBackend(OnnxRuntimeBackend):
         if isinstance(module, Network):
             return self.prepare_onnx(int8_network_model(module, input_shape), input_shape)
         model, borders = int8_layer_model(module, input_shape)
-        return self.prepare_onnx(model, input_shape, np.dtype(borders["input"]) if borders["input"] != "float"
-                                 else np.float32)
+        return self.prepare_onnx(model, tuple(borders["input_shape"]), np.dtype(borders["input"]))
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
@@ -61,8 +60,8 @@ class Int8OnnxRuntimeBackend(OnnxRuntimeBackend):
             "weights": "int8 per output channel, 7-bit codes (reduce_range), BN folded",
             "activations": "uint8 per tensor, ranges from random normal inputs (2 batches of 2, "
                            f"seed {CALIBRATION_SEED}); timing does not depend on the values",
-            "layer_borders": "input and output on the int8 grid (the one-layer export's input Q and output DQ "
-                             "removed; each layer quantizes its own output)",
+            "layer_borders": "input and output on the int8 grid, channels-last (the one-layer export's input Q "
+                             "and output DQ removed; each layer quantizes its own output)",
             "networks": "export_qdq as shipped: float input, float output",
         }
         return meta

@@ -133,11 +133,12 @@ def test_the_int8_backend_times_a_tiny_layer_between_uint8_tensors() -> None:
     from compress.quantize_onnx import optimized_op_counts
     from search_spaces.build import build_layer
 
-    block = layer_shapes(smallest_arch())[1]  # mb_k3_e1_c16_s2 on 8x8x8
+    stem, block, _ = layer_shapes(smallest_arch())  # stem on 3x16x16, mb_k3_e1_c16_s2 on 8x8x8
     model, borders = int8_layer_model(build_layer(block), block.input_shape)
-    assert borders == {"input": "uint8", "output": "uint8"}
-    ops = optimized_op_counts(model)
-    assert ops.get("QLinearConv") == 2 and "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    assert borders == {"input": "uint8", "output": "uint8", "input_shape": [1, 8, 8, 8]}
+    # only the block's two int8 convs: no Q/DQ and no layout Transpose at its borders
+    assert optimized_op_counts(model) == {"QLinearConv": 2}
+    assert int8_layer_model(build_layer(stem), stem.input_shape)[1]["input_shape"] == [1, 16, 16, 3]  # N, H, W, C
     measurer = Int8Measurer(settings=MeasureSettings(warmup=1, blocks=2, block_runs=2))
     (layer,), (quantize,) = measurer.measure_layers([block]), measurer.measure_transitions([("quantize", (1, 4))])
     for measurement in (layer, quantize):
