@@ -172,3 +172,20 @@ def test_validating_int8_calibrates_int8_and_leaves_fp32_alone() -> None:
     assert table.calibration_for("int8").intercept_ms == pytest.approx(0.1, abs=1e-6)
     assert table.sections["int8"].validation["samples"] == 6
     assert table.calibration == Calibration(0.5, 0.25, 20, 2.0)
+
+
+def test_nas_lut_predict_at_int8_lists_the_layers_and_the_float_borders(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    int8_table().save(tmp_path / "t.json")
+    (tmp_path / "arch.json").write_text(smallest_arch().to_json())
+    result = CliRunner().invoke(app, ["lut", "predict", str(tmp_path / "t.json"), str(tmp_path / "arch.json"),
+                                      "--precision", "int8", "--raw", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["latency_ms"] == pytest.approx(9.2 / 3 + 0.3) and answer["precision"] == "int8"
+    assert [row["key"] for row in answer["layers"]] == [
+        "quantize@3x16x16", "stem_k3_c8_s2_relu@3x16x16", "mb_k3_e1_c16_s2_relu@8x8x8",
+        "head_conv32_hidden0_relu_classes4@16x4x4", "dequantize@4"]
