@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from predictors.cost import layer_weights
-from predictors.latency import Calibration, LatencyTable, LatencyTableError, Measurement, MissingEntriesError
+from predictors.latency import (
+    Calibration,
+    LatencyTable,
+    LatencyTableError,
+    Measurement,
+    MeasureSettings,
+    MissingEntriesError,
+)
 from predictors.latency.precision import parse_precisions, transition_key
 from search_spaces.build import layer_shapes
 from tiny_space import TinySpace
@@ -118,3 +125,67 @@ def test_a_file_whose_precisions_disagree_with_its_sections_is_refused(tmp_path:
     data["metadata"]["precisions"] = ["fp32"]
     with pytest.raises(LatencyTableError, match=r"holds sections \['int8'\], but metadata.precisions lists"):
         LatencyTable.from_dict(data, source="t.json")
+
+
+def test_the_int8_backend_times_a_tiny_layer_between_uint8_tensors() -> None:
+    from compress.quantize_backend import Int8Measurer
+    from compress.quantize_layer_export import int8_layer_model
+    from compress.quantize_onnx import optimized_op_counts
+    from search_spaces.build import build_layer
+
+    stem, block, _ = layer_shapes(smallest_arch())  # stem on 3x16x16, mb_k3_e1_c16_s2 on 8x8x8
+    model, borders = int8_layer_model(build_layer(block), block.input_shape)
+    assert borders == {"input": "uint8", "output": "uint8", "input_shape": [1, 8, 8, 8]}
+    # only the block's two int8 convs: no Q/DQ and no layout Transpose at its borders
+    assert optimized_op_counts(model) == {"QLinearConv": 2}
+    assert int8_layer_model(build_layer(stem), stem.input_shape)[1]["input_shape"] == [1, 16, 16, 3]  # N, H, W, C
+    measurer = Int8Measurer(settings=MeasureSettings(warmup=1, blocks=2, block_runs=2))
+    (layer,), (quantize,) = measurer.measure_layers([block]), measurer.measure_transitions([("quantize", (1, 4))])
+    for measurement in (layer, quantize):
+        assert 0 < measurement.median_ms < 1e3 and measurement.runs == 4
+
+
+def test_int8_is_refused_through_a_device_agent_and_on_another_backend() -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    for extra, message in ((["--device", "http://127.0.0.1:1", "--token", "t"], "device agent measures fp32"),
+                           (["--backend", "torch"], "runs on --backend onnxruntime only")):
+        result = CliRunner().invoke(app, ["lut", "build", "--space", "proxyless", "--out", "unused.json",
+                                          "--precision", "fp32,int8", *extra])
+        assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_validating_int8_calibrates_int8_and_leaves_fp32_alone() -> None:
+    from predictors.latency import validate_table
+
+    table = int8_table()
+
+    class WholeInt8:  # "measures" each network at 2 x its raw int8 sum + 0.1 ms
+        def measure_archs(self, archs, progress=None):
+            return [ms(2 * table.predict(arch, calibrated=False, precision="int8") + 0.1) for arch in archs]
+
+    report = validate_table(table, TinySpace(), WholeInt8(), samples=6, precision="int8")
+    assert report.raw.spearman == pytest.approx(1.0)
+    assert table.calibration_for("int8").slope == pytest.approx(2.0, abs=1e-6)
+    assert table.calibration_for("int8").intercept_ms == pytest.approx(0.1, abs=1e-6)
+    assert table.sections["int8"].validation["samples"] == 6
+    assert table.calibration == Calibration(0.5, 0.25, 20, 2.0)
+
+
+def test_nas_lut_predict_at_int8_lists_the_layers_and_the_float_borders(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    int8_table().save(tmp_path / "t.json")
+    (tmp_path / "arch.json").write_text(smallest_arch().to_json())
+    result = CliRunner().invoke(app, ["lut", "predict", str(tmp_path / "t.json"), str(tmp_path / "arch.json"),
+                                      "--precision", "int8", "--raw", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["latency_ms"] == pytest.approx(9.2 / 3 + 0.3) and answer["precision"] == "int8"
+    assert [row["key"] for row in answer["layers"]] == [
+        "quantize@3x16x16", "stem_k3_c8_s2_relu@3x16x16", "mb_k3_e1_c16_s2_relu@8x8x8",
+        "head_conv32_hidden0_relu_classes4@16x4x4", "dequantize@4"]

@@ -163,7 +163,7 @@ class LatencyTable:
         entries, signatures = self.entries_for(precision), arch_signatures(arch)
         missing = [key for _, key in signatures if key not in entries]
         if missing:
-            raise MissingEntriesError(missing, f"{self.label} [{precision}]")
+            raise MissingEntriesError(missing, self.label if precision == FP32 else f"{self.label} [{precision}]")
         return [(name, key, entries[key].median_ms) for name, key in signatures]
 
     def predict(self, arch: ArchSpec, *, calibrated: bool = True, precision: str = FP32) -> float:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, spearmanr
 
 from predictors.latency.builder import Measurer
 from predictors.latency.lut import Calibration, LatencyTable, arch_layers
@@ -53,17 +53,20 @@ class FidelityFigures:
     mape: float  # mean absolute percentage error, as a fraction (0.05 = 5%)
     within_10pct: float  # share of architectures with |predicted - measured| <= 10% of measured
     kendall_tau: float
+    spearman: float = math.nan  # Spearman's rho (rank correlation, as NAS latency papers report it)
 
     @classmethod
     def compute(cls, predicted: np.ndarray, measured: np.ndarray) -> FidelityFigures:
         error = predicted - measured
         relative = np.abs(error) / measured
         tau = kendalltau(predicted, measured).statistic if len(measured) > 1 else math.nan
+        rho = spearmanr(predicted, measured).statistic if len(measured) > 1 else math.nan
         return cls(
             rmse_ms=float(np.sqrt(np.mean(error**2))),
             mape=float(np.mean(relative)),
             within_10pct=float(np.mean(relative <= 0.10)),
             kendall_tau=float(tau),
+            spearman=float(rho),
         )
 
 
