@@ -63,3 +63,13 @@ def test_latency_budget_errors_name_the_fix(model_dir: Path, tmp_path: Path) -> 
     assert result.exit_code == 2 and "latency_budget_ms=0.01 is below the minimum" in result.output
     result = runner.invoke(app, [*common, "--bits", "8", "--latency-budget", "1"])
     assert result.exit_code == 2 and "add --search" in result.output
+
+
+def test_lut_must_hold_int8() -> None:
+    from test_int8_table import FP32_V1
+
+    from nas.commands.quantize_latency import load_cost
+    from search_spaces.errors import UserError
+
+    with pytest.raises(UserError, match=r"holds precision\(s\) fp32, not int8; add it with `nas lut build --precision int8`"):
+        load_cost(FP32_V1)
