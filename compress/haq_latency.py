@@ -5,11 +5,12 @@ Runtime latency predicted from a per-layer table (HAQ, Wang et al., CVPR 2019, S
 Why a second problem and not new bit-widths for the first: the runtime executes exactly two
 precisions per conv/linear layer (ORT's QLinearConv/QGemm or its float kernels; 2..7-bit grids
 run nowhere but in the BitFusion simulation), so the action space is binary. The DDPG agent,
-its state, reward and the budget cut are ``compress.haq``'s; only these differ:
+its state, reward and the budget cut are ``compress.haq`` / ``compress.haq_problem``'s; only
+these differ:
 
 - **action**: ``a >= 0.5`` keeps the layer fp32, below runs it int8 (level 1 / 0; the executed
   action stored for the critic is the centre of its half, 0.75 / 0.25);
-- **constraint**: ``sum_i layer_cost(i, precision_i) <= latency_budget_ms``; the cut turns fp32
+- **constraint**: predicted latency ``<= latency_budget_ms`` (below); the cut turns fp32
   layers into int8 from the last layer to the first until it holds (``cut_to_budget`` with
   levels), the order HAQ takes bits away in;
 - **no pinned layers**: ``HaqConfig.keep_first_last`` is not applied, so all-int8 -- the floor of
