@@ -127,3 +127,15 @@ def test_with_the_int8_aware_table_each_block_is_one_decision_and_its_prediction
     with pytest.raises(UserError, match=r"latency_budget_ms=3 is below the minimum 3.367 ms \(every layer int8"):
         search_quant_policy(model, _output_agreement(model), calibration=batches(1), latency_budget_ms=3.0,
                             layer_cost=table, episodes=1)
+
+
+def test_measured_layer_table_charges_each_layer_its_in_context_difference() -> None:
+    from compress.haq_measure import measure_layer_table
+
+    model = trained_like(relu_spec())
+    table = measure_layer_table(model, batches(1), SHAPE, warmup=1, blocks=2, block_runs=2, retries=0)
+    assert table.layers == tuple(layer_names(model, SHAPE))
+    # int8_ms are equal shares of the all-int8 measurement, so all-int8 is predicted as measured
+    all_int8 = float(table.source.split("all int8 ")[1].split(" ms")[0])
+    assert sum(table.int8_ms) == pytest.approx(all_int8, abs=1e-3)
+    assert len(set(table.int8_ms)) == 1 and "all fp32 measured" in table.source
