@@ -17,9 +17,9 @@ starting over, until it fits (for a model size budget only weight bits are lower
 accelerator cost both) -- the order of the authors' ``_final_action_wall`` (mit-han-lab/haq,
 ``lib/env/linear_quantize_env.py``), which takes the bits from the large late layers first. With
 ``keep_first_last`` (default, as their ``_keep_first_last_layer``) the first and last layers stay
-at ``max_bits``: they hold few weights and are the most sensitive. Our first version swept from
-the first layer, so the budget cut fell on the small sensitive early layers first. A budget below
-the smallest policy the rules allow raises at once. **Reward**: ``0.1 * (accuracy - float accuracy)``
+at ``max_bits``: they hold few weights and are the most sensitive. A budget below the
+smallest policy the rules allow raises at once. A third budget, ORT latency over {int8, fp32}
+per layer, is ``compress.haq_latency``'s. **Reward**: ``0.1 * (accuracy - float accuracy)``
 (``reward_scale``), where ``accuracy = evaluate(quantized model)`` -- the caller's callable, which
 may fine-tune briefly first as HAQ does; the search calibrates activation ranges beforehand.
 
@@ -40,20 +40,17 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compress.quantize import apply_policy, calibrate, fold_conv_batchnorm
-from compress.quantize_cost import (
-    LayerInfo,
-    bitfusion_cost,
-    layer_infos,
-    policy_weight_bits,
-)
+from compress.haq_latency import LatencyProblem
+from compress.haq_problem import HaqConfig, QuantProblem, cut_to_budget
+from compress.quantize import fold_conv_batchnorm
+from compress.quantize_cost import LayerInfo
 from compress.quantize_policy import QuantPolicy
 from search_spaces.errors import OptionError
 
@@ -63,29 +60,6 @@ logger = logging.getLogger(__name__)
 
 STATE_DIM = 10
 
-
-@dataclass(frozen=True)
-class HaqConfig:
-    min_bits: int = 2
-    max_bits: int = 8
-    warmup_episodes: int | None = None  # None: min(20, episodes // 4), HAQ uses 20
-    hidden: int = 64  # HAQ/AMC use 300; 64 suffices for tens of layers and keeps updates fast
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 64
-    buffer_size: int = 2000
-    noise_initial: float = 0.5
-    noise_decay: float = 0.99
-    reward_scale: float = 0.1
-    baseline_momentum: float = 0.5  # AMC's moving_alpha
-    fixed_activation_bits: int = 8  # activations when they are not searched
-    keep_first_last: bool = True  # first and last layers at max_bits (the authors' code)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int) and 2 <= self.min_bits <= self.max_bits <= 8):
-            raise OptionError(f"HaqConfig: min_bits={self.min_bits!r}, max_bits={self.max_bits!r}; need 2 <= min <= max <= 8")
-        if not 2 <= self.fixed_activation_bits <= 8:
-            raise OptionError(f"HaqConfig.fixed_activation_bits={self.fixed_activation_bits!r} not in 2..8")
 
 
 def state_features(infos: Sequence[LayerInfo], search_activations: bool) -> np.ndarray:
@@ -204,94 +178,13 @@ class HaqAgent:
             getattr(self, name).load_state_dict(_from_json(state[name]))
 
 
-def _action_to_bits(action: float, config: HaqConfig) -> int:
-    span = config.max_bits - config.min_bits + 1
-    return int(np.clip(round(config.min_bits - 0.5 + action * span), config.min_bits, config.max_bits))
 
-
-def _bits_to_action(bits: int, config: HaqConfig) -> float:
-    return (bits - config.min_bits + 0.5) / (config.max_bits - config.min_bits + 1)
-
-
-def cut_to_budget(bits: list[int], cost: Callable[[list[int]], float], budget: float, cuttable: Sequence[int],
-                  min_bits: int) -> list[int]:
-    """HAQ's action wall: lower ``bits[i]`` by one for i in ``cuttable`` from the last to the first,
-    starting over, until ``cost(bits) <= budget``; modifies and returns ``bits``."""
-    while cost(bits) > budget:
-        lowered = False
-        for i in reversed(cuttable):
-            if bits[i] > min_bits:
-                bits[i], lowered = bits[i] - 1, True
-                if cost(bits) <= budget:
-                    return bits
-        if not lowered:
-            raise RuntimeError(f"cut_to_budget: cost {cost(bits):g} > budget {budget:g} with every cuttable "
-                               f"step at min_bits={min_bits}")
-    return bits
-
-
-class _QuantProblem:
-    """What one search decides over: the layers of the (folded) model, the steps of an episode,
-    which steps are pinned or may be cut, and the budget a policy's resource must meet. Each
-    policy's accuracy is evaluated once."""
-
-    def __init__(self, base: nn.Module, batches: list, config: HaqConfig, search_activations: bool,
-                 budget: float, by_cost: bool) -> None:
-        first = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
-        self.base, self.batches, self.config, self.budget, self.by_cost = base, batches, config, budget, by_cost
-        self.search_activations = search_activations
-        self.infos = layer_infos(base, tuple(first.shape))
-        self.names = [info.name for info in self.infos]
-        self.per_layer = 2 if search_activations else 1
-        self.steps = len(self.names) * self.per_layer
-        self.pinned: set[int] = set()
-        if config.keep_first_last and len(self.names) > 1:
-            self.pinned = {*range(self.per_layer), *range(self.steps - self.per_layer, self.steps)}
-        # a size budget only responds to weight steps; lowering activations there would cost accuracy for nothing
-        self.cuttable = [i for i in range(self.steps)
-                         if i not in self.pinned and (by_cost or i % self.per_layer == 0)]
-        self.cache: dict[QuantPolicy, float] = {}
-
-    def policy_of(self, bits: list[int]) -> QuantPolicy:
-        if self.search_activations:
-            return QuantPolicy({n: (bits[2 * i], bits[2 * i + 1]) for i, n in enumerate(self.names)})
-        return QuantPolicy({n: (bits[i], self.config.fixed_activation_bits) for i, n in enumerate(self.names)})
-
-    def resource(self, policy: QuantPolicy) -> float:
-        if not self.by_cost:
-            return float(policy_weight_bits(self.base, policy))
-        return bitfusion_cost(self.infos, policy).cycles
-
-    def allowed(self, bits: list[int]) -> list[int]:
-        return [self.config.max_bits if i in self.pinned else b for i, b in enumerate(bits)]
-
-    def check_reachable(self) -> None:
-        config = self.config
-        smallest = self.resource(self.policy_of(self.allowed([config.min_bits] * self.steps)))
-        if smallest > self.budget:
-            raise OptionError(f"search_quant_policy: budget {self.budget:g} is below the smallest reachable resource "
-                              f"{smallest:g} (every searched bit-width at min_bits={config.min_bits}"
-                              + (f", first and last layers at max_bits={config.max_bits})" if self.pinned else ")"))
-
-    def fit(self, bits: list[int]) -> list[int]:
-        return cut_to_budget(self.allowed(bits), lambda b: self.resource(self.policy_of(b)), self.budget,
-                             self.cuttable, self.config.min_bits)
-
-    def accuracy_of(self, policy: QuantPolicy, evaluate: Callable[[nn.Module], float]) -> float:
-        if policy not in self.cache:
-            qmodel = calibrate(apply_policy(self.base, policy, fold_batchnorm=False), self.batches).eval()
-            value = float(evaluate(qmodel))
-            if not math.isfinite(value):
-                raise ValueError(f"evaluate() returned {value!r}; expected a finite accuracy")
-            self.cache[policy] = value
-        return self.cache[policy]
-
-
-def _checked_budget(budget_weight_bits: int | None, budget_cost: float | None, episodes: int) -> float:
+def _checked_budget(budgets: Sequence[float | None], episodes: int) -> float:
     """The one budget as a number, after checking the search's arguments."""
-    if (budget_weight_bits is None) == (budget_cost is None):
-        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits or budget_cost")
-    budget = float(budget_weight_bits if budget_weight_bits is not None else budget_cost)  # type: ignore[arg-type]
+    if len(given := [b for b in budgets if b is not None]) != 1:
+        raise OptionError("search_quant_policy: give exactly one of budget_weight_bits, budget_cost or "
+                          "latency_budget_ms")
+    budget = float(given[0])
     if not (math.isfinite(budget) and budget > 0):
         raise OptionError(f"search_quant_policy: budget={budget!r} must be a finite number > 0")
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -299,7 +192,7 @@ def _checked_budget(budget_weight_bits: int | None, budget_cost: float | None, e
     return budget
 
 
-def _run_episode(agent: HaqAgent, problem: _QuantProblem, evaluate: Callable[[nn.Module], float],
+def _run_episode(agent: HaqAgent, problem: QuantProblem, evaluate: Callable[[nn.Module], float],
                  features: np.ndarray, episode: int, warmup: int, float_accuracy: float) -> dict[str, Any]:
     """Act through every step, cut to the budget, evaluate, learn; the episode's history entry."""
     config = problem.config
@@ -309,10 +202,10 @@ def _run_episode(agent: HaqAgent, problem: _QuantProblem, evaluate: Callable[[nn
         states[step, 9] = previous
         previous = agent.act(states[step], explore)
         proposed.append(previous)
-    bits = problem.fit([_action_to_bits(a, config) for a in proposed])
+    bits = problem.fit([problem.to_bits(a) for a in proposed])
     policy = problem.policy_of(bits)
     accuracy = problem.accuracy_of(policy, evaluate)
-    executed = [_bits_to_action(b, config) for b in bits]
+    executed = [problem.to_action(b) for b in bits]
     states[1:, 9] = executed[:-1]  # the state each executed action was (now) taken in
     reward = config.reward_scale * (accuracy - float_accuracy)
     advantage = agent.observe(states, executed, reward)
@@ -338,6 +231,8 @@ def search_quant_policy(
     search_activations: bool | None = None,
     fold_batchnorm: bool = True,
     config: HaqConfig | None = None,
+    latency_budget_ms: float | None = None,
+    layer_cost: Callable[[int, str], float] | None = None,
 ) -> tuple[QuantPolicy, dict[str, Any]]:
     """HAQ's search under exactly one budget: ``budget_weight_bits`` (model size in bits,
     ``quantize_cost.policy_weight_bits``) or ``budget_cost`` (BitFusion-like cycles,
@@ -346,9 +241,15 @@ def search_quant_policy(
     (input, label) pairs). ``search_activations`` defaults to True for a cost budget and False
     for a size budget (activations do not count toward model size; they are kept at
     ``config.fixed_activation_bits``). Returns the best policy found (highest accuracy; ties go to
-    the smaller resource) and a JSON-serialisable report of every episode."""
+    the smaller resource) and a JSON-serialisable report of every episode.
+
+    ``latency_budget_ms`` with ``layer_cost``: the latency mode of ``compress.haq_latency`` (int8
+    or fp32 per layer, or per block with an int8-aware ``LatencyTable``; the policy names the
+    int8 layers; ``report["budget"]["cost_source"]`` says the costs are predicted)."""
     config = config or HaqConfig()
-    budget = _checked_budget(budget_weight_bits, budget_cost, episodes)
+    budget = _checked_budget((budget_weight_bits, budget_cost, latency_budget_ms), episodes)
+    if (latency_budget_ms is None) != (layer_cost is None):
+        raise OptionError("search_quant_policy: latency_budget_ms and layer_cost go together")
     search_activations = budget_cost is not None if search_activations is None else search_activations
     batches = list(calibration)
     if not batches:
@@ -356,7 +257,9 @@ def search_quant_policy(
     base = copy.deepcopy(model).eval()
     if fold_batchnorm:
         fold_conv_batchnorm(base)
-    problem = _QuantProblem(base, batches, config, search_activations, budget, by_cost=budget_cost is not None)
+    search_activations = search_activations and layer_cost is None
+    problem = (LatencyProblem(base, batches, config, budget, layer_cost) if layer_cost is not None else
+               QuantProblem(base, batches, config, search_activations, budget, by_cost=budget_cost is not None))
     problem.check_reachable()
     float_accuracy = float(evaluate(copy.deepcopy(base)))
     agent = HaqAgent(config, seed)
@@ -369,7 +272,7 @@ def search_quant_policy(
                     history[-1]["explore"], history[-1]["accuracy"], history[-1]["resource"], budget)
     best = max(history, key=lambda h: (h["accuracy"], -h["resource"], -h["episode"]))
     report = {
-        "budget": {"kind": "bitfusion_cycles" if problem.by_cost else "weight_bits", "value": budget},
+        "budget": {"kind": problem.budget_kind, "value": budget, "cost_source": problem.cost_source},
         "float_accuracy": float_accuracy, "search_activations": search_activations, "seed": seed,
         "config": asdict(config), "layers": [info.to_dict() for info in problem.infos], "best_episode": best["episode"],
         "best": {k: best[k] for k in ("accuracy", "resource", "bits")}, "episodes": history,

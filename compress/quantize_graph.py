@@ -28,6 +28,19 @@ gate and multiply (small tensors; the SE convs themselves are int8 on quantized 
 head's pool, and blocks other than MBConv/DSConv (GhostNet's ghost modules concatenate a conv and
 a depthwise output; ShuffleNet's units split and shuffle) -- their convs are still int8 where a
 quantized layer consumes them.
+
+**Mixed fp32/int8 policies** (HAQ's latency mode keeps some layers float): a layer the policy
+leaves unnamed stays an ``nn.Conv2d``. Where an 8-bit conv's output feeds such a float conv on the
+main path (stem -> MBConv/DSConv convs -> head conv), nothing would quantize that output, so ORT
+could not fuse the 8-bit conv either (its weight would be dequantized and the layer run float).
+:func:`add_int8_points` gives it an output quantizer at that boundary: Conv -> act -> Q (one
+QLinearConv), then DQ into the float run -- Q/DQ only where precision changes. The same for the
+projection of a residual block whose first conv is float (its add is float); when instead the
+projection is float and the first conv int8, the skip reads the first conv's codes (as
+:class:`Int8ResidualMBConv`), so the block input's producer still ends in a Q. Not handled: the add
+of an all-int8 residual block whose consumer is float stays a float Add on two DQs, and blocks
+off the main path (ghost, shuffle, ...) get no boundary points. Only *float* consumers get one, so
+policies of 2..8-bit layers (BitFusion searches) compute exactly as before.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ import logging
 from torch import Tensor, nn
 
 from compress.quantize_ops import QUANT_TYPES, ActivationQuantizer, QuantLinear
-from search_spaces.blocks import MBConv, SqueezeExcite
+from search_spaces.blocks import DSConv, MBConv, SqueezeExcite
 
 __all__ = ["Int8ResidualMBConv", "QuantLinearInt8Output", "QuantizedOutput", "add_int8_points", "int8_point_quantizers"]
 
@@ -94,6 +107,52 @@ def _quantize_output(sequential: nn.Sequential, name: str) -> bool:
     return True
 
 
+def _is_w8a8(layer: nn.Module) -> bool:
+    return _is_int8(layer) and layer.weight_bits == 8
+
+
+def _is_float(layer: nn.Module) -> bool:
+    return isinstance(layer, (nn.Conv2d, nn.Linear)) and not isinstance(layer, QUANT_TYPES)
+
+
+def _main_path(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
+    """(path, ConvBNAct-like sequential) of the chain stem -> MBConv/DSConv convs -> head conv, in
+    execution order; a block of another kind ends the known chain (its consumers are not traced)."""
+    chain: list[tuple[str, nn.Sequential]] = []
+    stem = getattr(model, "stem", None)
+    if isinstance(stem, nn.Sequential) and isinstance(stem[0], nn.Sequential):
+        chain.append(("stem.0", stem[0]))
+    for index, block in enumerate(getattr(model, "blocks", [])):
+        if isinstance(block, MBConv):
+            parts = [("expand", block.expand), ("depthwise", block.depthwise), ("project", block.project)]
+            chain += [(f"blocks.{index}.{key}", part) for key, part in parts if isinstance(part, nn.Sequential)]
+        elif isinstance(block, DSConv):
+            chain += [(f"blocks.{index}.{i}", part) for i, part in enumerate(block)]
+        else:
+            return chain
+    head_conv = getattr(getattr(model, "head", None), "conv", None)
+    if isinstance(head_conv, nn.Sequential):
+        chain.append(("head.conv", head_conv))
+    return chain
+
+
+def _add_boundary_points(model: nn.Module) -> int:
+    """Output quantizers where a w8a8 conv of the main path feeds a float conv (module docstring)."""
+    added = 0
+    chain = _main_path(model)
+    for (path, producer), (_, consumer) in zip(chain, chain[1:]):
+        if _is_w8a8(producer[0]) and _is_float(consumer[0]):
+            added += _quantize_output(producer, path)
+    for path, block in list(model.named_modules()):
+        if not (isinstance(block, MBConv) and block.residual):
+            continue
+        if _is_w8a8(block.project[0]) and _is_float(_first_layer(block)):
+            added += _quantize_output(block.project, f"{path}.project")
+        elif _is_w8a8(_first_layer(block)) and _is_float(block.project[0]):
+            block.__class__ = Int8ResidualMBConv  # the skip reads the codes the first conv reads
+    return added
+
+
 def add_int8_points(model: nn.Module) -> int:
     """Add the quantization points of the module docstring in place, where the convs they serve are
     quantized with 8-bit activations; returns how many output quantizers were added."""
@@ -113,6 +172,7 @@ def add_int8_points(model: nn.Module) -> int:
         classifier.output_quant = ActivationQuantizer(8, name="head.classifier output")
         classifier.__class__ = QuantLinearInt8Output
         added += 1
+    added += _add_boundary_points(model)
     logger.debug("added %d int8 output quantizers", added)
     return added
 

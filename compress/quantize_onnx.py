@@ -18,6 +18,13 @@ exact identity on what the graph computes, and the op census of ONNX Runtime's o
    and zero point (the dequantized value divided by the same scale is within float error of an
    integer), so the pair is dropped and the consumer reads q.
 
+4. **Float layers stay float.** ORT's ``WeightBiasQuantization`` transform quantizes the float
+   weight of any Conv/Gemm whose input comes from a DequantizeLinear with a *scalar* scale
+   (symmetric per-tensor int8, its own rounding): a layer a mixed policy keeps fp32 after an int8
+   one, or an int8 layer ORT cannot fuse, would silently run on weights the fake-quant model never
+   saw. Such a layer reads its input through its own DequantizeLinear with the same scale and zero
+   point repeated per channel (axis 1): the same numbers, which that transform skips.
+
 Unused nodes and initializers are removed, and the model passes ``onnx.checker``.
 """
 
@@ -171,6 +178,43 @@ def _drop_requantize_pairs(graph: Any, constants: dict[str, np.ndarray]) -> int:
     return dropped
 
 
+def _input_channels(layer: Any, weight: np.ndarray) -> int:
+    if layer.op_type == "Conv":
+        return int(weight.shape[1]) * next((a.i for a in layer.attribute if a.name == "group"), 1)
+    trans_b = next((a.i for a in layer.attribute if a.name == "transB"), 0)
+    return int(weight.shape[1] if trans_b else weight.shape[0])
+
+
+def _shield_float_layers(graph: Any) -> int:
+    """Step 4 of the module docstring; returns how many float layers were shielded."""
+    from onnx import helper, numpy_helper
+
+    floats = {init.name: numpy_helper.to_array(init) for init in graph.initializer
+              if init.data_type == 1}  # TensorProto.FLOAT
+    constants = _constants(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    shielded = 0
+    for layer in [n for n in graph.node if n.op_type in ("Conv", "Gemm")]:
+        dq = producers.get(layer.input[0])
+        if layer.input[1] not in floats or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        params = _qparams(dq, constants)
+        if params is None or params[0].ndim != 0:
+            continue
+        channels = _input_channels(layer, floats[layer.input[1]])
+        name = f"{layer.name or layer.output[0]}_float_input"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.full(channels, params[0], dtype=params[0].dtype), f"{name}_scale"),
+            numpy_helper.from_array(np.full(channels, params[1], dtype=params[1].dtype), f"{name}_zero_point"),
+        ])
+        node = helper.make_node("DequantizeLinear", [dq.input[0], f"{name}_scale", f"{name}_zero_point"],
+                                [name], name=name, axis=1)
+        graph.node.insert(list(graph.node).index(layer), node)
+        layer.input[0] = name
+        shielded += 1
+    return shielded
+
+
 def _remove_unused(graph: Any) -> None:
     while True:
         used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
@@ -195,6 +239,7 @@ def int8_graph(onnx_model: bytes) -> tuple[bytes, dict[str, int]]:
     counts = {"int8_weights": int8, "float_weights": dequantized}
     counts["merged_quantizers"] = _merge_duplicate_quantizers(graph, constants)
     counts["dropped_dq_q_pairs"] = _drop_requantize_pairs(graph, constants)
+    counts["shielded_float_layers"] = _shield_float_layers(graph)
     _remove_unused(graph)
     onnx.checker.check_model(model)
     return model.SerializeToString(), counts

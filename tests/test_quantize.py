@@ -263,11 +263,15 @@ def test_int8_qdq_export_matches_fake_quant_model(fold: bool) -> None:
     constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                       if n.op_type == "Constant"})
     per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[1] in constants
-                   and constants[n.input[1]].ndim == 1]
+                   and constants[n.input[1]].ndim == 1 and n.input[0] in initializers]
     # one per-channel (axis 0) weight DQ per layer ORT runs on int8 kernels, scales constant; layers
     # followed by a float op (hard-swish, SE's gate) hold their dequantized weights (compress.quantize_onnx)
     dequantized = [name for name in initializers if name.endswith("_dequantized")]
     assert len(per_channel) + len(dequantized) == n_layers and per_channel
+    # each float-weight layer reads its input through its own per-channel (axis 1) DQ, so ORT keeps
+    # its weights as they are (compress.quantize_onnx, step 4)
+    shields = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("_float_input")]
+    assert len(shields) == len(dequantized)
     assert all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in per_channel)
     assert all(constants[n.input[0]].dtype == np.int8 and n.input[0] in initializers for n in per_channel)
     check = check_qdq_export(qmodel, onnx_bytes, check_inputs)

@@ -218,8 +218,13 @@ def quantize(
                                            "batches; --epochs 0)."),
     bits: Optional[int] = typer.Option(None, help="Uniform weight and activation bits (2-8)."),
     policy: Optional[Path] = typer.Option(None, help="A quantization policy JSON."),
-    search: bool = typer.Option(False, "--search", help="HAQ's DDPG agent under --size-ratio."),
+    search: bool = typer.Option(False, "--search", help="HAQ's DDPG agent under --size-ratio or --latency-budget."),
     size_ratio: float = typer.Option(0.5, help="--search budget: weight bits as a fraction of all-8-bit."),
+    latency_budget: Optional[float] = typer.Option(None, help="--search budget instead: ms on ONNX Runtime (1 thread, "
+                                                              "batch 1), per layer int8 or fp32 (predicted, then "
+                                                              "measured)."),
+    lut: Optional[Path] = typer.Option(None, help="With --latency-budget: an int8-aware latency table (nas lut build "
+                                                  "--precision int8); default: a per-layer table measured here."),
     episodes: int = typer.Option(60, min=1, help="--search episodes."),
     epochs: int = typer.Option(2, min=0, help="Quantization-aware fine-tune epochs with distillation."),
     dataset: Optional[str] = typer.Option(None, help="Default: the run's dataset."),
@@ -255,7 +260,15 @@ def quantize(
     shape = (1, src.spec.in_channels, src.spec.resolution, src.spec.resolution)
     calibration = data.calibration_batches(seed) if calibration_kind == "data" else _random_batches(shape, seed, 4)
     fp32 = (src.model if src.model is not None else _random_model(src.spec, calibration, seed)).eval()
-    chosen, report = _quant_policy(fp32, data, calibration, bits, policy, size_ratio, episodes, seed)
+    if latency_budget is not None and not search:
+        raise OptionError("--latency-budget is a --search budget; add --search")
+    if latency_budget is not None:
+        from nas.commands.quantize_latency import latency_search
+
+        chosen, report, cost = latency_search(fp32, lambda q: evaluate(q, data.val), calibration, shape,
+                                              latency_budget, lut, episodes, seed)
+    else:
+        chosen, report = _quant_policy(fp32, data, calibration, bits, policy, size_ratio, episodes, seed)
     qmodel = prepare_qat(fp32, chosen, calibration=calibration)
     train_report = distilled_finetune(qmodel, fp32, data, TrainConfig(seed=seed), epochs=epochs) if epochs else None
     qmodel.eval()
@@ -269,14 +282,28 @@ def quantize(
         "val_accuracy": evaluate(qmodel, data.val) if data else None,
         "test_accuracy": train_report.test_accuracy if train_report else None,
         "qat_epochs": epochs, "search": report if isinstance(report, dict) else None,
+        "cost_sources": {"weight_bits": "exact", "bitfusion_cycles": "simulated (BitFusion-like accelerator model)",
+                         "latency, latency_mode.*.measured_ms": "measured (ONNX Runtime)",
+                         "latency_mode.*.predicted_ms": "predicted (latency table)"},
     }
     if all(layer == (8, 8) for layer in chosen.layers.values()):
         check = data.val.tensors[0][:16] if data else _random_batches(shape, seed + 1, 2)[0]
-        metrics.update(_write_onnx_pair(out_dir, fp32, qmodel, shape, check, measure))
+        # the latency mode times this policy with uniform int8 and fp32 below, in one interleaved run
+        metrics.update(_write_onnx_pair(out_dir, fp32, qmodel, shape, check, measure and latency_budget is None))
+        if latency_budget is not None and measure:
+            from nas.commands.quantize_latency import measure_chosen
+
+            metrics["latency_mode"] = measure_chosen(out_dir, fp32, chosen, calibration, shape, cost, latency_budget,
+                                                     check)
     _write(out_dir, "metrics.json", metrics)
     accuracy = (f"; val accuracy {metrics['val_accuracy_fp32']:.4f} -> {metrics['val_accuracy']:.4f}" if data else "")
     latency = (f"; ONNX Runtime 1 thread: fp32 {metrics['latency']['fp32']['median_ms']:.3f} ms, int8 "
                f"{metrics['latency']['int8']['median_ms']:.3f} ms" if metrics.get("latency") else "")
+    mode = metrics.get("latency_mode")
+    if mode:
+        latency = (f"; ONNX Runtime 1 thread: this policy predicted {mode['haq']['predicted_ms']:.3f} ms, measured "
+                   f"{mode['haq']['measured_ms']:.3f} ms (uniform int8 {mode['uniform_int8']['measured_ms']:.3f}, "
+                   f"fp32 {mode['fp32']['measured_ms']:.3f}; budget {latency_budget:g} ms)")
     console.print(f"{out_dir}: {metrics['policy']}; weight bits {metrics['weight_bits']:,} "
                   f"(fp32 {metrics['weight_bits_fp32']:,}){accuracy}{latency}")
 

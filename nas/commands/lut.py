@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.commands.common import fail_on_user_error, load_arch, make_measurer
-from search_spaces.errors import InputFileError
+from search_spaces.errors import InputFileError, OptionError
 
 console = Console()
 lut_app = typer.Typer(no_args_is_help=True, help="Measure, import, validate and query latency lookup tables.")
@@ -19,6 +19,35 @@ lut_app = typer.Typer(no_args_is_help=True, help="Measure, import, validate and 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(lut_app, name="lut")
+
+
+PRECISION_HELP = ("fp32 | int8 | fp32,int8. int8 entries time each layer as our int8 export runs it inside an "
+                  "int8 network (ONNX Runtime only, this machine only); one file holds several precisions.")
+
+
+def one_precision(text: str) -> str:
+    from predictors.latency import parse_precisions
+
+    chosen = parse_precisions(text)
+    if len(chosen) != 1:
+        raise OptionError(f"--precision={text!r}: expected one precision here (fp32 or int8)")
+    return chosen[0]
+
+
+def precision_measurer(precision: str, backend: str, threads: int, device: str | None, token: str | None):
+    """The measurer of one precision: fp32 as before; int8 our export on ONNX Runtime, here."""
+    if precision == "fp32":
+        return make_measurer(backend, threads, device, token)
+    if device:
+        raise OptionError(f"--precision {precision} with --device: the device agent measures fp32 layers only (it "
+                          "never runs models it is sent, and the int8 graph is made by this machine's exporter); "
+                          "drop --device, or build fp32 only")
+    if backend != "onnxruntime":
+        raise OptionError(f"--precision {precision} runs on --backend onnxruntime only (got {backend!r}): the int8 "
+                          "export is an ONNX QDQ graph")
+    from compress.quantize_backend import Int8Measurer
+
+    return Int8Measurer(threads=threads)
 
 
 @lut_app.command("build")
@@ -33,17 +62,21 @@ def build(
     device: Optional[str] = typer.Option(None, help="URL of a device agent (`nas device serve`) to measure on."),
     token: Optional[str] = typer.Option(None, envvar="NAS_DEVICE_TOKEN", help="The agent's token."),
     resume: bool = typer.Option(False, "--resume", help="Require OUT to exist and only measure what it lacks."),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
 ) -> None:
     """Measure every candidate op of a space (resumable; progress bar with time left)."""
-    from predictors.latency import build_table
+    from predictors.latency import build_table, parse_precisions
     from search_spaces.spaces import get_space
 
     if resume and not out.exists():
         raise InputFileError(f"--resume: {out} does not exist (drop --resume to start a new table)")
+    precisions = parse_precisions(precision)
     search_space = get_space(space, resolution=resolution, num_classes=num_classes)
-    measurer = make_measurer(backend, threads, device, token)
-    table = build_table(search_space, measurer, out, show_progress=True)
-    console.print(f"{out}: {len(table)} entries, {table.metadata.get('backend')} x{table.metadata.get('threads')} "
+    measurers = {p: precision_measurer(p, backend, threads, device, token) for p in precisions}  # refuse first
+    for name, measurer in measurers.items():
+        table = build_table(search_space, measurer, out, show_progress=True, precision=name)
+    counts = ", ".join(f"{len(table.entries_for(p))} {p}" for p in table.precisions)
+    console.print(f"{out}: {counts} entries, {table.metadata.get('backend')} x{table.metadata.get('threads')} "
                   f"on {table.metadata.get('device')}")
 
 
@@ -54,19 +87,32 @@ def predict(
     arch: str = typer.Argument(..., metavar="ARCH", help="A spec JSON file or zoo:NAME."),
     as_json: bool = typer.Option(False, "--json", help="Print the total and each layer's key and latency."),
     raw: bool = typer.Option(False, "--raw", help="Plain sum, without the table's calibration."),
+    precision: str = typer.Option("fp32", help="fp32 | int8: every layer at this precision (a table's only)."),
 ) -> None:
     """Predicted latency of one architecture from a table (or a model from `nas latency fit`)."""
+    from predictors.latency import FP32, LatencyTable, arch_signatures
     from predictors.latency.predictor import load_latency_predictor
 
     table = load_latency_predictor(table_path)
     spec = load_arch(arch, resolution=table.resolution, num_classes=table.num_classes)
-    layers = table.layer_latencies(spec)
-    total = table.predict(spec, calibrated=not raw)
+    chosen = one_precision(precision)
+    if chosen != FP32 and not isinstance(table, LatencyTable):
+        raise OptionError(f"--precision {chosen} needs a latency table built with `nas lut build --precision {chosen}`"
+                          f"; {table_path} is a fitted model (fp32)")
+    if chosen == FP32:
+        layers, total = table.layer_latencies(spec), table.predict(spec, calibrated=not raw)
+        calibrated = table.calibration is not None and not raw
+    else:  # the layers and the borders of the float input and output, raw
+        costs = table.layer_costs(spec, [chosen] * len(arch_signatures(spec)), calibrated=False)
+        layers = [(cost.name, cost.key, cost.ms) for cost in costs]
+        total = table.predict(spec, calibrated=not raw, precision=chosen)
+        calibrated = table.calibration_for(chosen) is not None and not raw
     if as_json:
         print(json.dumps({
             "latency_ms": total,
+            "precision": chosen,
             "raw_sum_ms": sum(ms for _, _, ms in layers),
-            "calibrated": table.calibration is not None and not raw,
+            "calibrated": calibrated,
             "layers": [{"layer": name, "key": key, "latency_ms": ms} for name, key, ms in layers],
         }, indent=2))
     else:
@@ -82,6 +128,8 @@ def validate(
     plot: Optional[Path] = typer.Option(None, help="Scatter PNG (default: next to the table)."),
     device: Optional[str] = typer.Option(None, help="Agent URL, when the table was built through one."),
     token: Optional[str] = typer.Option(None, envvar="NAS_DEVICE_TOKEN"),
+    precision: str = typer.Option("fp32", help="fp32 | int8: validate and calibrate this precision's entries "
+                                               "(int8: sampled networks exported by export_qdq, timed whole)."),
 ) -> None:
     """Measure sampled architectures end to end; report fidelity; store a calibration in the table."""
     from predictors.latency import LatencyTable, LatencyTableError, validate_table
@@ -93,7 +141,10 @@ def validate(
     # a table built for a restricted space (`nas search --space-options`) samples from that space only
     space = get_space(table.space, resolution=table.resolution, num_classes=table.num_classes,
                       **table.metadata.get("space_options", {}))
-    measurer = make_measurer(table.metadata.get("backend", "onnxruntime"), table.metadata.get("threads", 1), device, token)
+    chosen = one_precision(precision)
+    table.entries_for(chosen)  # refuses a precision the table lacks, naming the ones it holds
+    measurer = precision_measurer(chosen, table.metadata.get("backend", "onnxruntime"), table.metadata.get("threads", 1),
+                                  device, token)
     from predictors.latency.provenance import measured_elsewhere
 
     if reason := measured_elsewhere(table.metadata, measurer.metadata()):
@@ -101,15 +152,16 @@ def validate(
         raise LatencyTableError(f"{table_path}: not validated: {reason}; "
                                 + ("pass --device URL of that agent" if table.metadata.get("remote_url")
                                    else "validate it on the machine that built it"))
-    plot = plot or table_path.with_suffix(".validation.png")
-    report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot)
+    suffix = ".validation.png" if chosen == "fp32" else f".validation.{chosen}.png"
+    plot = plot or table_path.with_suffix(suffix)
+    report = validate_table(table, space, measurer, samples=samples, seed=seed, plot_path=plot, precision=chosen)
     table.save(table_path)
-    summary = Table(title=f"{table_path.name}: {report.samples} architectures")
-    for column in ("prediction", "RMSE ms", "MAPE", "within ±10%", "Kendall tau"):
+    summary = Table(title=f"{table_path.name} [{chosen}]: {report.samples} architectures")
+    for column in ("prediction", "RMSE ms", "MAPE", "within ±10%", "Kendall tau", "Spearman rho"):
         summary.add_column(column)
     for label, figures in (("raw sum", report.raw), ("calibrated (out-of-fold)", report.calibrated)):
         summary.add_row(label, f"{figures.rmse_ms:.4f}", f"{100 * figures.mape:.2f}%",
-                        f"{100 * figures.within_10pct:.0f}%", f"{figures.kendall_tau:.3f}")
+                        f"{100 * figures.within_10pct:.0f}%", f"{figures.kendall_tau:.3f}", f"{figures.spearman:.3f}")
     console.print(summary)
     console.print(f"calibration (stored): {report.calibration}; plot: {plot}")
 
@@ -152,4 +204,8 @@ def info(table_path: Path = typer.Argument(..., metavar="FILE")) -> None:
         "space": table.space, "resolution": table.resolution, "num_classes": table.num_classes,
         "entries": len(table), "metadata": table.metadata,
         "calibration": table.calibration.to_dict() if table.calibration else None, "validation": table.validation,
+        **({"precisions": {p: {"entries": len(section.entries), "transitions": len(section.transitions),
+                               "metadata": section.metadata, "validation": section.validation,
+                               "calibration": section.calibration.to_dict() if section.calibration else None}
+                           for p, section in table.sections.items()}} if table.sections else {}),
     }, indent=2))

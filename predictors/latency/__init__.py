@@ -5,6 +5,7 @@ from predictors.latency.builder import (
     LocalMeasurer,
     Measurer,
     MeasureSettings,
+    PrecisionMeasurer,
     build_table,
 )
 from predictors.latency.ensure import ensure_table, lut_path_for
@@ -26,6 +27,7 @@ from predictors.latency.measure import (
     measure_module,
     measure_modules,
 )
+from predictors.latency.precision import FP32, INT8, PRECISIONS, LayerCost, parse_precisions
 from predictors.latency.predictor import LatencyPredictor, load_latency_predictor
 from predictors.latency.validate import (
     FidelityFigures,
@@ -34,7 +36,13 @@ from predictors.latency.validate import (
 )
 
 __all__ = [
+    "FP32",
+    "INT8",
     "LATENCY_BACKENDS",
+    "LayerCost",
+    "PRECISIONS",
+    "PrecisionMeasurer",
+    "parse_precisions",
     "Calibration",
     "FidelityFigures",
     "LatencyBackend",

@@ -61,6 +61,16 @@ def fixed_input(input_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(input_shape, generator=torch.Generator().manual_seed(INPUT_SEED))
 
 
+def fixed_array(input_shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """`fixed_input` as numpy; an integer dtype (a graph that starts on an int8 grid) gets seeded
+    uniform codes over the type's range instead."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return fixed_input(input_shape).numpy().astype(dtype)
+    info = np.iinfo(dtype)
+    return np.random.default_rng(INPUT_SEED).integers(info.min, info.max, input_shape, dtype=dtype, endpoint=True)
+
+
 def _eager_copy(module: nn.Module, input_shape: Any) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A private eval() CPU copy, the fixed input, and the eager output (proves the shape fits)."""
     shape = check_input_shape(input_shape)
@@ -236,10 +246,10 @@ class OnnxRuntimeBackend(LatencyBackend):
             )
         return op
 
-    def prepare_onnx(self, model: bytes, input_shape: tuple[int, ...]) -> PreparedOp:
+    def prepare_onnx(self, model: bytes, input_shape: tuple[int, ...], dtype: Any = np.float32) -> PreparedOp:
         """A serialised ONNX model (built elsewhere, e.g. an int8 export) on this backend's session,
-        fed the fixed input; no export and no check against PyTorch."""
-        return _OrtOp(self.session(model), fixed_input(check_input_shape(input_shape)).numpy())
+        fed the fixed input of ``dtype`` (`fixed_array`); no export and no check against PyTorch."""
+        return _OrtOp(self.session(model), fixed_array(check_input_shape(input_shape), dtype))
 
     def metadata(self) -> dict[str, Any]:
         import onnx

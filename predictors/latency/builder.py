@@ -23,7 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from predictors.latency.lut import LatencyTable
+from predictors.latency.lut import LatencyTable, LatencyTableError
+from predictors.latency.precision import DEQUANTIZE, FP32, QUANTIZE, check_precision, transition_key
 from predictors.latency.measure import (
     UNSTABLE_ITEMS,
     LatencyBackend,
@@ -68,6 +69,17 @@ class Measurer(Protocol):
     def measure_archs(self, archs: Sequence[ArchSpec], progress: Progress_ | None = None) -> list[Measurement]: ...
 
 
+class PrecisionMeasurer(Measurer, Protocol):
+    """A measurer of a precision other than fp32 (`compress.quantize_backend.Int8Measurer`): its
+    layers run between tensors of that precision, its whole networks as exported at it, and it
+    times the transitions (QuantizeLinear / DequantizeLinear of one tensor) where a network
+    enters or leaves it (`precision.py`)."""
+
+    precision: str
+
+    def measure_transitions(self, items: Sequence[tuple[str, tuple[int, ...]]]) -> list[Measurement]: ...
+
+
 class LocalMeasurer:
     """Measures on this machine with one of the registered backends."""
 
@@ -109,13 +121,22 @@ def build_table(
     *,
     chunk_size: int = 8,
     show_progress: bool = False,
+    precision: str = FP32,
 ) -> LatencyTable:
-    """Measure every candidate op of `space` that `path` does not hold yet; write after every chunk.
+    """Measure every candidate op of `space` at `precision` that `path` does not hold yet; write
+    after every chunk. A precision other than fp32 needs a `PrecisionMeasurer` of it and also
+    measures the transitions at every candidate op's input and the head's output; one file holds
+    several precisions, built one call each.
 
     An existing file must be a table of this space, resolution, classes, backend and thread count,
     otherwise `LatencyTableError` (a table is never silently overwritten or mixed)."""
     path = Path(path)
-    metadata = {**measurer.metadata(), "source": "measured", "space_options": space.options}
+    check_precision(precision)
+    if precision != FP32 and getattr(measurer, "precision", FP32) != precision:
+        raise LatencyTableError(f"precision={precision!r} needs a measurer of that precision; "
+                                f"{type(measurer).__name__} measures {getattr(measurer, 'precision', FP32)}")
+    measured = measurer.metadata()
+    metadata = {**measured, "source": "measured", "space_options": space.options}
     if path.exists():
         table = LatencyTable.load(path)
         table.check_fits(
@@ -124,17 +145,23 @@ def build_table(
         )
         logger.info("resuming %s: %d entries present", path, len(table))
     else:
+        if precision != FP32:
+            metadata["precisions"] = [precision]
         table = LatencyTable(metadata, space=space.name, resolution=space.resolution, num_classes=space.num_classes)
+    table.add_precision(precision, measured)
     candidates = space.candidate_ops()
-    todo = [layer for layer in candidates if layer.signature not in table]
-    logger.info("%s: %d candidate ops, %d to measure", space.name, len(candidates), len(todo))
+    entries = table.entries_for(precision)
+    todo = [layer for layer in candidates if layer.signature not in entries]
+    logger.info("%s [%s]: %d candidate ops, %d to measure", space.name, precision, len(candidates), len(todo))
+    if precision != FP32:
+        _measure_transitions(table, candidates, measurer, path, precision)  # type: ignore[arg-type]
     if not todo:
         return table
     unstable = _UnstableCount()
     measure_log = logging.getLogger("predictors.latency.measure")
     measure_log.addFilter(unstable)  # one summary for the build instead of a line per chunk
     try:
-        _measure_chunks(table, todo, measurer, path, chunk_size, show_progress, space.name)
+        _measure_chunks(table, todo, measurer, path, chunk_size, show_progress, space.name, precision)
     finally:
         measure_log.removeFilter(unstable)
     if unstable.items:
@@ -142,6 +169,24 @@ def build_table(
                        "was likely busy); their medians are kept. Rebuild on a quiet machine for a reliable table.",
                        path, unstable.items, len(todo))
     return table
+
+
+def transition_items(layers: Sequence[LayerShape]) -> list[tuple[str, tuple[int, ...]]]:
+    """Every (kind, shape) a network of these layers may need at a precision border: Q and DQ of
+    each layer's input and of each head's output (the logits)."""
+    shapes = {layer.input_shape for layer in layers}
+    shapes |= {(1, layer.out_channels) for layer in layers if layer.kind == "head"}
+    return [(kind, shape) for shape in sorted(shapes) for kind in (QUANTIZE, DEQUANTIZE)]
+
+
+def _measure_transitions(table: LatencyTable, layers: Sequence[LayerShape], measurer: PrecisionMeasurer,
+                         path: Path, precision: str) -> None:
+    have = table.sections[precision].transitions
+    todo = [(kind, shape) for kind, shape in transition_items(layers) if transition_key(kind, shape) not in have]
+    if todo:
+        for (kind, shape), measurement in zip(todo, measurer.measure_transitions(todo)):
+            table.add_transition(transition_key(kind, shape), measurement, precision)
+        table.save(path)
 
 
 class _UnstableCount(logging.Filter):
@@ -160,9 +205,9 @@ class _UnstableCount(logging.Filter):
 
 
 def _measure_chunks(table: LatencyTable, todo: list, measurer: Measurer, path: Path, chunk_size: int,
-                    show_progress: bool, name: str) -> None:
+                    show_progress: bool, name: str, precision: str = FP32) -> None:
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"measuring {name} ops", total=len(todo))
+        task = bar.add_task(f"measuring {name} ops ({precision})", total=len(todo))
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             done_before = start
@@ -170,6 +215,6 @@ def _measure_chunks(table: LatencyTable, todo: list, measurer: Measurer, path: P
                 chunk, progress=lambda n, base=done_before: bar.update(task, completed=base + n)
             )
             for layer, measurement in zip(chunk, measurements):
-                table.add(layer.signature, measurement)
+                table.add(layer.signature, measurement, precision)
             table.save(path)
             bar.update(task, completed=start + len(chunk))

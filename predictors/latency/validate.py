@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, spearmanr
 
 from predictors.latency.builder import Measurer
 from predictors.latency.lut import Calibration, LatencyTable, arch_layers
+from predictors.latency.precision import FP32
 from search_spaces.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -52,17 +53,20 @@ class FidelityFigures:
     mape: float  # mean absolute percentage error, as a fraction (0.05 = 5%)
     within_10pct: float  # share of architectures with |predicted - measured| <= 10% of measured
     kendall_tau: float
+    spearman: float = math.nan  # Spearman's rho (rank correlation, as NAS latency papers report it)
 
     @classmethod
     def compute(cls, predicted: np.ndarray, measured: np.ndarray) -> FidelityFigures:
         error = predicted - measured
         relative = np.abs(error) / measured
         tau = kendalltau(predicted, measured).statistic if len(measured) > 1 else math.nan
+        rho = spearmanr(predicted, measured).statistic if len(measured) > 1 else math.nan
         return cls(
             rmse_ms=float(np.sqrt(np.mean(error**2))),
             mape=float(np.mean(relative)),
             within_10pct=float(np.mean(relative <= 0.10)),
             kendall_tau=float(tau),
+            spearman=float(rho),
         )
 
 
@@ -126,10 +130,14 @@ def validate_table(
     seed: int = 0,
     plot_path: str | Path | None = None,
     progress: Any = None,
+    precision: str = FP32,
 ) -> ValidationReport:
-    """Measure `samples` distinct sampled architectures end to end and compare with the table.
-    Stores the calibration and the figures in `table` (the caller saves it). `progress(n)` gets
-    the number of networks whose timing is final."""
+    """Measure `samples` distinct sampled architectures end to end and compare with the table's
+    prediction at `precision` (the measurer must run whole networks at that precision, e.g.
+    `compress.quantize_backend.Int8Measurer` for int8). Stores the calibration and the figures in
+    `table` for that precision (the caller saves it). `progress(n)` gets the number of networks
+    whose timing is final."""
+    table.entries_for(precision)  # a precision the table lacks fails before anything is measured
     if samples < 4:
         raise ValueError(f"samples={samples} must be >= 4 (a calibration has three parameters)")
     rng = np.random.default_rng(seed)
@@ -141,7 +149,7 @@ def validate_table(
             archs.append(arch)
         if len(archs) == samples:
             break
-    raw = np.array([table.predict(arch, calibrated=False) for arch in archs])
+    raw = np.array([table.predict(arch, calibrated=False, precision=precision) for arch in archs])
     weights = np.array([sum(w for _, _, w in arch_layers(arch)) for arch in archs], dtype=float)
     measured = np.array([m.median_ms for m in measurer.measure_archs(archs, progress=progress)])
     calibrated = out_of_fold_predictions(raw, weights, measured, seed=seed)
@@ -158,16 +166,16 @@ def validate_table(
         plot=str(plot_path) if plot_path else None,
     )
     if plot_path:
-        plot_fidelity(report, table, plot_path)
-    table.calibration = report.calibration
+        plot_fidelity(report, table, plot_path, precision)
     per_network = ("predicted_raw_ms", "predicted_calibrated_out_of_fold_ms", "measured_ms", "weights")
-    table.validation = {k: v for k, v in report.to_dict().items() if k not in per_network}
-    logger.info("validated %s: raw MAPE %.1f%%, calibrated MAPE %.1f%%, tau %.3f", table.label,
+    table.set_calibration(precision, report.calibration,
+                          {k: v for k, v in report.to_dict().items() if k not in per_network})
+    logger.info("validated %s [%s]: raw MAPE %.1f%%, calibrated MAPE %.1f%%, tau %.3f", table.label, precision,
                 100 * report.raw.mape, 100 * report.calibrated.mape, report.raw.kendall_tau)
     return report
 
 
-def plot_fidelity(report: ValidationReport, table: LatencyTable, path: str | Path) -> None:
+def plot_fidelity(report: ValidationReport, table: LatencyTable, path: str | Path, precision: str = FP32) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +196,7 @@ def plot_fidelity(report: ValidationReport, table: LatencyTable, path: str | Pat
     ax.set_xlabel("measured end-to-end latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     meta = table.metadata
-    ax.set_title(f"{table.space}: {meta.get('backend')} x{meta.get('threads')} on {meta.get('device')}\n"
+    ax.set_title(f"{table.space} [{precision}]: {meta.get('backend')} x{meta.get('threads')} on {meta.get('device')}\n"
                  f"{report.samples} archs, Kendall tau {report.raw.kendall_tau:.3f} raw, "
                  f"{report.calibrated.kendall_tau:.3f} calibrated", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
