@@ -6,6 +6,8 @@ from compress.compressed_file import CompressedFileError, DecodedModel
 from compress.deep_compression import DeepCompressionResult, deep_compress, encode_model, model_from
 from compress.distill import DistillationLoss, kd_loss
 from compress.haq import HaqConfig, search_quant_policy
+from compress.haq_latency import LatencyProblem, LayerLatencyTable, predicted_ms
+from compress.haq_measure import latency_baselines, measure_layer_table, measure_policies
 from compress.huffman import HuffmanCode, HuffmanError, code_lengths
 from compress.lottery import LotteryPlan, Ticket, TicketComparison, compare_tickets, find_tickets, snapshot_after_steps
 from compress.lowrank import factorize, factorize_model, svd_factors, tucker2_factors
@@ -61,6 +63,8 @@ __all__ = [
     "DeepCompressionResult",
     "DistillationLoss",
     "HaqConfig",
+    "LatencyProblem",
+    "LayerLatencyTable",
     "HuffmanCode",
     "HuffmanError",
     "LotteryPlan",
@@ -103,6 +107,10 @@ __all__ = [
     "grid_search_coefficients",
     "group_lasso_penalty",
     "kd_loss",
+    "latency_baselines",
+    "measure_layer_table",
+    "measure_policies",
+    "predicted_ms",
     "latency_policy",
     "layer_infos",
     "magnitude_masks",
