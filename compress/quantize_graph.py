@@ -22,12 +22,14 @@ So (:func:`add_int8_points`, called by ``apply_policy`` for 8-bit activations):
   its consumers (the next block's first conv and skip: the same parameters), which makes
   DQ, DQ -> Add -> Q: QLinearAdd.
 
+GhostNet's blocks get their points from ``compress.quantize_ghost`` (one grid per ghost module:
+QLinearConcat, int8 residual adds), SE blocks from ``compress.quantize_se`` (QLinearConv for the
+gate conv, QLinearSigmoid, QLinearMul; ``int8_se=False`` keeps the gate and multiply float).
+
 The fake-quant model computes what the int8 graph computes by construction (each new point is a
-real quantization in both); QAT trains with them. Left float, deliberately: SE's global pool,
-gate and multiply (small tensors; the SE convs themselves are int8 on quantized inputs), the
-head's pool, and blocks other than MBConv/DSConv (GhostNet's ghost modules concatenate a conv and
-a depthwise output; ShuffleNet's units split and shuffle) -- their convs are still int8 where a
-quantized layer consumes them.
+real quantization in both); QAT trains with them. Left float, deliberately: global pools (a
+ReduceMean over a small tensor), hard-sigmoid gates (no int8 kernel in ORT), and ShuffleNet's
+units (they split and shuffle) -- their convs are still int8 where a quantized layer consumes them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ import logging
 
 from torch import Tensor, nn
 
+from compress.quantize_ghost import add_ghost_points, ghost_point_quantizers
 from compress.quantize_ops import QUANT_TYPES, ActivationQuantizer, QuantLinear
+from compress.quantize_se import INT8_SE, add_se_points, se_point_quantizers
 from search_spaces.blocks import MBConv, SqueezeExcite
 
 __all__ = ["Int8ResidualMBConv", "QuantLinearInt8Output", "QuantizedOutput", "add_int8_points", "int8_point_quantizers"]
@@ -94,10 +98,10 @@ def _quantize_output(sequential: nn.Sequential, name: str) -> bool:
     return True
 
 
-def add_int8_points(model: nn.Module) -> int:
+def add_int8_points(model: nn.Module, int8_se: bool = INT8_SE) -> int:
     """Add the quantization points of the module docstring in place, where the convs they serve are
     quantized with 8-bit activations; returns how many output quantizers were added."""
-    added = 0
+    added = add_ghost_points(model, _quantize_output) + (add_se_points(model) if int8_se else 0)
     for path, module in list(model.named_modules()):
         if type(module) is MBConv or isinstance(module, Int8ResidualMBConv):
             if isinstance(module.se, SqueezeExcite) and _is_int8(module.depthwise[0]):
@@ -120,4 +124,5 @@ def add_int8_points(model: nn.Module) -> int:
 def int8_point_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
     """The output quantizers :func:`add_int8_points` added (not the layers' input quantizers)."""
     return [quantizer for m in model.modules() for quantizer in
-            ([m.quant] if isinstance(m, QuantizedOutput) else [m.output_quant] if isinstance(m, QuantLinearInt8Output) else [])]
+            ([m.quant] if isinstance(m, QuantizedOutput) else [m.output_quant] if isinstance(m, QuantLinearInt8Output) else [])
+            ] + ghost_point_quantizers(model) + se_point_quantizers(model)
