@@ -40,24 +40,30 @@ __all__ = ["Int8GhostBottleneck", "Int8GhostModule", "SharedQuantizer", "add_gho
 
 
 class SharedQuantizer(ActivationQuantizer):
-    """A layer's input quantizer that uses another quantizer's grid and never observes: the tensor
-    it quantizes is already on that grid, so the export's DQ -> Q pair is an identity. The source
-    is held as a plain attribute, not a submodule: its buffers are saved once, by their owner
-    (this module keeps the replaced quantizer's buffer keys, unused)."""
+    """A layer's input quantizer that uses another quantizer's grid: the tensor it quantizes is
+    already on that grid, so the export's DQ -> Q pair is an identity. The source is held as a
+    plain attribute, not a submodule: its buffers are saved once, by their owner. It still observes
+    its own input (this module keeps the replaced quantizer's buffers), so a layer later set to other
+    bits than its source (``apply_policy`` on a quantized model) quantizes on a range of its own."""
 
     def __init__(self, source: ActivationQuantizer, name: str = "") -> None:
         super().__init__(source.bits, source.momentum, name=name)
         object.__setattr__(self, "source", source)
-        self.initialized.fill_(True)  # nothing of its own to calibrate
 
-    def observe(self, x: Tensor) -> None:
-        return None
+    def shared(self) -> bool:
+        return self.bits == self.source.bits and self.scheme == self.source.scheme == "linear"
 
     def qparams(self) -> tuple[Tensor, Tensor]:
+        if not self.shared():
+            return super().qparams()
         return self.source.frozen if self.source.frozen is not None else self.source.qparams()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.enabled and not bool(self.source.initialized):
+        if not self.shared():
+            return super().forward(x)
+        if self.enabled and (self.training or self.observing):
+            self.observe(x)
+        elif self.enabled and not bool(self.source.initialized):
             raise RuntimeError(f"quantizer {self.layer_name!r} shares the grid of {self.source.layer_name!r}, "
                                "which has no range: calibrate() the model first")
         return self.quantize_only(x)
@@ -68,7 +74,9 @@ class SharedQuantizer(ActivationQuantizer):
 
 def _share(layer: nn.Module, source: ActivationQuantizer, name: str) -> None:
     if not isinstance(layer.input_quant, SharedQuantizer):
-        layer.input_quant = SharedQuantizer(source, name).to(source.min_val.device)
+        shared = SharedQuantizer(source, name).to(source.min_val.device)
+        shared.load_state_dict(layer.input_quant.state_dict())  # a calibrated layer keeps its own range
+        layer.input_quant = shared
 
 
 class Int8GhostModule(GhostModule):
