@@ -102,8 +102,9 @@ def test_ghost_net_with_se_keeps_only_pool_and_hard_gate_float() -> None:
     _, qmodel = quantized(ghost_spec(se=0.25))
     counts = checked_counts(qmodel)
     assert counts["QLinearConv"] == 17 and counts["QLinearConcat"] == 4 and counts["QLinearAdd"] == 2
-    assert counts["QLinearMul"] == 2 and counts["HardSigmoid"] == 2 and counts["ReduceMean"] == 3
-    assert not {"Conv", "FusedConv", "Concat", "Add", "Mul"} & set(counts)
+    assert counts["QLinearMul"] == 2 and counts["HardSigmoid"] == 2 and counts["QLinearGlobalAveragePool"] == 2
+    assert counts["ReduceMean"] == 1  # the head's pool
+    assert not {"Conv", "FusedConv", "Concat", "Add", "Mul", "GlobalAveragePool"} & set(counts)
 
 
 def test_odd_width_ghost_module_slices_on_its_grid() -> None:
@@ -131,9 +132,11 @@ def test_se_gate_conv_and_multiply_run_on_int8_kernels(style: str, gate_op: str,
     _, qmodel = quantized(spec)
     assert type(qmodel.blocks[1].se) is Int8SqueezeExcite
     counts = checked_counts(qmodel)
-    # all 10 convs (SE's two included) int8; a sigmoid gate is QLinearSigmoid, a hard one stays float
+    # all 10 convs (SE's two included) int8, SE's pool too; a sigmoid gate is QLinearSigmoid, a hard
+    # one stays float between DQ and Q
     assert counts["QLinearConv"] == 10 and counts["QLinearMul"] == 1 and counts[gate_op] == gate_count
-    assert not {"Conv", "FusedConv", "Mul"} & set(counts)
+    assert counts["QLinearGlobalAveragePool"] == 1
+    assert not {"Conv", "FusedConv", "Mul", "GlobalAveragePool"} & set(counts)
 
 
 def test_float_se_keeps_the_gate_conv_and_multiply_float() -> None:

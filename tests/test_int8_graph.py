@@ -94,11 +94,11 @@ def test_se_block_convs_are_int8_and_the_gate_runs_on_int8_grids() -> None:
     _, qmodel = int8_model(relu_spec(se=0.25))
     onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16), check_inputs=torch.cat(batches(2, seed=7)))
     counts = optimized_op_counts(onnx_bytes)
-    # SE's expand conv feeds a Q (compress.quantize_se): int8 like the rest; the hard-sigmoid gate
-    # has no int8 kernel and stays float between DQ and Q; the multiply is QLinearMul
+    # SE's expand conv feeds a Q (compress.quantize_se): int8 like the rest; so is its pool; the
+    # hard-sigmoid gate has no int8 kernel and stays float between DQ and Q; the multiply is QLinearMul
     assert counts["QLinearConv"] == 10 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
     assert counts["QLinearAdd"] == 1 and counts["QGemm"] == 1 and counts["QLinearMul"] == 1
-    assert counts["HardSigmoid"] == 1
+    assert counts["HardSigmoid"] == 1 and counts["QLinearGlobalAveragePool"] == 1
 
 
 def test_float_se_gate_conv_stays_float() -> None:
