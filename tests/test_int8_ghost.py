@@ -155,3 +155,4 @@ def test_a_layer_set_to_other_bits_leaves_the_shared_grid() -> None:
     assert not own.shared()
     scale, _ = own.qparams()  # its own calibrated range on the 4-bit grid, not the module's 8-bit one
     assert float(scale) == pytest.approx(float(own.max_val.clamp(min=0) - own.min_val.clamp(max=0)) / 15)
+
