@@ -87,7 +87,8 @@ class Int8GhostModule(GhostModule):
     @torch.no_grad()
     def _observe(self, primary: Tensor) -> None:
         # the range covers both halves; the cheap half depends on the grid, so a first batch gets
-        # a provisional grid from the primary half alone (calibration and QAT only)
+        # a provisional grid from the primary half alone (calibration and QAT only). With BN left
+        # unfolded, this extra pass also moves the cheap BN's running statistics during QAT.
         grid = self.output_quant
         provisional = not bool(grid.initialized)
         if provisional:
