@@ -89,22 +89,23 @@ def test_shared_quantizers_keep_the_state_dict_keys() -> None:
 
 def test_ghost_net_runs_every_conv_on_int8_kernels() -> None:
     """13 convs QLinearConv, both ghost concats of each block QLinearConcat, both residual adds
-    QLinearAdd; nothing float but the head's pool; no Slice (the concat is the module's width)."""
+    QLinearAdd, the head's pool QLinearGlobalAveragePool; no float op, no Slice (the concat is the
+    module's width); the only Q/DQ are the input's Q and the logits' DQ."""
     _, qmodel = quantized(ghost_spec())
     counts = checked_counts(qmodel)
     assert counts["QLinearConv"] == 13 and counts["QLinearConcat"] == 4 and counts["QLinearAdd"] == 2
-    assert counts["QGemm"] == 1 and counts["ReduceMean"] == 1
-    assert not {"Conv", "FusedConv", "Concat", "Add", "Slice", "Gemm"} & set(counts)
-    assert counts["QuantizeLinear"] == 2 and counts["DequantizeLinear"] == 2  # input, pool in/out, logits
+    assert counts["QGemm"] == 1 and counts["QLinearGlobalAveragePool"] == 1
+    assert not {"Conv", "FusedConv", "Concat", "Add", "Slice", "Gemm", "ReduceMean"} & set(counts)
+    assert counts["QuantizeLinear"] == 1 and counts["DequantizeLinear"] == 1
 
 
-def test_ghost_net_with_se_keeps_only_pool_and_hard_gate_float() -> None:
+def test_ghost_net_with_se_keeps_only_the_hard_gate_float() -> None:
     _, qmodel = quantized(ghost_spec(se=0.25))
     counts = checked_counts(qmodel)
     assert counts["QLinearConv"] == 17 and counts["QLinearConcat"] == 4 and counts["QLinearAdd"] == 2
-    assert counts["QLinearMul"] == 2 and counts["HardSigmoid"] == 2 and counts["QLinearGlobalAveragePool"] == 2
-    assert counts["ReduceMean"] == 1  # the head's pool
-    assert not {"Conv", "FusedConv", "Concat", "Add", "Mul", "GlobalAveragePool"} & set(counts)
+    assert counts["QLinearMul"] == 2 and counts["HardSigmoid"] == 2
+    assert counts["QLinearGlobalAveragePool"] == 3  # two SE pools and the head's
+    assert not {"Conv", "FusedConv", "Concat", "Add", "Mul", "GlobalAveragePool", "ReduceMean"} & set(counts)
 
 
 def test_odd_width_ghost_module_slices_on_its_grid() -> None:
@@ -135,7 +136,7 @@ def test_se_gate_conv_and_multiply_run_on_int8_kernels(style: str, gate_op: str,
     # all 10 convs (SE's two included) int8, SE's pool too; a sigmoid gate is QLinearSigmoid, a hard
     # one stays float between DQ and Q
     assert counts["QLinearConv"] == 10 and counts["QLinearMul"] == 1 and counts[gate_op] == gate_count
-    assert counts["QLinearGlobalAveragePool"] == 1
+    assert counts["QLinearGlobalAveragePool"] == 2  # SE's and the head's
     assert not {"Conv", "FusedConv", "Mul", "GlobalAveragePool"} & set(counts)
 
 

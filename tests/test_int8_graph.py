@@ -70,16 +70,17 @@ def test_residual_blocks_and_outputs_get_their_quantization_points() -> None:
 
 
 def test_int8_graph_runs_on_int8_kernels_only() -> None:
-    """All 8 convs QLinearConv, the residual add QLinearAdd, the classifier QGemm; the global pool
-    is the one float op, with its DQ/Q; the input Q and output DQ end the graph."""
+    """All 8 convs QLinearConv, the residual add QLinearAdd, the global pool
+    QLinearGlobalAveragePool (compress.quantize_graph.Int8PoolHead), the classifier QGemm; no float
+    op; the input Q and output DQ end the graph."""
     _, qmodel = int8_model(relu_spec())
     onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16), check_inputs=torch.cat(batches(2, seed=7)))
     counts = optimized_op_counts(onnx_bytes)
     assert counts["QLinearConv"] == 8 and counts["QLinearAdd"] == 1 and counts["QGemm"] == 1
     assert "Conv" not in counts and "FusedConv" not in counts and "Add" not in counts and "Gemm" not in counts
-    assert counts["ReduceMean"] == 1
-    assert counts["QuantizeLinear"] == 2 and counts["DequantizeLinear"] == 2  # input, pool in/out, logits
-    assert summarize_ops(counts)["float"] == 1
+    assert counts["QLinearGlobalAveragePool"] == 1 and "ReduceMean" not in counts  # the head's pool
+    assert counts["QuantizeLinear"] == 1 and counts["DequantizeLinear"] == 1  # the input, the logits
+    assert summarize_ops(counts)["float"] == 0
 
 
 def float_se_model(spec: ArchSpec) -> torch.nn.Module:
@@ -98,7 +99,7 @@ def test_se_block_convs_are_int8_and_the_gate_runs_on_int8_grids() -> None:
     # hard-sigmoid gate has no int8 kernel and stays float between DQ and Q; the multiply is QLinearMul
     assert counts["QLinearConv"] == 10 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
     assert counts["QLinearAdd"] == 1 and counts["QGemm"] == 1 and counts["QLinearMul"] == 1
-    assert counts["HardSigmoid"] == 1 and counts["QLinearGlobalAveragePool"] == 1
+    assert counts["HardSigmoid"] == 1 and counts["QLinearGlobalAveragePool"] == 2  # SE's and the head's
 
 
 def test_float_se_gate_conv_stays_float() -> None:
