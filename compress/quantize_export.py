@@ -10,7 +10,11 @@ export with ``predictors.latency.measure.export_onnx`` (opset 18, constant foldi
 (``compress.quantize_onnx.int8_graph``: int8 weight initializers, one Q per tensor, no equal DQ->Q
 pairs). With the quantization points of ``compress.quantize_graph`` ONNX Runtime fuses every conv
 of MobileNetV2 into QLinearConv (52 of 52; 36 before issue #16), its 10 residual adds into
-QLinearAdd and the classifier into QGemm -- the same optimized graph as ``quantize_static``'s.
+QLinearAdd and the classifier into QGemm -- ``quantize_static``'s optimized graph, plus the head's
+pool as QLinearGlobalAveragePool (``quantize_graph.Int8PoolHead``; the anchor leaves it float);
+GhostNet 1.0's 94 convs (15 before ``compress.quantize_ghost``), its 32 ghost concats into
+QLinearConcat and 16 adds into QLinearAdd; MnasNet-A1's SE blocks into QLinearGlobalAveragePool,
+QLinearSigmoid and QLinearMul (``compress.quantize_se``).
 Building QDQ with ``onnxruntime.quantization`` from our ranges was the alternative; it would
 re-derive scales with its own rounding rules, so the exporter path is the one whose numerics match
 by construction. 8-bit weights are 7-bit codes (``compress.quantize_ops``): full-range int8

@@ -22,12 +22,19 @@ So (:func:`add_int8_points`, called by ``apply_policy`` for 8-bit activations):
   its consumers (the next block's first conv and skip: the same parameters), which makes
   DQ, DQ -> Add -> Q: QLinearAdd.
 
+The head's global pool is exported as GlobalAveragePool followed by the Q of the layer after it
+(:class:`Int8PoolHead`, before the flatten): ORT fuses DQ -> GlobalAveragePool -> Q into
+QLinearGlobalAveragePool and runs the flatten on int8 (a ReduceMean, or a Q after the flatten,
+stays float behind a DequantizeLinear of the whole last feature map).
+
+GhostNet's blocks get their points from ``compress.quantize_ghost`` (one grid per ghost module:
+QLinearConcat, int8 residual adds), SE blocks from ``compress.quantize_se`` (QLinearConv for the
+gate conv, QLinearSigmoid, QLinearMul; ``int8_se=False`` keeps the gate and multiply float).
+
 The fake-quant model computes what the int8 graph computes by construction (each new point is a
-real quantization in both); QAT trains with them. Left float, deliberately: SE's global pool,
-gate and multiply (small tensors; the SE convs themselves are int8 on quantized inputs), the
-head's pool, and blocks other than MBConv/DSConv (GhostNet's ghost modules concatenate a conv and
-a depthwise output; ShuffleNet's units split and shuffle) -- their convs are still int8 where a
-quantized layer consumes them.
+real quantization in both); QAT trains with them. Left float, deliberately: hard-sigmoid gates
+(no int8 kernel in ORT; C x 1 x 1 values) and ShuffleNet's units (they split and shuffle) -- their
+convs are still int8 where a quantized layer consumes them.
 
 **Mixed fp32/int8 policies** (HAQ's latency mode keeps some layers float): a layer the policy
 leaves unnamed stays an ``nn.Conv2d``. Where an 8-bit conv's output feeds such a float conv on the
@@ -47,12 +54,16 @@ from __future__ import annotations
 
 import logging
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compress.quantize_ghost import add_ghost_points, ghost_point_quantizers
 from compress.quantize_ops import QUANT_TYPES, ActivationQuantizer, QuantLinear
+from compress.quantize_se import INT8_SE, add_se_points, se_point_quantizers
 from search_spaces.blocks import DSConv, MBConv, SqueezeExcite
+from search_spaces.build import Head
 
-__all__ = ["Int8ResidualMBConv", "QuantLinearInt8Output", "QuantizedOutput", "add_int8_points", "int8_point_quantizers"]
+__all__ = ["Int8PoolHead", "Int8ResidualMBConv", "QuantLinearInt8Output", "QuantizedOutput", "add_int8_points", "int8_point_quantizers"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +103,22 @@ class Int8ResidualMBConv(MBConv):
         if not (first.quant_enabled and first.input_quant.enabled):
             return out + x
         return out + first.input_quant.quantize_only(x)
+
+
+def _pool_reader(head: Head) -> nn.Module:
+    return head.hidden[0] if isinstance(head.hidden, nn.Sequential) else head.classifier
+
+
+class Int8PoolHead(Head):
+    """A head whose pooled features are put on the next layer's grid before the flatten (module
+    docstring). Calibration and QAT skip that early copy: the layer observes the float features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = F.adaptive_avg_pool2d(self.conv(self.preact(x)), 1)
+        grid = _pool_reader(self).input_quant
+        if not (grid.training or grid.observing):
+            pooled = grid.quantize_only(pooled)
+        return self.classifier(self.dropout(self.hidden(pooled.flatten(1))))
 
 
 def _is_int8(layer: nn.Module) -> bool:
@@ -153,10 +180,10 @@ def _add_boundary_points(model: nn.Module) -> int:
     return added
 
 
-def add_int8_points(model: nn.Module) -> int:
+def add_int8_points(model: nn.Module, int8_se: bool = INT8_SE) -> int:
     """Add the quantization points of the module docstring in place, where the convs they serve are
     quantized with 8-bit activations; returns how many output quantizers were added."""
-    added = 0
+    added = add_ghost_points(model, _quantize_output) + (add_se_points(model) if int8_se else 0)
     for path, module in list(model.named_modules()):
         if type(module) is MBConv or isinstance(module, Int8ResidualMBConv):
             if isinstance(module.se, SqueezeExcite) and _is_int8(module.depthwise[0]):
@@ -167,6 +194,9 @@ def add_int8_points(model: nn.Module) -> int:
     head_conv = getattr(getattr(model, "head", None), "conv", None)
     if isinstance(head_conv, nn.Sequential) and _is_int8(head_conv[0]):
         added += _quantize_output(head_conv, "head.conv")
+    head = getattr(model, "head", None)
+    if type(head) is Head and not head.conv_classifier and _is_int8(_pool_reader(head)):
+        head.__class__ = Int8PoolHead
     classifier = getattr(getattr(model, "head", None), "classifier", None)
     if type(classifier) is QuantLinear and _is_int8(classifier):
         classifier.output_quant = ActivationQuantizer(8, name="head.classifier output")
@@ -180,4 +210,5 @@ def add_int8_points(model: nn.Module) -> int:
 def int8_point_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
     """The output quantizers :func:`add_int8_points` added (not the layers' input quantizers)."""
     return [quantizer for m in model.modules() for quantizer in
-            ([m.quant] if isinstance(m, QuantizedOutput) else [m.output_quant] if isinstance(m, QuantLinearInt8Output) else [])]
+            ([m.quant] if isinstance(m, QuantizedOutput) else [m.output_quant] if isinstance(m, QuantLinearInt8Output) else [])
+            ] + ghost_point_quantizers(model) + se_point_quantizers(model)

@@ -8,9 +8,9 @@ exact identity on what the graph computes, and the op census of ONNX Runtime's o
    once, as PyTorch's fake-quant evaluates it (``rint(w * (1 / scale)) + zero_point``, float32,
    saturated), and the int8 codes replace the float weight and the Q: int8 initializer -> DQ, the
    form ORT fuses into QLinearConv / QGemm. A layer ORT cannot fuse (its output goes to a float op:
-   hard-swish, SE's gate, GhostNet's concat) gets its *dequantized* weight as a float32
-   initializer instead: int8 -> DQ there would be dequantized again on every run (measured:
-   GhostNet at 224 px 0.55x fp32 with 79 of its 94 convs so). Biases stay float: ORT's ``BiasQuantization``
+   hard-swish, a float SE gate) gets its *dequantized* weight as a float32 initializer instead:
+   int8 -> DQ there would be dequantized again on every run (measured: GhostNet at 224 px 0.55x
+   fp32 with 79 of its 94 convs so, before ``compress.quantize_ghost`` made all 94 int8). Biases stay float: ORT's ``BiasQuantization``
    rounds them to int32 at ``s_in * s_w``, where ``compress.quantize_ops`` already put them.
 2. **One Q per tensor.** Two QuantizeLinear nodes on the same tensor with equal scale and zero
    point (a residual skip and the first conv of the block, ``compress.quantize_graph``) become one.

@@ -15,12 +15,12 @@ from test_quantize import batches
 
 from compress.quantize import apply_policy, calibrate, quant_layers, quantization_disabled
 from compress.quantize_export import check_qdq_export, export_qdq
-from compress.quantize_graph import Int8ResidualMBConv, QuantLinearInt8Output, int8_point_quantizers
+from compress.quantize_graph import Int8ResidualMBConv, QuantLinearInt8Output, add_int8_points, int8_point_quantizers
 from compress.quantize_onnx import int8_graph, optimized_op_counts, summarize_ops
 from compress.quantize_policy import uniform_policy
 from predictors.latency.backends import export_onnx
 from search_spaces.build import build_model
-from search_spaces.spec import ArchSpec, BlockSpec, HeadSpec, StemSpec
+from search_spaces.spec import ArchSpec
 
 
 def relu_spec(se: float = 0.0) -> ArchSpec:
@@ -70,26 +70,46 @@ def test_residual_blocks_and_outputs_get_their_quantization_points() -> None:
 
 
 def test_int8_graph_runs_on_int8_kernels_only() -> None:
-    """All 8 convs QLinearConv, the residual add QLinearAdd, the classifier QGemm; the global pool
-    is the one float op, with its DQ/Q; the input Q and output DQ end the graph."""
+    """All 8 convs QLinearConv, the residual add QLinearAdd, the global pool
+    QLinearGlobalAveragePool (compress.quantize_graph.Int8PoolHead), the classifier QGemm; no float
+    op; the input Q and output DQ end the graph."""
     _, qmodel = int8_model(relu_spec())
     onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16), check_inputs=torch.cat(batches(2, seed=7)))
     counts = optimized_op_counts(onnx_bytes)
     assert counts["QLinearConv"] == 8 and counts["QLinearAdd"] == 1 and counts["QGemm"] == 1
     assert "Conv" not in counts and "FusedConv" not in counts and "Add" not in counts and "Gemm" not in counts
-    assert counts["ReduceMean"] == 1
-    assert counts["QuantizeLinear"] == 2 and counts["DequantizeLinear"] == 2  # input, pool in/out, logits
-    assert summarize_ops(counts)["float"] == 1
+    assert counts["QLinearGlobalAveragePool"] == 1 and "ReduceMean" not in counts  # the head's pool
+    assert counts["QuantizeLinear"] == 1 and counts["DequantizeLinear"] == 1  # the input, the logits
+    assert summarize_ops(counts)["float"] == 0
 
 
-def test_se_block_convs_are_int8_and_the_gate_stays_float() -> None:
+def float_se_model(spec: ArchSpec) -> torch.nn.Module:
+    """All-8-bit, with SE's gate and multiply left float (``add_int8_points(int8_se=False)``)."""
+    model = trained_like(spec)
+    qmodel = apply_policy(model, uniform_policy(model, 8), int8_points=False)
+    add_int8_points(qmodel, int8_se=False)
+    return calibrate(qmodel, batches(2)).eval()
+
+
+def test_se_block_convs_are_int8_and_the_gate_runs_on_int8_grids() -> None:
     _, qmodel = int8_model(relu_spec(se=0.25))
+    onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16), check_inputs=torch.cat(batches(2, seed=7)))
+    counts = optimized_op_counts(onnx_bytes)
+    # SE's expand conv feeds a Q (compress.quantize_se): int8 like the rest; so is its pool; the
+    # hard-sigmoid gate has no int8 kernel and stays float between DQ and Q; the multiply is QLinearMul
+    assert counts["QLinearConv"] == 10 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 0
+    assert counts["QLinearAdd"] == 1 and counts["QGemm"] == 1 and counts["QLinearMul"] == 1
+    assert counts["HardSigmoid"] == 1 and counts["QLinearGlobalAveragePool"] == 2  # SE's and the head's
+
+
+def test_float_se_gate_conv_stays_float() -> None:
+    qmodel = float_se_model(relu_spec(se=0.25))
     onnx_bytes = export_qdq(qmodel, (1, 3, 16, 16), check_inputs=torch.cat(batches(2, seed=7)))
     counts = optimized_op_counts(onnx_bytes)
     # the depthwise conv before SE and SE's squeeze conv are int8; SE's expand conv feeds the float
     # gate (HardSigmoid), so it stays a float conv on dequantized weights, with pool and Mul
     assert counts["QLinearConv"] == 9 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 1
-    assert counts["QLinearAdd"] == 1 and counts["QGemm"] == 1
+    assert counts["QLinearAdd"] == 1 and counts["QGemm"] == 1 and counts["Mul"] == 1
 
 
 def test_weights_are_stored_as_int8_initializers() -> None:
@@ -109,7 +129,7 @@ def test_weights_are_stored_as_int8_initializers() -> None:
 
 
 def test_int8_graph_rewrites_are_exact_identities() -> None:
-    _, qmodel = int8_model(relu_spec(se=0.25))
+    qmodel = float_se_model(relu_spec(se=0.25))
     from compress.quantize import frozen_qparams
 
     private = copy.deepcopy(qmodel)
