@@ -60,11 +60,13 @@ def test_save_and_load_round_trip_exactly(tmp_path: Path) -> None:
     space = tiny_space()
     archs, y = additive_target(space, 30, seed=2, noise=0.0)
     predictor = AccuracyPredictor(space, PredictorConfig(members=2, hidden=16, epochs=20, folds=3)).fit(archs, y)
+    predictor.provenance = {"supernet_epoch": 4}
     json_path, weights_path = predictor.save(tmp_path / "predictor")
     assert (json_path.name, weights_path.name) == ("predictor.json", "predictor.safetensors")
     loaded = AccuracyPredictor.load(tmp_path / "predictor", space)
     assert np.array_equal(loaded.predict(archs), predictor.predict(archs))
     assert (loaded.rmse, loaded.samples, loaded.config) == (predictor.rmse, 30, predictor.config)
+    assert loaded.provenance == {"supernet_epoch": 4}
     assert json.loads(json_path.read_text())["space"]["name"] == "mnasnet"
 
 

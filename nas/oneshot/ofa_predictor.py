@@ -92,6 +92,7 @@ class AccuracyPredictor:
         self.rmse: float | None = None  # k-fold held-out RMSE, accuracy units
         self.samples = 0
         self.seed = 0
+        self.provenance: dict[str, Any] = {}  # what the accuracies came from (the supernet's epoch...), saved as is
 
     # -- fitting -----------------------------------------------------------------------------------
     def _train(self, vectors: list[list[int]], y: np.ndarray, seed: int) -> tuple[MLPEnsemble, float, float]:
@@ -142,7 +143,7 @@ class AccuracyPredictor:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "space": space_identity(self.space),
                 "config": asdict(self.config), "mean": self.mean, "std": self.std, "rmse": self.rmse,
-                "samples": self.samples, "seed": self.seed}
+                "samples": self.samples, "seed": self.seed, "provenance": self.provenance}
 
     def save(self, stem: str | os.PathLike) -> tuple[Path, Path]:
         """Write `<stem>.json` and `<stem>.safetensors`; returns both paths."""
@@ -192,4 +193,5 @@ class AccuracyPredictor:
         predictor.mean, predictor.std = float(data["mean"]), float(data["std"])
         predictor.rmse = None if data.get("rmse") is None else float(data["rmse"])
         predictor.samples, predictor.seed = int(data["samples"]), int(data["seed"])
+        predictor.provenance = dict(data.get("provenance") or {})
         return predictor
