@@ -4,7 +4,7 @@ specialize` and the `once-for-all` strategy share.
 1. `run_predictor`: the accuracy predictor of a supernet's checkpoint directory, fitted once per
    supernet epoch. It samples sub-networks (the largest and the smallest first, then distinct
    random ones), measures each with `subnet_accuracy` (BN re-calibrated, cached by arch hash and
-   epoch in `accuracies.json`, so a killed run loses at most one evaluation), fits
+   epoch in `accuracy_cache.json`, so a killed run loses at most one evaluation), fits
    `AccuracyPredictor` and saves it as `predictor.json` + `predictor.safetensors` next to the
    checkpoint. A later call for the same epoch with no more samples asked reads it back: the
    next budget costs the specialisation alone.
@@ -48,7 +48,7 @@ __all__ = ["ACCURACY_CACHE", "METRICS_FILE", "PREDICTOR_STEM", "check_out_dir", 
 logger = logging.getLogger(__name__)
 
 PREDICTOR_STEM = "predictor"
-ACCURACY_CACHE = "accuracies.json"
+ACCURACY_CACHE = "accuracy_cache.json"  # shared with `nas supernet evaluate`
 METRICS_FILE = "metrics.json"
 OUTPUT_FILES = (ARCH_FILE, WEIGHTS_FILE, METRICS_FILE)
 

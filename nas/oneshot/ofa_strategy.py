@@ -47,10 +47,10 @@ class OnceForAllOptions:
     max_batches_per_epoch: int | None = None
     samples: int = 200  # sub-networks evaluated to fit the accuracy predictor
     calibration_images: int = 512  # BN re-calibration images per sub-network
-    predictor_epochs: int = 300
+    predictor_epochs: int = 200
     predictor_hidden: int = 400
-    predictor_members: int = 3
-    predictor_folds: int = 5
+    predictor_members: int = 2
+    predictor_folds: int = 3
     population: int = 100
     generations: int = 50
 
