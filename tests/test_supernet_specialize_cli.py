@@ -12,11 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from nas.commands import load, supernet
-from nas.commands import supernet_specialize  # noqa: F401  (registers `supernet specialize`)
+from nas.commands import load, supernet, supernet_specialize
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from predictors.latency import LatencyTable, build_table
 
+assert supernet_specialize.supernet_app is supernet.supernet_app  # importing it registered `specialize` there
 runner = CliRunner()
 app = typer.Typer()
 supernet.register(app)

@@ -35,7 +35,7 @@ def specialize(
     samples: int = typer.Option(200, min=2, help="Sub-networks evaluated to fit the predictor (first call per "
                                                  "supernet epoch; more than the saved predictor had refits it)."),
     predictor_hidden: int = typer.Option(400, min=1, help="Units per hidden layer of the predictor (OFA: 400)."),
-    predictor_epochs: int = typer.Option(200, min=1, help="Full-batch Adam steps of each predictor fit."),
+    predictor_epochs: int = typer.Option(100, min=1, help="Full-batch Adam steps of each predictor fit."),
     finetune_epochs: int = typer.Option(0, min=0, help="Distilled fine-tune epochs from the supernet's largest net."),
     calibration_images: int = typer.Option(512, min=1, help="Training images for BN re-calibration."),
     population: int = typer.Option(100, min=2, help="Evolution population (OFA: 100)."),
@@ -83,7 +83,8 @@ def specialize(
                                                                         device=device))
         model = student.cpu().eval()
         metrics.update(weights="finetuned", finetune_epochs=finetune_epochs,
-                       finetune_seconds=time.perf_counter() - started, finetuned_val_accuracy=report.val_accuracy, finetuned_test_accuracy=report.test_accuracy)
+                       finetune_seconds=time.perf_counter() - started, finetuned_val_accuracy=report.val_accuracy,
+                       finetuned_test_accuracy=report.test_accuracy)
     write_specialized(out, model, found.arch, metrics)
     console.print(f"{out}: predicted {found.predicted_accuracy:.4f} accuracy at {found.latency_ms:.3f} ms "
                   f"(budget {budget_ms:g} ms, {found.latency_label}); inherited accuracy {inherited:.4f}"

@@ -155,7 +155,8 @@ def check_out_dir(out: Path, protected: Path) -> Path:
     if out.is_dir():
         others = sorted(item.name for item in out.iterdir() if item.name not in OUTPUT_FILES)
         if others:
-            raise OptionError(f"--out {out}: holds other files ({', '.join(others[:3])}); give a new or empty directory")
+            raise OptionError(f"--out {out}: holds other files ({', '.join(others[:3])}); "
+                              "give a new or empty directory")
     return out
 
 

@@ -20,6 +20,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from nas.oneshot.ofa_config import OFATrainConfig
 from nas.oneshot.ofa_predictor import PredictorConfig
@@ -47,7 +49,7 @@ class OnceForAllOptions:
     max_batches_per_epoch: int | None = None
     samples: int = 200  # sub-networks evaluated to fit the accuracy predictor
     calibration_images: int = 512  # BN re-calibration images per sub-network
-    predictor_epochs: int = 200
+    predictor_epochs: int = 100
     predictor_hidden: int = 400
     predictor_members: int = 2
     predictor_folds: int = 3
@@ -98,7 +100,9 @@ class OnceForAllSearcher(Searcher):
             raise ValueError("once-for-all needs the context's table, data and work_dir")
         directory = context.work_dir / SUPERNET_DIR
         config = self.train_config()
-        supernet = ElasticSupernet(self.space)  # SupernetPlanError (a UserError) for a space it does not cover
+        with torch.random.fork_rng(devices=[]):  # the same seed, the same supernet; the caller's RNG untouched
+            torch.manual_seed(self.seed)
+            supernet = ElasticSupernet(self.space)  # SupernetPlanError (a UserError) for a space it does not cover
         training = train_supernet(supernet, context.data, config, directory, progress=context.progress)
         predictor, cost = run_predictor(supernet, context.data, directory, samples=options.samples, seed=self.seed,
                                         config=options.predictor_config(),
