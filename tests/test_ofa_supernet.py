@@ -122,3 +122,26 @@ def test_samples_are_in_the_space_and_uniform_over_networks() -> None:
     # a two-layer stage of 6 choices per layer: 6 networks of depth 1, 36 of depth 2 -> 1/7 vs 6/7
     assert depths[1] / 700 == pytest.approx(1 / 7, abs=0.04)
     assert model.smallest().blocks[1].kernel == 3 and model.largest().blocks[1].expand_ratio == 6.0
+
+
+def test_fbnet_subnetworks_with_every_op_family_extract_exactly() -> None:
+    torch.manual_seed(4)
+    space = get_space("fbnet", resolution=16, num_classes=10)
+    model = ElasticSupernet(space).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+    # e1 (expand conv = first `in` rows of e6), e3, grouped g2, and `skip` as the 1x1 conv (stage3's first)
+    ops = ("skip-k3_e1-k5_e3-k3_e1_g2-skip-skip-k5_e6-k3_e3-skip-skip-k5_e1_g2-k3_e6-skip-skip-"
+           "k3_e1-skip-skip-skip-k5_e3-skip-skip-k3_e3")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    mixed = space.from_arch_string(ops)
+    assert [b.op.value for b in mixed.blocks[:5]] == ["irf", "irf", "irf", "pw", "irf"]
+    rng = np.random.default_rng(0)
+    for arch in (mixed, model.largest(), model.smallest(), model.sample(rng)):
+        assert logits_differ(model, arch, x) < 1e-4
+    assert space.arch_string(model.smallest()) == "-".join(["skip"] + ["k3_e1", "skip", "skip", "skip"] * 5
+                                                            + ["k3_e1"])
+    for _ in range(50):
+        space.encode(model.sample(rng))
