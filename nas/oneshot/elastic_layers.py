@@ -170,7 +170,8 @@ class ElasticMBConv(nn.Module):
         if not self.has_expand or self.groups > 1:  # the block's input, or grouped: no free order
             return
         order = self.importance_order()
-        targets: list[tuple[Tensor, int]] = [(self.expand_weight, 0), (self.depthwise_weight, 0), (self.project_weight, 1)]
+        targets: list[tuple[Tensor, int]] = [(self.expand_weight, 0), (self.depthwise_weight, 0),
+                                             (self.project_weight, 1)]
         for bn in (self.expand_bn, self.depthwise_bn):
             targets += [(bn.weight, 0), (bn.bias, 0), (bn.running_mean, 0), (bn.running_var, 0)]
         for tensor, dim in targets:

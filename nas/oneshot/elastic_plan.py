@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from nas.oneshot.elastic_layers import ElasticChoice, ElasticMBConv, FixedBlock
+from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace
 from search_spaces.spaces.fbnet import ACTIVATION as FB_ACTIVATION
 from search_spaces.spaces.fbnet import OPS as FB_OPS
@@ -28,7 +29,7 @@ from search_spaces.spaces.proxyless import KERNELS, PAIRS, ProxylessSpace
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, Op, SpecError
 from search_spaces.supernet_plan import SupernetPlanError
 
-__all__ = ["COVERED_SPACES", "ElasticAdapter", "ElasticStage", "LayerChoice", "adapter_for"]
+__all__ = ["COVERED_SPACES", "SAMPLING", "ElasticAdapter", "ElasticStage", "LayerChoice", "adapter_for"]
 
 # (kernel, expand_ratio) of one active layer
 LayerChoice = tuple[int, float]
@@ -52,6 +53,16 @@ class ElasticStage:
     @property
     def choices_per_layer(self) -> int:
         return len(self.kernels) * len(self.expand_ratios)
+
+
+SAMPLING = ("network", "choice")
+
+
+def depth_probabilities(depths: np.ndarray, choices_per_layer: int, by: str) -> np.ndarray:
+    if by not in SAMPLING:
+        raise OptionError(f"sampling={by!r} not in {{{', '.join(SAMPLING)}}}")
+    weights = np.array([float(choices_per_layer) ** d if by == "network" else 1.0 for d in depths])
+    return weights / weights.sum()
 
 
 class ElasticAdapter:
@@ -94,15 +105,16 @@ class ElasticAdapter:
     def smallest(self) -> ArchSpec:
         return self.arch_of([[(min(s.kernels), min(s.expand_ratios))] * s.min_depth for s in self.stages])
 
-    def sample(self, rng: np.random.Generator) -> ArchSpec:
-        """Uniform over the space's networks: a stage of c choices per layer has c**d networks of
-        depth d, so depth d is drawn with probability proportional to c**d."""
+    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+        """`by="network"`: uniform over the space's networks (a stage of c choices per layer has
+        c**d networks of depth d, so depth d is drawn with probability proportional to c**d);
+        `by="choice"`: each stage's depth uniform, then each layer's choices (OFA's sampling,
+        which trains shallow stages far more often)."""
         choices = []
         for stage in self.stages:
             c = stage.choices_per_layer
             depths = np.arange(stage.min_depth, stage.max_depth + 1)
-            weights = np.array([float(c) ** d for d in depths])
-            depth = int(rng.choice(depths, p=weights / weights.sum()))
+            depth = int(rng.choice(depths, p=depth_probabilities(depths, c, by)))
             layers = []
             for _ in range(depth):
                 kernel = stage.kernels[int(rng.integers(len(stage.kernels)))]
@@ -189,16 +201,16 @@ class FBNetAdapter(ElasticAdapter):
     def smallest(self) -> ArchSpec:
         return self.ops_arch([[] if s.min_depth == 0 else ["k3_e1"] for s in self.stages])
 
-    def sample(self, rng: np.random.Generator) -> ArchSpec:
-        """Uniform over networks: the first layer one of the 9 ops (skip: absent or the 1x1 conv);
-        then k more layers, k drawn with probability proportional to 8**k, each one of the 8 ops."""
+    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+        """Uniform over networks (`by="network"`): the first layer one of the 9 ops (skip: absent
+        or the 1x1 conv); then k more layers, k drawn with probability proportional to 8**k, each
+        one of the 8 ops. `by="choice"`: k uniform."""
         layer_ops = [op for op in FB_OPS if op != "skip"]
         ops = []
         for stage in self.stages:
             first = FB_OPS[int(rng.integers(len(FB_OPS)))]
             extra = np.arange(stage.max_depth)
-            weights = np.array([float(len(layer_ops)) ** k for k in extra])
-            count = int(rng.choice(extra, p=weights / weights.sum()))
+            count = int(rng.choice(extra, p=depth_probabilities(extra, len(layer_ops), by)))
             names = [first] + [layer_ops[int(rng.integers(len(layer_ops)))] for _ in range(count)]
             ops.append([] if names == ["skip"] and stage.min_depth == 0 else names)
         return self.ops_arch(ops)

@@ -35,6 +35,7 @@ class ElasticSupernet(nn.Module):
         self.head = build_head(reference)
         _initialise_head_and_stem(self)
         self.depths: list[int] = []
+        self.epoch = 0  # finished training epochs (set by training and loading; keys the accuracy cache)
         self.active: ArchSpec = reference
         self.set_active(reference)
 
@@ -61,9 +62,10 @@ class ElasticSupernet(nn.Module):
     def smallest(self) -> ArchSpec:
         return self.adapter.smallest()
 
-    def sample(self, rng: np.random.Generator) -> ArchSpec:
-        """A sub-network drawn uniformly from the covered ones (all of the space's)."""
-        return self.adapter.sample(rng)
+    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+        """A sub-network drawn uniformly from the covered ones (all of the space's); `by="choice"`:
+        depth, then kernel and expansion, each uniform (Once-for-All's sampling)."""
+        return self.adapter.sample(rng, by)
 
     # -- running and extracting ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
