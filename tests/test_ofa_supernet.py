@@ -17,6 +17,7 @@ from nas.oneshot.elastic_layers import ElasticMBConv
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from search_spaces.build import build_model
 from search_spaces.spaces import get_space
+from search_spaces.errors import OptionError
 from search_spaces.spec import Activation
 from search_spaces.supernet_plan import SupernetPlanError
 
@@ -92,7 +93,8 @@ def test_reordering_moves_the_momentum_with_its_weight() -> None:
     with torch.no_grad():
         layer.project_weight.copy_(torch.tensor([[1.0, 2, 3, 4], [0, 0, 0, 1]]).view(2, 4, 1, 1))
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
-    optimizer.state[layer.project_weight]["momentum_buffer"] = torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]).view(2, 4, 1, 1)
+    momentum = torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]).view(2, 4, 1, 1)
+    optimizer.state[layer.project_weight]["momentum_buffer"] = momentum
     layer.reorder_channels(optimizer)
     # column L1 norms 1, 2, 3, 5: reversed order
     assert layer.project_weight.view(2, 4).tolist() == [[4, 3, 2, 1], [1, 0, 0, 0]]
@@ -101,7 +103,8 @@ def test_reordering_moves_the_momentum_with_its_weight() -> None:
 
 def test_coverage_errors_name_the_block_and_field(supernet: ElasticSupernet) -> None:
     largest = supernet.largest()
-    wrong_expansion = largest.replace(blocks=(largest.blocks[0], dataclasses.replace(largest.blocks[1], expand_ratio=4.0), *largest.blocks[2:]))
+    wider = dataclasses.replace(largest.blocks[1], expand_ratio=4.0)
+    wrong_expansion = largest.replace(blocks=(largest.blocks[0], wider, *largest.blocks[2:]))
     with pytest.raises(SupernetPlanError, match=r"blocks\[1\] kernel=7, expand_ratio=4 not in \{k3_e3"):
         supernet.covers(wrong_expansion)
     with pytest.raises(SupernetPlanError, match="resolution=32 does not fit"):
@@ -121,4 +124,31 @@ def test_samples_are_in_the_space_and_uniform_over_networks() -> None:
         depths[sum(1 for b in arch.blocks if b.out_channels == 24)] += 1
     # a two-layer stage of 6 choices per layer: 6 networks of depth 1, 36 of depth 2 -> 1/7 vs 6/7
     assert depths[1] / 700 == pytest.approx(1 / 7, abs=0.04)
+    by_choice = Counter(sum(1 for b in model.sample(rng, "choice").blocks if b.out_channels == 24) for _ in range(400))
+    assert by_choice[1] / 400 == pytest.approx(1 / 2, abs=0.07)  # OFA's sampling: each depth equally often
+    with pytest.raises(OptionError, match=r"sampling='depth' not in \{network, choice\}"):
+        model.sample(rng, "depth")
     assert model.smallest().blocks[1].kernel == 3 and model.largest().blocks[1].expand_ratio == 6.0
+
+
+def test_fbnet_subnetworks_with_every_op_family_extract_exactly() -> None:
+    torch.manual_seed(4)
+    space = get_space("fbnet", resolution=16, num_classes=10)
+    model = ElasticSupernet(space).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+    # e1 (expand conv = first `in` rows of e6), e3, grouped g2, and `skip` as the 1x1 conv (stage3's first)
+    ops = ("skip-k3_e1-k5_e3-k3_e1_g2-skip-skip-k5_e6-k3_e3-skip-skip-k5_e1_g2-k3_e6-skip-skip-"
+           "k3_e1-skip-skip-skip-k5_e3-skip-skip-k3_e3")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    mixed = space.from_arch_string(ops)
+    assert [b.op.value for b in mixed.blocks[:5]] == ["irf", "irf", "irf", "pw", "irf"]
+    rng = np.random.default_rng(0)
+    for arch in (mixed, model.largest(), model.smallest(), model.sample(rng)):
+        assert logits_differ(model, arch, x) < 1e-4
+    assert space.arch_string(model.smallest()) == "-".join(["skip"] + ["k3_e1", "skip", "skip", "skip"] * 5
+                                                            + ["k3_e1"])
+    for _ in range(50):
+        space.encode(model.sample(rng))

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nas.oneshot.elastic_layers import ElasticMBConv
 from nas.oneshot.elastic_plan import ElasticAdapter, adapter_for
 from search_spaces.build import build_head, build_stem
 from search_spaces.space import SearchSpace
-from search_spaces.spec import ArchSpec
+from search_spaces.spec import ArchSpec, BlockSpec
 
 __all__ = ["ElasticSupernet"]
 
@@ -32,13 +31,11 @@ class ElasticSupernet(nn.Module):
         self.stem = build_stem(reference)
         self.stages = nn.ModuleList()
         for stage in self.adapter.stages:
-            layers = [ElasticMBConv(stage.in_channels if j == 0 else stage.out_channels, stage.out_channels,
-                                    stage.stride if j == 0 else 1, stage.kernels, stage.expand_ratios,
-                                    stage.activation) for j in range(stage.max_depth)]
-            self.stages.append(nn.ModuleList(layers))
+            self.stages.append(nn.ModuleList([self.adapter.position(stage, j) for j in range(stage.max_depth)]))
         self.head = build_head(reference)
         _initialise_head_and_stem(self)
         self.depths: list[int] = []
+        self.epoch = 0  # finished training epochs (set by training and loading; keys the accuracy cache)
         self.active: ArchSpec = reference
         self.set_active(reference)
 
@@ -47,19 +44,15 @@ class ElasticSupernet(nn.Module):
         """Raise `SupernetPlanError` (naming the block and field) unless `arch` is a sub-network."""
         self.adapter.covers(arch)
 
-    def _settings(self, arch: ArchSpec) -> list[list[tuple[ElasticMBConv, int, int]]]:
-        """(position, kernel, inner width) of `arch`'s layers, stage by stage."""
-        out = []
-        for layers, positions in zip(self.adapter.layers_of(arch), self.stages):
-            out.append([(position, block.kernel, block.mid(position.in_channels))
-                        for block, position in zip(layers, positions)])
-        return out
+    def _settings(self, arch: ArchSpec) -> list[list[tuple[nn.Module, BlockSpec]]]:
+        """(position, block) of `arch`'s layers, stage by stage."""
+        return [list(zip(positions, layers)) for layers, positions in zip(self.adapter.layers_of(arch), self.stages)]
 
     def set_active(self, arch: ArchSpec) -> None:
         settings = self._settings(arch)
         for stage in settings:
-            for position, kernel, mid in stage:
-                position.set_active(kernel, mid)
+            for position, block in stage:
+                position.set_block(block)
         self.depths = [len(stage) for stage in settings]
         self.active = arch
 
@@ -69,9 +62,10 @@ class ElasticSupernet(nn.Module):
     def smallest(self) -> ArchSpec:
         return self.adapter.smallest()
 
-    def sample(self, rng: np.random.Generator) -> ArchSpec:
-        """A sub-network drawn uniformly from the covered ones (all of the space's)."""
-        return self.adapter.sample(rng)
+    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+        """A sub-network drawn uniformly from the covered ones (all of the space's); `by="choice"`:
+        depth, then kernel and expansion, each uniform (Once-for-All's sampling)."""
+        return self.adapter.sample(rng, by)
 
     # -- running and extracting ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -87,13 +81,13 @@ class ElasticSupernet(nn.Module):
         out = {f"stem.{k}": v.detach().clone() for k, v in self.stem.state_dict().items()}
         index = 0
         for stage in self._settings(arch):
-            for position, kernel, mid in stage:
-                out.update(position.extract(kernel, mid, f"blocks.{index}."))
+            for position, block in stage:
+                out.update(position.extract_block(block, f"blocks.{index}."))
                 index += 1
         out.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
         return out
 
-    def positions(self) -> list[ElasticMBConv]:
+    def positions(self) -> list[nn.Module]:
         return [position for positions in self.stages for position in positions]
 
     def reorder_channels(self, optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -34,6 +34,7 @@ class OFATrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float | None = 5.0
     max_batches_per_epoch: int | None = None
+    sampling: str = "network"  # random sub-networks: uniform over networks, or "choice" (OFA: per dimension)
     reorder_channels: bool = True  # sort inner channels by importance after every epoch
     eval_calibration_images: int = 256  # for the per-epoch val accuracy of the largest / smallest
     device: str = "auto"
@@ -51,7 +52,7 @@ class OFATrainConfig:
                 raise bad(name, f"an int >= {minimum}")
         for name in ("lr", "kd_temperature"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise bad(name, "a finite float > 0")
         if not 0.0 <= self.momentum < 1.0:
             raise bad("momentum", "a float in [0, 1)")
@@ -66,6 +67,8 @@ class OFATrainConfig:
         if self.max_batches_per_epoch is not None and (not is_int(self.max_batches_per_epoch)
                                                        or self.max_batches_per_epoch < 1):
             raise bad("max_batches_per_epoch", "None or an int >= 1")
+        if self.sampling not in ("network", "choice"):
+            raise bad("sampling", "'network' (uniform over sub-networks) or 'choice' (each dimension uniform)")
         if not isinstance(self.reorder_channels, bool):
             raise bad("reorder_channels", "true or false")
         if not is_int(self.seed):

@@ -51,7 +51,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def batches(data: DataSplits, batch_size: int, generator: torch.Generator, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
+def batches(data: DataSplits, batch_size: int, generator: torch.Generator,
+            limit: int) -> Iterator[tuple[Tensor, Tensor]]:
     images, labels = data.train.tensors[0], data.train.tensors[1]
     n = len(labels)
     order = torch.randperm(n, generator=generator)
@@ -165,7 +166,8 @@ def _train_epoch(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer, da
         _backward(loss, epoch, step, "largest")
         sums["largest"] += loss.item()
         teacher = logits.detach()
-        students = [("smallest", smallest)] + [("random", supernet.sample(rng)) for _ in range(config.random_subnets)]
+        students = [("smallest", smallest)] + [("random", supernet.sample(rng, config.sampling))
+                                             for _ in range(config.random_subnets)]
         for name, arch in students:
             supernet.set_active(arch)
             out = supernet(images)
