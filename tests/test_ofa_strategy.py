@@ -81,3 +81,5 @@ def test_strategy_is_listed_with_its_options_and_refuses_unknown_ones() -> None:
     assert described["kind"] == "one-shot" and described["options"]["samples"] == 200
     with pytest.raises(OptionError, match="strategy_options.samples=1"):
         SEARCHERS.get("once-for-all").Options(samples=1)
+    with pytest.raises(OptionError, match="strategy_options.sampling='each'"):
+        SEARCHERS.get("once-for-all").Options(sampling="each")

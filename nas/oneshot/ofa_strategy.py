@@ -47,6 +47,7 @@ class OnceForAllOptions:
     lr: float = 0.05
     random_subnets: int = 2  # random sub-networks per step, besides the largest and the smallest
     max_batches_per_epoch: int | None = None
+    sampling: str = "network"  # random sub-networks per step: uniform over networks, or "choice" (OFA's)
     samples: int = 200  # sub-networks evaluated to fit the accuracy predictor
     calibration_images: int = 512  # BN re-calibration images per sub-network
     predictor_epochs: int = 100
@@ -60,6 +61,8 @@ class OnceForAllOptions:
         for name in ("supernet_epochs", "samples", "calibration_images"):
             if getattr(self, name) < 1:
                 raise OptionError(f"strategy_options.{name}={getattr(self, name)} must be >= 1")
+        if self.sampling not in ("network", "choice"):
+            raise OptionError(f"strategy_options.sampling={self.sampling!r} not in {{network, choice}}")
         if self.samples < 2:
             raise OptionError(f"strategy_options.samples={self.samples} must be >= 2 (largest and smallest)")
         self.predictor_config()
@@ -91,7 +94,7 @@ class OnceForAllSearcher(Searcher):
         train, options = self.context.train, self.options
         return OFATrainConfig(epochs=options.supernet_epochs, lr=options.lr, random_subnets=options.random_subnets,
                               batch_size=options.batch_size or (train.batch_size if train is not None else 64),
-                              max_batches_per_epoch=options.max_batches_per_epoch,
+                              max_batches_per_epoch=options.max_batches_per_epoch, sampling=options.sampling,
                               device=train.device if train is not None else "auto", seed=self.seed)
 
     def prepare(self) -> None:
