@@ -63,6 +63,12 @@ def test_specialize_writes_a_loadable_model_and_reuses_the_predictor(trained, tm
     assert json.loads((tmp_path / "b/metrics.json").read_text())["predictor"]["reused"] is True
     assert sorted(p.name for p in (run / "supernet").glob("predictor.*")) == ["predictor.json",
                                                                               "predictor.safetensors"]
+    # more samples than the saved predictor had: refitted (the 6 evaluated ones answered from the cache),
+    # and a previous output directory of ours may be written again
+    third = specialize(run, lut, high, tmp_path / "b", "--samples", "8")
+    assert third.exit_code == 0, third.output
+    assert json.loads((tmp_path / "b/metrics.json").read_text())["predictor"]["samples"] == 8
+    assert len(json.loads((run / "supernet/accuracy_cache.json").read_text())) >= 8
 
 
 def test_finetune_records_the_accuracy_after_it(trained, tmp_path: Path) -> None:
