@@ -1,0 +1,114 @@
+"""`ElasticSupernet`: one network holding every sub-network of a space (Once-for-All, Cai et al.,
+ICLR 2020): a shared stem and head, and per stage a stack of `ElasticMBConv` positions of which a
+sub-network runs the first d, each at its own kernel and expansion.
+
+`set_active(arch)` selects a sub-network for `forward`; `extract(arch)` gives the state dict of
+`search_spaces.build.build_model(arch)`, so a sub-network leaves the supernet as an ordinary model
+whose logits equal the supernet's for the same setting (BN running statistics included).
+Which spaces are covered, and how, is `nas.oneshot.elastic_plan`'s business.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nas.oneshot.elastic_plan import ElasticAdapter, adapter_for
+from search_spaces.build import build_head, build_stem
+from search_spaces.space import SearchSpace
+from search_spaces.spec import ArchSpec, BlockSpec
+
+__all__ = ["ElasticSupernet"]
+
+
+class ElasticSupernet(nn.Module):
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        self.adapter: ElasticAdapter = adapter_for(space)  # SupernetPlanError for spaces not covered
+        reference = self.adapter.largest()
+        self.stem = build_stem(reference)
+        self.stages = nn.ModuleList()
+        for stage in self.adapter.stages:
+            self.stages.append(nn.ModuleList([self.adapter.position(stage, j) for j in range(stage.max_depth)]))
+        self.head = build_head(reference)
+        _initialise_head_and_stem(self)
+        self.depths: list[int] = []
+        self.epoch = 0  # finished training epochs (set by training and loading; keys the accuracy cache)
+        self.active: ArchSpec = reference
+        self.set_active(reference)
+
+    # -- which sub-network ---------------------------------------------------------------------------
+    def covers(self, arch: ArchSpec) -> None:
+        """Raise `SupernetPlanError` (naming the block and field) unless `arch` is a sub-network."""
+        self.adapter.covers(arch)
+
+    def _settings(self, arch: ArchSpec) -> list[list[tuple[nn.Module, BlockSpec]]]:
+        """(position, block) of `arch`'s layers, stage by stage."""
+        return [list(zip(positions, layers)) for layers, positions in zip(self.adapter.layers_of(arch), self.stages)]
+
+    def set_active(self, arch: ArchSpec) -> None:
+        settings = self._settings(arch)
+        for stage in settings:
+            for position, block in stage:
+                position.set_block(block)
+        self.depths = [len(stage) for stage in settings]
+        self.active = arch
+
+    def largest(self) -> ArchSpec:
+        return self.adapter.largest()
+
+    def smallest(self) -> ArchSpec:
+        return self.adapter.smallest()
+
+    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+        """A sub-network drawn uniformly from the covered ones (all of the space's); `by="choice"`:
+        depth, then kernel and expansion, each uniform (Once-for-All's sampling)."""
+        return self.adapter.sample(rng, by)
+
+    # -- running and extracting ----------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for positions, depth in zip(self.stages, self.depths):
+            for position in positions[:depth]:
+                x = position(x)
+        return self.head(x)
+
+    @torch.no_grad()
+    def extract(self, arch: ArchSpec) -> dict[str, Tensor]:
+        """The state dict of `build_model(arch)` (the same keys), inherited from the supernet."""
+        out = {f"stem.{k}": v.detach().clone() for k, v in self.stem.state_dict().items()}
+        index = 0
+        for stage in self._settings(arch):
+            for position, block in stage:
+                out.update(position.extract_block(block, f"blocks.{index}."))
+                index += 1
+        out.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+        return out
+
+    def positions(self) -> list[nn.Module]:
+        return [position for positions in self.stages for position in positions]
+
+    def reorder_channels(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Most important inner channels first in every position (see `ElasticMBConv.reorder_channels`)."""
+        for position in self.positions():
+            position.reorder_channels(optimizer)
+
+
+def _initialise_head_and_stem(model: nn.Module) -> None:
+    """search_spaces.build's initialisation for the plain parts: He fan-out convs, unit BN, small
+    linear weights (the elastic positions initialise themselves alike)."""
+    for part in (model.stem, model.head):
+        for module in part.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
