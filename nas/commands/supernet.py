@@ -169,8 +169,8 @@ def extract(
     calibration_images: int = typer.Option(512, min=1, help="Training images for BN re-calibration."),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Write a sub-network with inherited weights (BN re-calibrated) as ordinary model files, which
-    train, export and measure like any other model; print its val accuracy."""
+    """Write a sub-network with inherited weights (BN re-calibrated) as plain model files."""
+    # arch.json + weights.safetensors: it trains, exports and measures like any other model
     from nas.oneshot.ofa_eval import calibrated_model
     from nas.oneshot.ofa_train import load_supernet
     from nas.rundir.model_files import save
