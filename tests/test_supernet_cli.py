@@ -12,6 +12,9 @@ import proxyless_helpers
 from typer.testing import CliRunner
 
 from nas.commands import supernet
+from nas.rundir.model_files import load
+from nas.training.data import load_dataset
+from nas.training.train import evaluate as accuracy_of
 
 assert proxyless_helpers.SmallProxylessSpace.name == "proxyless-small"  # imported: the space is registered
 runner = CliRunner()
@@ -47,6 +50,17 @@ def test_train_resume_and_evaluate(tmp_path: Path) -> None:
     cache = json.loads((checkpoint / "accuracy_cache.json").read_text())
     assert {row["arch_hash"] for row in rows} == set(cache)
     assert json.loads(runner.invoke(app, evaluate).output) == rows
+
+    spec = tmp_path / "arch.json"
+    spec.write_text(json.dumps(rows[0]["arch"]))
+    out = tmp_path / "sub"
+    extracted = runner.invoke(app, ["supernet", "extract", str(tmp_path / "ofa"), "--arch", str(spec), "--out",
+                                    str(out), "--calibration-images", "16", "--device", "cpu"])
+    assert extracted.exit_code == 0, extracted.output
+    model = load(out)  # ordinary model files: arch.json + weights.safetensors
+    assert model.spec.content_hash() == rows[0]["arch_hash"]
+    data = load_dataset("synthetic:4", 8, seed=0, limit=64)
+    assert f"val accuracy {accuracy_of(model, data.val, device='cpu'):.4f}" in extracted.output
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""`nas supernet train|evaluate`: an elastic (Once-for-All) supernet trained once in
-`runs/RUN/supernet/`, and the accuracies its sub-networks inherit (BN re-calibrated, cached).
+"""`nas supernet train|evaluate|extract`: an elastic (Once-for-All) supernet trained once in
+`runs/RUN/supernet/`, the accuracies its sub-networks inherit (BN re-calibrated, cached), and a
+sub-network written as ordinary model files.
 
 `train` records its settings in `supernet/run.json`; `--resume` continues from the last finished
 epoch with exactly those settings (only `--device` and `--progress` may be given again)."""
@@ -157,3 +158,35 @@ def evaluate(
     for row in rows:
         table.add_row(row["arch_hash"][:12], str(row["blocks"]), f"{row['accuracy']:.4f}")
     console.print(table)
+
+
+@supernet_app.command("extract")
+@fail_on_user_error
+def extract(
+    run: Path = typer.Argument(..., help="The run directory (RUNS_DIR/NAME) holding supernet/."),
+    arch: str = typer.Option(..., help="Spec JSON file of the sub-network (it must be in the supernet's space)."),
+    out: Path = typer.Option(..., help="Directory for arch.json + weights.safetensors."),
+    calibration_images: int = typer.Option(512, min=1, help="Training images for BN re-calibration."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Write a sub-network with inherited weights (BN re-calibrated) as plain model files."""
+    # arch.json + weights.safetensors: it trains, exports and measures like any other model
+    from nas.oneshot.ofa_eval import calibrated_model
+    from nas.oneshot.ofa_train import load_supernet
+    from nas.rundir.model_files import save
+    from nas.training.train import evaluate as accuracy_of
+
+    checkpoint = Path(run) / SUPERNET_DIR
+    if not (checkpoint / RUN_FILE).is_file():
+        raise RunDirError(f"{run}: no {SUPERNET_DIR}/{RUN_FILE}; train one with `nas supernet train --name ...`")
+    settings = read_json_object(checkpoint / RUN_FILE, "supernet run settings")
+    supernet, state = load_supernet(checkpoint)
+    spec = load_arch(arch)
+    supernet.covers(spec)
+    data = _load_data(settings)
+    model = calibrated_model(supernet, spec, data, calibration_images=calibration_images, device=device).cpu()
+    accuracy = accuracy_of(model, data.val, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    save(model, spec, out)
+    console.print(f"{out}: {len(spec.blocks)} blocks from the epoch-{state['epoch']} supernet, val accuracy "
+                  f"{accuracy:.4f} (inherited, BN re-calibrated on {calibration_images} training images)")

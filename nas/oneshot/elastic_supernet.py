@@ -5,7 +5,7 @@ sub-network runs the first d, each at its own kernel and expansion.
 `set_active(arch)` selects a sub-network for `forward`; `extract(arch)` gives the state dict of
 `search_spaces.build.build_model(arch)`, so a sub-network leaves the supernet as an ordinary model
 whose logits equal the supernet's for the same setting (BN running statistics included).
-Which spaces are covered, and how, is `nas.oneshot.elastic_plan`'s business.
+Which spaces are covered, and how, is `nas.oneshot.elastic_spaces`'s business.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nas.oneshot.elastic_plan import ElasticAdapter, adapter_for
+from nas.oneshot.elastic_plan import ElasticAdapter
+from nas.oneshot.elastic_spaces import adapter_for
 from search_spaces.build import build_head, build_stem
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec, BlockSpec

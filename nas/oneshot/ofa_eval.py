@@ -26,7 +26,7 @@ from search_spaces.build import build_model
 from search_spaces.errors import InputFileError
 from search_spaces.spec import ArchSpec
 
-__all__ = ["extract_model", "read_cache", "recalibrate_bn", "subnet_accuracy"]
+__all__ = ["calibrated_model", "extract_model", "read_cache", "recalibrate_bn", "subnet_accuracy"]
 
 CALIBRATION_SEED = 0  # the same images for every sub-network: accuracies stay comparable
 
@@ -59,6 +59,17 @@ def extract_model(supernet: ElasticSupernet, arch: ArchSpec) -> nn.Module:
     return model.eval()
 
 
+def calibrated_model(supernet: ElasticSupernet, arch: ArchSpec, data: DataSplits, *, calibration_images: int = 512,
+                     device: str = "auto") -> nn.Module:
+    """`arch` as a plain model with the supernet's weights and BN statistics re-computed on
+    `calibration_images` training images (the same images for every sub-network), on `device`."""
+    supernet.covers(arch)
+    model = extract_model(supernet, arch).to(resolve_device(device))
+    images = torch.cat(data.calibration_batches(CALIBRATION_SEED, calibration_images, 256))
+    recalibrate_bn(model, images)
+    return model
+
+
 def read_cache(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -85,10 +96,7 @@ def subnet_accuracy(supernet: ElasticSupernet, arch: ArchSpec, data: DataSplits,
     hit = entries.get(key)
     if isinstance(hit, dict) and hit.get("epoch") == epoch and isinstance(hit.get("accuracy"), (int, float)):
         return float(hit["accuracy"])
-    model = extract_model(supernet, arch)
-    images = torch.cat(data.calibration_batches(CALIBRATION_SEED, calibration_images, batch_size))
-    model.to(resolve_device(device))
-    recalibrate_bn(model, images)
+    model = calibrated_model(supernet, arch, data, calibration_images=calibration_images, device=device)
     accuracy = evaluate(model, data.val, batch_size=batch_size, device=device)
     if cache is not None:
         entries = read_cache(cache)  # re-read: another evaluation may have added entries meanwhile

@@ -69,6 +69,13 @@ def steps_per_epoch(data: DataSplits, config: OFATrainConfig) -> int:
     return steps if config.max_batches_per_epoch is None else min(steps, config.max_batches_per_epoch)
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU: there the depthwise convolutions' backward pass dominates a step and
+    runs about twice as fast on NHWC tensors (measured: a width-0.5 proxyless step at 32 px, 1.7 s
+    instead of 3.1 s for 16 images); CUDA keeps PyTorch's default layout."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def build_optimizer(supernet: ElasticSupernet, config: OFATrainConfig) -> torch.optim.SGD:
     # no weight decay on BN affine parameters and the kernel transforms (OFA's `no_decay_keys`)
     decay, no_decay = [], []
@@ -109,7 +116,7 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
     start = time.perf_counter()
     bar = _Bar(progress, config.epochs * steps_per_epoch(data, config), epoch * steps_per_epoch(data, config))
     try:
-        supernet.to(device)
+        supernet.to(device, memory_format=memory_format(device))
         _move_optimizer_state(optimizer, device)
         while epoch < config.epochs:
             epoch += 1
@@ -130,7 +137,7 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
             save_checkpoint(supernet, optimizer, config, epoch, history, checkpoint_dir)
     finally:
         bar.close()
-        supernet.to(home)
+        supernet.to(home, memory_format=torch.contiguous_format)
         supernet.set_active(supernet.largest())
         supernet.eval()
     return {"epoch": epoch, "history": history, "wall_s": time.perf_counter() - start}
@@ -158,7 +165,8 @@ def _train_epoch(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer, da
         lr = warmup_cosine_lr((epoch - 1) * steps + step - 1, total_steps, 0, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, memory_format=memory_format(device), non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         supernet.set_active(largest)
         logits = supernet(images)
