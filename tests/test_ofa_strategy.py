@@ -61,6 +61,8 @@ def test_once_for_all_writes_a_normal_run_with_the_specialised_network(lut: Path
     assert metrics["predicted_latency_ms"] <= budget and record["result"]["latency_ms"] <= budget
     assert 0 <= metrics["inherited_accuracy"] <= 1 and metrics["predictor"]["samples"] == 6
     assert record["candidate"]["info"]["inherited_accuracy"] == metrics["inherited_accuracy"]
+    # the trial fine-tunes the inherited weights rather than a fresh initialisation
+    assert Path(record["candidate"]["info"]["initial_weights"]) == specialized.resolve()
     assert sorted(p.name for p in (tmp_path / "run/supernet").glob("predictor.*")) == [
         "predictor.json", "predictor.safetensors"]
     state = json.loads((tmp_path / "run/searcher.json").read_text())["state"]
@@ -83,3 +85,26 @@ def test_strategy_is_listed_with_its_options_and_refuses_unknown_ones() -> None:
         SEARCHERS.get("once-for-all").Options(samples=1)
     with pytest.raises(OptionError, match="strategy_options.sampling='each'"):
         SEARCHERS.get("once-for-all").Options(sampling="each")
+
+
+def test_a_trial_with_initial_weights_starts_from_them_and_refuses_another_architecture(tmp_path: Path) -> None:
+    import torch
+
+    from nas.rundir.model_files import save
+    from nas.search.trial import _initial_model
+    from nas.strategies.base import INITIAL_WEIGHTS, Candidate
+    from search_spaces.build import build_model
+
+    space = SmallProxylessSpace()
+    arch, other = space.decode([0] * len(space.decisions)), space.decode([1] * len(space.decisions))
+    model = build_model(arch)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(0.25)
+    save(model, arch, tmp_path / "inherited")
+    started = _initial_model(Candidate(0, arch, info={INITIAL_WEIGHTS: str(tmp_path / "inherited")}), seed=0)
+    assert all(torch.equal(p, torch.full_like(p, 0.25)) for p in started.parameters())
+    fresh = _initial_model(Candidate(0, arch), seed=0)
+    assert not all(torch.equal(p, torch.full_like(p, 0.25)) for p in fresh.parameters())
+    with pytest.raises(ValueError, match="another architecture"):
+        _initial_model(Candidate(0, other, info={INITIAL_WEIGHTS: str(tmp_path / "inherited")}), seed=0)

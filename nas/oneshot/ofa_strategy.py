@@ -8,10 +8,10 @@ to the search's `--latency-budget` under the run's latency model. The chosen net
 inherited weights and metrics, is written to `supernet/specialized/` (what `nas supernet
 specialize --out` would write).
 
-The one trial is that network. The pipeline starts every trial from a seeded fresh
-initialisation (`nas.search.trial.train_candidate`), so, as for `proxyless`, the trial trains it
-with the run's training settings from scratch; the inherited weights and their accuracy are in
-`supernet/specialized/` and in the trial's info.
+The one trial is that network, starting from its inherited weights (the candidate's
+`initial_weights`, which `nas.search.trial.train_candidate` loads instead of a fresh
+initialisation): the run's training settings fine-tune it. The inherited accuracy is in the
+trial's info beside the fine-tuned one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from nas.oneshot.ofa_predictor import PredictorConfig
 from nas.oneshot.ofa_run import inherited_model, run_predictor, specialize_supernet, write_specialized
 from nas.oneshot.ofa_specialize import EvolutionSettings
 from nas.oneshot.ofa_train import train_supernet
-from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Result, Searcher, StrategyContext
+from nas.strategies.base import INITIAL_WEIGHTS, ONE_SHOT, SEARCHERS, Candidate, Result, Searcher, StrategyContext
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
@@ -130,7 +130,9 @@ class OnceForAllSearcher(Searcher):
     def _propose(self) -> tuple[ArchSpec, dict[str, Any] | None]:
         if self.chosen is None:
             raise RuntimeError("once-for-all: prepare() trains and specialises the supernet before the first ask")
-        return self.chosen, {"strategy": self.name, **self.progress, "options": asdict(self.options)}
+        weights = (self.context.work_dir / SUPERNET_DIR / SPECIALIZED_DIR).resolve() if self.context.work_dir else None
+        return self.chosen, {"strategy": self.name, **self.progress, "options": asdict(self.options),
+                             **({INITIAL_WEIGHTS: str(weights)} if weights is not None else {})}
 
     def _observe(self, candidate: Candidate, result: Result, reward: float) -> None:
         pass  # everything was learned before the trial

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from nas.training.data import DataSplits
-from nas.strategies.base import Candidate, Result, SearchObjective
+from nas.rundir.model_files import load as load_model
+from nas.strategies.base import INITIAL_WEIGHTS, Candidate, Result, SearchObjective
 from nas.training.train import EpochCallback, TrainConfig, train
 from predictors.latency import LatencyModel, Measurer, MissingEntriesError
 from predictors.tabular import TabularDataset
@@ -116,6 +117,16 @@ def _build_seeded(arch: ArchSpec, seed: int) -> nn.Module:
         return build_model(arch)
 
 
+def _initial_model(candidate: Candidate, seed: int) -> nn.Module:
+    source = candidate.info.get(INITIAL_WEIGHTS)
+    if source is None:
+        return _build_seeded(candidate.arch, seed)
+    model = load_model(source)  # checked files (digests, shapes, no pickle)
+    if model.spec != candidate.arch:
+        raise ValueError(f"trial {candidate.trial_id}: {source} holds another architecture than the candidate's")
+    return model
+
+
 def train_candidate(
     candidate: Candidate,
     checked: Precheck,
@@ -128,7 +139,7 @@ def train_candidate(
     known = checked.costs
     start = time.perf_counter()
     try:
-        model = _build_seeded(candidate.arch, train_config.seed)
+        model = _initial_model(candidate, train_config.seed)
         report = train(model, data, train_config, on_epoch=on_epoch)
     except Exception as error:
         logger.exception("trial %d failed", candidate.trial_id)

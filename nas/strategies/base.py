@@ -26,6 +26,11 @@ from search_spaces.spec import ArchSpec
 STATUSES = ("ok", "failed", "infeasible")
 
 
+# `Candidate.info` key: a directory of model files (arch.json + weights.safetensors) the trial starts
+# from instead of a fresh initialisation -- a one-shot strategy's inherited weights (once-for-all)
+INITIAL_WEIGHTS = "initial_weights"
+
+
 @dataclass(frozen=True)
 class Candidate:
     trial_id: int
