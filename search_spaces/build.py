@@ -96,7 +96,7 @@ class Network(nn.Module):
             channels = block.out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = build_head(spec)
-        _initialise(self)
+        initialise_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
@@ -117,8 +117,9 @@ def build_model(spec: ArchSpec) -> Network:
     return Network(spec)
 
 
-def _initialise(model: nn.Module) -> None:
-    """torchvision's MobileNet initialisation: He (fan-out) convs, unit BN, small linear weights."""
+def initialise_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation of every module in `model`: He (fan-out) convs, unit BN,
+    small linear weights."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")
@@ -200,7 +201,7 @@ def build_layer(layer: LayerShape, initialise: bool = True) -> nn.Module:
     else:
         module = Head(layer.part, layer.in_channels, layer.out_channels)
     if initialise:
-        _initialise(module)
+        initialise_weights(module)
     return module
 
 

@@ -6,6 +6,7 @@ registries unchanged), a fake latency table and a small SearchConfig. Subprocess
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,22 @@ def registered() -> Iterator[None]:
     finally:
         for registry, name in added:
             registry._entries.pop(name, None)  # Registry has no public removal (tests only need it)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@contextmanager
+def old_run_copy(tmp_path: Path) -> Iterator[Path]:
+    """The first wave's 3-trial run (best/ = trial 0) copied under `tmp_path`, its table beside it,
+    with the test searcher registered while it is used."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run_v1", run)
+    config = json.loads((run / "config.json").read_text())
+    config["lut_path"] = str(shutil.copy(FIXTURES / "run_v1_lut.json", tmp_path / "lut.json"))
+    (run / "config.json").write_text(json.dumps(config))
+    with registered():
+        yield run
 
 
 class FakeMeasurer:

@@ -4,12 +4,11 @@ field and leaving every finished result in place."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from search_helpers import registered
+from search_helpers import old_run_copy
 from test_cli_errors import assert_user_error, invoke
 
 from nas.rundir.files import RunDirError
@@ -24,12 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture()
 def old_run(tmp_path: Path) -> Iterator[Path]:
     """The first wave's 3-trial run (best/ = trial 0), its table beside it."""
-    run = tmp_path / "run"
-    shutil.copytree(FIXTURES / "run_v1", run)
-    config = json.loads((run / "config.json").read_text())
-    config["lut_path"] = str(shutil.copy(FIXTURES / "run_v1_lut.json", tmp_path / "lut.json"))
-    (run / "config.json").write_text(json.dumps(config))
-    with registered():
+    with old_run_copy(tmp_path) as run:
         yield run
 
 

@@ -9,12 +9,11 @@ can displace it); searcher.json was told [0, 1, 2] and hands out id 3 next."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from search_helpers import read_jsonl, registered
+from search_helpers import old_run_copy, read_jsonl
 from test_cli_errors import assert_user_error, invoke
 
 from nas.artifacts.report import top_trials
@@ -24,17 +23,10 @@ from nas.rundir.runinfo import read_run
 from nas.search.runner import run_search
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
 @pytest.fixture()
 def old_run(tmp_path: Path) -> Iterator[Path]:
-    run = tmp_path / "run"
-    shutil.copytree(FIXTURES / "run_v1", run)
-    config = json.loads((run / "config.json").read_text())
-    config["lut_path"] = str(shutil.copy(FIXTURES / "run_v1_lut.json", tmp_path / "lut.json"))
-    (run / "config.json").write_text(json.dumps(config))
-    with registered():
+    """The first wave's 3-trial run (best/ = trial 0), its table beside it."""
+    with old_run_copy(tmp_path) as run:
         yield run
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from nas.oneshot.elastic_plan import ElasticAdapter
 from nas.oneshot.elastic_spaces import adapter_for
-from search_spaces.build import build_head, build_stem
+from search_spaces.build import build_head, build_stem, initialise_weights
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec, BlockSpec
 
@@ -98,18 +98,7 @@ class ElasticSupernet(nn.Module):
 
 
 def _initialise_head_and_stem(model: nn.Module) -> None:
-    """search_spaces.build's initialisation for the plain parts: He fan-out convs, unit BN, small
-    linear weights (the elastic positions initialise themselves alike)."""
+    """search_spaces.build's initialisation for the plain parts (the elastic positions initialise
+    themselves alike)."""
     for part in (model.stem, model.head):
-        for module in part.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        initialise_weights(part)
