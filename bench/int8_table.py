@@ -14,7 +14,7 @@ batch 1:
    `export_qdq` exports it alone (float in, float out) next to the layer between uint8 tensors and
    to a separately timed Q of its input plus DQ of its output, all in one interleaved call.
 
-    python -m bench.int8_table                 # ~5 min on 2 cores; writes BENCHMARKS.md + bench/results/int8_table.json
+    python -m bench.int8_table                 # ~5 min on 2 quiet cores (10.7 min at load 10); writes BENCHMARKS.md + bench/results/int8_table.json
     python -m bench.int8_table --smoke         # ~1 min check of the script; JSON under --out only
 
 The CPU's ISA is recorded with the figures: int8 speed differs by CPU (VNNI or not).
