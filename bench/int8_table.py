@@ -10,11 +10,16 @@ batch 1:
    them -- all of a precision in one interleaved call (`validate_table`), against the table's
    prediction at that precision: the share within ±10%, the median |error|, Kendall tau and
    Spearman rho, raw sums and calibrated out of fold (5-fold, the table's affine calibration).
-3. **Borders.** Why a layer is timed between int8 tensors: on a few layers, the layer as
+3. **Same rounds.** On a shared machine the load drifts between the table build and the
+   validation minutes later. So for `--same-round` of the networks, the whole network and every
+   one of its layers (and the int8 borders: quantize of the image, dequantize of the logits) are
+   timed in one interleaved call, fp32 and int8 together: the raw sum's error with the machine's
+   state shared by both sides.
+4. **Borders.** Why a layer is timed between int8 tensors: on a few layers, the layer as
    `export_qdq` exports it alone (float in, float out) next to the layer between uint8 tensors and
    to a separately timed Q of its input plus DQ of its output, all in one interleaved call.
 
-    python -m bench.int8_table                 # ~5 min on 2 cores; writes BENCHMARKS.md + bench/results/int8_table.json
+    python -m bench.int8_table                 # ~5 min on 2 quiet cores (10.7 min at load 10); writes BENCHMARKS.md + bench/results/int8_table.json
     python -m bench.int8_table --smoke         # ~1 min check of the script; JSON under --out only
 
 The CPU's ISA is recorded with the figures: int8 speed differs by CPU (VNNI or not).
@@ -37,9 +42,9 @@ from bench.report import fmt, md_table, pct, publish
 from compress.quantize_backend import Int8Measurer
 from compress.quantize_layer_export import int8_layer_model, int8_network_model, qdq_model
 from predictors.latency import LocalMeasurer, MeasureSettings, build_table, validate_table
-from predictors.latency.backends import OnnxRuntimeBackend
+from predictors.latency.backends import OnnxRuntimeBackend, export_onnx, fixed_input
 from predictors.latency.measure import measure_prepared
-from search_spaces.build import build_layer, layer_shapes
+from search_spaces.build import build_layer, build_model, layer_shapes
 from search_spaces.spaces import get_space
 
 logger = logging.getLogger("bench.int8_table")
@@ -54,13 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--archs", type=int, default=12, help="Sampled networks: the table holds their layers; they are validated.")
     add("--measure", default="10,15,10", help="warmup,blocks,block_runs of the latency protocol.")
     add("--border-layers", type=int, default=4, help="Layers of the border study (0: skip).")
+    add("--same-round", type=int, default=3, help="Networks timed whole together with their layers (0: skip).")
     add("--seed", type=int, default=0)
     add("--smoke", action="store_true", help="4 networks, a short protocol, JSON only (no BENCHMARKS.md).")
     add("--out", type=Path, default=Path("runs/bench/int8_table"), help="Table file and JSON go here.")
     add("--no-write", action="store_true", help="Do not write BENCHMARKS.md / bench/results.")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.archs, args.measure, args.border_layers, args.no_write = 4, "1,3,3", 1, True
+        args.archs, args.measure, args.border_layers, args.same_round, args.no_write = 4, "1,3,3", 1, 1, True
     return args
 
 
@@ -130,6 +136,38 @@ def border_study(layers: list, measure: MeasureSettings) -> list[dict[str, Any]]
     return rows
 
 
+def same_round(archs: list, measure: MeasureSettings) -> list[dict[str, Any]]:
+    """Per network: whole and layer by layer, fp32 and int8, in one interleaved call (module docstring)."""
+    backend, rows = OnnxRuntimeBackend(threads=1), []
+    for arch in archs:
+        shape, logits = (1, arch.in_channels, arch.resolution, arch.resolution), (1, arch.num_classes)
+        model = build_model(arch).eval()
+        items = [(export_onnx(model, fixed_input(shape)), shape, np.float32),
+                 (int8_network_model(model, shape), shape, np.float32)]
+        for layer in layer_shapes(arch):
+            module = build_layer(layer).eval()
+            inner, borders = int8_layer_model(module, layer.input_shape)
+            items += [(export_onnx(module, fixed_input(layer.input_shape)), layer.input_shape, np.float32),
+                      (inner, tuple(borders["input_shape"]), np.dtype(borders["input"]))]
+        for kind, tensor in (("quantize", shape), ("dequantize", logits)):
+            model_bytes, dtype = qdq_model(kind, tensor)
+            items.append((model_bytes, tensor, dtype))
+        with backend.pinned():
+            ops = [backend.prepare_onnx(*item) for item in items]
+            try:
+                medians = [m.median_ms for m in measure_prepared(ops, **measure.to_dict())]
+            finally:
+                for op in ops:
+                    op.close()
+        sums = {"fp32": sum(medians[2:-2:2]), "int8": sum(medians[3:-2:2]) + medians[-2] + medians[-1]}
+        whole = {"fp32": medians[0], "int8": medians[1]}
+        rows.append({"arch": arch.content_hash(), "whole_ms": whole, "raw_sum_ms": sums,
+                     "error": {p: sums[p] / whole[p] - 1 for p in whole}})
+        logger.info("same round: whole fp32 %.3f / int8 %.3f ms, sums %.3f / %.3f ms", whole["fp32"], whole["int8"],
+                    sums["fp32"], sums["int8"])
+    return rows
+
+
 def border_layers(candidates: list, count: int) -> list:
     """A plain block, a residual block, the stem and the head (the first `count` of them)."""
     blocks = [layer for layer in candidates if layer.kind == "block"]
@@ -173,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "transitions": len(table.sections["int8"].transitions), "build_s": build_s, "measure": measure.to_dict(),
         "validation": validation, "measured_speedup_int8": {"median": float(np.median(speedups)),
                                                             "min": float(speedups.min()), "max": float(speedups.max())},
+        "same_round": same_round(archs[: args.same_round], measure),
         "borders": border_study(border_layers(ops.candidate_ops(), args.border_layers), measure),
         "isa": isa(), "backend": measurers["int8"].metadata(), "load_average": load,
         "wall_s": time.perf_counter() - start,
@@ -197,6 +236,15 @@ def render(results: dict[str, Any]) -> str:
     s = results["measured_speedup_int8"]
     lines += ["", f"Measured whole-network int8 speed-up over fp32 on these networks: median {s['median']:.2f}× "
               f"(range {s['min']:.2f}–{s['max']:.2f}×)."]
+    if results["same_round"]:
+        lines += ["", "**Same rounds**: each network timed whole in one interleaved call with all its layers, fp32 "
+                  "and int8 (int8 sum: layers + quantize of the image + dequantize of the logits); error of the "
+                  "raw sum:", ""]
+        lines += md_table(["network", "fp32 whole ms", "fp32 sum ms", "fp32 error", "int8 whole ms", "int8 sum ms",
+                           "int8 error"],
+                          [[r["arch"][:8], fmt(r["whole_ms"]["fp32"]), fmt(r["raw_sum_ms"]["fp32"]),
+                            pct(r["error"]["fp32"]), fmt(r["whole_ms"]["int8"]), fmt(r["raw_sum_ms"]["int8"]),
+                            pct(r["error"]["int8"])] for r in results["same_round"]])
     if results["borders"]:
         lines += ["", "**Layer borders** (ms, one interleaved call per layer): the layer exported alone (float in, "
                   "float out), the layer between uint8 tensors (what the table stores), and Q(input) + DQ(output) "

@@ -132,7 +132,7 @@ def test_bad_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NAS_DEVICE_TOKEN", raising=False)
     out = str(tmp_path / "table.json")
     build = ["lut", "build", "--space", "mnasnet", "--resolution", "32", "--num-classes", "10", "--out", out]
-    assert_user_error(invoke(*build, "--backend", "bogus"), "latency backend 'bogus'", "onnxruntime, torch")
+    assert_user_error(invoke(*build, "--backend", "bogus"), "latency backend 'bogus'", "onnxruntime", "torch")
     assert_user_error(invoke(*build, "--device", "http://127.0.0.1:1"), "--token", "--device")
     assert_user_error(invoke(*build, "--device", "ftp://x", "--token", TOKEN), "--device", "http://HOST:PORT")
     assert_user_error(invoke("lut", "build", "--space", "nope", "--out", out), "search space 'nope'", "mnasnet")

@@ -151,7 +151,8 @@ def test_int8_is_refused_through_a_device_agent_and_on_another_backend() -> None
     from nas.cli import app
 
     for extra, message in ((["--device", "http://127.0.0.1:1", "--token", "t"], "device agent measures fp32"),
-                           (["--backend", "torch"], "runs on --backend onnxruntime only")):
+                           (["--backend", "torch"], "runs on --backend onnxruntime only"),
+                           (["--backend", "onnxruntime-int8"], "use --backend onnxruntime --precision int8")):
         result = CliRunner().invoke(app, ["lut", "build", "--space", "proxyless", "--out", "unused.json",
                                           "--precision", "fp32,int8", *extra])
         assert result.exit_code == 2 and message in " ".join(result.output.split())

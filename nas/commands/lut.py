@@ -37,6 +37,9 @@ def one_precision(text: str) -> str:
 def precision_measurer(precision: str, backend: str, threads: int, device: str | None, token: str | None):
     """The measurer of one precision: fp32 as before; int8 our export on ONNX Runtime, here."""
     if precision == "fp32":
+        if backend == "onnxruntime-int8":  # registered by compress.quantize_backend; a table names its precision
+            raise OptionError("--backend onnxruntime-int8: use --backend onnxruntime --precision int8 (the table then "
+                              "records its int8 entries as int8)")
         return make_measurer(backend, threads, device, token)
     if device:
         raise OptionError(f"--precision {precision} with --device: the device agent measures fp32 layers only (it "

@@ -19,6 +19,11 @@ next to an int8 one -- a *transition* is charged: QuantizeLinear or DequantizeLi
 tensor, measured per tensor shape. So a uniform int8 network's raw prediction is its entries plus
 quantize@image plus dequantize@logits, and a mixed network's is each layer's entry at its own
 precision plus one transition per precision change (`LatencyTable.layer_costs`).
+
+Known approximation of mixed networks: an int8 layer followed by an fp32 one is charged its
+entry (which quantizes its output) plus a dequantize, while the real graph would run that
+layer's last conv in float and need neither; the gap is one Q + DQ of the tensor (0.02-0.03 ms
+at 32 px here), so a policy's predicted latency should still be checked end to end.
 """
 
 from __future__ import annotations
