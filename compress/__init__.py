@@ -35,9 +35,14 @@ from compress.quantize import (
     prepare_qat,
 )
 from compress.quantize_cost import bitfusion_cost, layer_infos, policy_weight_bits
+from compress.quantize_backend import INT8_BACKEND, Int8Measurer, Int8OnnxRuntimeBackend
 from compress.quantize_dorefa import dorefa_activation
 from compress.quantize_export import check_qdq_export, export_qdq, measure_int8_latency
+from compress.quantize_ghost import Int8GhostBottleneck, Int8GhostModule, SharedQuantizer, add_ghost_points
+from compress.quantize_graph import Int8PoolHead
+from compress.quantize_layer_export import int8_layer_model, int8_network_model, qdq_model
 from compress.quantize_policy import QuantPolicy, uniform_policy
+from compress.quantize_se import INT8_SE, Int8SqueezeExcite, add_se_points
 from compress.quantize_ttq import TTQ_THRESHOLD, ttq_weight
 from compress.regularize import bn_l1_penalty, group_lasso_penalty, sparsity_penalty
 from compress.scale import (
@@ -63,10 +68,18 @@ __all__ = [
     "DeepCompressionResult",
     "DistillationLoss",
     "HaqConfig",
-    "LatencyProblem",
-    "LayerLatencyTable",
     "HuffmanCode",
     "HuffmanError",
+    "INT8_BACKEND",
+    "INT8_SE",
+    "Int8GhostBottleneck",
+    "Int8GhostModule",
+    "Int8Measurer",
+    "Int8OnnxRuntimeBackend",
+    "Int8PoolHead",
+    "Int8SqueezeExcite",
+    "LatencyProblem",
+    "LayerLatencyTable",
     "LotteryPlan",
     "PhiFit",
     "PolicyEnvelope",
@@ -78,9 +91,12 @@ __all__ = [
     "QuantLinear",
     "QuantPolicy",
     "RankPolicy",
+    "SharedQuantizer",
     "TTQ_THRESHOLD",
     "Ticket",
     "TicketComparison",
+    "add_ghost_points",
+    "add_se_points",
     "apply_masks",
     "apply_policy",
     "bitfusion_cost",
@@ -106,23 +122,26 @@ __all__ = [
     "fit_phi_to_budget",
     "grid_search_coefficients",
     "group_lasso_penalty",
+    "int8_layer_model",
+    "int8_network_model",
     "kd_loss",
     "latency_baselines",
-    "measure_layer_table",
-    "measure_policies",
-    "predicted_ms",
     "latency_policy",
     "layer_infos",
     "magnitude_masks",
     "measure_int8_latency",
+    "measure_layer_table",
+    "measure_policies",
     "model_from",
     "plan_prune",
     "policy_weight_bits",
+    "predicted_ms",
     "prepare_qat",
     "prunable_units",
     "prune",
     "prune_model",
     "pruned_width",
+    "qdq_model",
     "remove_masks",
     "remove_sharing",
     "round_filters",
