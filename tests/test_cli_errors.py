@@ -5,7 +5,9 @@ One test per kind of bad input, each through the CLI, none of them training or m
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +258,27 @@ def test_user_errors_keep_their_builtin_base_and_plain_message(tmp_path: Path) -
     assert isinstance(missing.value, InputFileError)
     assert issubclass(RemoteAccessError, RemoteError) and issubclass(RemoteAccessError, DeviceError)
     assert issubclass(DeviceError, RuntimeError) and not issubclass(RemoteError, UserError)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_full_disk_or_read_only_directory_is_one_line_naming_the_path(code: int, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine refusing a write is not a bug in our code: one line, the path, exit 2."""
+    out = tmp_path / "b1ish.json"
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    line = assert_user_error(invoke("compress", "scale", "zoo:mobilenet_v2", "--width", "0.5", "--out", str(out)),
+                             str(out), os.strerror(code))
+    assert "intact" in line and not out.exists()
+
+
+def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument", str(self))
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    result = invoke("compress", "scale", "zoo:mobilenet_v2", "--width", "0.5", "--out", str(tmp_path / "x.json"))
+    assert result.exit_code == 1 and isinstance(result.exception, OSError)

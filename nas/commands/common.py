@@ -3,6 +3,7 @@ else: a bug keeps its traceback), reading ARCH arguments, choosing where latency
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 from collections.abc import Callable
@@ -29,19 +30,33 @@ def one_line(message: str) -> str:
     return text
 
 
+# what the machine, not our code, refused: a full disk, a read-only or foreign directory
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def fail_on_user_error(command: F) -> F:
     """A `UserError` (bad input: spec, table, policy, run directory, dataset, option, file, device)
-    ends the command with `error: <message>` on one line of stderr and exit code 2. Anything else
-    is a bug: it propagates, so `nas` shows its traceback and exits 1."""
+    ends the command with `error: <message>` on one line of stderr and exit code 2; so does an
+    `OSError` of `REFUSED_WRITES` (disk full, read-only, no permission), naming the path. Anything
+    else is a bug: it propagates, so `nas` shows its traceback and exits 1."""
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"{typer.style('error:', fg='red', bold=True)} {message}", err=True)
+        return typer.Exit(2)
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            message = one_line(str(error)) or type(error).__name__
-            typer.echo(f"{typer.style('error:', fg='red', bold=True)} {message}", err=True)
-            raise typer.Exit(2) from None
+            raise fail(one_line(str(error)) or type(error).__name__) from None
+        except OSError as error:
+            if error.errno not in REFUSED_WRITES:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            # every run file and table is replaced by an atomic rename, so what was there is intact
+            raise fail(f"{where}{error.strerror or error} (files written before are intact; free space or fix "
+                       "the directory's permissions, then run again or --resume)") from None
 
     return wrapper  # type: ignore[return-value]
 
