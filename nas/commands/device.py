@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from nas.commands.common import fail_on_user_error
@@ -28,6 +31,9 @@ def serve_command(
     backend: str = typer.Option("onnxruntime", help="Latency backend: onnxruntime, torch or cuda."),
     threads: int = typer.Option(1, min=1, help="Threads the backend may use (recorded in the table)."),
     max_body: int = typer.Option(AgentLimits().max_body_bytes, min=1024, help="Largest request body in bytes."),
+    cert: Optional[Path] = typer.Option(None, help="PEM certificate (chain): serve HTTPS only. Clients trust it "
+                                        "through the system or NAS_DEVICE_CA=FILE."),
+    key: Optional[Path] = typer.Option(None, help="PEM private key of --cert (if not inside it)."),
 ) -> None:
     """Serve /v1/info and /v1/measure/{layers,archs} until Ctrl-C."""
     if backend not in LATENCY_BACKENDS:
@@ -35,7 +41,10 @@ def serve_command(
         raise typer.BadParameter(f"{backend!r} not in {{{names}}}", param_hint="--backend")
     measurer = LocalMeasurer(backend, threads=threads)  # DeviceError: cuda without a GPU
     try:
-        server = serve(host, port, token, measurer, max_body=max_body, background=False)  # OptionError: bad token
+        if key is not None and cert is None:
+            raise OptionError("--key needs --cert (the certificate it belongs to)")
+        server = serve(host, port, token, measurer, max_body=max_body, background=False,  # OptionError: bad token/cert
+                       certfile=cert, keyfile=key)
     except OSError as error:  # address in use, not this machine's, unknown host name
         raise OptionError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})") from None
     typer.echo(f"device agent listening on {server.url} (backend {backend}, {threads} thread(s)); Ctrl-C stops it")

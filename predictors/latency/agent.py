@@ -22,8 +22,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -219,6 +221,7 @@ class _Server(ThreadingHTTPServer):  # daemon threads: an in-flight measurement 
     MAX_CONNECTIONS = 8
     FAILURES_BEFORE_BACKOFF = 5
     MAX_BACKOFF_S = 60.0
+    HANDSHAKE_TIMEOUT_S = 10.0
 
     def __init__(self, address: tuple[str, int], agent: DeviceAgent, token: str) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -241,9 +244,24 @@ class _Server(ThreadingHTTPServer):  # daemon threads: an in-flight measurement 
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+                return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def _handshake(self, request: ssl.SSLSocket, client_address: Any) -> bool:
+        """TLS handshake here, in the connection's own (bounded) thread, not in accept(): a client
+        that stalls or speaks plain HTTP holds one slot for at most HANDSHAKE_TIMEOUT_S."""
+        try:
+            request.settimeout(self.HANDSHAKE_TIMEOUT_S)
+            request.do_handshake()
+            request.settimeout(None)
+            return True
+        except (ssl.SSLError, OSError) as error:
+            logger.info("TLS handshake with %s failed: %s", client_address[0], error)
+            self.shutdown_request(request)
+            return False
 
     def record_auth(self, host: str, ok: bool) -> None:
         with self._failures_lock:
@@ -266,7 +284,9 @@ class AgentServer:
     def __init__(self, httpd: _Server, token_generated: bool) -> None:
         self.httpd, self.token, self.token_generated = httpd, httpd.token, token_generated
         self.host, self.port = str(httpd.server_address[0]), int(httpd.server_address[1])
-        self.url = f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+        self.tls = isinstance(httpd.socket, ssl.SSLSocket)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://[{self.host}]:{self.port}" if ":" in self.host else f"{scheme}://{self.host}:{self.port}"
         self._thread: threading.Thread | None = None
         self._serving = False  # httpd.shutdown() would wait forever on a loop that never ran
 
@@ -309,12 +329,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def tls_context(certfile: str | os.PathLike, keyfile: str | os.PathLike | None) -> ssl.SSLContext:
+    """A server context of TLS 1.2 or later from a PEM certificate (chain) and its key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise OptionError(f"--cert {certfile} / --key {keyfile}: not a usable PEM certificate and key "
+                          f"({getattr(error, 'strerror', None) or error})") from None
+    return context
+
+
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
           measurer: LocalMeasurer | None = None, *, max_body: int | None = None,
           limits: AgentLimits | None = None, busy_timeout_s: float = 600.0,
-          background: bool = True) -> AgentServer:
+          background: bool = True, certfile: str | os.PathLike | None = None,
+          keyfile: str | os.PathLike | None = None) -> AgentServer:
     """Bind an agent (port 0: any free port); started in a background thread unless `background`
-    is False, in which case call `.serve_forever()`. No token: a random one (see `.token`)."""
+    is False, in which case call `.serve_forever()`. No token: a random one (see `.token`). With
+    `certfile` (and `keyfile`, unless the key is in it) the agent speaks HTTPS only."""
     limits = limits or AgentLimits()
     if max_body is not None:
         limits = replace(limits, max_body_bytes=max_body)
@@ -325,11 +359,16 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None 
                           "(it travels in a header)")
     if len(token) < 16:
         logger.warning("the token has only %d characters; a short token is easy to guess", len(token))
-    if not _is_loopback(host):
+    context = tls_context(certfile, keyfile) if certfile is not None else None
+    if not _is_loopback(host) and context is None:
         logger.warning("binding %s: the token is the only protection and traffic is plain HTTP (the token is "
-                       "readable on the network); use a trusted network or an SSH tunnel to 127.0.0.1", host)
+                       "readable on the network); use --cert/--key, a trusted network or an SSH tunnel to "
+                       "127.0.0.1", host)
     agent = DeviceAgent(measurer or LocalMeasurer(), limits, busy_timeout_s)
-    server = AgentServer(_Server((host, port), agent, token), generated)
+    httpd = _Server((host, port), agent, token)
+    if context is not None:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+    server = AgentServer(httpd, generated)
     logger.info("device agent %s at %s (backend %s, %s thread(s))", AGENT_VERSION, server.url,
                 agent.device.get("backend"), agent.device.get("threads"))
     return server.start() if background else server

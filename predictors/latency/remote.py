@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,7 +43,7 @@ class RemoteMeasurer:
     MAX_ANSWER_BYTES = 64 * 2**20
 
     def __init__(self, url: str, token: str, *, settings: MeasureSettings | None = None,
-                 timeout_s: float = 900.0, info_timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 900.0, info_timeout_s: float = 30.0, cafile: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise OptionError(f"device url (--device) {url!r}: expected http://HOST:PORT (or https://...)")
@@ -49,7 +51,10 @@ class RemoteMeasurer:
         self._token = token
         self.settings, self.timeout_s, self.info_timeout_s = settings, timeout_s, info_timeout_s
         # no proxies (a bearer token should not cross one in plain HTTP), no redirects (see above)
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        handlers: list[Any] = [urllib.request.ProxyHandler({}), _NoRedirect()]
+        if parts.scheme == "https":  # the agent's own certificate (NAS_DEVICE_CA), else the system's trust
+            handlers.append(urllib.request.HTTPSHandler(context=_client_context(cafile or os.environ.get(CA_ENV))))
+        self._opener = urllib.request.build_opener(*handlers)
         self._info: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # never the token
@@ -149,6 +154,19 @@ class RemoteMeasurer:
         if not isinstance(answer, dict):
             raise RemoteError(f"agent at {self.url} answered {path} with {type(answer).__name__}, not an object")
         return answer
+
+
+CA_ENV = "NAS_DEVICE_CA"  # a PEM file trusted for an https agent (its self-signed certificate)
+
+
+def _client_context(cafile: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as error:
+        raise OptionError(f"{CA_ENV}={cafile}: not a readable PEM certificate "
+                          f"({getattr(error, 'strerror', None) or error})") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _settings_from(data: Any) -> MeasureSettings:
