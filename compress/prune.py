@@ -23,7 +23,10 @@ Widths: ``kept = width * (1 - ratio)`` rounded to the nearest multiple of ``roun
 below ``min(round_to, width)`` and never above ``width``; ratio 0 leaves the unit untouched. A
 width that would change the network's structure (an MBConv inner width equal to its input, which
 makes the builder drop the expand conv; an output width that would create or remove an identity
-shortcut) moves to the nearest allowed multiple, preferring to keep more channels.
+shortcut; a ShuffleNet V1 input that would flip whether its first 1x1 is grouped) moves to the
+nearest allowed multiple, preferring to keep more channels. A unit touched by grouped convs or a
+channel shuffle (FBNet's `_g2` ops, ShuffleNet V1) rounds to a multiple of `round_to` and of its
+group counts, and skips widths its cells cannot give (`compress.prune_grouped`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from torch import Tensor
 
 import compress.prune_graph as graph
 from compress.policy import PolicyEnvelope, PolicyError, check_choice, check_layers, check_number
-from compress.prune_graph import INNER, Unit, analyse, block_inputs, has_expand
+from compress.prune_graph import INNER, Unit, analyse, block_inputs, has_expand, reader_groups, structure
+from compress.prune_grouped import choose_in_cells, infeasible_widths, width_step
 from search_spaces.build import Network, build_model
 from search_spaces.spec import ArchSpec, Op
 
@@ -176,32 +180,42 @@ def plan_prune(spec: ArchSpec, policy: PrunePolicy) -> PrunePlan:
     blocks, ins = spec.blocks, block_inputs(spec)
     tensor = [spec.stem.out_channels] + [block.out_channels for block in blocks]  # new width of t_k
     widths: dict[str, tuple[int, int]] = {}
+    residual_ops = (Op.MBCONV, Op.GHOST, Op.IRF)
     # output groups in network order: a group's rule needs the new width of the group before it
     for name, unit in sorted(units.items(), key=lambda item: item[1].block):
         if unit.kind != graph.OUTPUT:
             continue
-        banned = set()
+        every = width_step(policy.round_to, unit.partitions)
+        banned = infeasible_widths(unit.width, every, unit.partitions)
         producer = unit.block
-        if producer >= 0 and blocks[producer].stride == 1 and blocks[producer].op in (Op.MBCONV, Op.GHOST):
+        if producer >= 0 and blocks[producer].stride == 1 and blocks[producer].op in residual_ops:
             banned.add(tensor[producer])  # equal in/out would give the producer a shortcut
         consumer = unit.consumer
-        if consumer is not None and blocks[consumer].stride == 1 and blocks[consumer].op in (Op.MBCONV, Op.GHOST):
+        if consumer is not None and blocks[consumer].stride == 1 and blocks[consumer].op in residual_ops:
             banned.add(blocks[consumer].out_channels)
         for reader in (*unit.members, *([consumer] if consumer is not None else [])):
+            mid = blocks[reader].mid(ins[reader])
             if blocks[reader].op is Op.MBCONV and has_expand(blocks[reader], ins[reader]):
-                banned.add(blocks[reader].mid(ins[reader]))  # the expand conv would vanish
-        new = pruned_width(unit.width, policy.ratios.get(name, 0.0), policy.round_to,
+                banned.add(mid)  # the expand conv would vanish
+            if blocks[reader].op is Op.SHUFFLE_V1 and reader_groups(blocks[reader], ins[reader]) > 1:
+                banned.update(range(1, mid))  # a narrower input would make the first 1x1 dense
+        new = pruned_width(unit.width, policy.ratios.get(name, 0.0), every,
                            even=unit.ghost_primary is not None, forbidden=banned)
         for position in range(producer + 1, (consumer if consumer is not None else len(blocks)) + 1):
             tensor[position] = new
         widths[name] = (unit.width, new)
     new_blocks = []
     for index, block in enumerate(blocks):
-        mid = block.mid(ins[index]) if block.op is not Op.DSCONV else None
+        mid = block.mid(ins[index]) if block.op not in (Op.DSCONV, Op.PW) else None
         unit = units.get(f"blocks.{index}")
         if unit is not None:
-            banned = {tensor[index]} if block.op is Op.MBCONV else set()
-            mid = pruned_width(unit.width, policy.ratios.get(unit.name, 0.0), policy.round_to,
+            every = width_step(policy.round_to, (), unit.shuffle)
+            banned = infeasible_widths(unit.width, every, (), unit.shuffle)
+            if block.op is Op.MBCONV:
+                banned.add(tensor[index])
+            if block.op is Op.SHUFFLE_V1 and reader_groups(block, ins[index]) == 1:
+                banned.update(range(1, tensor[index] + 1))  # the first 1x1 stays dense: mid > input
+            mid = pruned_width(unit.width, policy.ratios.get(unit.name, 0.0), every,
                                even=unit.ghost_primary is not None, forbidden=banned)
             widths[unit.name] = (unit.width, mid)
         elif block.op is Op.MBCONV:
@@ -220,7 +234,7 @@ def _check_structure(before: ArchSpec, after: ArchSpec) -> None:
     for index, (old, new, old_in, new_in) in enumerate(
         zip(before.blocks, after.blocks, block_inputs(before), block_inputs(after))
     ):
-        if old.has_residual(old_in) != new.has_residual(new_in) or has_expand(old, old_in) != has_expand(new, new_in):
+        if structure(old, old_in) != structure(new, new_in):
             raise RuntimeError(f"blocks.{index}: pruning changed the block's structure ({old} -> {new})")
 
 
@@ -231,6 +245,8 @@ def _choose(unit: Unit, new_width: int, state: Mapping[str, Tensor], criterion: 
         bn = state.get(f"{writer.prefix}.1.weight")
         filters = channel_scores(criterion, state[f"{writer.prefix}.0.weight"], bn)
         scores[writer.offset:writer.offset + writer.count] += filters[: writer.count]
+    if unit.partitions or unit.shuffle > 1:  # grouped convs: the best channels of every cell
+        return choose_in_cells(scores, new_width, unit.partitions, unit.shuffle, select_channels)
     # a pruned Ghost width is even, so only full pairs are candidates (see prune_graph)
     groups = torch.tensor(unit.channel_groups(paired_only=unit.ghost_primary is not None), dtype=torch.long)
     chosen = select_channels(scores[groups].sum(1), new_width // groups.shape[1])

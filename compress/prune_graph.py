@@ -12,7 +12,12 @@ Two kinds, named like the policy keys:
   * Ghost bottleneck: the expand Ghost module's output (see pairs below), the strided depthwise,
     SE, and the project Ghost module's primary conv input.
   * ShuffleNetV2 unit: branch 2's 1x1 out + BN, depthwise + BN, SE, and its last 1x1's input.
-  * DSConv has no inner tensor (its only width is its output).
+  * FBNet's `irf` block: as MBConv (its expand conv is always there).
+  * ShuffleNet V1 unit: its first 1x1 out + BN, depthwise + BN, and its last 1x1's input.
+  * With a channel shuffle between a grouped expand and the depthwise conv (`irf`/`mbconv` with
+    `groups` > 1, ShuffleNet V1), channels go by cells and indices map through the shuffle
+    (`compress.prune_grouped`).
+  * DSConv and `pw` have no inner tensor (their only width is their output).
 - ``stem`` / ``blocks.i.out`` (*output*): a tensor between blocks. Residual adds tie tensors:
   block k with an identity shortcut adds its input to its output, so t_k and t_k+1 must keep the
   same channels. We handle residual-tied outputs by pruning the whole *group* at once: the
@@ -21,8 +26,15 @@ Two kinds, named like the policy keys:
   of the scores of every layer that writes into it (the producer plus each residual member's
   project layer: the channel is their sum), and removed from every writer and reader. The other
   ``blocks.k.out`` names in a group are refused with a pointer to the group's name.
+  A stride-1 ShuffleNet V1 unit adds its input to its output, so it joins a group like a residual
+  block. Grouped convs reading or writing a group split it into equal blocks: its channels go by
+  cells (`compress.prune_grouped`).
   Not supported (refused with a reason): groups written by a ShuffleNetV2 unit (concat + channel
-  shuffle interleaves the two branches) or split by a stride-1 ShuffleNetV2 unit.
+  shuffle interleaves the two branches) or split by a stride-1 ShuffleNetV2 unit; groups written
+  by a stride-2 ShuffleNet V1 unit or read by one (its output concatenates its avg-pooled input
+  with its conv branch, so the input's channels reappear inside the output, where the next grouped
+  convs' block boundaries cut across them: no width but the original keeps every kept channel in
+  its group); groups mixing Ghost pairs with grouped convs.
 - Refused outright (`PolicyError` naming the layer): SqueezeNet's parts, a fire module (its output
   concatenates two expand convs and no layer of it has a batch norm), a stem without batch norm
   and a conv classifier head, for which no unit or state-dict edit is written.
@@ -44,6 +56,7 @@ import torch
 from torch import Tensor
 
 from compress.policy import PolicyError
+from compress.prune_grouped import grouped_conv_in, shuffled_index
 from search_spaces.blocks import se_squeeze_channels
 from search_spaces.spec import ArchSpec, BlockSpec, Op
 
@@ -75,6 +88,8 @@ class Unit:
     block: int
     members: tuple[int, ...] = ()
     consumer: int | None = None
+    partitions: tuple[int, ...] = ()  # group counts of the grouped convs reading/writing it
+    shuffle: int = 1  # inner tensor: groups of the channel shuffle after the expand conv
 
     def channel_groups(self, paired_only: bool = False) -> list[list[int]]:
         """Channels that stay or go together: singletons, or Ghost pairs [j, P + j]."""
@@ -95,6 +110,25 @@ def has_expand(block: BlockSpec, in_channels: int) -> bool:
     return block.op is not Op.MBCONV or block.mid(in_channels) != in_channels
 
 
+def reader_groups(block: BlockSpec, in_channels: int) -> int:
+    """Groups of the conv that reads a block's input (1 = dense)."""
+    if block.op in (Op.MBCONV, Op.IRF):
+        return block.groups  # the expand conv, or without it the project conv
+    if block.op is Op.SHUFFLE_V1:  # the builder keeps the first 1x1 dense on a narrow input
+        return 1 if in_channels < block.mid(in_channels) else block.groups
+    return 1
+
+
+def writer_groups(block: BlockSpec) -> int:
+    """Groups of the conv that writes a block's output (1 = dense)."""
+    return block.groups if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1) else 1
+
+
+def structure(block: BlockSpec, in_channels: int) -> tuple[bool, bool, int]:
+    """What the builder decides from the widths: shortcut, expand conv, groups of the first conv."""
+    return block.has_residual(in_channels), has_expand(block, in_channels), reader_groups(block, in_channels)
+
+
 def _ghost_writers(prefix: str, width: int) -> tuple[list[Writer], int]:
     primary = math.ceil(width / 2)
     return [Writer(f"{prefix}.primary", 0, primary), Writer(f"{prefix}.cheap", primary, width - primary)], primary
@@ -105,10 +139,12 @@ def _output_writers(spec: ArchSpec, index: int) -> tuple[list[Writer], int | Non
     if index < 0:
         return [Writer("stem.0", 0, spec.stem.out_channels)], None
     block, prefix = spec.blocks[index], f"blocks.{index}"
-    if block.op is Op.MBCONV:
+    if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1):  # V1: stride 1 only (stride 2 is refused)
         return [Writer(f"{prefix}.project", 0, block.out_channels)], None
     if block.op is Op.DSCONV:
         return [Writer(f"{prefix}.1", 0, block.out_channels)], None
+    if block.op is Op.PW:
+        return [Writer(prefix, 0, block.out_channels)], None
     writers, primary = _ghost_writers(f"{prefix}.project", block.out_channels)
     if not block.has_residual(block_inputs(spec)[index]):
         # the shortcut's 1x1 adds into the same channels as the project module
@@ -117,7 +153,26 @@ def _output_writers(spec: ArchSpec, index: int) -> tuple[list[Writer], int | Non
 
 
 def _ties(block: BlockSpec, in_channels: int) -> bool:
-    return block.has_residual(in_channels) or (block.op is Op.SHUFFLE and block.stride == 1)
+    return block.has_residual(in_channels) or (block.op in (Op.SHUFFLE, Op.SHUFFLE_V1) and block.stride == 1)
+
+
+def _group_problem(spec: ArchSpec, producer: int, members: tuple[int, ...], consumer: int | None) -> str | None:
+    """Why the output group with these blocks cannot be pruned, or None."""
+    blocks = spec.blocks
+    for member in members:
+        if blocks[member].op is Op.SHUFFLE:
+            return (f"is split in half and shuffled by the stride-1 ShuffleNetV2 unit blocks.{member}; "
+                    "pruning it is not supported")
+    if producer >= 0 and blocks[producer].op is Op.SHUFFLE:
+        return "is written by a ShuffleNetV2 unit (concat + channel shuffle); pruning it is not supported"
+    if producer >= 0 and blocks[producer].op is Op.SHUFFLE_V1:
+        return (f"is the concat of the avg-pooled input and the conv branch of the stride-2 ShuffleNet V1 unit "
+                f"blocks.{producer}; pruning it is not supported (the input's channels sit inside it, across "
+                "the blocks of the grouped convs reading it)")
+    if consumer is not None and blocks[consumer].op is Op.SHUFFLE_V1:
+        return (f"is avg-pooled into the output of the stride-2 ShuffleNet V1 unit blocks.{consumer} (concat), "
+                "which ties its channels to that output's; pruning it is not supported")
+    return None
 
 
 def refuse_unsupported(spec: ArchSpec) -> None:
@@ -142,16 +197,17 @@ def analyse(spec: ArchSpec) -> tuple[dict[str, Unit], dict[str, str]]:
     # inner units
     for index, block in enumerate(spec.blocks):
         name, prefix, mid = f"blocks.{index}", f"blocks.{index}", 0
-        if block.op is Op.DSCONV:
-            reasons[name] = f"(dsconv) has no inner width; its output width is unit 'blocks.{index}.out'"
+        if block.op in (Op.DSCONV, Op.PW):
+            reasons[name] = f"({block.op.value}) has no inner width; its output width is unit 'blocks.{index}.out'"
             continue
         mid = block.mid(ins[index])
-        if block.op is Op.MBCONV:
+        if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1):
             if not has_expand(block, ins[index]):
                 reasons[name] = (f"(mbconv without expand conv) has inner width = input width {ins[index]}; "
                                  "it is pruned with the unit that writes its input")
                 continue
-            units[name] = Unit(name, INNER, mid, (Writer(f"{prefix}.expand", 0, mid),), None, index)
+            units[name] = Unit(name, INNER, mid, (Writer(f"{prefix}.expand", 0, mid),), None, index,
+                               shuffle=block.groups)
         elif block.op is Op.GHOST:
             writers, primary = _ghost_writers(f"{prefix}.expand", mid)
             units[name] = Unit(name, INNER, mid, tuple(writers), primary, index)
@@ -165,14 +221,13 @@ def analyse(spec: ArchSpec) -> tuple[dict[str, Unit], dict[str, str]]:
             end += 1
         producer, members = start - 1, tuple(range(start, end))
         name = "stem" if producer < 0 else f"blocks.{producer}.out"
-        problem = None
-        if producer >= 0 and spec.blocks[producer].op is Op.SHUFFLE:
-            problem = "is written by a ShuffleNetV2 unit (concat + channel shuffle); pruning it is not supported"
-        for member in members:
-            if spec.blocks[member].op is Op.SHUFFLE:
-                problem = (f"is split in half and shuffled by the stride-1 ShuffleNetV2 unit blocks.{member}; "
-                           "pruning it is not supported")
-                break
+        consumer = end if end < count else None
+        problem = _group_problem(spec, producer, members, consumer)
+        partitions = {writer_groups(spec.blocks[producer])} if producer >= 0 else set()
+        for reader in (*members, *([consumer] if consumer is not None else [])):
+            partitions.add(reader_groups(spec.blocks[reader], ins[reader]))
+        partitions.update(writer_groups(spec.blocks[member]) for member in members)
+        partitions.discard(1)
         if problem:
             reasons[name] = problem
         else:
@@ -182,8 +237,12 @@ def analyse(spec: ArchSpec) -> tuple[dict[str, Unit], dict[str, str]]:
                 writers += more
                 primary = primary or member_primary
             width = spec.stem.out_channels if producer < 0 else spec.blocks[producer].out_channels
-            consumer = end if end < count else None
-            units[name] = Unit(name, OUTPUT, width, tuple(writers), primary, producer, members, consumer)
+            if primary is not None and partitions:
+                problem = "mixes Ghost modules' channel pairs with grouped convs; pruning it is not supported"
+                reasons[name] = problem
+            else:
+                units[name] = Unit(name, OUTPUT, width, tuple(writers), primary, producer, members, consumer,
+                                   tuple(sorted(partitions)))
         for member in members:
             reasons[f"blocks.{member}.out"] = (
                 f"is tied by residual adds to {name!r} (blocks {', '.join(map(str, members))} add their input "
@@ -233,11 +292,12 @@ def _ghost_out(state: StateDict, prefix: str, index: Tensor, width: int) -> None
 
 def slice_inner(state: StateDict, block: BlockSpec, index: int, kept: Tensor, mid: int) -> None:
     prefix = f"blocks.{index}"
-    if block.op is Op.MBCONV:
+    if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1):
         conv_bn_out(state, f"{prefix}.expand", kept)
-        conv_bn_out(state, f"{prefix}.depthwise", kept)
-        _se_channels(state, f"{prefix}.se", kept)
-        conv_in(state, f"{prefix}.project", kept)
+        shuffled = shuffled_index(kept, mid, block.groups)  # the depthwise conv reads the shuffled tensor
+        conv_bn_out(state, f"{prefix}.depthwise", shuffled)
+        _se_channels(state, f"{prefix}.se", shuffled)
+        grouped_conv_in(state, f"{prefix}.project.0.weight", shuffled, block.groups, mid)
     elif block.op is Op.GHOST:
         _ghost_out(state, f"{prefix}.expand", kept, mid)
         if block.stride > 1:
@@ -257,10 +317,12 @@ def slice_output(state: StateDict, spec: ArchSpec, index: int, kept: Tensor) -> 
         conv_bn_out(state, "stem.0", kept)
         return
     block, prefix = spec.blocks[index], f"blocks.{index}"
-    if block.op is Op.MBCONV:
+    if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1):
         conv_bn_out(state, f"{prefix}.project", kept)
     elif block.op is Op.DSCONV:
         conv_bn_out(state, f"{prefix}.1", kept)
+    elif block.op is Op.PW:
+        conv_bn_out(state, prefix, kept)
     else:
         _ghost_out(state, f"{prefix}.project", kept, block.out_channels)
         if not block.has_residual(block_inputs(spec)[index]):
@@ -277,13 +339,16 @@ def slice_input(state: StateDict, spec: ArchSpec, index: int | None, kept: Tenso
         raise KeyError("state dict has no head layer (head.conv / head.hidden / head.classifier)")
     block, prefix = spec.blocks[index], f"blocks.{index}"
     in_channels = block_inputs(spec)[index]
-    if block.op is Op.MBCONV:
+    groups = reader_groups(block, in_channels)
+    if block.op in (Op.MBCONV, Op.IRF, Op.SHUFFLE_V1):
         if has_expand(block, in_channels):
-            conv_in(state, f"{prefix}.expand", kept)
+            grouped_conv_in(state, f"{prefix}.expand.0.weight", kept, groups, in_channels)
         else:  # the depthwise runs on the input itself
             conv_bn_out(state, f"{prefix}.depthwise", kept)
             _se_channels(state, f"{prefix}.se", kept)
-            conv_in(state, f"{prefix}.project", kept)
+            grouped_conv_in(state, f"{prefix}.project.0.weight", kept, groups, in_channels)
+    elif block.op is Op.PW:
+        conv_in(state, prefix, kept)
     elif block.op is Op.DSCONV:
         conv_bn_out(state, f"{prefix}.0", kept)
         conv_in(state, f"{prefix}.1", kept)

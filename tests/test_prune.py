@@ -14,7 +14,7 @@ from compress import PolicyError, PrunePolicy, channel_scores, plan_prune, pruna
 from compress.prune import pruned_width, select_channels
 from compress.prune_graph import analyse
 from compress.prune_search import search_prune_policy
-from predictors.cost import count, macs_of_spec
+from predictors.cost import count, macs_of_spec, params_of_spec
 from search_spaces import zoo
 from search_spaces.blocks import se_squeeze_channels
 from search_spaces.build import Network, build_model
@@ -184,17 +184,11 @@ def test_se_squeeze_follows_the_pruned_spec() -> None:
     assert state["blocks.1.se.reduce.weight"].shape[:2] == (squeeze, block.mid(block_in)) == (2, 48)
 
 
-# compress/prune*.py knows the ops mbconv, shuffle, ghost and dsconv; FBNet's irf/pw blocks and the
-# ShuffleNet V1 unit (grouped 1x1 convs) came later (issue #17) and are not pruned yet
-PRUNE_UNSUPPORTED = {"fbnet_a", "fbnet_b", "fbnet_c", "shufflenet_v1_g3"}
 PRUNE_REFUSED = {"squeezenet1_0", "squeezenet1_1"}  # fire modules: refused with a clear error (below)
 
 
-@pytest.mark.parametrize("index,name", [
-    pytest.param(index, name, marks=pytest.mark.xfail(strict=True, reason="compress/ does not prune irf, pw or "
-                                                       "shufflev1 blocks (issue #17)"))
-    if name in PRUNE_UNSUPPORTED else (index, name) for index, name in enumerate(zoo.names())
-    if name not in PRUNE_REFUSED])
+@pytest.mark.parametrize("index,name", [(index, name) for index, name in enumerate(zoo.names())
+                                        if name not in PRUNE_REFUSED])
 def test_every_zoo_model_prunes_builds_and_shrinks(index: int, name: str) -> None:
     spec = zoo.get(name, 32, 10)
     model = randomised(spec)
@@ -295,3 +289,104 @@ def test_ratio_search_meets_a_macs_budget() -> None:
     assert all(trial["latency_ms"] <= 1.2 for trial in timed.trials)
     with pytest.raises(ValueError, match="budget unreachable"):
         search_prune_policy(spec, model.state_dict(), agreement, budget_macs=1000, trials=2)
+
+
+# ---- grouped 1x1 convs and channel shuffles: FBNet's irf/pw blocks, ShuffleNet V1 units (issue #17) ----
+
+
+def fbnet_like_spec() -> ArchSpec:
+    """FBNet's blocks: a `_g2` irf as a residual member of the stem group, a pw producer, a plain
+    irf member, a strided `_g2` irf reading that group through its grouped expand, and a residual
+    `_g2` irf with SE on the shuffled inner tensor (MobileNetV3's rounding keeps its squeeze at 8
+    after pruning, so the test stays exact: narrowing a squeeze is lossy)."""
+    blocks = [
+        BlockSpec(Op.IRF, 16, 1, 3, 1.0, groups=2),
+        BlockSpec(Op.PW, 24, 2, 1),
+        BlockSpec(Op.IRF, 24, 1, 3, 3.0),
+        BlockSpec(Op.IRF, 32, 2, 5, 1.0, groups=2),
+        BlockSpec(Op.IRF, 32, 1, 3, 1.0, se_ratio=0.25, se_style="mobilenetv3", groups=2),
+    ]
+    return ArchSpec(StemSpec(16), tuple(blocks), HeadSpec(48, dropout=0.0), resolution=16, num_classes=4)
+
+
+def shufflenet_v1_like_spec() -> ArchSpec:
+    """ShuffleNet V1 units (g=3): a stride-2 unit whose first 1x1 is dense (input 8 < bottleneck
+    18), a pw producer and two stride-1 units adding into its group, a head without conv."""
+    blocks = [
+        BlockSpec(Op.SHUFFLE_V1, 32, 2, 3, mid_channels=18, groups=3),
+        BlockSpec(Op.PW, 48, 1, 1),
+        BlockSpec(Op.SHUFFLE_V1, 48, 1, 3, groups=3),
+        BlockSpec(Op.SHUFFLE_V1, 48, 1, 3, groups=3),
+    ]
+    return ArchSpec(StemSpec(8), tuple(blocks), HeadSpec(None, dropout=0.0), resolution=16, num_classes=4)
+
+
+def zero_unchosen_channels(model: Network, policy: PrunePolicy, seed: int) -> None:
+    """Zero the writers (filter and BN gamma) of every channel a random, valid choice removes."""
+    from compress.prune_grouped import choose_in_cells
+
+    plan = plan_prune(model.spec, policy)
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    for name, (old, new) in plan.widths.items():
+        unit = plan.units[name]
+        scores = torch.rand(old, generator=generator, dtype=torch.float64)
+        kept = set(choose_in_cells(scores, new, unit.partitions, unit.shuffle, select_channels).tolist())
+        for writer in unit.writers:
+            for channel in set(range(old)) - kept:
+                state[f"{writer.prefix}.0.weight"][channel - writer.offset] = 0
+                state[f"{writer.prefix}.1.weight"][channel - writer.offset] = 0
+    model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("make,criterion,widths", [
+    (fbnet_like_spec, "l1", {"blocks.0": (16, 8), "blocks.2": (72, 36), "blocks.3": (24, 12), "blocks.4": (32, 16),
+                             "stem": (16, 8), "blocks.1.out": (24, 12), "blocks.3.out": (32, 16)}),
+    # the strided unit's bottleneck 18 -> 12, not 6 (round_to 2 and groups 3: multiples of 6): a
+    # bottleneck of 6 is narrower than its input (8), so the builder would group its first 1x1
+    (shufflenet_v1_like_spec, "bn", {"blocks.0": (18, 12), "blocks.2": (12, 6), "blocks.3": (12, 6),
+                                     "blocks.1.out": (48, 24)}),
+])
+def test_grouped_blocks_prune_exactly(make, criterion: str, widths: dict) -> None:
+    """Half of every unit of irf/pw/shufflev1 blocks, with the removed channels zeroed first: the
+    pruned model computes the same function, and its spec's closed-form size is the model's."""
+    spec = make()
+    model = randomised(spec, dtype=torch.float64)
+    policy = PrunePolicy.uniform(spec, 0.5, criterion, round_to=2)
+    assert plan_prune(spec, policy).widths == widths
+    zero_unchosen_channels(model, policy, seed=2)
+    pruned = prune_model(model, policy).eval()
+    assert sum(p.numel() for p in pruned.parameters()) == params_of_spec(pruned.spec) < params_of_spec(spec)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    assert (pruned(x) - model(x)).abs().max().item() < 1e-12
+
+
+def test_grouped_units_go_by_cells_through_the_shuffle() -> None:
+    """An irf `_g2` inner tensor of 8: expand groups {0..3}, {4..7}; the shuffle sends E channel
+    i*4+j to S position 2j+i, so the project's halves read E {0,1,4,5} and {2,3,6,7}: four cells
+    of two. Keeping 4 keeps the best of each cell, and the depthwise conv keeps S in pruned order."""
+    from compress.prune_grouped import cell_of_channels, choose_in_cells, infeasible_widths, shuffled_index
+
+    assert cell_of_channels(8, (), 2) == [(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]
+    scores = torch.tensor([5.0, 1.0, 1.0, 5.0, 9.0, 8.0, 7.0, 0.0])
+    kept = choose_in_cells(scores, 4, (), 2, select_channels)
+    assert kept.tolist() == [0, 3, 4, 6]
+    # pruned E = [0, 3 | 4, 6]; shuffled: [E0, E4, E3, E6] = original S positions 0, 1, 6, 5
+    assert shuffled_index(kept, 8, 2).tolist() == [0, 1, 6, 5]
+    # ShuffleNet V1's bottleneck of 60 in 3 groups: cells of 6 or 7; widths are multiples of 3
+    assert sorted(infeasible_widths(60, 3, (), 3)) == [57]  # one cell of 6 would need 7
+    assert infeasible_widths(8, 2, (), 2) == set()  # width 6 keeps 2, 1, 1, 2 of the cells' 2
+    assert cell_of_channels(10, (2,), 1) is not None and cell_of_channels(9, (2,)) is None
+
+
+def test_shufflenet_v1_concats_are_refused_with_the_reason() -> None:
+    spec = shufflenet_v1_like_spec()
+    with pytest.raises(PolicyError, match=r"'stem'.*avg-pooled into the output of the stride-2 ShuffleNet V1 "
+                                          r"unit blocks\.0"):
+        plan_prune(spec, PrunePolicy("l1", {"stem": 0.5}))
+    with pytest.raises(PolicyError, match=r"'blocks\.0\.out'.*concat of the avg-pooled input and the conv branch"):
+        plan_prune(spec, PrunePolicy("l1", {"blocks.0.out": 0.5}))
+    zoo_units = prunable_units(zoo.get("shufflenet_v1_g3", 32, 10))
+    assert sorted(zoo_units) == sorted(f"blocks.{i}" for i in range(16))  # bottlenecks only
+    with pytest.raises(PolicyError, match=r"'blocks\.1' \(pw\) has no inner width"):
+        plan_prune(spec, PrunePolicy("l1", {"blocks.1": 0.5}))
