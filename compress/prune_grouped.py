@@ -22,6 +22,7 @@ like any other structure-changing width and the next allowed one is used.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -61,9 +62,13 @@ def width_step(round_to: int, partitions: Iterable[int], shuffle: int = 1) -> in
 
 def infeasible_widths(width: int, every: int, partitions: Iterable[int], shuffle: int = 1) -> set[int]:
     """Narrower multiples of `every` whose cells would need more channels than `width`'s have."""
-    partitions = tuple(partitions)
+    return set(_infeasible(width, every, tuple(partitions), shuffle))
+
+
+@functools.lru_cache(maxsize=1024)  # a ratio search plans the same units hundreds of times
+def _infeasible(width: int, every: int, partitions: tuple[int, ...], shuffle: int) -> frozenset[int]:
     if not partitions and shuffle == 1:
-        return set()
+        return frozenset()
     have = quotas(width, partitions, shuffle)
     if have is None:
         raise ValueError(f"width {width} is not a multiple of the groups {partitions} / shuffle {shuffle}")
@@ -72,7 +77,7 @@ def infeasible_widths(width: int, every: int, partitions: Iterable[int], shuffle
         need = quotas(candidate, partitions, shuffle)
         if need is None or any(count > have.get(cell, 0) for cell, count in need.items()):
             bad.add(candidate)
-    return bad
+    return frozenset(bad)
 
 
 def choose_in_cells(scores: Tensor, new_width: int, partitions: Iterable[int], shuffle: int,

@@ -386,7 +386,11 @@ def test_shufflenet_v1_concats_are_refused_with_the_reason() -> None:
         plan_prune(spec, PrunePolicy("l1", {"stem": 0.5}))
     with pytest.raises(PolicyError, match=r"'blocks\.0\.out'.*concat of the avg-pooled input and the conv branch"):
         plan_prune(spec, PrunePolicy("l1", {"blocks.0.out": 0.5}))
-    zoo_units = prunable_units(zoo.get("shufflenet_v1_g3", 32, 10))
-    assert sorted(zoo_units) == sorted(f"blocks.{i}" for i in range(16))  # bottlenecks only
+    zoo_spec = zoo.get("shufflenet_v1_g3", 32, 10)
+    assert sorted(prunable_units(zoo_spec)) == sorted(f"blocks.{i}" for i in range(16))  # bottlenecks only
+    plan = plan_prune(zoo_spec, PrunePolicy.uniform(zoo_spec, 0.5))
+    # multiples of 24 (round_to 8, 3 groups); blocks.0 reads the 24-wide stem with a dense 1x1
+    # (bottleneck 60 > 24), so its bottleneck stays wider than 24: 48
+    assert [plan.widths[f"blocks.{i}"] for i in (0, 1, 4, 12)] == [(60, 48), (60, 24), (120, 72), (240, 120)]
     with pytest.raises(PolicyError, match=r"'blocks\.1' \(pw\) has no inner width"):
         plan_prune(spec, PrunePolicy("l1", {"blocks.1": 0.5}))
