@@ -32,9 +32,10 @@ Two kinds, named like the policy keys:
   Not supported (refused with a reason): groups written by a ShuffleNetV2 unit (concat + channel
   shuffle interleaves the two branches) or split by a stride-1 ShuffleNetV2 unit; groups written
   by a stride-2 ShuffleNet V1 unit or read by one (its output concatenates its avg-pooled input
-  with its conv branch, so the input's channels reappear inside the output, where the next grouped
-  convs' block boundaries cut across them: no width but the original keeps every kept channel in
-  its group); groups mixing Ghost pairs with grouped convs.
+  with its conv branch, so the input group's channels reappear inside the output group, where
+  other grouped convs cut them at other block boundaries: the widths of the whole chain of such
+  groups would have to be chosen together, which is not implemented); groups mixing Ghost pairs
+  with grouped convs.
 - Refused outright (`PolicyError` naming the layer): SqueezeNet's parts, a fire module (its output
   concatenates two expand convs and no layer of it has a batch norm), a stem without batch norm
   and a conv classifier head, for which no unit or state-dict edit is written.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ def _infeasible(width: int, every: int, partitions: tuple[int, ...], shuffle: in
 
 
 def choose_in_cells(scores: Tensor, new_width: int, partitions: Iterable[int], shuffle: int,
-                    select) -> Tensor:
+                    select: Callable[[Tensor, int], Tensor]) -> Tensor:
     """Sorted channels to keep: in every cell, the best-scoring as many as the pruned width gives
     it (`select(scores, keep)`: sorted indices of the `keep` best)."""
     partitions = tuple(partitions)
