@@ -60,13 +60,21 @@ class ElasticSupernet(nn.Module):
     def largest(self) -> ArchSpec:
         return self.adapter.largest()
 
-    def smallest(self) -> ArchSpec:
-        return self.adapter.smallest()
+    def smallest(self, elastic: frozenset[str] | None = None) -> ArchSpec:
+        """The smallest sub-network; with `elastic`, the smallest whose other dimensions are largest."""
+        return self.adapter.smallest(elastic)
 
-    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+    def sample(self, rng: np.random.Generator, by: str = "network", elastic: frozenset[str] | None = None) -> ArchSpec:
         """A sub-network drawn uniformly from the covered ones (all of the space's); `by="choice"`:
-        depth, then kernel and expansion, each uniform (Once-for-All's sampling)."""
-        return self.adapter.sample(rng, by)
+        depth, then kernel and expansion, each uniform (Once-for-All's sampling). `elastic`: only
+        these dimensions vary (progressive shrinking's phases), the others stay largest."""
+        return self.adapter.sample(rng, by, elastic)
+
+    def phases(self) -> list[frozenset[str]]:
+        """Progressive shrinking's phases: the largest network alone, then one more elastic
+        dimension each (`adapter.dimensions`' order)."""
+        dims = self.adapter.dimensions
+        return [frozenset(dims[:i]) for i in range(len(dims) + 1)]
 
     # -- running and extracting ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
