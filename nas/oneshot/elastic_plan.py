@@ -13,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from nas.oneshot.elastic_layers import ElasticMBConv
+from search_spaces.build import build_head
 from search_spaces.errors import OptionError
 from search_spaces.space import SearchSpace
 from search_spaces.spec import Activation, ArchSpec, BlockSpec, SpecError
@@ -99,6 +100,10 @@ class ElasticAdapter:
         """The module of layer `j` of `stage`: one elastic MBConv over the stage's choices."""
         return ElasticMBConv(stage.in_channels if j == 0 else stage.out_channels, stage.out_channels,
                              stage.stride if j == 0 else 1, stage.kernels, stage.expand_ratios, stage.activation)
+
+    def head(self, reference: ArchSpec) -> nn.Module:
+        """The supernet's head, built for the largest network `reference`."""
+        return build_head(reference)
 
     def largest(self) -> ArchSpec:
         return self.arch_of([[(max(s.kernels), max(s.expand_ratios))] * s.max_depth for s in self.stages])

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from nas.oneshot.elastic_plan import ElasticAdapter
 from nas.oneshot.elastic_spaces import adapter_for
-from search_spaces.build import build_head, build_stem, initialise_weights
+from search_spaces.build import build_stem, initialise_weights
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec, BlockSpec
 
@@ -33,7 +33,7 @@ class ElasticSupernet(nn.Module):
         self.stages = nn.ModuleList()
         for stage in self.adapter.stages:
             self.stages.append(nn.ModuleList([self.adapter.position(stage, j) for j in range(stage.max_depth)]))
-        self.head = build_head(reference)
+        self.head = self.adapter.head(reference)
         _initialise_head_and_stem(self)
         self.depths: list[int] = []
         self.epoch = 0  # finished training epochs (set by training and loading; keys the accuracy cache)
@@ -45,15 +45,22 @@ class ElasticSupernet(nn.Module):
         """Raise `SupernetPlanError` (naming the block and field) unless `arch` is a sub-network."""
         self.adapter.covers(arch)
 
-    def _settings(self, arch: ArchSpec) -> list[list[tuple[nn.Module, BlockSpec]]]:
-        """(position, block) of `arch`'s layers, stage by stage."""
-        return [list(zip(positions, layers)) for layers, positions in zip(self.adapter.layers_of(arch), self.stages)]
+    def _settings(self, arch: ArchSpec) -> list[list[tuple[nn.Module, BlockSpec, int]]]:
+        """(position, block, the block's input width) of `arch`'s layers, stage by stage."""
+        settings, channels = [], arch.stem.out_channels
+        for layers, positions in zip(self.adapter.layers_of(arch), self.stages):
+            stage = []
+            for position, block in zip(positions, layers):
+                stage.append((position, block, channels))
+                channels = block.out_channels
+            settings.append(stage)
+        return settings
 
     def set_active(self, arch: ArchSpec) -> None:
         settings = self._settings(arch)
         for stage in settings:
-            for position, block in stage:
-                position.set_block(block)
+            for position, block, in_channels in stage:
+                position.set_block(block, in_channels)
         self.depths = [len(stage) for stage in settings]
         self.active = arch
 
@@ -90,10 +97,13 @@ class ElasticSupernet(nn.Module):
         out = {f"stem.{k}": v.detach().clone() for k, v in self.stem.state_dict().items()}
         index = 0
         for stage in self._settings(arch):
-            for position, block in stage:
-                out.update(position.extract_block(block, f"blocks.{index}."))
+            for position, block, in_channels in stage:
+                out.update(position.extract_block(block, f"blocks.{index}.", in_channels))
                 index += 1
-        out.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+        if hasattr(self.head, "extract"):  # a head reading an elastic width
+            out.update(self.head.extract("head.", arch.blocks[-1].out_channels))
+        else:
+            out.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
         return out
 
     def positions(self) -> list[nn.Module]:
