@@ -58,7 +58,7 @@ def _fractions(text: str | None) -> tuple[float, ...] | None:
 def train(
     ctx: typer.Context,
     name: str = typer.Option(..., help="Run name: the supernet goes to RUNS_DIR/NAME/supernet/."),
-    space: str = typer.Option("proxyless", help="Search space (covered: proxyless, fbnet)."),
+    space: str = typer.Option("proxyless", help="Search space (covered: proxyless, fbnet, mnasnet)."),
     space_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the space, e.g. "
                                                            "'{\"width_mult\": 0.5}'."),
     dataset: str = typer.Option("digits", help="cifar10:PATH | digits | synthetic[:N] | imagefolder:PATH | ..."),

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from nas.oneshot.elastic_layers import mid_channels
-from nas.oneshot.elastic_sliced import SlicedDepthwise, SlicedPointwise, SlicedSE
+from nas.oneshot.elastic_sliced import SlicedDepthwise, SlicedPointwise, SlicedSE, bn_targets, permute_
 from search_spaces.blocks import channel_shuffle, se_squeeze_channels
 from search_spaces.spec import Activation, BlockSpec, Op, SEStyle
 
@@ -75,6 +75,19 @@ class WidthMBConv(WidthPath):
             out = self.se(out, squeeze_of(block, in_channels, mid))
         out = self.project(out, block.out_channels)
         return out + x if block.has_residual(in_channels) else out
+
+    @torch.no_grad()
+    def reorder_channels(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Inner channels by decreasing L1 norm of the project weights' input columns (OFA's
+        criterion), everywhere they appear; without an expand conv they are the block's input."""
+        if self.expand is None:
+            return
+        order = torch.sort(self.project.weight.abs().sum(dim=(0, 2, 3)), descending=True, stable=True).indices
+        targets = [(self.expand.weight, 0), *bn_targets(self.expand.bn), (self.depthwise.weight, 0),
+                   *bn_targets(self.depthwise.bn), (self.project.weight, 1)]
+        if self.se is not None:
+            targets += [(self.se.reduce_weight, 1), (self.se.expand_weight, 0), (self.se.expand_bias, 0)]
+        permute_(targets, order, optimizer)
 
     @torch.no_grad()
     def extract_block(self, block: BlockSpec, prefix: str, in_channels: int | None = None) -> dict[str, Tensor]:
