@@ -6,6 +6,7 @@ uninterrupted run, and clear errors. 8 px synthetic data, 2 batches per epoch.""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from nas.commands import supernet as supernet_command
 from nas.oneshot.elastic_fbnet import FBNetAdapter
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from nas.oneshot.ofa_schedule import epoch_plan, phase_epochs
-from nas.oneshot.ofa_strategy import OnceForAllOptions
+from nas.oneshot.ofa_strategy import OnceForAllOptions, OnceForAllSearcher
 from nas.oneshot.ofa_train import OFATrainConfig, train_supernet
 from nas.training.data import load_dataset
 from search_spaces.errors import OptionError
@@ -118,6 +119,13 @@ def test_bad_schedules_are_refused_naming_the_field(data) -> None:
         train_supernet(fresh(), data, two, Path("unused"), progress=False)
     with pytest.raises(OptionError, match=r"strategy_options.schedule='fast'"):
         OnceForAllOptions(schedule="fast")
+
+
+def test_the_once_for_all_strategy_passes_the_schedule_to_the_training() -> None:
+    options = OnceForAllOptions(schedule="progressive", phase_fractions=[0.4, 0.2, 0.2, 0.2])  # as JSON gives it
+    searcher = SimpleNamespace(context=SimpleNamespace(train=None), options=options, seed=0)
+    config = OnceForAllSearcher.train_config(searcher)
+    assert (config.schedule, config.phase_fractions) == ("progressive", (0.4, 0.2, 0.2, 0.2))
 
 
 def test_cli_takes_the_schedule_and_refuses_a_bad_fraction_list_before_writing(tmp_path: Path) -> None:

@@ -141,10 +141,10 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
                 record[f"val_accuracy_{which}"] = subnet_accuracy(
                     supernet, arch, data, calibration_images=config.eval_calibration_images, device=str(device))
             history.append(record)
+            smallest = "-" if record["loss_smallest"] is None else f"{record['loss_smallest']:.4f}"
             logger.info("supernet epoch %d/%d (phase %d): loss largest %.4f smallest %s, val acc largest %.4f "
                         "smallest %.4f, %.1fs", epoch, config.epochs, record["phase"], record["loss_largest"],
-                        record["loss_smallest"], record["val_accuracy_largest"], record["val_accuracy_smallest"],
-                        record["time_s"])
+                        smallest, record["val_accuracy_largest"], record["val_accuracy_smallest"], record["time_s"])
             save_checkpoint(supernet, optimizer, config, epoch, history, checkpoint_dir)
     finally:
         bar.close()
