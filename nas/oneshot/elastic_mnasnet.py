@@ -11,7 +11,6 @@ order is the one training gives (not re-sorted), the same for every block readin
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
 
 import numpy as np
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from nas.oneshot.elastic_plan import ALL, ElasticAdapter, ElasticStage, is_free
 from search_spaces.build import Head
 from search_spaces.errors import OptionError
 from search_spaces.spaces.mnasnet import FIELDS, OPS as MNAS_OPS, Choice, MnasNetSpace, Stage
-from search_spaces.spec import Activation, ArchSpec, Op, SpecError
+from search_spaces.spec import Activation, ArchSpec, Op
 from search_spaces.supernet_plan import SupernetPlanError
 
 __all__ = ["ElasticHead", "MnasNetAdapter"]
@@ -74,15 +73,9 @@ class MnasNetAdapter(ElasticAdapter):
             channels = max(stage.widths)
         self.stages = tuple(stages)
         self.mnas_stages = {s.name: stage for s, stage in zip(self.stages, space.stages)}
-        self._allowed = lru_cache(maxsize=None)(self._allowed_choices)
+        self._allowed: dict[tuple[int, frozenset[str] | None], list[Choice]] = {}
 
     # -- which networks -----------------------------------------------------------------------------
-    def covers(self, arch: ArchSpec) -> None:
-        try:
-            self.space.encode(arch)
-        except SpecError as error:
-            raise SupernetPlanError(f"elastic supernet over mnasnet: {error}") from None
-
     def layers_of(self, arch: ArchSpec) -> list[list]:
         self.covers(arch)
         vector, out, position = self.space.encode(arch), [], 0
@@ -107,12 +100,15 @@ class MnasNetAdapter(ElasticAdapter):
                 indices("layers", "depth"), indices("width", "width")]
 
     def _allowed_choices(self, index: int, elastic: frozenset[str] | None) -> list[Choice]:
-        """The distinct (canonical) choices of stage `index` free under `elastic`."""
-        stage = self.space.stages[index]
-        seen: dict[Choice, None] = {}
-        for values in itertools.product(*self._free(stage, elastic)):
-            seen.setdefault(self.space._canonical_choice(stage, Choice(*values)))
-        return list(seen)
+        """The distinct (canonical) choices of stage `index` free under `elastic` (memoised)."""
+        key = (index, elastic)
+        if key not in self._allowed:
+            stage = self.space.stages[index]
+            seen: dict[Choice, None] = {}
+            for values in itertools.product(*self._free(stage, elastic)):
+                seen.setdefault(self.space._canonical_choice(stage, Choice(*values)))
+            self._allowed[key] = list(seen)
+        return self._allowed[key]
 
     def _decode(self, choices: list[Choice]) -> ArchSpec:
         return self.space.decode([index for choice in choices for index in choice])
@@ -140,7 +136,7 @@ class MnasNetAdapter(ElasticAdapter):
         choices = []
         for index, stage in enumerate(self.space.stages):
             if by == "network":
-                allowed = self._allowed(index, elastic)
+                allowed = self._allowed_choices(index, elastic)
                 choices.append(allowed[int(rng.integers(len(allowed)))])
             else:
                 free = self._free(stage, elastic)
