@@ -1,7 +1,7 @@
 """What an elastic (Once-for-All) supernet needs to know of a space, as plain data and a few
 conversions: `ElasticStage`s (positions sharing an output width, of which a sub-network runs the
-first d) and an `ElasticAdapter` per covered space (`elastic_proxyless`, `elastic_fbnet`;
-`elastic_spaces` maps spaces to them) that turns the space's `ArchSpec`s into per-stage blocks,
+first d) and an `ElasticAdapter` per covered space (`elastic_proxyless`, `elastic_fbnet`,
+`elastic_mnasnet`; `elastic_spaces` maps spaces to them) that turns the space's `ArchSpec`s into per-stage blocks,
 draws sub-networks and builds each position's module. The supernet knows no space by name.
 """
 

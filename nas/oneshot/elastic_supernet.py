@@ -1,6 +1,8 @@
 """`ElasticSupernet`: one network holding every sub-network of a space (Once-for-All, Cai et al.,
-ICLR 2020): a shared stem and head, and per stage a stack of `ElasticMBConv` positions of which a
-sub-network runs the first d, each at its own kernel and expansion.
+ICLR 2020): a shared stem and head, and per stage a stack of elastic positions (an `ElasticMBConv`,
+or an `ElasticChoice` of op-type paths) of which a sub-network runs the first d, each at its own
+kernel and expansion (and, in spaces with elastic width, its own input and output width, which
+`set_active` passes to each position).
 
 `set_active(arch)` selects a sub-network for `forward`; `extract(arch)` gives the state dict of
 `search_spaces.build.build_model(arch)`, so a sub-network leaves the supernet as an ordinary model
