@@ -20,6 +20,8 @@ budget costs after that.
     python -m bench.ofa                 # ~1.5 h on 2 cores (most of it step 1 and 2)
     python -m bench.ofa --supernet-only # step 2 alone, e.g. beside `python -m bench.ofa_standalone`
     python -m bench.ofa --smoke --no-write
+    python -m bench.ofa --schedule progressive   # progressive shrinking instead: section ofa_progressive,
+                                                 # the stand-alone ground truth and tables shared
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--smoke", action="store_true")
     add("--no-write", action="store_true")
     add("--supernet-only", action="store_true", help="Train (or resume) the supernet and stop: runs beside step 1.")
+    add("--schedule", default="sandwich", choices=("sandwich", "progressive"),
+        help="Supernet training: the sandwich rule, or progressive shrinking (own supernet directory and section).")
     return parser.parse_args(argv)
 
 
@@ -130,11 +134,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data, space = setting.data_splits(), setting.space()
     supernet = ElasticSupernet(space)
     config = OFATrainConfig(epochs=args.supernet_epochs, batch_size=setting.batch_size,
-                            max_batches_per_epoch=args.max_batches, device="cpu", seed=0)
+                            max_batches_per_epoch=args.max_batches, device="cpu", seed=0, schedule=args.schedule)
+    supernet_dir = args.out / ("supernet" if args.schedule == "sandwich" else f"supernet-{args.schedule}")
     peak_rss_reset()
-    trained = train_supernet(supernet, data, config, args.out / "supernet", progress=not args.smoke)
+    trained = train_supernet(supernet, data, config, supernet_dir, progress=not args.smoke)
     memory_mb = peak_rss_mb()
-    memory_file = args.out / "supernet_memory.json"  # the process that trained it knows its peak
+    memory_file = args.out / ("supernet_memory.json" if args.schedule == "sandwich" else
+                              f"supernet-{args.schedule}_memory.json")  # the process that trained it knows its peak
     if trained["wall_s"] > 0.5 * sum(record["time_s"] for record in trained["history"][-1:]):
         memory_file.write_text(json.dumps({"peak_rss_mb": memory_mb}))
     elif memory_file.exists():
@@ -145,14 +151,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     history = trained["history"]
     supernet_s = sum(record["time_s"] for record in history)
 
-    cache = args.out / "supernet" / ACCURACY_CACHE
+    cache = supernet_dir / ACCURACY_CACHE
     standalone = ground["rows"]
     archs = [ArchSpec.from_dict(row["arch"]) for row in standalone]
     started = time.perf_counter()
     inherited = [subnet_accuracy(supernet, arch, data, cache=cache, device="cpu") for arch in archs]
     eval_s = (time.perf_counter() - started) / len(archs)
     truth = [row["val_accuracy"] for row in standalone]
-    predictor, predictor_cost = run_predictor(supernet, data, args.out / "supernet", samples=args.samples,
+    predictor, predictor_cost = run_predictor(supernet, data, supernet_dir, samples=args.samples,
                                               device="cpu", progress=True)
     predicted = [float(v) for v in predictor.predict(archs)]
     noise = [row["val_accuracy"] for row in ground["noise"]]
@@ -188,6 +194,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def section_name(schedule: str) -> str:
+    return "ofa" if schedule == "sandwich" else f"ofa_{schedule}"
+
+
 def render(result: dict[str, Any]) -> str:
     s, r, p, a = result["supernet"], result["ranking"], result["predictor"], result["amortisation"]
     setting = result["setting"]
@@ -195,10 +205,12 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"`proxyless` space, width {setting['width_mult']}, {setting['resolution']} px, CIFAR-10 subset "
         f"({setting['train_limit']} training images, 1,000 val, 2,000 test). ISA: AVX2, no VNNI/AVX-512. "
-        f"Raw numbers: `{results_path('ofa')}`.",
+        f"Raw numbers: `{results_path(section_name(s['config'].get('schedule', 'sandwich')))}`.",
         "",
-        f"**Supernet**: {s['config']['epochs']} epochs x {s['config']['max_batches_per_epoch']} sandwich steps "
-        f"(largest + smallest + {s['config']['random_subnets']} random, batch {s['config']['batch_size']}), "
+        f"**Supernet**: {s['config']['epochs']} epochs x {s['config']['max_batches_per_epoch']} "
+        f"{s['config'].get('schedule', 'sandwich')} steps (largest + smallest + {s['config']['random_subnets']} "
+        f"random{', of the phase' if s['config'].get('schedule') == 'progressive' else ''}, batch "
+        f"{s['config']['batch_size']}), "
         f"{fmt(s['seconds'] / 60, '.1f')} min, peak RSS {fmt(s['peak_rss_mb'], '.0f')} MB; val accuracy after "
         f"the last epoch (BN re-calibrated): largest {pct(last['val_accuracy_largest'])}, smallest "
         f"{pct(last['val_accuracy_smallest'])}.",
@@ -242,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     text = render(result)
     print(text)
     if not args.no_write:
-        publish("ofa", "Once-for-all: one supernet, any budget", text, result)
+        title = "Once-for-all: one supernet, any budget"
+        publish(section_name(args.schedule), title if args.schedule == "sandwich" else
+                "Once-for-all with progressive shrinking", text, result)
     else:
         print(json.dumps(result["ranking"], indent=1, default=str))
 

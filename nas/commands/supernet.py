@@ -43,12 +43,22 @@ def _load_data(settings: dict[str, Any]):
                         limit=settings["train_limit"])
 
 
+def _fractions(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise OptionError(f"--phase-fractions={text!r}: expected comma-separated numbers, e.g. 0.4,0.2,0.2,0.2") \
+            from None
+
+
 @supernet_app.command("train")
 @fail_on_user_error
 def train(
     ctx: typer.Context,
     name: str = typer.Option(..., help="Run name: the supernet goes to RUNS_DIR/NAME/supernet/."),
-    space: str = typer.Option("proxyless", help="Search space (covered: proxyless, fbnet)."),
+    space: str = typer.Option("proxyless", help="Search space (covered: proxyless, fbnet, mnasnet)."),
     space_options: Optional[str] = typer.Option(None, help="JSON keyword arguments of the space, e.g. "
                                                            "'{\"width_mult\": 0.5}'."),
     dataset: str = typer.Option("digits", help="cifar10:PATH | digits | synthetic[:N] | imagefolder:PATH | ..."),
@@ -59,6 +69,11 @@ def train(
     lr: float = typer.Option(0.05),
     random_subnets: int = typer.Option(2, min=0, help="Random sub-networks per step besides largest and smallest."),
     max_batches_per_epoch: Optional[int] = typer.Option(None, min=1, help="Shorten epochs (smoke runs)."),
+    schedule: str = typer.Option("sandwich", help="sandwich (every dimension every step) | progressive "
+                                                   "(progressive shrinking: largest, +kernel, +depth, +expansion, "
+                                                   "+width where the space has it)."),
+    phase_fractions: Optional[str] = typer.Option(None, help="progressive: share of the epochs per phase, e.g. "
+                                                             "0.4,0.2,0.2,0.2 (default: equal)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUNS_DIR/NAME/supernet from its last epoch."),
@@ -67,7 +82,7 @@ def train(
 ) -> None:
     """Train an elastic supernet (sandwich rule, in-place distillation), checkpointed per epoch."""
     from nas.oneshot.elastic_supernet import ElasticSupernet
-    from nas.oneshot.ofa_train import OFATrainConfig, train_supernet
+    from nas.oneshot.ofa_train import OFATrainConfig, check_schedule, train_supernet
     from search_spaces.spaces import get_space
 
     directory = run_directory(runs_dir, name)
@@ -91,7 +106,8 @@ def train(
                         "dataset": dataset, "resolution": resolution, "train_limit": train_limit, "seed": seed,
                         "config": OFATrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                                  random_subnets=random_subnets,
-                                                 max_batches_per_epoch=max_batches_per_epoch).to_dict()}
+                                                 max_batches_per_epoch=max_batches_per_epoch, schedule=schedule,
+                                                 phase_fractions=_fractions(phase_fractions)).to_dict()}
         data = _load_data(settings)
         config = OFATrainConfig.from_dict(settings["config"])
         search_space = get_space(settings["space"], resolution=settings["resolution"], num_classes=data.num_classes,
@@ -100,6 +116,7 @@ def train(
 
         torch.manual_seed(settings["seed"])
         supernet = ElasticSupernet(search_space)
+        check_schedule(supernet, config)  # before run.json: a refused --phase-fractions leaves no run behind
         if not resume:
             write_json_atomic(checkpoint / RUN_FILE, settings)
         result = train_supernet(supernet, data, config, checkpoint, progress=progress)

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 
 from nas.oneshot.elastic_layers import ElasticChoice, ElasticMBConv, FixedBlock
-from nas.oneshot.elastic_plan import ElasticAdapter, ElasticStage, depth_probabilities
+from nas.oneshot.elastic_plan import ALL, ElasticAdapter, ElasticStage, depth_probabilities, is_free
 from search_spaces.spaces.fbnet import ACTIVATION as FB_ACTIVATION
 from search_spaces.spaces.fbnet import OPS as FB_OPS
 from search_spaces.spaces.fbnet import SKIP as FB_SKIP
@@ -70,18 +70,32 @@ class FBNetAdapter(ElasticAdapter):
     def largest(self) -> ArchSpec:
         return self.ops_arch([["k5_e6"] * s.max_depth for s in self.stages])
 
-    def smallest(self) -> ArchSpec:
-        return self.ops_arch([[] if s.min_depth == 0 else ["k3_e1"] for s in self.stages])
+    @staticmethod
+    def layer_ops(elastic: frozenset[str] | None) -> list[str]:
+        """The non-skip ops free under `elastic`: a fixed kernel is 5, a fixed expansion 6 (the
+        grouped e1 ops count as expansions: they come with the expansion phase)."""
+        return [op for op in FB_OPS if op != "skip" and (is_free("kernel", elastic) or op.startswith("k5"))
+                and (is_free("expand", elastic) or op.endswith("_e6"))]
 
-    def sample(self, rng: np.random.Generator, by: str = "network") -> ArchSpec:
+    def smallest(self, elastic: frozenset[str] | None = ALL) -> ArchSpec:
+        if elastic is None:
+            return self.ops_arch([[] if s.min_depth == 0 else ["k3_e1"] for s in self.stages])
+        op = self.layer_ops(elastic)[0]  # FB_OPS lists small kernels and expansions first
+        if is_free("depth", elastic):
+            return self.ops_arch([[] if s.min_depth == 0 else [op] for s in self.stages])
+        return self.ops_arch([[op] * s.max_depth for s in self.stages])
+
+    def sample(self, rng: np.random.Generator, by: str = "network", elastic: frozenset[str] | None = ALL) -> ArchSpec:
         """Uniform over networks (`by="network"`): the first layer one of the 9 ops (skip: absent
         or the 1x1 conv); then k more layers, k drawn with probability proportional to 8**k, each
-        one of the 8 ops. `by="choice"`: k uniform."""
-        layer_ops = [op for op in FB_OPS if op != "skip"]
+        one of the 8 ops. `by="choice"`: k uniform. With `elastic`, only the free ops (see
+        `layer_ops`), and without depth every layer present."""
+        layer_ops = self.layer_ops(elastic)
+        first_ops = layer_ops + ["skip"] if is_free("depth", elastic) else layer_ops
         ops = []
         for stage in self.stages:
-            first = FB_OPS[int(rng.integers(len(FB_OPS)))]
-            extra = np.arange(stage.max_depth)
+            first = first_ops[int(rng.integers(len(first_ops)))]
+            extra = np.arange(stage.max_depth) if is_free("depth", elastic) else np.array([stage.max_depth - 1])
             count = int(rng.choice(extra, p=depth_probabilities(extra, len(layer_ops), by)))
             names = [first] + [layer_ops[int(rng.integers(len(layer_ops)))] for _ in range(count)]
             ops.append([] if names == ["skip"] and stage.min_depth == 0 else names)

@@ -107,10 +107,10 @@ class ElasticMBConv(nn.Module):
             if hasattr(self, name):
                 nn.init.kaiming_normal_(getattr(self, name), mode="fan_out")
 
-    def set_block(self, block: BlockSpec) -> None:
-        self.set_active(block.kernel, block.mid(self.in_channels))
+    def set_block(self, block: BlockSpec, in_channels: int | None = None) -> None:
+        self.set_active(block.kernel, block.mid(self.in_channels))  # its input width is fixed
 
-    def extract_block(self, block: BlockSpec, prefix: str) -> dict[str, Tensor]:
+    def extract_block(self, block: BlockSpec, prefix: str, in_channels: int | None = None) -> dict[str, Tensor]:
         return self.extract(block.kernel, block.mid(self.in_channels), prefix)
 
     def set_active(self, kernel: int, mid: int) -> None:
@@ -190,14 +190,14 @@ class FixedBlock(nn.Module):
         self.spec = block
         self.block = build_block(block, in_channels)
 
-    def set_block(self, block: BlockSpec) -> None:
+    def set_block(self, block: BlockSpec, in_channels: int | None = None) -> None:
         if block != self.spec:
             raise ValueError(f"FixedBlock: {block.to_string()} is not {self.spec.to_string()}")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
 
-    def extract_block(self, block: BlockSpec, prefix: str) -> dict[str, Tensor]:
+    def extract_block(self, block: BlockSpec, prefix: str, in_channels: int | None = None) -> dict[str, Tensor]:
         return {prefix + k: v.detach().clone() for k, v in self.block.state_dict().items()}
 
     def reorder_channels(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -214,18 +214,18 @@ class ElasticChoice(nn.Module):
         self.family_of = family_of
         self.active = next(iter(paths))
 
-    def set_block(self, block: BlockSpec) -> None:
+    def set_block(self, block: BlockSpec, in_channels: int | None = None) -> None:
         family = self.family_of(block)
         if family not in self.paths:
             raise ValueError(f"ElasticChoice: no path {family!r} here (paths: {', '.join(self.paths)})")
-        self.paths[family].set_block(block)
+        self.paths[family].set_block(block, in_channels)
         self.active = family
 
     def forward(self, x: Tensor) -> Tensor:
         return self.paths[self.active](x)
 
-    def extract_block(self, block: BlockSpec, prefix: str) -> dict[str, Tensor]:
-        return self.paths[self.family_of(block)].extract_block(block, prefix)
+    def extract_block(self, block: BlockSpec, prefix: str, in_channels: int | None = None) -> dict[str, Tensor]:
+        return self.paths[self.family_of(block)].extract_block(block, prefix, in_channels)
 
     def reorder_channels(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         for path in self.paths.values():

@@ -4,18 +4,21 @@ reduced proxyless space in tests) are covered too."""
 from __future__ import annotations
 
 from nas.oneshot.elastic_fbnet import FBNetAdapter
+from nas.oneshot.elastic_mnasnet import MnasNetAdapter
 from nas.oneshot.elastic_plan import ElasticAdapter
 from nas.oneshot.elastic_proxyless import ProxylessAdapter
 from search_spaces.space import SearchSpace
 from search_spaces.spaces.fbnet import FBNetSpace
+from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spaces.proxyless import ProxylessSpace
 from search_spaces.supernet_plan import SupernetPlanError
 
 __all__ = ["COVERED_SPACES", "adapter_for"]
 
 ADAPTERS: tuple[tuple[type[SearchSpace], type[ElasticAdapter]], ...] = ((ProxylessSpace, ProxylessAdapter),
-                                                                        (FBNetSpace, FBNetAdapter))
-COVERED_SPACES = ("proxyless", "fbnet")
+                                                                        (FBNetSpace, FBNetAdapter),
+                                                                        (MnasNetSpace, MnasNetAdapter))
+COVERED_SPACES = ("proxyless", "fbnet", "mnasnet")
 
 
 def adapter_for(space: SearchSpace) -> ElasticAdapter:

@@ -78,7 +78,9 @@ def check_resumable(state: dict[str, Any], supernet: ElasticSupernet, config: OF
     if saved != ours:
         raise RunDirError(f"{path}: checkpoint of another space ({saved}); this supernet is {ours}")
     mine = json.loads(json.dumps(config.to_dict()))
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and state["config"].get(k) != mine[k])
+    # a setting added after the checkpoint was written had its default then
+    defaults = json.loads(json.dumps(OFATrainConfig().to_dict()))
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and state["config"].get(k, defaults[k]) != mine[k])
     if changed:
         raise RunDirError(f"{path}: checkpoint of other training settings ({', '.join(changed)} differ); "
                           "resume with the run's settings or start a new run")

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from nas.oneshot.ofa_schedule import SCHEDULES
 from search_spaces.errors import OptionError
 
 __all__ = ["OFATrainConfig"]
@@ -21,7 +22,12 @@ class OFATrainConfig:
     loss = kd_weight * T^2 * soft cross-entropy at temperature T + (1 - kd_weight) * label CE),
     gradients summed, one SGD step (Nesterov momentum, cosine learning rate per step).
     Defaults follow OFA's (Cai et al., ICLR 2020, App.) scaled to small data: lr 0.05 at batch 64,
-    weight decay 3e-5, label smoothing 0.1, two random sub-networks."""
+    weight decay 3e-5, label smoothing 0.1, two random sub-networks.
+
+    `schedule="progressive"`: progressive shrinking instead (`nas.oneshot.ofa_schedule`): the
+    epochs split over the phases by `phase_fractions` (None: equally), each phase sampling the
+    smallest and random sub-networks of its free dimensions only (none in the first: the largest
+    alone), the learning rate's cosine restarted per phase."""
 
     epochs: int = 10
     batch_size: int = 64
@@ -37,6 +43,8 @@ class OFATrainConfig:
     sampling: str = "network"  # random sub-networks: uniform over networks, or "choice" (OFA: per dimension)
     reorder_channels: bool = True  # sort inner channels by importance after every epoch
     eval_calibration_images: int = 256  # for the per-epoch val accuracy of the largest / smallest
+    schedule: str = "sandwich"  # or "progressive" (progressive shrinking)
+    phase_fractions: tuple[float, ...] | None = None  # progressive: share of the epochs per phase
     device: str = "auto"
     seed: int = 0
 
@@ -71,6 +79,17 @@ class OFATrainConfig:
             raise bad("sampling", "'network' (uniform over sub-networks) or 'choice' (each dimension uniform)")
         if not isinstance(self.reorder_channels, bool):
             raise bad("reorder_channels", "true or false")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", "'sandwich' (every dimension every step) or 'progressive' (progressive shrinking)")
+        if self.phase_fractions is not None:
+            if self.schedule != "progressive":
+                raise bad("phase_fractions", "None unless schedule='progressive'")
+            values = self.phase_fractions
+            if (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not values
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                           for v in values) or abs(sum(values) - 1.0) > 1e-6):
+                raise bad("phase_fractions", "a list of floats >= 0, one per phase, summing to 1")
+            object.__setattr__(self, "phase_fractions", tuple(float(v) for v in values))
         if not is_int(self.seed):
             raise bad("seed", "an int")
         if self.device != "auto":

@@ -48,6 +48,8 @@ class OnceForAllOptions:
     random_subnets: int = 2  # random sub-networks per step, besides the largest and the smallest
     max_batches_per_epoch: int | None = None
     sampling: str = "network"  # random sub-networks per step: uniform over networks, or "choice" (OFA's)
+    schedule: str = "sandwich"  # or "progressive": progressive shrinking (OFATrainConfig.schedule)
+    phase_fractions: tuple[float, ...] | None = None  # progressive: share of the epochs per phase (None: equal)
     samples: int = 200  # sub-networks evaluated to fit the accuracy predictor
     calibration_images: int = 512  # BN re-calibration images per sub-network
     predictor_epochs: int = 100
@@ -65,6 +67,11 @@ class OnceForAllOptions:
             raise OptionError(f"strategy_options.sampling={self.sampling!r} not in {{network, choice}}")
         if self.samples < 2:
             raise OptionError(f"strategy_options.samples={self.samples} must be >= 2 (largest and smallest)")
+        try:
+            checked = OFATrainConfig(schedule=self.schedule, phase_fractions=self.phase_fractions)
+        except OptionError as error:
+            raise OptionError(str(error).replace("OFATrainConfig.", "strategy_options.")) from None
+        object.__setattr__(self, "phase_fractions", checked.phase_fractions)
         self.predictor_config()
         self.evolution()
 
@@ -95,6 +102,7 @@ class OnceForAllSearcher(Searcher):
         return OFATrainConfig(epochs=options.supernet_epochs, lr=options.lr, random_subnets=options.random_subnets,
                               batch_size=options.batch_size or (train.batch_size if train is not None else 64),
                               max_batches_per_epoch=options.max_batches_per_epoch, sampling=options.sampling,
+                              schedule=options.schedule, phase_fractions=options.phase_fractions,
                               device=train.device if train is not None else "auto", seed=self.seed)
 
     def prepare(self) -> None:

@@ -1,5 +1,5 @@
-"""Training an elastic supernet with the sandwich rule and in-place distillation (see
-`OFATrainConfig`), epoch-checkpointed so that a killed training resumes where it stopped.
+"""Training an elastic supernet with the sandwich rule or progressive shrinking, with in-place
+distillation (see `OFATrainConfig`, `ofa_schedule`), epoch-checkpointed so that a killed training resumes where it stopped.
 
 Determinism: epoch e's data order, sub-network draws and dropout come from generators seeded
 with (seed, e), not from state carried across epochs; with the weights and optimizer state
@@ -26,12 +26,13 @@ from nas.oneshot.elastic_supernet import ElasticSupernet
 from nas.oneshot.ofa_checkpoint import check_resumable, load_supernet, load_weights_into, read_state, save_checkpoint
 from nas.oneshot.ofa_config import OFATrainConfig
 from nas.oneshot.ofa_eval import subnet_accuracy
+from nas.oneshot.ofa_schedule import EpochPlan, epoch_plan
 from nas.training.data import DataSplits
 from nas.training.device import cuda_devices, module_device, resolve_device
 from nas.training.train import warmup_cosine_lr
 from search_spaces.errors import DatasetError
 
-__all__ = ["OFATrainConfig", "SupernetTrainingError", "load_supernet", "train_supernet"]
+__all__ = ["OFATrainConfig", "SupernetTrainingError", "check_schedule", "load_supernet", "train_supernet"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ def check_data(supernet: ElasticSupernet, data: DataSplits) -> None:
         raise DatasetError(f"dataset {data.name!r}: the train and val splits must not be empty")
 
 
+def check_schedule(supernet: ElasticSupernet, config: OFATrainConfig) -> list[frozenset[str]]:
+    """The supernet's phases; `OptionError` when `config.phase_fractions` does not fit them."""
+    phases = supernet.phases()
+    epoch_plan(1, config.epochs, config.schedule, phases, config.phase_fractions)
+    return phases
+
+
 def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrainConfig, checkpoint_dir: Path, *,
                    progress: bool = True) -> dict[str, Any]:
     """Train `supernet` for `config.epochs`, resuming from `checkpoint_dir` when it holds a
@@ -113,6 +121,7 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
         epoch, history = int(state["epoch"]), list(state["history"])
         logger.info("supernet: resumed after epoch %d/%d from %s", epoch, config.epochs, checkpoint_dir)
     supernet.epoch = epoch
+    phases = check_schedule(supernet, config)
     start = time.perf_counter()
     bar = _Bar(progress, config.epochs * steps_per_epoch(data, config), epoch * steps_per_epoch(data, config))
     try:
@@ -122,7 +131,8 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
             epoch += 1
             with torch.random.fork_rng(devices=cuda_devices(device)):
                 torch.manual_seed(epoch_seed(config.seed, epoch))
-                record = _train_epoch(supernet, optimizer, data, config, epoch, device, bar)
+                plan = epoch_plan(epoch, config.epochs, config.schedule, phases, config.phase_fractions)
+                record = _train_epoch(supernet, optimizer, data, config, epoch, plan, device, bar)
             if config.reorder_channels:
                 supernet.reorder_channels(optimizer)
             supernet.epoch = epoch
@@ -131,9 +141,10 @@ def train_supernet(supernet: ElasticSupernet, data: DataSplits, config: OFATrain
                 record[f"val_accuracy_{which}"] = subnet_accuracy(
                     supernet, arch, data, calibration_images=config.eval_calibration_images, device=str(device))
             history.append(record)
-            logger.info("supernet epoch %d/%d: loss largest %.4f smallest %.4f, val acc largest %.4f smallest "
-                        "%.4f, %.1fs", epoch, config.epochs, record["loss_largest"], record["loss_smallest"],
-                        record["val_accuracy_largest"], record["val_accuracy_smallest"], record["time_s"])
+            smallest = "-" if record["loss_smallest"] is None else f"{record['loss_smallest']:.4f}"
+            logger.info("supernet epoch %d/%d (phase %d): loss largest %.4f smallest %s, val acc largest %.4f "
+                        "smallest %.4f, %.1fs", epoch, config.epochs, record["phase"], record["loss_largest"],
+                        smallest, record["val_accuracy_largest"], record["val_accuracy_smallest"], record["time_s"])
             save_checkpoint(supernet, optimizer, config, epoch, history, checkpoint_dir)
     finally:
         bar.close()
@@ -151,18 +162,22 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
 
 
 def _train_epoch(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer, data: DataSplits,
-                 config: OFATrainConfig, epoch: int, device: torch.device, bar: _Bar) -> dict[str, Any]:
+                 config: OFATrainConfig, epoch: int, plan: EpochPlan, device: torch.device,
+                 bar: _Bar) -> dict[str, Any]:
+    """One epoch: per step the largest on the labels, then (unless the phase frees no dimension:
+    the largest alone) the phase's smallest and random sub-networks on its soft logits."""
     steps = steps_per_epoch(data, config)
-    total_steps = steps * config.epochs
+    total_steps = steps * plan.cycle_epochs
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     rng = np.random.default_rng([config.seed, epoch])
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    smallest, largest = supernet.smallest(), supernet.largest()
+    smallest, largest = supernet.smallest(plan.elastic), supernet.largest()
+    distil = plan.elastic is None or len(plan.elastic) > 0
     sums = {"largest": 0.0, "smallest": 0.0, "random": 0.0}
     began = time.perf_counter()
     supernet.train()
     for step, (images, labels) in enumerate(batches(data, config.batch_size, generator, steps), start=1):
-        lr = warmup_cosine_lr((epoch - 1) * steps + step - 1, total_steps, 0, config.lr)
+        lr = warmup_cosine_lr((epoch - plan.first_epoch) * steps + step - 1, total_steps, 0, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = images.to(device, memory_format=memory_format(device), non_blocking=True)
@@ -174,8 +189,8 @@ def _train_epoch(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer, da
         _backward(loss, epoch, step, "largest")
         sums["largest"] += loss.item()
         teacher = logits.detach()
-        students = [("smallest", smallest)] + [("random", supernet.sample(rng, config.sampling))
-                                             for _ in range(config.random_subnets)]
+        students = [("smallest", smallest)] + [("random", supernet.sample(rng, config.sampling, plan.elastic))
+                                             for _ in range(config.random_subnets)] if distil else []
         for name, arch in students:
             supernet.set_active(arch)
             out = supernet(images)
@@ -190,8 +205,10 @@ def _train_epoch(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer, da
                 raise SupernetTrainingError(f"non-finite gradient norm at epoch {epoch} step {step}")
         optimizer.step()
         bar.advance()
-    return {"epoch": epoch, **{f"loss_{k}": v / steps for k, v in sums.items()}, "steps": steps,
-            "lr_last": lr, "time_s": time.perf_counter() - began}
+    losses = {f"loss_{k}": v / steps if distil or k == "largest" else None for k, v in sums.items()}
+    elastic = None if plan.elastic is None else sorted(plan.elastic)
+    return {"epoch": epoch, "phase": plan.phase, "elastic": elastic, **losses, "steps": steps, "lr_last": lr,
+            "time_s": time.perf_counter() - began}
 
 
 def _backward(loss: Tensor, epoch: int, step: int, which: str) -> None:
