@@ -23,7 +23,6 @@ from nas.rundir.records import BestMetrics, TrialRecord
 from nas.rundir.repair import RepairReport, repair_run
 from nas.search.session import SearchSession
 from nas.strategies.base import ONE_SHOT, SEARCHERS, Candidate, Searcher, SearchObjective, StrategyContext
-from nas.training.train import TrainConfig
 from predictors.latency import LatencyModel, Measurer, MissingEntriesError, open_latency_model
 from predictors.tabular import TabularDataset
 from search_spaces.errors import OptionError
