@@ -160,7 +160,8 @@ def render(results: dict[str, Any]) -> str:
         rows.append([label, ", ".join(entry["fp32_layers"]) or "none", fmt(entry.get("predicted_ms"), ".4f"),
                      f"{entry['measured_ms']:.4f} ({entry['p10_ms']:.4f}-{entry['p90_ms']:.4f})",
                      pct(accuracy[label]),
-                     f"{check.get('relative', float('nan')):.2f} / {pct(check.get('top1_agreement'))}"])
+                     f"{check.get('relative', float('nan')):.2f} / {pct(check.get('top1_agreement'))}"
+                     + ("" if check.get("passed", True) else " **fails**")])
     cpu = results["isa"]
     lines = [
         f"CIFAR-10 subset network `{results['spec']}`, ONNX Runtime 1 thread, batch 1; CPU ISA: {cpu}. "

@@ -139,3 +139,19 @@ def test_measured_layer_table_charges_each_layer_its_in_context_difference() -> 
     all_int8 = float(table.source.split("all int8 ")[1].split(" ms")[0])
     assert sum(table.int8_ms) == pytest.approx(all_int8, abs=1e-3)
     assert len(set(table.int8_ms)) == 1 and "all fp32 measured" in table.source
+
+
+def test_a_policy_whose_export_strays_from_fake_quant_is_timed_and_reported_not_raised(monkeypatch) -> None:
+    import compress.haq_measure as haq_measure
+    from compress.quantize_export import ExportCheck
+
+    model = trained_like(relu_spec())
+    names = layer_names(model, SHAPE)
+    monkeypatch.setattr(haq_measure, "check_qdq_export", lambda *a, **k: ExportCheck(
+        samples=4, max_abs_diff=0.3, mean_abs_diff=0.1, quantization_error=0.2, tolerance=0.5, top1_agreement=0.75))
+    measured = haq_measure.measure_policies(model, {"one fp32": single_fp32_policy(names, names[2])}, batches(2), SHAPE,
+                                            check_inputs=torch.cat(batches(1, seed=5)), warmup=1, blocks=3,
+                                            block_runs=2)
+    check = measured["one fp32"]["export_check"]
+    assert check["passed"] is False and check["relative"] == pytest.approx(1.5)
+    assert measured["one fp32"]["measured_ms"] > 0 and measured["fp32"]["measured_ms"] > 0
