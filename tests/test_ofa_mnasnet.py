@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from test_ofa_supernet import logits_differ
+
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from nas.oneshot.ofa_train import OFATrainConfig, train_supernet
 from nas.training.data import load_dataset
-from search_spaces.build import build_model
 from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spec import Op
 from search_spaces.supernet_plan import SupernetPlanError
@@ -50,15 +51,6 @@ def net(space: MnasNetSpace, *stages: tuple[str, int, float, float, int, int]):
         vector += [stage.ops.index(Op(op)), stage.kernels.index(kernel), stage.expand_ratios.index(expand),
                    stage.se_ratios.index(se), stage.layers.index(layers), stage.widths.index(width)]
     return space.decode(vector)
-
-
-def logits_differ(supernet: ElasticSupernet, arch, x: torch.Tensor) -> float:
-    model = build_model(arch)
-    model.load_state_dict(supernet.extract(arch))
-    model.eval()
-    supernet.set_active(arch)
-    with torch.no_grad():
-        return float((model(x) - supernet(x)).abs().max())
 
 
 def test_the_tiny_space_has_the_shapes_the_cases_below_cover(supernet: ElasticSupernet) -> None:

@@ -55,6 +55,21 @@ class SlicedBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+def elastic_kernel(owner: nn.Module, weight: Tensor, kernels: tuple[int, ...], kernel: int) -> Tensor:
+    """OFA's elastic kernel: the centre of a depthwise `weight` (C x 1 x K x K, K = kernels[0], the
+    kernels in decreasing order) passed through each smaller kernel's learned transform
+    (`owner.kernel_transform_<k>`), down to `kernel`."""
+    channels = weight.shape[0]
+    for smaller in kernels[1:]:
+        if smaller < kernel:
+            break
+        start = (weight.shape[-1] - smaller) // 2
+        crop = weight[:, :, start:start + smaller, start:start + smaller]
+        matrix = getattr(owner, f"kernel_transform_{smaller}")
+        weight = F.linear(crop.reshape(channels, smaller * smaller), matrix).reshape(channels, 1, smaller, smaller)
+    return weight
+
+
 def mid_channels(in_channels: int, expand_ratio: float) -> int:
     """`BlockSpec.mid` of an MBConv: the inner width for an input width and expansion."""
     return max(1, int(round(in_channels * expand_ratio)))
@@ -122,15 +137,7 @@ class ElasticMBConv(nn.Module):
 
     def depthwise_kernel(self, kernel: int, mid: int) -> Tensor:
         """The effective `kernel` x `kernel` depthwise weight of the first `mid` channels."""
-        weight = self.depthwise_weight[:mid]
-        for smaller in self.kernels[1:]:
-            if smaller < kernel:
-                break
-            start = (weight.shape[-1] - smaller) // 2
-            crop = weight[:, :, start:start + smaller, start:start + smaller]
-            matrix = getattr(self, f"kernel_transform_{smaller}")
-            weight = F.linear(crop.reshape(mid, smaller * smaller), matrix).reshape(mid, 1, smaller, smaller)
-        return weight
+        return elastic_kernel(self, self.depthwise_weight[:mid], self.kernels, kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         kernel, mid = self.active_kernel, self.active_mid

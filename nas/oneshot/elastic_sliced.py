@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nas.oneshot.elastic_layers import SlicedBatchNorm2d
+from nas.oneshot.elastic_layers import SlicedBatchNorm2d, elastic_kernel
 from search_spaces.blocks import make_activation
 from search_spaces.spec import Activation
 
@@ -74,15 +74,7 @@ class SlicedDepthwise(nn.Module):
     def kernel_weight(self, kernel: int, channels: int) -> Tensor:
         if kernel not in self.kernels:
             raise ValueError(f"SlicedDepthwise: kernel={kernel} not in {self.kernels}")
-        weight = self.weight[:channels]
-        for smaller in self.kernels[1:]:
-            if smaller < kernel:
-                break
-            start = (weight.shape[-1] - smaller) // 2
-            crop = weight[:, :, start:start + smaller, start:start + smaller]
-            matrix = getattr(self, f"kernel_transform_{smaller}")
-            weight = F.linear(crop.reshape(channels, smaller * smaller), matrix).reshape(channels, 1, smaller, smaller)
-        return weight
+        return elastic_kernel(self, self.weight[:channels], self.kernels, kernel)
 
     def forward(self, x: Tensor, kernel: int) -> Tensor:
         channels = x.shape[1]
