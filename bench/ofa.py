@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         title = "Once-for-all: one supernet, any budget"
         publish(section_name(args.schedule), title if args.schedule == "sandwich" else
-                "Once-for-all with progressive shrinking", text, result)
+                "Once-for-all with progressive shrinking", text, result, module="ofa")
     else:
         print(json.dumps(result["ranking"], indent=1, default=str))
 

@@ -50,19 +50,20 @@ def machine_line() -> str:
             f"{platform.python_version()}, load average {load} when written")
 
 
-def _provenance(name: str) -> dict[str, str]:
+def _provenance(name: str, module: str | None = None) -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=REPO).stdout.strip()
     except OSError:
         commit = "?"
-    return {"command": " ".join(["python -m", f"bench.{name}", *sys.argv[1:]]), "commit": commit,
+    return {"command": " ".join(["python -m", f"bench.{module or name}", *sys.argv[1:]]), "commit": commit,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_line()}
 
 
-def publish(name: str, title: str, body: str, results: dict[str, Any]) -> None:
-    """Write section `name` of BENCHMARKS.md (`title`, then `body`) and bench/results/<name>.json."""
-    stamp = _provenance(name)
+def publish(name: str, title: str, body: str, results: dict[str, Any], module: str | None = None) -> None:
+    """Write section `name` of BENCHMARKS.md (`title`, then `body`) and bench/results/<name>.json;
+    `module` is the benchmark's module when one module writes several sections (default: `name`)."""
+    stamp = _provenance(name, module)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({**stamp, "results": results}, indent=1, default=str) + "\n")
     section = (f"<!-- bench:{name} -->\n## {title}\n\n`{stamp['command']}` — {stamp['date']}, commit "
