@@ -258,8 +258,8 @@ def reading(result: dict[str, Any]) -> list[str]:
         f"{100 * span:.1f} points of val accuracy against a seed-to-seed std of {100 * noise:.2f} points on one "
         f"network, and it is the ranking of a short training: MACs rank it with tau {r['tau_macs']:.2f}"
         + (" (larger networks are worse: they have not converged)" if r["tau_macs"] < 0 else "")
-        + ". A recipe long enough that larger networks win costs about ten times this one per network and was not "
-        "affordable on these 2 cores.")
+        + ". How long a recipe must be for larger networks to win was not measured; a longer one did not fit "
+        "in this session on these 2 cores.")
     lines.append(f"- Specialisation takes {min(seconds):.1f}-{max(seconds):.1f} s per budget after training (aim < 10 s); "
                  f"{within} of {len(rows)} chosen networks measured within their budget"
                  + (f" (the others over by {', '.join(f'{x:.1f}%' for x in over)}: the table's calibrated "

@@ -7,7 +7,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from predictors.latency import Measurement
+from pathlib import Path
+
+from predictors.latency import Measurement, build_table
 from search_spaces.build import LayerShape
 from search_spaces.space import Decision, SearchSpace
 from search_spaces.spaces import SPACES
@@ -55,3 +57,10 @@ class FakeMeasurer:
 
     def measure_archs(self, archs: Sequence[ArchSpec], progress: Any = None) -> list[Measurement]:
         raise NotImplementedError
+
+
+def small_table(directory: Path) -> Path:
+    """`SmallProxylessSpace`'s table, measured by `FakeMeasurer`, as `directory/small.json`."""
+    path = Path(directory) / "small.json"
+    build_table(SmallProxylessSpace(), FakeMeasurer(), path)
+    return path

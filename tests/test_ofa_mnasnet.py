@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_ofa_supernet import logits_differ
+from test_ofa_supernet import logits_differ, perturbed
 
 from nas.oneshot.elastic_supernet import ElasticSupernet
 from nas.oneshot.ofa_train import OFATrainConfig, train_supernet
@@ -31,17 +31,7 @@ def tiny_space(**options) -> MnasNetSpace:
 @pytest.fixture(scope="module")
 def supernet() -> ElasticSupernet:
     torch.manual_seed(0)
-    model = ElasticSupernet(tiny_space())
-    with torch.no_grad():  # non-trivial transforms, biases and BN statistics: every extracted number counts
-        for name, parameter in model.named_parameters():
-            if "kernel_transform" in name or name.endswith("bias"):
-                parameter.add_(0.1 * torch.randn_like(parameter))
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_()
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-    return model.eval()
+    return perturbed(ElasticSupernet(tiny_space()))
 
 
 def net(space: MnasNetSpace, *stages: tuple[str, int, float, float, int, int]):

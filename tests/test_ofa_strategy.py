@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxyless_helpers import CLASSES, RESOLUTION, FakeMeasurer, SmallProxylessSpace
+from proxyless_helpers import CLASSES, RESOLUTION, SmallProxylessSpace, small_table
 
 from nas.artifacts.export import export_run
 from nas.rundir.files import RunDirectory
@@ -17,7 +17,7 @@ from nas.search.config import SearchConfig
 from nas.search.runner import run_search
 from nas.strategies.base import SEARCHERS
 from nas.training.train import TrainConfig
-from predictors.latency import LatencyTable, build_table
+from predictors.latency import LatencyTable
 from search_spaces.errors import OptionError
 
 TINY = {"supernet_epochs": 1, "max_batches_per_epoch": 2, "samples": 6, "calibration_images": 16,
@@ -27,9 +27,7 @@ TINY = {"supernet_epochs": 1, "max_batches_per_epoch": 2, "samples": 6, "calibra
 
 @pytest.fixture(scope="module")
 def lut(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lut") / "small.json"
-    build_table(SmallProxylessSpace(), FakeMeasurer(), path)
-    return path
+    return small_table(tmp_path_factory.mktemp("lut"))
 
 
 def run_config(lut: Path, budget: float, **options: Any) -> SearchConfig:

@@ -25,11 +25,15 @@ from search_spaces.supernet_plan import SupernetPlanError
 @pytest.fixture(scope="module")
 def supernet() -> ElasticSupernet:
     torch.manual_seed(0)
-    model = ElasticSupernet(get_space("proxyless", resolution=16, num_classes=10, width_mult=0.5))
-    # non-trivial kernel transforms and BN statistics, so that every extracted number is exercised
+    return perturbed(ElasticSupernet(get_space("proxyless", resolution=16, num_classes=10, width_mult=0.5)))
+
+
+def perturbed(model: ElasticSupernet) -> ElasticSupernet:
+    """`model` with non-trivial kernel transforms, biases and BN statistics, so that every number
+    `extract` copies is exercised; in eval mode."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "kernel_transform" in name:
+            if "kernel_transform" in name or name.endswith("bias"):
                 parameter.add_(0.1 * torch.randn_like(parameter))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from proxyless_helpers import CLASSES, RESOLUTION, FakeMeasurer, SmallProxylessSpace
+from proxyless_helpers import CLASSES, RESOLUTION, SmallProxylessSpace, small_table
 
 from nas.oneshot.checkpoint import load_checkpoint, save_checkpoint
 from nas.oneshot.layout import LayoutError, layout_for_space
 from nas.oneshot.proxyless import ProxylessConfig, ProxylessSearch, latency_loss
 from nas.oneshot.supernet import LatencyModel, Supernet, gate_gradient_to_alpha
 from nas.training.data import load_dataset
-from predictors.latency import Calibration, LatencyTable, build_table
+from predictors.latency import Calibration, LatencyTable
 from search_spaces.build import build_model, layer_shapes
 from search_spaces.spaces.mnasnet import MnasNetSpace
 from search_spaces.spaces.proxyless import ProxylessSpace
@@ -33,10 +33,8 @@ def space() -> SmallProxylessSpace:
 
 
 @pytest.fixture(scope="module")
-def lut(space: SmallProxylessSpace, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lut") / "small.json"
-    build_table(space, FakeMeasurer(), path)
-    return path
+def lut(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_table(tmp_path_factory.mktemp("lut"))
 
 
 @pytest.fixture(scope="module")

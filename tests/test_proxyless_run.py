@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxyless_helpers import CLASSES, RESOLUTION, FakeMeasurer, SmallProxylessSpace
+from proxyless_helpers import CLASSES, RESOLUTION, SmallProxylessSpace, small_table
 
 from nas.oneshot.proxyless import ProxylessSearch
 from nas.oneshot.proxyless_strategy import ProxylessSearcher
@@ -18,7 +18,6 @@ from nas.search.config import SearchConfig
 from nas.search.runner import run_search
 from nas.strategies.base import SearchObjective, StrategyContext
 from nas.training.train import TrainConfig
-from predictors.latency import build_table
 from search_spaces.build import build_model
 from search_spaces.errors import OptionError
 
@@ -29,10 +28,8 @@ def space() -> SmallProxylessSpace:
 
 
 @pytest.fixture(scope="module")
-def lut(space: SmallProxylessSpace, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lut") / "small.json"
-    build_table(space, FakeMeasurer(), path)
-    return path
+def lut(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_table(tmp_path_factory.mktemp("lut"))
 
 
 def run_config(lut: Path, **strategy: Any) -> SearchConfig:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from search_spaces.blocks import build_block, channel_shuffle, make_activation
 from search_spaces.spec import Activation, BlockSpec
 
-__all__ = ["ElasticChoice", "ElasticMBConv", "FixedBlock", "SlicedBatchNorm2d"]
+__all__ = ["ElasticChoice", "ElasticMBConv", "FixedBlock", "SlicedBatchNorm2d", "bn_targets", "elastic_kernel", "permute_"]
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -53,6 +53,22 @@ class SlicedBatchNorm2d(nn.BatchNorm2d):
             value = getattr(self, key)
             out[prefix + key] = (value if value.dim() == 0 else value[:channels]).detach().clone()
         return out
+
+
+@torch.no_grad()
+def permute_(targets: list[tuple[Tensor, int]], order: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Reorder each tensor along its dim by `order`, and the optimizer's per-parameter state with
+    it (momentum stays with its weight)."""
+    for tensor, dim in targets:
+        tensor.copy_(tensor.index_select(dim, order))
+        state = optimizer.state.get(tensor) if optimizer is not None else None
+        for value in (state or {}).values():
+            if torch.is_tensor(value) and value.shape == tensor.shape:
+                value.copy_(value.index_select(dim, order))
+
+
+def bn_targets(bn: nn.BatchNorm2d) -> list[tuple[Tensor, int]]:
+    return [(bn.weight, 0), (bn.bias, 0), (bn.running_mean, 0), (bn.running_var, 0)]
 
 
 def elastic_kernel(owner: nn.Module, weight: Tensor, kernels: tuple[int, ...], kernel: int) -> Tensor:
@@ -177,16 +193,8 @@ class ElasticMBConv(nn.Module):
         if not self.has_expand or self.groups > 1:  # the block's input, or grouped: no free order
             return
         order = self.importance_order()
-        targets: list[tuple[Tensor, int]] = [(self.expand_weight, 0), (self.depthwise_weight, 0),
-                                             (self.project_weight, 1)]
-        for bn in (self.expand_bn, self.depthwise_bn):
-            targets += [(bn.weight, 0), (bn.bias, 0), (bn.running_mean, 0), (bn.running_var, 0)]
-        for tensor, dim in targets:
-            tensor.copy_(tensor.index_select(dim, order))
-            state = optimizer.state.get(tensor) if optimizer is not None else None
-            for value in (state or {}).values():
-                if torch.is_tensor(value) and value.shape == tensor.shape:
-                    value.copy_(value.index_select(dim, order))
+        permute_([(self.expand_weight, 0), (self.depthwise_weight, 0), (self.project_weight, 1),
+                  *bn_targets(self.expand_bn), *bn_targets(self.depthwise_bn)], order, optimizer)
 
 
 class FixedBlock(nn.Module):

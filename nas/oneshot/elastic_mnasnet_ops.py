@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from nas.oneshot.elastic_layers import mid_channels
-from nas.oneshot.elastic_sliced import SlicedDepthwise, SlicedPointwise, SlicedSE, bn_targets, permute_
+from nas.oneshot.elastic_layers import bn_targets, mid_channels, permute_
+from nas.oneshot.elastic_sliced import SlicedDepthwise, SlicedPointwise, SlicedSE
 from search_spaces.blocks import channel_shuffle, se_squeeze_channels
 from search_spaces.spec import Activation, BlockSpec, Op, SEStyle
 

@@ -18,23 +18,7 @@ from nas.oneshot.elastic_layers import SlicedBatchNorm2d, elastic_kernel
 from search_spaces.blocks import make_activation
 from search_spaces.spec import Activation
 
-__all__ = ["SlicedDepthwise", "SlicedPointwise", "SlicedSE", "permute_"]
-
-
-@torch.no_grad()
-def permute_(targets: list[tuple[Tensor, int]], order: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-    """Reorder each tensor along its dim by `order`, and the optimizer's per-parameter state with
-    it (momentum stays with its weight)."""
-    for tensor, dim in targets:
-        tensor.copy_(tensor.index_select(dim, order))
-        state = optimizer.state.get(tensor) if optimizer is not None else None
-        for value in (state or {}).values():
-            if torch.is_tensor(value) and value.shape == tensor.shape:
-                value.copy_(value.index_select(dim, order))
-
-
-def bn_targets(bn: nn.BatchNorm2d) -> list[tuple[Tensor, int]]:
-    return [(bn.weight, 0), (bn.bias, 0), (bn.running_mean, 0), (bn.running_var, 0)]
+__all__ = ["SlicedDepthwise", "SlicedPointwise", "SlicedSE"]
 
 
 class SlicedPointwise(nn.Module):
