@@ -97,9 +97,9 @@ def test_every_setting_is_an_option_with_the_dataclass_default_and_help() -> Non
         "--space", "--dataset", "--resolution", "--latency-budget", "--lut", "--strategy", "--strategy-options",
         "--trials", "--epochs", "--name", "--seed", "--final-epochs", "--ray", "--ray-address", "--workers",
         "--cpus-per-trial", "--asha", "--backend", "--threads", "--constraint", "--train-limit", "--space-options",
-        "--batch-size", "--resume", "--runs-dir", "--progress", "--train-threads"}
+        "--batch-size", "--resume", "--runs-dir", "--progress", "--train-threads", "--time-limit", "--augment"}
     internal = {"num_classes", "train"}  # the dataset's class count; train's fields are listed one by one
-    assert {item.name for item in fields(SearchConfig) if item.name not in internal} | {"train.epochs", "train.batch_size"} \
+    assert {item.name for item in fields(SearchConfig) if item.name not in internal} | {"train.epochs", "train.batch_size", "train.augment"} \
         == set(SETTINGS)
     parsed = {"latency_budget_ms", "lut_path", "space_options", "strategy_options"}  # text -> value by the command
     for name, item in SETTINGS.items():
@@ -107,7 +107,7 @@ def test_every_setting_is_an_option_with_the_dataclass_default_and_help() -> Non
         assert option.help == item.metadata["help"]
         if name not in parsed:
             assert option.default == item.default, name
-    assert set(EXECUTION_FIELDS) == {"ray", "ray_address", "workers", "cpus_per_trial", "max_failures"}
+    assert set(EXECUTION_FIELDS) == {"ray", "ray_address", "workers", "cpus_per_trial", "max_failures", "time_limit"}
     text = flat(CliRunner().invoke(app, ["search", "--help"]).output.replace("│", " "))  # rich's box, wrapped
     for shown in ("mnasnet", "digits", "32", "evolution", "60", "hard", "no-ray", "1.0", "no-asha", "2", "3", "64"):
         assert f"[default: {shown}]" in text

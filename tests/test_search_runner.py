@@ -97,6 +97,15 @@ def test_local_run_writes_the_full_layout(lut: Path, tmp_path: Path) -> None:
     assert metrics["params"] > 0 and metrics["macs"] > 0
 
 
+def test_a_time_limittops_starting_trials_and_resume_may_extend_it(lut: Path, tmp_path: Path) -> None:
+    # a limit shorter than one trial: the first trial still runs (a search always has an answer)
+    summary = run_search(tiny_config(lut, trials=6, time_limit=1e-6), tmp_path / "run", progress=False)
+    assert (summary.trials, summary.ok) == (1, 1)
+    assert summary.best is not None and summary.best.trial_id == 0
+    resumed = run_search(None, tmp_path / "run", resume=True, progress=False, given={"time_limit": 3600})
+    assert resumed.trials == 6
+
+
 class NaNNetwork(nn.Module):
     def __init__(self, classes: int) -> None:
         super().__init__()
@@ -198,6 +207,10 @@ def test_config_validation_names_the_field(lut: Path) -> None:
         tiny_config(lut, constraint="firm")
     with pytest.raises(ValueError, match=r"SearchConfig.workers=2: .* Ray"):
         tiny_config(lut, workers=2)
+    with pytest.raises(ValueError, match=r"SearchConfig.time_limit=0: expected None or a finite number"):
+        tiny_config(lut, time_limit=0)
+    with pytest.raises(ValueError, match=r"SearchConfig.time_limit=60: expected None on Ray"):
+        tiny_config(lut, time_limit=60, ray=True)
     with pytest.raises(ValueError, match=r"unknown SearchConfig field\(s\) \['budget'\]"):
         SearchConfig.from_dict({"budget": 3})
 

@@ -180,6 +180,7 @@ def test_report_to_dict() -> None:
         ("device", "banana"),
         ("grad_clip", 0.0),
         ("max_batches_per_epoch", 0),
+        ("augment", "mixup"),
     ],
 )
 def test_bad_config_names_field(field: str, value: object) -> None:
@@ -203,3 +204,17 @@ def test_config_default_lr_per_optimizer() -> None:
         TrainConfig(optimizer="adam")
     with pytest.raises(ValueError, match="nesterov"):
         TrainConfig(momentum=0.0)
+
+
+def test_augmented_training_is_seeded_and_differs_from_plain(synthetic8: DataSplits) -> None:
+    augmented = dataclasses.replace(FAST, augment="crop-flip")
+    first = train(tiny_cnn(), synthetic8, augmented)
+    assert train(tiny_cnn(), synthetic8, augmented).train_loss == first.train_loss
+    assert train(tiny_cnn(), synthetic8, FAST).train_loss != first.train_loss
+
+
+def test_trained_weights_come_back_contiguous(synthetic8: DataSplits) -> None:
+    # training runs channels-last on CPU; safetensors and ONNX export want the default layout back
+    model = tiny_cnn()
+    train(model, synthetic8, TrainConfig(epochs=1, device="cpu"))
+    assert all(tensor.is_contiguous() for tensor in model.state_dict().values())

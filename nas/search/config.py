@@ -43,6 +43,8 @@ class SearchConfig:
         "(proxyless: ProxylessConfig fields).", default_factory=dict)
     seed: int = setting("Seed of the searcher, data split and training.", 0)
     trials: int = setting("Trials to finish.", 60, min=1)
+    time_limit: float | None = setting("Seconds: stop starting trials this long into this invocation's search "
+                                       "(the running trial finishes; --trials stays the cap).", None, execution=True)
     constraint: str = setting("hard (over budget: never trained) | soft (MnasNet's penalty).", "hard")
     train: TrainConfig = field(default_factory=TrainConfig)  # its fields with metadata are options
     train_limit: int | None = setting("Use at most this many training images per trial (stratified).", None, min=1)
@@ -74,6 +76,12 @@ class SearchConfig:
                 raise bad(name, "a JSON object of keyword arguments")
         if not is_int(self.seed):
             raise bad("seed", "an int")
+        limit = self.time_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not (math.isfinite(limit) and limit > 0)):
+            raise bad("time_limit", "None or a finite number of seconds > 0")
+        if limit is not None and self.uses_ray:
+            raise bad("time_limit", "None on Ray (the time limit is the local runner's)")
         if self.constraint not in CONSTRAINTS:
             raise bad("constraint", f"one of {list(CONSTRAINTS)}")
         if not isinstance(self.train, TrainConfig):

@@ -257,7 +257,11 @@ def refuse_unused_settings(strategy: type[Searcher], config: SearchConfig | None
 
 def _run_local(config: SearchConfig, session: SearchSession, data: DataSplits | TabularDataset, table: LatencyModel,
                objective: SearchObjective) -> None:
+    deadline = None if config.time_limit is None else session.started + config.time_limit
     while session.remaining > 0:
+        if deadline is not None and session.finished > 0 and time.perf_counter() >= deadline:
+            logger.info("time limit of %.0f s reached after %d trials", config.time_limit, session.finished)
+            break
         candidate = session.ask()
         result, model = evaluate_candidate(candidate, data=data, train_config=config.train, table=table,
                                            objective=objective)

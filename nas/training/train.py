@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from nas.training.augment import AUGMENTATIONS, crop_flip
 from nas.training.data import DataSplits
-from nas.training.device import cuda_devices, module_device, resolve_device
+from nas.training.device import cuda_devices, memory_format, module_device, resolve_device
 from search_spaces.errors import DatasetError, OptionError
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
@@ -76,6 +77,8 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     max_batches_per_epoch: int | None = None
     eval_batch_size: int = 256
+    augment: str = field(default="none", metadata={"help": "Training augmentation: none | crop-flip (pad 4, "
+                                                           "random crop, horizontal flip).", "min": None})
     # sparsity penalties added to the loss (compress.regularize): SSL group lasso on conv filters and
     # channels, network slimming's L1 on BN gammas; no `nas search` flag: they serve compression runs
     group_lasso: float = 0.0
@@ -100,6 +103,8 @@ class TrainConfig:
             raise bad("weight_decay", "a finite float >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad("label_smoothing", "a float in [0, 1)")
+        if self.augment not in AUGMENTATIONS:
+            raise bad("augment", f"one of {list(AUGMENTATIONS)}")
         if not 0.0 <= self.warmup_epochs <= self.epochs:
             raise bad("warmup_epochs", f"a float in [0, epochs={self.epochs}]")
         if not is_int(self.seed):
@@ -207,9 +212,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, *, on_epoch: 
             torch.manual_seed(config.seed)
             return _run(model, data, config, device, on_epoch, teacher, distill_loss, evaluate_test, progress)
     finally:
-        model.to(home)
+        model.to(home, memory_format=torch.contiguous_format)  # safetensors and export want contiguous weights
         if teacher is not None and teacher_home is not None:
-            teacher.to(teacher_home).train(teacher_was_training)
+            teacher.to(teacher_home, memory_format=torch.contiguous_format).train(teacher_was_training)
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class _Loop:
     schedule: _Schedule
     loss_of: Callable[[Tensor, Tensor], Tensor]  # (images, labels) -> loss, run on the model
     bar: Any
+    augment: torch.Generator | None  # crop-flip's own generator; None: no augmentation
     step: int = 0
     lr: float = 0.0
 
@@ -279,7 +285,10 @@ def _train_epoch(loop: _Loop, data: DataSplits, generator: torch.Generator, epoc
         loop.lr = loop.schedule.lr(loop.step)
         for group in loop.optimizer.param_groups:
             group["lr"] = loop.lr
-        loss = loop.loss_of(images.to(loop.device, non_blocking=True), labels.to(loop.device, non_blocking=True))
+        if loop.augment is not None:
+            images = crop_flip(images, loop.augment)
+        images = images.to(loop.device, memory_format=memory_format(loop.device), non_blocking=True)
+        loss = loop.loss_of(images, labels.to(loop.device, non_blocking=True))
         # one host sync per step: the price of naming the exact failing step
         if not torch.isfinite(loss).item():
             return f"non-finite loss at epoch {epoch} step {step_in_epoch}"
@@ -323,13 +332,15 @@ def _end_of_epoch(loop: _Loop, data: DataSplits, report: TrainReport, epoch: int
 def _run(model: nn.Module, data: DataSplits, config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None,
          teacher: nn.Module | None, distill_loss: DistillLoss | None, evaluate_test: bool, progress: bool
          ) -> TrainReport:
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
     if teacher is not None:
-        teacher.to(device).eval()
+        teacher.to(device, memory_format=memory_format(device)).eval()
     optimizer = _build_optimizer(model, config)
     schedule = _Schedule.of(len(data.train), config)
     loop = _Loop(model, config, device, optimizer, schedule, _loss_function(model, config, teacher, distill_loss),
-                 _progress_bar(schedule.total_steps, data.name) if progress else None, lr=schedule.base_lr)
+                 _progress_bar(schedule.total_steps, data.name) if progress else None,
+                 torch.Generator().manual_seed(config.seed + 1) if config.augment != "none" else None,
+                 lr=schedule.base_lr)
     generator = torch.Generator().manual_seed(config.seed)
     report = TrainReport(val_accuracy=0.0, test_accuracy=None)
     start = time.perf_counter()
