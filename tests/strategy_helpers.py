@@ -98,6 +98,10 @@ class TableObjective:
     def reward(self, arch: ArchSpec) -> float:
         return self.objective.reward(self(arch))
 
+    def predict(self, arch: ArchSpec) -> float:
+        """The latency model's interface (`LatencyModel.predict`), for strategies that read it."""
+        return self(arch).latency_ms
+
 
 def run_search(searcher: Searcher, evaluate: Callable[[ArchSpec], Result], trials: int,
                pending: int = 1, infos: list[dict[str, Any]] | None = None) -> list[tuple[ArchSpec, Result]]:

@@ -13,7 +13,7 @@ from strategy_helpers import run_search
 from test_strategies import make, synthetic
 from tiny_space import TinySpace
 
-from nas.strategies import BananasSearcher, LocalSearcher, ProxyWarmSearcher, Result, Searcher
+from nas.strategies import BananasSearcher, BandScreenSearcher, LocalSearcher, ProxyWarmSearcher, Result, Searcher
 from nas.strategies.base import SearchObjective, StrategyContext
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
@@ -212,3 +212,27 @@ def test_proxy_warm_scores_with_a_named_zero_cost_proxy_on_the_runs_images() -> 
         ProxyWarmSearcher(StrategyContext(space, table.objective, seed=1), proxy="nwot")
     with pytest.raises(OptionError, match="unknown zero-cost proxy 'bogus'; registered: fisher"):
         make("proxy-warm", proxy="bogus")
+
+
+def test_band_screen_ranks_only_architectures_using_90_percent_of_the_budget() -> None:
+    space, table = synthetic()
+    budget = table.objective.latency_budget_ms
+    feasible = lambda arch: table.predict(arch) <= budget
+    searcher = BandScreenSearcher(StrategyContext(space, table.objective, seed=2, is_feasible=feasible, table=table),
+                                  pool_size=40, warm_start=5)
+    infos: list[dict[str, Any]] = []
+    history = run_search(searcher, table, trials=5, infos=infos)
+    assert all(0.9 * budget <= result.latency_ms <= budget for _, result in history)
+    assert searcher.scored == 40 and [i["rank"] for i in infos] == [0, 1, 2, 3, 4]
+    assert [i["score"] for i in infos] == sorted((i["score"] for i in infos), reverse=True)  # params, best first
+    plain = ProxyWarmSearcher(StrategyContext(space, table.objective, seed=2, is_feasible=feasible, table=table),
+                              pool_size=40, warm_start=5)
+    assert min(result.latency_ms for _, result in run_search(plain, table, trials=40)) < 0.9 * budget
+    with pytest.raises(OptionError, match=r"band=1.0 must be in \[0, 1\)"):
+        make("band-screen", band=1.0)
+    with pytest.raises(OptionError, match="needs the run's latency model"):
+        BandScreenSearcher(StrategyContext(space, table.objective, seed=2))
+    below_band = lambda arch: table.predict(arch) <= 0.8 * budget  # a pre-check stricter than the budget
+    with pytest.raises(OptionError, match=r"none of 200 feasible random architectures is predicted at >= band=0.9"):
+        run_search(BandScreenSearcher(StrategyContext(space, table.objective, seed=2, is_feasible=below_band,
+                                                      table=table), pool_size=10), table, trials=1)

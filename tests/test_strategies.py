@@ -52,6 +52,7 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
     "local": {"num_init": 3},
     "bananas": {"num_init": 3, "epochs": 30, "update_epochs": 5},
     "proxy-warm": {"pool_size": 30, "warm_start": 4},
+    "band-screen": {"pool_size": 30, "warm_start": 4},
 }
 
 
@@ -66,7 +67,7 @@ def make(name: str, seed: int = 0, storage: str | None = None, trials: int | Non
     """The strategy as the runner builds it: one context, options by name."""
     space, table = synthetic()
     context = StrategyContext(space, table.objective, seed=seed, is_feasible=is_feasible, trials=trials,
-                              storage=storage)
+                              storage=storage, table=table)
     return SEARCHERS.get(name).from_options(context, {**CONTRACT_OPTIONS.get(name, {}), **options})
 
 
@@ -82,7 +83,7 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
 def test_registry_holds_the_ask_tell_strategies_and_the_one_shot_one() -> None:
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
 
-    assert NAMES == ["bananas", "evolution", "local", "mnas-rl", "nsga2", "proxy-warm", "random", "tpe"]
+    assert NAMES == ["bananas", "band-screen", "evolution", "local", "mnas-rl", "nsga2", "proxy-warm", "random", "tpe"]
     assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
@@ -166,7 +167,8 @@ def search_scores(name: str) -> tuple[float, float]:
     space, table = synthetic()
     bests, volumes = [], []
     for seed in IMPROVE_SEEDS:
-        searcher = SEARCHERS.get(name)(StrategyContext(space, table.objective, seed=seed, trials=IMPROVE_TRIALS))
+        searcher = SEARCHERS.get(name)(StrategyContext(space, table.objective, seed=seed, trials=IMPROVE_TRIALS,
+                                                       table=table))
         history = run_search(searcher, table, trials=IMPROVE_TRIALS)
         bests.append(best_reward(history, table.objective))
         volumes.append(hypervolume_2d([(r.accuracy, r.latency_ms) for _, r in history], (0.0, table.budget_ms)))

@@ -2,11 +2,13 @@
 
 `random`, `evolution` (regularized evolution), `mnas-rl` (MnasNet's LSTM controller), `tpe` and
 `nsga2` (Optuna samplers), `local` (local search around the incumbent), `bananas` (an MLP-ensemble
-predictor with Thompson sampling or expected improvement) and `proxy-warm` (the top of many
-candidates ranked by a cheap score first, then evolution or local search). Importing this package
+predictor with Thompson sampling or expected improvement) `proxy-warm` (the top of many
+candidates ranked by a cheap score first, then evolution or local search) and `band-screen`
+(proxy-warm over the latency band just under the budget). Importing this package
 registers them; nothing runs at import.
 """
 
+from nas.strategies.band_screen import BandScreenSearcher
 from nas.strategies.bananas import BananasSearcher
 from nas.strategies.base import SEARCHERS, Candidate, Result, Searcher, SearchObjective
 from nas.strategies.evolution import EvolutionSearcher
@@ -16,6 +18,6 @@ from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearc
 from nas.strategies.proxy_warm import ProxyWarmSearcher
 from nas.strategies.random_search import RandomSearcher
 
-__all__ = ["SEARCHERS", "BananasSearcher", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher",
+__all__ = ["SEARCHERS", "BananasSearcher", "BandScreenSearcher", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher",
            "NSGA2Searcher", "OptunaSearcher", "ProxyWarmSearcher", "RandomSearcher", "Result", "SearchObjective",
            "Searcher", "TPESearcher"]

@@ -8,6 +8,9 @@
   of `predictors.proxies` computed on the run's training images (`nas.strategies.proxy_score`). The seconds spent
   scoring are logged, kept in the state and in each warm candidate's info: a proxy costs no
   trial, but it is not free.
+- `band` > 0 keeps only architectures whose predicted latency uses at least that share of the
+  budget (the best networks under a budget use it), drawing up to 20 feasible architectures per
+  pool place.
 - The first `warm_start` proposals are the top-scored ones, best first (by default as many as
   the continuing search starts with: evolution's population, local search's `num_init`).
 - Then the search continues with `then`: regularized evolution, whose population starts as
@@ -33,12 +36,14 @@ from nas.strategies.local_search import LocalSearcher
 from nas.strategies.proxy_score import proxy_scorer
 from predictors.cost import params_of_spec
 from predictors.proxies import get_proxy
+from predictors.latency import MissingEntriesError
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
 logger = logging.getLogger(__name__)
 
 THEN = ("evolution", "local")
+BAND_DRAWS = 20  # feasible draws per pool place when a band narrows the pool
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class ProxyWarmOptions:
     warm_start: int | None = None  # top-scored ones asked first; None: the continuing search's start size
     then: str = "evolution"  # the search that continues: evolution or local
     proxy: str = "params"  # the score when the run gives none: a predictors.proxies name (synflow, nwot, ...)
+    band: float = 0.0  # the pool keeps only architectures predicted at >= band x the budget (0: any feasible)
 
     def __post_init__(self) -> None:
         get_proxy(self.proxy)  # an unknown name is an UnknownNameError listing the registered ones
@@ -54,6 +60,8 @@ class ProxyWarmOptions:
             raise OptionError(f"pool_size={self.pool_size} must be >= 1")
         if self.warm_start is not None and not 1 <= self.warm_start <= self.pool_size:
             raise OptionError(f"warm_start={self.warm_start} must be in 1..pool_size ({self.pool_size})")
+        if not 0.0 <= self.band < 1.0:
+            raise OptionError(f"band={self.band} must be in [0, 1) (a fraction of the latency budget)")
         if self.then not in THEN:
             raise OptionError(f"then={self.then!r} not in {{{', '.join(THEN)}}}")
 
@@ -77,6 +85,9 @@ class ProxyWarmSearcher(Searcher):
             self.score = proxy_scorer(self.options.proxy, context.data, context.seed,
                                       resolution=self.space.resolution, num_classes=self.space.num_classes)
             self.proxy = get_proxy(self.options.proxy).name
+        self.table = context.table
+        if self.options.band > 0 and self.table is None:
+            raise OptionError(f"band={self.options.band}: needs the run's latency model, and this run has none")
         self.inner: Searcher = SEARCHERS.get(self.options.then)(dataclasses.replace(context, seed=context.seed + 1))
         # by default as many as the continuing search would draw at random to start with
         start = self.inner.population_size if isinstance(self.inner, EvolutionSearcher) else self.inner.num_init
@@ -90,10 +101,17 @@ class ProxyWarmSearcher(Searcher):
     def _rank(self) -> None:
         """Score `pool_size` distinct feasible random architectures; queue the best `warm_start`."""
         pool: dict[str, ArchSpec] = {}
-        for _ in range(self.options.pool_size):
+        draws = self.options.pool_size * (1 if self.options.band == 0 else BAND_DRAWS)
+        for _ in range(draws):
             arch = self.sample_feasible()
-            if self.is_feasible(arch):  # `sample_feasible` returns its last draw when none passes
+            # `sample_feasible` returns its last draw when none passes
+            if self.is_feasible(arch) and self._in_band(arch):
                 pool.setdefault(arch.content_hash(), arch)
+            if len(pool) >= self.options.pool_size:
+                break
+        if not pool:
+            raise OptionError(f"proxy-warm: none of {draws} feasible random architectures is predicted at >= "
+                              f"band={self.options.band} x the budget; lower the band")
         started = time.perf_counter()
         scores = [self._score(arch) for arch in pool.values()]
         self.score_seconds = time.perf_counter() - started
@@ -109,6 +127,15 @@ class ProxyWarmSearcher(Searcher):
             first = self.next_trial_id
             self.inner.start_from([(self.space.decode(item["vector"]).content_hash(), item["vector"], first + i)
                                    for i, item in enumerate(self.queue)])
+
+    def _in_band(self, arch: ArchSpec) -> bool:
+        if self.options.band == 0.0:
+            return True
+        try:
+            latency = self.table.predict(arch)
+        except MissingEntriesError:
+            return False
+        return latency >= self.options.band * self.objective.latency_budget_ms
 
     def _score(self, arch: ArchSpec) -> float:
         value = float(self.score(arch))
