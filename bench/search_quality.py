@@ -1,50 +1,55 @@
-"""Search quality on the CIFAR-10 subset at 32x32 under a latency budget on this CPU.
+"""Is `nas search` worth running, or should one width-scale a zoo network to the budget? Search
+quality on the CIFAR-10 subset at 32x32 under a latency budget on this CPU, at equal search wall
+time, on several seeds.
 
-At an equal trial budget, each strategy's best feasible architecture (search-time val accuracy,
-then test accuracy after one shared final recipe) against random search and against zoo networks
-(`bench.baselines`) width-scaled by end-to-end measurement to the same budget and trained with
-the same final recipe. Then trials per hour with the Ray runner at 1 vs 2 workers.
+Protocol:
+- Budget: a quantile of the table-predicted latency of architectures sampled from the `mnasnet`
+  space (the table is built, onnxruntime on 1 thread and calibrated, when absent).
+- Every strategy searches for the same wall time (`--search-seconds`, hard constraint, trials
+  trained with the short `proxy` recipe on `--train-limit` images), once per seed; its best trial
+  is the answer.
+- Zoo baselines: each network adapted to small inputs and width-bisected, by end-to-end
+  measurement, to the largest width within the budget (`bench.baselines`).
+- One final recipe for every network (`nas.training.recipes` "final": crop + flip, label
+  smoothing, cosine, all 9,000 training images), seeded like the search (zoo: one per seed);
+  test accuracy on the 2,000 test images. Its length is checked by training one zoo network for
+  `--curve-epochs` too.
+- Every final network measured end to end in one interleaved call while nothing else runs.
+- Signals: for every network trained to the end, the short search training, the final run's val
+  accuracy after a few epochs, zero-cost proxies, params, MACs, measured latency; Kendall tau of
+  each with the final test accuracy (`bench.search_signals`).
 
-Phases: latency table (built if absent) -> budget (a quantile of sampled architectures' predicted
-latency) -> zoo width fits (measured while nothing else of the benchmark runs) -> a pool of
-`--jobs` subprocesses, 1 torch thread each, running every search (then its final retraining) and
-every zoo retraining (accuracy is compared, not speed, so parallel runs are fine) -> one
-interleaved end-to-end measurement of every final model -> the Ray runs, alone.
+Work runs in a pool of `--jobs` subprocesses with one torch thread each. Everything is cached:
+searches by (strategy, seed) under OUT/searches, final trainings by (arch hash, recipe, seed)
+under OUT/finals (`bench.final_cache`), zoo widths by budget; a killed run re-run resumes.
 
-Default sizes, from CPU time measured on this 2-core VM (1 thread, batch 16): a trial (2 epochs
-on 800 images + 2 x 1,000 val images) ~22 s; a final training (2 epochs on 9,000 images, batch 64)
-~165 s. 5 x 16 trials + 10 final trainings ~ 3,400 core-s ~ 29 min on 2 jobs, plus zoo fits,
-measurement and Ray ~ 5 min: ~35 min on 2 quiet cores when the table exists (building it adds
-~10-15 min). Shorter trials (batch 64, or fewer images) leave val accuracy at chance (10%).
-
-    python -m bench.search_quality
-    python -m bench.search_quality --trials 3 --epochs 1 --train-limit 300 --final-epochs 1 --final-limit 600 \
-        --strategies random evolution --zoo mobilenet_v2 --ray-trials 2 --no-write        # smoke test
+    nohup python -m bench.search_quality > runs/bench/search_quality.log 2>&1 &
+    python -m bench.search_quality --seeds 0 --search-seconds 20 --train-limit 200 --final-epochs 1 \\
+        --final-limit 500 --curve-epochs --zoo mobilenet_v2 --out /tmp/sq --no-write      # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from bench.baselines import ZOO_BASELINES, fit_zoo, measure_finals, zoo_section
-from bench.ray_throughput import ray_section
-from bench.report import REPO, fmt, md_table, omit, pct, publish, results_path
+from bench.baselines import ZOO_BASELINES, fit_zoo, measure_finals
+from bench.final_cache import cached_final
+from bench.report import REPO, omit, publish, results_path
 from bench.task_pool import run_pool, work
+from nas.rundir.atomic import write_json_atomic
 from nas.training import RECIPES, recipe
 from nas.training.data import absolute_dataset
 
 logger = logging.getLogger("bench.search_quality")
-STRATEGIES = ("random", "evolution", "mnas-rl", "tpe", "nsga2")
 SPACE, RESOLUTION, CLASSES = "mnasnet", 32, 10
+DEFAULT_STRATEGY, BASELINE = "band-screen", "random"
 PROXY, FINAL = RECIPES.get("proxy"), RECIPES.get("final")
-T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,94 +63,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--budget-ms", type=float, default=None, help="Explicit budget (overrides --budget-quantile).")
     add("--budget-quantile", type=float, default=0.3)
     add("--budget-samples", type=int, default=2000)
-    add("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    add("--seeds", nargs="+", type=int, default=[0])
-    add("--trials", type=int, default=16)
+    add("--strategies", nargs="+", default=[BASELINE, DEFAULT_STRATEGY])
+    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--search-seconds", type=float, default=480.0, help="Search wall time per strategy and seed.")
+    add("--trials-cap", type=int, default=500, help="Trial cap of each search (the wall time binds first).")
     add("--epochs", type=int, default=PROXY["epochs"], help="Epochs per search trial.")
     add("--train-limit", type=int, default=800, help="Training images per search trial (stratified).")
     add("--batch-size", type=int, default=PROXY["batch_size"], help="Search trials' batch (recipe `proxy`).")
     add("--final-epochs", type=int, default=FINAL["epochs"], help="Final recipe, shared by every model.")
     add("--final-limit", type=int, default=None, help="Final recipe's training images (default: all 9,000).")
-    add("--final-batch-size", type=int, default=FINAL["batch_size"])
-    add("--zoo", nargs="+", default=list(ZOO_BASELINES), choices=list(ZOO_BASELINES))
+    add("--curve-epochs", nargs="*", type=int, default=[6, 24],
+        help="Other lengths of the final recipe for the first zoo network, seed 0 (the length check).")
+    add("--zoo", nargs="+", default=["mobilenet_v2", "mnasnet_b1"], choices=list(ZOO_BASELINES))
     add("--width-range", nargs=2, type=float, default=[0.1, 2.0])
     add("--bisect-steps", type=int, default=7)
     add("--measure", default="10,15,10", help="warmup,blocks,block_runs of the latency protocol.")
+    add("--proxies", nargs="*", default=["nwot", "synflow", "snip", "grad_norm"])
     add("--jobs", type=int, default=2, help="Parallel training subprocesses (1 thread each).")
-    add("--workers-ray", nargs="+", type=int, default=[1, 2])
-    add("--ray-trials", type=int, default=6)
-    add("--ray-epochs", type=int, default=1)
-    add("--ray-train-limit", type=int, default=1000)
     add("--out", type=Path, default=REPO / "runs/bench/search_quality")
-    add("--skip-ray", action="store_true")
-    add("--skip-zoo", action="store_true")
     add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
     add("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
+def final_config(s: dict[str, Any], seed: int, epochs: int | None = None) -> Any:
+    return recipe("final", epochs=epochs or s["final_epochs"], seed=seed)
+
+
+def short_config(s: dict[str, Any], seed: int) -> Any:
+    return recipe("proxy", epochs=s["epochs"], batch_size=s["batch_size"], seed=seed)
+
+
 # -- subprocess tasks -------------------------------------------------------------------------------
 
-def final_train(s: dict[str, Any], arch: Any, seed: int, table: Any = None) -> dict[str, Any]:
-    """The one final recipe for every model (searched or zoo): `nas.search.trial.retrain`, which is
-    what `finalize_best` runs, but with the train limit of the recipe and without measuring
-    latency here (another job is training on the other core; all measuring is done later, idle)."""
-    from nas.search.trial import retrain
-    from nas.training import load_dataset
-
-    data = load_dataset(s["data"], RESOLUTION, seed=seed, limit=s["final_limit"])
-    start = time.perf_counter()
-    config = recipe("final", epochs=s["final_epochs"], batch_size=s["final_batch_size"], seed=seed)
-    metrics, _ = retrain(arch, data, config, None, table)
-    return {**metrics, "final_train_images": len(data.train), "final_wall_s": time.perf_counter() - start}
-
-
 def search_task(task: dict[str, Any]) -> dict[str, Any]:
-    from nas.rundir.files import RunDirectory
-    from nas.search.config import SearchConfig
-    from nas.search.runner import open_table, run_search
-    from search_spaces.spaces import get_space
+    """One time-limited search (cached by strategy and seed), then its winner's final training."""
+    from search_spaces.spec import ArchSpec
 
     s, seed = task["settings"], task["seed"]
-    config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
-                          resolution=RESOLUTION, strategy=task["strategy"], seed=seed, trials=s["trials"],
-                          train=recipe("proxy", epochs=s["epochs"], batch_size=s["batch_size"], seed=seed),
-                          train_limit=s["train_limit"])
-    run_dir = Path(task["run_dir"])
-    RunDirectory(run_dir).clear()  # a benchmark run always starts afresh
-    start = time.perf_counter()
-    summary = run_search(config, run_dir, progress=False)
-    out: dict[str, Any] = {"search_wall_s": time.perf_counter() - start, "search_elapsed_s": summary.elapsed_s,
-                           "trials": summary.trials, "ok": summary.ok, "failed": summary.failed,
-                           "infeasible": summary.infeasible}
-    records = RunDirectory(run_dir).read_trials()
-    out["feasible"] = sum(1 for r in records if r.feasible)
-    out["trial_log"] = [{"trial_id": r.trial_id, "status": r.result.status, "feasible": r.feasible,
-                         "val_accuracy": r.result.accuracy, "latency_ms": r.result.latency_ms,
-                         "train_time_s": r.result.train_time_s} for r in records]
-    times = [t["train_time_s"] for t in out["trial_log"] if t["status"] == "ok" and t["train_time_s"]]
-    out["mean_trial_s"] = statistics.fmean(times) if times else None
-    if summary.best is None:
-        return out
-    best = summary.best
-    out.update(best_trial=best.trial_id, best_val_accuracy=best.result.accuracy,
-               predicted_ms=best.result.latency_ms, blocks=best.arch.block_strings(), arch=best.arch.to_dict())
-    table = open_table(config, get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES))
-    out["final"] = final_train(s, best.arch, seed, table)
+    summary_path = Path(task["summary"])
+    out = json.loads(summary_path.read_text()) if summary_path.is_file() else _search(task)
+    write_json_atomic(summary_path, out)
+    if "arch" in out:
+        out["final"] = cached_final(ArchSpec.from_dict(out["arch"]), final_config(s, seed), s["data"],
+                                    Path(s["out"]) / "finals", resolution=RESOLUTION, limit=s["final_limit"])
     return out
 
 
-def zoo_task(task: dict[str, Any]) -> dict[str, Any]:
+def _search(task: dict[str, Any]) -> dict[str, Any]:
+    from nas.rundir.files import RunDirectory
+    from nas.search.config import SearchConfig
+    from nas.search.runner import run_search
+
+    s, seed = task["settings"], task["seed"]
+    config = SearchConfig(space=SPACE, latency_budget_ms=task["budget_ms"], lut_path=s["lut"], dataset=s["data"],
+                          resolution=RESOLUTION, strategy=task["strategy"], seed=seed, trials=s["trials_cap"],
+                          time_limit=s["search_seconds"], train=short_config(s, seed), train_limit=s["train_limit"])
+    run_dir = Path(task["run_dir"])
+    RunDirectory(run_dir).clear()  # an unfinished search starts afresh: its wall time must be whole
+    start = time.perf_counter()
+    summary = run_search(config, run_dir, progress=False)
+    out: dict[str, Any] = {"strategy": task["strategy"], "seed": seed, "search_wall_s": time.perf_counter() - start,
+                           "trials": summary.trials, "ok": summary.ok, "failed": summary.failed,
+                           "infeasible": summary.infeasible}
+    records = RunDirectory(run_dir).read_trials()
+    out["trial_log"] = [{"trial_id": r.trial_id, "status": r.result.status, "val_accuracy": r.result.accuracy,
+                         "latency_ms": r.result.latency_ms, "train_time_s": r.result.train_time_s,
+                         "origin": r.candidate.info.get("origin")} for r in records]
+    if summary.best is not None:
+        best = summary.best
+        out.update(best_trial=best.trial_id, best_val_accuracy=best.result.accuracy,
+                   predicted_ms=best.result.latency_ms, arch=best.arch.to_dict())
+    return out
+
+
+def train_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A cached training of a given architecture: a zoo network's final recipe, a curve length,
+    or the short search recipe as a signal."""
     from search_spaces.spec import ArchSpec
 
-    return {"final": final_train(task["settings"], ArchSpec.from_dict(task["arch"]), task["seed"])}
+    s, arch = task["settings"], ArchSpec.from_dict(task["arch"])
+    if task["recipe"] == "short":
+        config, limit = short_config(s, task["seed"]), s["train_limit"]
+    else:
+        config, limit = final_config(s, task["seed"], task.get("epochs")), s["final_limit"]
+    return cached_final(arch, config, s["data"], Path(s["out"]) / "finals", resolution=RESOLUTION, limit=limit)
 
 
 # -- main-process phases ----------------------------------------------------------------------------
 
 def ensure_lut(args: argparse.Namespace, space: Any) -> tuple[Any, str, Any]:
-    """The table, whether it existed, and a measurer of its backend and threads (onnxruntime on
-    1 thread for a table this run builds)."""
+    """The table, whether it existed, and a measurer of its backend and threads."""
     from predictors.latency import LatencyTable, LocalMeasurer, MeasureSettings, ensure_table
 
     existing = LatencyTable.load(args.lut).metadata if args.lut.is_file() else {}
@@ -165,108 +173,41 @@ def choose_budget(args: argparse.Namespace, space: Any, table: Any) -> tuple[flo
                     f"architectures sampled from the space (seed 0; median {median:.3f} ms)")
 
 
-def train_all(args: argparse.Namespace, settings: dict[str, Any], budget: float, zoo_fits: dict[str, Any]
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every search (then its final training) and every zoo network's final training, in the pool."""
-    # searches first (the long tasks), zoo retrainings fill the slots they leave
-    tasks = [{"kind": "search", "name": f"{strategy}-s{seed}", "strategy": strategy, "seed": seed, "budget_ms": budget,
-              "run_dir": str(args.out / "runs" / f"{strategy}-s{seed}"), "settings": settings}
+def zoo_widths(args: argparse.Namespace, budget: float, measurer: Any) -> dict[str, Any]:
+    """Width fits, cached per budget (they are measured: nothing else may run meanwhile)."""
+    path = args.out / f"zoo_fits_{budget:.4f}.json"
+    fits = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [name for name in args.zoo if name not in fits]
+    if missing:
+        fits.update(fit_zoo(missing, RESOLUTION, CLASSES, budget, measurer, args.width_range, args.bisect_steps))
+        write_json_atomic(path, fits)
+    return {name: fits[name] for name in args.zoo}
+
+
+def pool_tasks(args: argparse.Namespace, settings: dict[str, Any], budget: float,
+               fits: dict[str, Any]) -> list[dict[str, Any]]:
+    """Searches first (the long tasks); zoo trainings and the curve fill the slots they leave."""
+    tasks = [{"kind": "search", "name": f"{strategy}-s{seed}", "strategy": strategy, "seed": seed,
+              "budget_ms": budget, "run_dir": str(args.out / "searches" / f"{strategy}-s{seed}"),
+              "summary": str(args.out / "searches" / f"{strategy}-s{seed}.summary.json"), "settings": settings}
              for seed in args.seeds for strategy in args.strategies]
-    tasks += [{"kind": "zoo", "name": f"zoo-{name}-s{seed}", "model": name, "seed": seed, "arch": fit["arch"],
-               "settings": settings} for seed in args.seeds for name, fit in zoo_fits.items()]
-    results = run_pool("bench.search_quality", tasks, args.jobs, args.out / "tasks")
-    strategies = {t["name"]: {"strategy": t["strategy"], "seed": t["seed"], **results[t["name"]]}
-                  for t in tasks if t["kind"] == "search"}
-    zoo_rows = {t["name"]: {"model": t["model"], "seed": t["seed"], **results[t["name"]]}
-                for t in tasks if t["kind"] == "zoo"}
-    return strategies, zoo_rows
+    tasks += [{"kind": "train", "name": f"zoo-{name}-s{seed}", "recipe": "final", "seed": seed, "arch": fit["arch"],
+               "settings": settings} for seed in args.seeds for name, fit in fits.items()]
+    if args.zoo:
+        first = args.zoo[0]
+        tasks += [{"kind": "train", "name": f"curve-{first}-e{epochs}", "recipe": "final", "seed": args.seeds[0],
+                   "epochs": epochs, "arch": fits[first]["arch"], "settings": settings}
+                  for epochs in args.curve_epochs if epochs != args.final_epochs]
+    return tasks
 
 
-def ray_runs(args: argparse.Namespace, settings: dict[str, Any], budget: float) -> dict[str, Any]:
-    """One random search on Ray per worker count, one at a time (`bench.ray_throughput`)."""
-    tasks = [{"kind": "ray", "name": f"ray-w{w}", "workers": w, "budget_ms": budget, "space": SPACE,
-              "resolution": RESOLUTION, "run_dir": str(args.out / "runs" / f"ray-w{w}"), "settings": settings}
-             for w in args.workers_ray]
-    done = run_pool("bench.ray_throughput", tasks, 1, args.out / "tasks")
-    return {name: {"workers": int(name[5:]), **row} for name, row in done.items()}
-
-
-def _timed(phases: dict[str, float], key: str, step: Callable[[], T]) -> T:
-    mark = time.perf_counter()
-    result = step()
-    phases[key] = time.perf_counter() - mark
-    return result
-
-
-# -- report -----------------------------------------------------------------------------------------
-
-def _settings(r: dict[str, Any]) -> list[str]:
-    a, phases = r["settings"], r["phases"]
-    spent = ", ".join(f"{key[:-2]} {value:.0f} s" for key, value in phases.items() if key != "total_s")
-    final_images = "all 9,000" if a["final_limit"] is None else a["final_limit"]
-    return [
-        (f"**Budget {r['budget_ms']:.3f} ms**: {r['budget_how']}. Table `{r['lut_shown']}` ({r['lut_state']}; "
-        f"{r['lut_backend']}, {r['lut_threads']} thread; {r['lut_calibration']}). Measured latencies: batch 1, same "
-        f"backend and threads, protocol {a['measure']} (warm-up, blocks, runs per block), every final model in one "
-        "interleaved call while nothing else of the benchmark runs."),
-        "",
-        (f"Search: `{SPACE}` space at {RESOLUTION} px, hard constraint, {a['trials']} trials per strategy and seed, each "
-        f"trained {a['epochs']} epoch(s) on {a['train_limit']} stratified training images (SGD lr 0.05, cosine, batch "
-        f"{a['batch_size']}) and scored on the 1,000-image val split; seeds {a['seeds']}. **Final recipe**, the same "
-        f"for every model: {a['final_epochs']} epoch(s) from scratch on {final_images} training images (batch "
-        f"{a['final_batch_size']}); test = the 2,000 test images of the subset. {a['jobs']} jobs in parallel, 1 torch "
-         f"thread each; 1-min load average at start {r['load_at_start']:.1f}. **Total wall time "
-         f"{phases['total_s'] / 60:.1f} min** ({spent})."),
-    ]
-
-
-def render(r: dict[str, Any]) -> str:
-    budget = r["budget_ms"]
-
-    def latency(ms: float | None) -> str:
-        return fmt(ms, ".3f", " ms") + ("" if ms is None or ms <= budget else " (over)")
-
-    lines = _settings(r)
-    rows = []
-    for key, row in r["strategies"].items():
-        if "final" not in row:
-            rows.append([row["strategy"], str(row["seed"]), row.get("error", "no feasible trial")] + ["—"] * 11)
-            continue
-        final = row["final"]
-        random = r["strategies"].get(f"random-s{row['seed']}", {}).get("final", {}).get("test_accuracy")
-        delta = "—" if random is None or row["strategy"] == "random" else \
-            f"{100 * (final['test_accuracy'] - random):+.1f} pt"
-        rows.append([row["strategy"], str(row["seed"]), f"{row['ok']} / {row['feasible']} of {row['trials']}",
-                     pct(row["best_val_accuracy"]), pct(final["test_accuracy"]), delta,
-                     pct(final["final_val_accuracy"]), latency(row["predicted_ms"]),
-                     latency(r["measured"].get(key, {}).get("median_ms")), f"{final['params'] / 1e6:.2f} M",
-                     fmt(final["macs"] and final["macs"] / 1e6, ".1f", " M"), fmt(row["mean_trial_s"], ".0f", " s"),
-                     f"{row['search_wall_s']:.0f} s", f"{final['final_wall_s']:.0f} s"])
-    lines += md_table(["strategy", "seed", "trials: trained / feasible", "best val acc (search)", "final test acc",
-                       "vs random", "final val acc", "predicted", "measured", "params", "MACs", "mean trial",
-                       "search wall", "final train"], rows)
-    if len(r["settings"]["seeds"]) > 1:
-        rows = []
-        for strategy in r["settings"]["strategies"]:
-            done = [v for v in r["strategies"].values() if v["strategy"] == strategy and "final" in v]
-            tests = [v["final"]["test_accuracy"] for v in done]
-            if len(tests) > 1:
-                spread = f"{pct(statistics.fmean(tests))} ± {100 * statistics.stdev(tests):.1f}"
-                rows.append([strategy, str(len(tests)), spread,
-                             pct(statistics.fmean(v["best_val_accuracy"] for v in done))])
-        lines += md_table(["strategy", "seeds", "final test acc, mean ± sd", "best val acc (search), mean"], rows)
-    if r["zoo"]:
-        lines += zoo_section(r["settings"], r["zoo"], r["zoo_fits"], r["measured"], latency)
-    if r["ray"]:
-        lines += ray_section(r["settings"], r["ray"])
-    lines += ["", f"Raw numbers: `{r['results_shown']}`; run directories and task logs in "
-              f"`{_shown(Path(r['settings']['out']))}`."]
-    return "\n".join(lines)
-
-
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+def short_trainings(args: argparse.Namespace, settings: dict[str, Any], archs: dict[str, dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """The search recipe (seed 0) on every final network: the 'short training' signal."""
+    tasks = [{"kind": "train", "name": f"short-{key}", "recipe": "short", "seed": 0, "arch": arch,
+              "settings": settings} for key, arch in archs.items()]
+    done = run_pool("bench.search_quality", tasks, args.jobs, args.out / "tasks")
+    return {key: done[f"short-{key}"] for key in archs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,10 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("predictors.latency.measure").setLevel(logging.WARNING)  # per-item retry chatter
     if args.worker is not None:
-        work(args.worker, lambda task: {"search": search_task, "zoo": zoo_task}[task["kind"]](task))
+        work(args.worker, lambda task: {"search": search_task, "train": train_task}[task["kind"]](task))
         return
     import torch
 
+    from bench.search_quality_report import render, results_document
+    from bench.search_signals import signal_table
     from search_spaces.spaces import get_space
 
     torch.set_num_threads(1)
@@ -287,32 +230,49 @@ def main(argv: list[str] | None = None) -> None:
     args.out, args.lut, args.data = args.out.resolve(), args.lut.resolve(), absolute_dataset(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     space = get_space(SPACE, resolution=RESOLUTION, num_classes=CLASSES)
-    table, lut_state, measurer = _timed(phases, "lut_s", lambda: ensure_lut(args, space))
+
+    def timed(key: str, step: Any) -> Any:
+        mark = time.perf_counter()
+        value = step()
+        phases[key] = time.perf_counter() - mark
+        return value
+
+    table, lut_state, measurer = timed("lut_s", lambda: ensure_lut(args, space))
     budget, budget_how = choose_budget(args, space, table)
     logger.info("budget %.4f ms: %s", budget, budget_how)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
-    zoo_fits = _timed(phases, "zoo_fit_s", lambda: {} if args.skip_zoo else fit_zoo(
-        args.zoo, RESOLUTION, CLASSES, budget, measurer, args.width_range, args.bisect_steps))
-    strategies, zoo_rows = _timed(phases, "train_s", lambda: train_all(args, settings, budget, zoo_fits))
-    finals = {name: row["arch"] for name, row in strategies.items() if "arch" in row}
-    finals.update({f"zoo-{name}": fit["arch"] for name, fit in zoo_fits.items()})
-    measured = _timed(phases, "measure_s", lambda: measure_finals(finals, measurer))
-    ray = {} if args.skip_ray else _timed(phases, "ray_s", lambda: ray_runs(args, settings, budget))
+    fits = timed("zoo_fit_s", lambda: zoo_widths(args, budget, measurer))
+    done = timed("train_s", lambda: run_pool("bench.search_quality", pool_tasks(args, settings, budget, fits),
+                                             args.jobs, args.out / "tasks"))
+    searches = {name: row for name, row in done.items() if not name.startswith(("zoo-", "curve-"))}
+    archs = {name: row["arch"] for name, row in searches.items() if "arch" in row}
+    archs.update({f"zoo-{name}": fit["arch"] for name, fit in fits.items()})
+    short = timed("short_s", lambda: short_trainings(args, settings, archs))
+    measured = timed("measure_s", lambda: measure_finals(archs, measurer))
+    signals = timed("signals_s", lambda: signal_table(args.proxies, args.data, archs, RESOLUTION, CLASSES))
     phases["total_s"] = time.perf_counter() - started
-
     calibration = (f"calibrated: {table.calibration}"
                    if table.calibration else "raw per-op sums, no calibration: predicted and measured ms may differ")
     report = {"settings": settings, "budget_ms": budget, "budget_how": budget_how, "lut_state": lut_state,
               "lut_backend": table.metadata.get("backend"), "lut_threads": table.metadata.get("threads"),
-              "load_at_start": load_at_start, "lut_calibration": calibration, "phases": phases,
-              "strategies": strategies, "zoo_fits": zoo_fits, "zoo": zoo_rows, "measured": measured, "ray": ray,
-              "lut_shown": _shown(args.lut), "results_shown": results_path("search_quality")}
-    body = render(report)
+              "lut_calibration": calibration, "load_at_start": load_at_start, "phases": phases,
+              "searches": searches, "zoo_fits": fits, "trained": {k: v for k, v in done.items() if k not in searches},
+              "short": short, "measured": measured, "signals": signals, "default_strategy": DEFAULT_STRATEGY,
+              "baseline": BASELINE, "lut_shown": _shown(args.lut), "out_shown": _shown(args.out),
+              "results_shown": results_path("search_quality")}
+    document = results_document(report)
+    body = render(report, document)
     print(body)
+    write_json_atomic(args.out / "report.json", report)
     if not args.no_write:  # specs and per-trial logs stay in the run directories
-        publish("search_quality", "Search quality on CIFAR-10 (subset)", body, {
-            **report, "strategies": {k: omit(row, "arch", "trial_log") for k, row in strategies.items()},
-            "zoo_fits": {k: omit(fit, "arch") for k, fit in zoo_fits.items()}})
+        publish("search_quality", "Search quality on CIFAR-10 (subset): search vs random vs the scaled zoo", body,
+                {**document, "searches": {k: omit(row, "arch", "trial_log") for k, row in searches.items()},
+                 "zoo_fits": {k: omit(fit, "arch") for k, fit in fits.items()}})
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 if __name__ == "__main__":

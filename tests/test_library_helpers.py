@@ -90,7 +90,8 @@ def test_recipe_lays_its_fields_over_the_base_then_the_overrides() -> None:
     base = TrainConfig(batch_size=32, seed=3, device="cpu", max_batches_per_epoch=5)
     assert recipe("finetune", base, epochs=1) == TrainConfig(
         epochs=1, batch_size=32, optimizer="adamw", lr=1e-3, seed=3, device="cpu", max_batches_per_epoch=5)
-    assert recipe("final", seed=1) == TrainConfig(epochs=2, batch_size=64, seed=1, device="cpu")
+    assert recipe("final", seed=1) == TrainConfig(epochs=12, batch_size=64, seed=1, augment="crop-flip",
+                                                  label_smoothing=0.1, weight_decay=5e-4)
     with pytest.raises(KeyError, match="finetune"):
         recipe("fine-tune")
 

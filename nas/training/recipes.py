@@ -23,8 +23,11 @@ RECIPES.add("finetune", {"optimizer": "adamw", "lr": 1e-3})
 # search_quality's search trials: batch 16 gives a 2-epoch trial on 800 images enough steps to
 # leave chance accuracy (batch 64 does not); on the CPU, whose budget and timings these are
 RECIPES.add("proxy", {"epochs": 2, "batch_size": 16, "device": "cpu"})
-# the final training of every network a benchmark compares (searched or zoo), from scratch
-RECIPES.add("final", {"epochs": 2, "batch_size": 64, "device": "cpu"})
+# the final training of every network a benchmark compares (searched or zoo), from scratch: the
+# CIFAR recipe (crop + flip, label smoothing 0.1, weight decay 5e-4, cosine); 12 epochs is what a
+# 2-core CPU affords per network (BENCHMARKS.md, search quality, measures what longer runs add)
+RECIPES.add("final", {"epochs": 12, "batch_size": 64, "augment": "crop-flip", "label_smoothing": 0.1,
+                      "weight_decay": 5e-4})
 
 
 def recipe(name: str, base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
