@@ -3,24 +3,34 @@
 Under a hard latency budget the most accurate networks use most of it, and a short search trial
 (a few epochs on a few hundred images) ranks networks that differ by a point no better than chance
 (BENCHMARKS.md, search quality). So this strategy spends its first trials where the prior is
-strong: it draws feasible architectures, keeps those predicted at >= 90% of the budget, ranks them
-by parameter count (or any zero-cost proxy) and trains the top ones first; regularized evolution
-continues from them. It is `proxy-warm` with other defaults, so options, state and resume are
+strong: it draws feasible architectures, keeps 100 predicted at >= 90% of the budget, ranks them
+by NASWOT on one batch of the run's images (#params where the run has none; published scores on a
+tabular benchmark) and trains the top ones first; regularized evolution continues from them. On
+NAS-Bench-201 (CIFAR-10, Pixel 3, 30% budget, published NASWOT scores, 20 seeds) the band took
+the mean regret after 10 / 30 / 100 queries from 1.81 / 1.02 / 0.53 (proxy-warm:nwot) to 0.51 /
+0.36 / 0.29 points with a pool of 300 (random: 2.70 / 1.87 / 1.06). It is `proxy-warm` with other defaults, so options, state and resume are
 that strategy's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
+from typing import Any
 
-from nas.strategies.base import SEARCHERS
+from nas.strategies.base import SEARCHERS, StrategyContext
 from nas.strategies.proxy_warm import ProxyWarmOptions, ProxyWarmSearcher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BandScreenOptions(ProxyWarmOptions):
-    pool_size: int = 300  # in-band feasible architectures scored
+    # NASWOT costs ~1.4 s a network at 32 px on one CPU thread: 100 of them are a fraction of a search
+    pool_size: int = 100  # in-band feasible architectures scored
     band: float = 0.9
+    proxy: str = "nwot"
 
 
 @SEARCHERS.register("band-screen")
@@ -31,3 +41,11 @@ class BandScreenSearcher(ProxyWarmSearcher):
     name = "band-screen"
 
     Options = BandScreenOptions
+
+    def __init__(self, context: StrategyContext, options: BandScreenOptions | None = None, **settings: Any) -> None:
+        options = options or BandScreenOptions(**settings)
+        has_images = hasattr(getattr(context.data, "train", None), "tensors")
+        if context.score is None and not has_images and options.proxy == BandScreenOptions.proxy:
+            logger.info("band-screen: no training images to score NASWOT on; ranking by #params")
+            options = dataclasses.replace(options, proxy="params")
+        super().__init__(context, options)
