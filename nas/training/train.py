@@ -8,9 +8,9 @@ Contract, in brief:
   is the caller's business: call ``torch.manual_seed(s)`` before building the model. On CPU
   the same model + data + config gives bit-identical loss histories; on CUDA cuDNN may pick
   non-deterministic kernels, so expect agreement to a few decimals only.
-- Devices: ``model`` (and ``teacher``) are moved to ``config.device`` in place and moved back
-  to the device their first parameter was on when the call returns -- also when an exception
-  escapes. The model is left in eval mode.
+- Devices: ``model`` (and ``teacher``) are moved to ``config.device`` in place (channels-last
+  on CPU, faster there) and moved back, in the default layout, to the device their first
+  parameter was on when the call returns -- also when an exception escapes. Left in eval mode.
 - Failures: a NaN/inf loss (or gradient norm, when clipping) ends training with
   ``status="failed"`` and a reason naming epoch and step; any *exception* in a step propagates
   (the search runner records it as a failed trial with its traceback).
@@ -39,10 +39,8 @@ from search_spaces.errors import DatasetError, OptionError
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainReport", "evaluate", "resolve_device", "train"]
 
 logger = logging.getLogger(__name__)
-
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
-
 DistillLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
@@ -77,8 +75,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     max_batches_per_epoch: int | None = None
     eval_batch_size: int = 256
-    augment: str = field(default="none", metadata={"help": "Training augmentation: none | crop-flip (pad 4, "
-                                                           "random crop, horizontal flip).", "min": None})
+    augment: str = field(default="none", metadata={"help": "none | crop-flip (pad-4 random crop + flip).", "min": None})
     # sparsity penalties added to the loss (compress.regularize): SSL group lasso on conv filters and
     # channels, network slimming's L1 on BN gammas; no `nas search` flag: they serve compression runs
     group_lasso: float = 0.0
@@ -249,7 +246,7 @@ class _Loop:
     schedule: _Schedule
     loss_of: Callable[[Tensor, Tensor], Tensor]  # (images, labels) -> loss, run on the model
     bar: Any
-    augment: torch.Generator | None  # crop-flip's own generator; None: no augmentation
+    augment: torch.Generator | None  # crop-flip's own generator (seed + 1); None: no augmentation
     step: int = 0
     lr: float = 0.0
 
@@ -285,8 +282,7 @@ def _train_epoch(loop: _Loop, data: DataSplits, generator: torch.Generator, epoc
         loop.lr = loop.schedule.lr(loop.step)
         for group in loop.optimizer.param_groups:
             group["lr"] = loop.lr
-        if loop.augment is not None:
-            images = crop_flip(images, loop.augment)
+        images = crop_flip(images, loop.augment) if loop.augment is not None else images
         images = images.to(loop.device, memory_format=memory_format(loop.device), non_blocking=True)
         loss = loop.loss_of(images, labels.to(loop.device, non_blocking=True))
         # one host sync per step: the price of naming the exact failing step
