@@ -10,7 +10,7 @@
   trial, but it is not free.
 - `band` > 0 keeps only architectures whose predicted latency uses at least that share of the
   budget (the best networks under a budget use it), drawing up to 20 feasible architectures per
-  pool place.
+  pool place; when none lands in the band, the feasible ones under it are ranked (with a warning).
 - The first `warm_start` proposals are the top-scored ones, best first (by default as many as
   the continuing search starts with: evolution's population, local search's `num_init`).
 - Then the search continues with `then`: regularized evolution, whose population starts as
@@ -101,17 +101,21 @@ class ProxyWarmSearcher(Searcher):
     def _rank(self) -> None:
         """Score `pool_size` distinct feasible random architectures; queue the best `warm_start`."""
         pool: dict[str, ArchSpec] = {}
+        below: dict[str, ArchSpec] = {}  # feasible but under the band: the fallback when the band is empty
         draws = self.options.pool_size * (1 if self.options.band == 0 else BAND_DRAWS)
         for _ in range(draws):
             arch = self.sample_feasible()
-            # `sample_feasible` returns its last draw when none passes
-            if self.is_feasible(arch) and self._in_band(arch):
-                pool.setdefault(arch.content_hash(), arch)
+            if not self.is_feasible(arch):  # `sample_feasible` returns its last draw when none passes
+                continue
+            kept = pool if self._in_band(arch) else below
+            if len(kept) < self.options.pool_size:
+                kept.setdefault(arch.content_hash(), arch)
             if len(pool) >= self.options.pool_size:
                 break
         if not pool:
-            raise OptionError(f"proxy-warm: none of {draws} feasible random architectures is predicted at >= "
-                              f"band={self.options.band} x the budget; lower the band")
+            logger.warning("proxy-warm: none of %d feasible random architectures is predicted at >= band=%s x the "
+                           "budget; ranking %d under it instead", draws, self.options.band, len(below))
+            pool = below
         started = time.perf_counter()
         scores = [self._score(arch) for arch in pool.values()]
         self.score_seconds = time.perf_counter() - started
