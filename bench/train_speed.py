@@ -58,7 +58,9 @@ def network(name: str) -> Any:
 @contextmanager
 def layout(mode: str) -> Iterator[None]:
     """`before` restores the NCHW step for the duration (the train loop asks `memory_format`)."""
-    import nas.training.train as loop
+    import importlib
+
+    loop = importlib.import_module("nas.training.train")  # the package re-exports a function of that name
 
     if mode != "before":
         yield
