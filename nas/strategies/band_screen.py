@@ -23,12 +23,14 @@ from nas.strategies.base import SEARCHERS, StrategyContext
 from nas.strategies.proxy_warm import ProxyWarmOptions, ProxyWarmSearcher
 
 logger = logging.getLogger(__name__)
+COMPUTED_POOL, FREE_POOL = 100, 1000
 
 
 @dataclass(frozen=True)
 class BandScreenOptions(ProxyWarmOptions):
-    # NASWOT costs ~1.4 s a network at 32 px on one CPU thread: 100 of them are a fraction of a search
-    pool_size: int = 100  # in-band feasible architectures scored
+    # None: 100 when NASWOT is computed here (~1.4 s a network at 32 px on one CPU thread, so a
+    # fraction of a search), 1000 when scores are free (given by the run, or #params)
+    pool_size: int | None = None  # in-band feasible architectures scored
     band: float = 0.9
     proxy: str = "nwot"
 
@@ -48,4 +50,7 @@ class BandScreenSearcher(ProxyWarmSearcher):
         if context.score is None and not has_images and options.proxy == BandScreenOptions.proxy:
             logger.info("band-screen: no training images to score NASWOT on; ranking by #params")
             options = dataclasses.replace(options, proxy="params")
+        if options.pool_size is None:
+            free = context.score is not None or options.proxy == "params"
+            options = dataclasses.replace(options, pool_size=FREE_POOL if free else COMPUTED_POOL)
         super().__init__(context, options)
