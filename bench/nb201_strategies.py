@@ -82,8 +82,8 @@ PLANS: dict[str, tuple[Block, ...]] = {
     # what fits in ~50 min on this VM: priority blocks, seed-major, cut by --time-limit; the
     # section states the seeds and queries behind every figure
     "fits": (
-        # the default strategy of #14 and multi-fidelity (#13): band-screen's 1000-candidate pool makes
-        # a run ~7 s here, so fewer seeds than random's
+        # the default strategy of #14 and multi-fidelity (#13): drawing band-screen's in-band pool makes
+        # a run several seconds here, so fewer seeds than random's
         Block((HEADLINE,), ("band-screen:nwot", "successive-halving", "successive-halving:nwot"), 30, 100),
         Block(OTHERS, ("band-screen:nwot",), 10, 100),
         Block((HEADLINE,), ("band-screen",), 30, 100),

@@ -245,9 +245,9 @@ def test_band_screen_ranks_only_architectures_using_90_percent_of_the_budget(cap
 def test_band_screen_pool_is_large_when_scores_are_free_and_small_when_computed() -> None:
     space, table = synthetic()
     context = StrategyContext(space, table.objective, seed=0, table=table)
-    assert BandScreenSearcher(context).options.pool_size == 1000  # no images: #params, free
+    assert BandScreenSearcher(context).options.pool_size == 300  # no images: #params, free
     scored = StrategyContext(space, table.objective, seed=0, table=table, score=lambda arch: 0.0)
-    assert BandScreenSearcher(scored).options.pool_size == 1000
+    assert BandScreenSearcher(scored).options.pool_size == 300
     from nas.training.data import load_dataset
 
     data = load_dataset("synthetic:4", space.resolution, seed=0)

@@ -23,13 +23,14 @@ from nas.strategies.base import SEARCHERS, StrategyContext
 from nas.strategies.proxy_warm import ProxyWarmOptions, ProxyWarmSearcher
 
 logger = logging.getLogger(__name__)
-COMPUTED_POOL, FREE_POOL = 100, 1000
+COMPUTED_POOL, FREE_POOL = 100, 300
 
 
 @dataclass(frozen=True)
 class BandScreenOptions(ProxyWarmOptions):
     # None: 100 when NASWOT is computed here (~1.4 s a network at 32 px on one CPU thread, so a
-    # fraction of a search), 1000 when scores are free (given by the run, or #params)
+    # fraction of a search), 300 when scores are free (given by the run, or #params): on NB201 a
+    # larger pool was not better enough to pay for its drawing
     pool_size: int | None = None  # in-band feasible architectures scored
     band: float = 0.9
     proxy: str = "nwot"
