@@ -29,8 +29,8 @@ COMPUTED_POOL, FREE_POOL = 100, 300
 @dataclass(frozen=True)
 class BandScreenOptions(ProxyWarmOptions):
     # None: 100 when NASWOT is computed here (~1.4 s a network at 32 px on one CPU thread, so a
-    # fraction of a search), 300 when scores are free (given by the run, or #params): on NB201 a
-    # larger pool was not better enough to pay for its drawing
+    # fraction of a search), 300 when scores are free (given by the run, or #params): drawing 1000
+    # in the band took ~30 s a run on NB201 here; whether 1000 ranks better was not measured
     pool_size: int | None = None  # in-band feasible architectures scored
     band: float = 0.9
     proxy: str = "nwot"
