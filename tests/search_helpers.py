@@ -121,9 +121,9 @@ def tiny_config(lut: Path, *, budget: float | None = None, trials: int = 6, stra
     if budget is None:
         values = sorted(latencies(table))
         budget = (values[5] + values[6]) / 2  # 6 of the 8 networks fit
+    changes.setdefault("train", TrainConfig(epochs=1, batch_size=32, device="cpu", lr=0.1))
     return SearchConfig(space="tiny", latency_budget_ms=budget, lut_path=str(lut), dataset="synthetic:4",
-                        resolution=16, strategy=strategy, trials=trials, train_limit=96,
-                        train=TrainConfig(epochs=1, batch_size=32, device="cpu", lr=0.1), **changes)
+                        resolution=16, strategy=strategy, trials=trials, train_limit=96, **changes)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

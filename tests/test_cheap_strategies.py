@@ -240,3 +240,38 @@ def test_band_screen_ranks_only_architectures_using_90_percent_of_the_budget(cap
     assert "none of 200 feasible random architectures is predicted at >= band=0.9 x the budget; ranking 10" \
         in caplog.text
     assert all(result.latency_ms <= 0.8 * budget for _, result in history)
+
+
+def test_band_screen_pool_is_large_when_scores_are_free_and_small_when_computed() -> None:
+    space, table = synthetic()
+    context = StrategyContext(space, table.objective, seed=0, table=table)
+    assert BandScreenSearcher(context).options.pool_size == 300  # no images: #params, free
+    scored = StrategyContext(space, table.objective, seed=0, table=table, score=lambda arch: 0.0)
+    assert BandScreenSearcher(scored).options.pool_size == 300
+    from nas.training.data import load_dataset
+
+    data = load_dataset("synthetic:4", space.resolution, seed=0)
+    with_images = StrategyContext(space, table.objective, seed=0, table=table, data=data)
+    searcher = BandScreenSearcher(with_images)
+    assert (searcher.options.pool_size, searcher.proxy) == (100, "nwot")  # NASWOT costs a forward pass each
+
+
+def test_successive_halving_brackets_promote_the_best_third_by_cheap_reward() -> None:
+    from nas.strategies import SuccessiveHalvingSearcher
+    from nas.training.train import TrainConfig
+
+    space, table = synthetic()
+    context = StrategyContext(space, table.objective, seed=1, train=TrainConfig(epochs=20))
+    searcher = SuccessiveHalvingSearcher(context, bracket_size=6, eta=3, inner="random")
+    assert (searcher.low_epochs, searcher.full_epochs) == (2, 20)  # 20 // 3**2
+    infos: list[dict[str, Any]] = []
+    history = run_search(searcher, table, trials=8, infos=infos)
+    assert [i["epochs"] for i in infos] == [2] * 6 + [20] * 2
+    assert [i.get("origin") for i in infos[6:]] == ["promoted", "promoted"]
+    rewards = [table.objective.reward(result) for _, result in history[:6]]
+    best_two = sorted(range(6), key=lambda index: -rewards[index])[:2]
+    assert [arch for arch, _ in history[6:]] == [history[index][0] for index in best_two]
+    with pytest.raises(OptionError, match=r"bracket_size=2 must be >= eta \(3\)"):
+        SuccessiveHalvingSearcher(context, bracket_size=2)
+    with pytest.raises(OptionError, match="gives no training epochs nor a tabular schedule"):
+        SuccessiveHalvingSearcher(StrategyContext(space, table.objective, seed=1))

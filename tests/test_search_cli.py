@@ -109,7 +109,7 @@ def test_every_setting_is_an_option_with_the_dataclass_default_and_help() -> Non
             assert option.default == item.default, name
     assert set(EXECUTION_FIELDS) == {"ray", "ray_address", "workers", "cpus_per_trial", "max_failures", "time_limit"}
     text = flat(CliRunner().invoke(app, ["search", "--help"]).output.replace("│", " "))  # rich's box, wrapped
-    for shown in ("mnasnet", "digits", "32", "evolution", "60", "hard", "no-ray", "1.0", "no-asha", "2", "3", "64"):
+    for shown in ("mnasnet", "digits", "32", "band-screen", "60", "hard", "no-ray", "1.0", "no-asha", "2", "3", "64"):
         assert f"[default: {shown}]" in text
 
 

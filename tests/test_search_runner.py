@@ -31,7 +31,7 @@ from nas.search.config import SearchConfig
 from nas.search.runner import run_search
 from nas.search.session import SearchSession
 from nas.strategies.base import SEARCHERS, Candidate, Result, StrategyContext
-from nas.training.train import evaluate
+from nas.training.train import TrainConfig, evaluate
 from predictors.latency import LatencyTable
 from search_spaces.build import build_model
 from search_spaces.errors import OptionError
@@ -104,6 +104,19 @@ def test_a_time_limittops_starting_trials_and_resume_may_extend_it(lut: Path, tm
     assert summary.best is not None and summary.best.trial_id == 0
     resumed = run_search(None, tmp_path / "run", resume=True, progress=False, given={"time_limit": 3600})
     assert resumed.trials == 6
+
+
+def test_successive_halving_trains_its_cheap_rung_for_fewer_epochs(lut: Path, tmp_path: Path) -> None:
+    train = TrainConfig(epochs=3, batch_size=32, device="cpu", lr=0.1)
+    config = tiny_config(lut, trials=4, strategy="successive-halving", train=train,
+                         strategy_options={"bracket_size": 3, "inner": "random"})
+    run_search(config, tmp_path / "run", progress=False)
+    records = read_jsonl(tmp_path / "run" / "trials.jsonl")
+    # 3 // 3**2 rounds to 0: the cheap rung is 1 epoch; the best cheap trial is trained again for 3
+    assert [r["result"]["epochs"] for r in records] == [1, 1, 1, 3]
+    assert [r["candidate"]["info"]["rung"] for r in records] == [0, 0, 0, 1]
+    cheap = max(records[:3], key=lambda r: r["result"]["accuracy"])
+    assert records[3]["arch_hash"] == cheap["arch_hash"]
 
 
 class NaNNetwork(nn.Module):

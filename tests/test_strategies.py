@@ -37,6 +37,7 @@ from nas.strategies import (
 )
 from nas.strategies.base import ASK_TELL, ONE_SHOT, StrategyContext
 from nas.strategies.optuna_search import open_storage
+from nas.training.train import TrainConfig
 from search_spaces.errors import OptionError
 from search_spaces.spec import ArchSpec
 
@@ -53,7 +54,9 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
     "bananas": {"num_init": 3, "epochs": 30, "update_epochs": 5},
     "proxy-warm": {"pool_size": 30, "warm_start": 4},
     "band-screen": {"pool_size": 30, "warm_start": 4},
+    "successive-halving": {"bracket_size": 3, "inner": "evolution"},
 }
+TRAIN = TrainConfig(epochs=9)  # successive-halving's full epochs: its cheap rung is 1 epoch
 
 
 @functools.cache
@@ -67,7 +70,7 @@ def make(name: str, seed: int = 0, storage: str | None = None, trials: int | Non
     """The strategy as the runner builds it: one context, options by name."""
     space, table = synthetic()
     context = StrategyContext(space, table.objective, seed=seed, is_feasible=is_feasible, trials=trials,
-                              storage=storage, table=table)
+                              storage=storage, table=table, train=TRAIN)
     return SEARCHERS.get(name).from_options(context, {**CONTRACT_OPTIONS.get(name, {}), **options})
 
 
@@ -83,7 +86,8 @@ def vectors(history: list[tuple[ArchSpec, Result]]) -> list[list[int]]:
 def test_registry_holds_the_ask_tell_strategies_and_the_one_shot_one() -> None:
     import nas.oneshot  # noqa: F401  (registers the one-shot strategies)
 
-    assert NAMES == ["bananas", "band-screen", "evolution", "local", "mnas-rl", "nsga2", "proxy-warm", "random", "tpe"]
+    assert NAMES == ["bananas", "band-screen", "evolution", "local", "mnas-rl", "nsga2", "proxy-warm", "random", "successive-halving",
+                     "tpe"]
     assert SEARCHERS.get("proxyless").kind == ONE_SHOT
 
 
@@ -168,7 +172,7 @@ def search_scores(name: str) -> tuple[float, float]:
     bests, volumes = [], []
     for seed in IMPROVE_SEEDS:
         searcher = SEARCHERS.get(name)(StrategyContext(space, table.objective, seed=seed, trials=IMPROVE_TRIALS,
-                                                       table=table))
+                                                       table=table, train=TRAIN))
         history = run_search(searcher, table, trials=IMPROVE_TRIALS)
         bests.append(best_reward(history, table.objective))
         volumes.append(hypervolume_2d([(r.accuracy, r.latency_ms) for _, r in history], (0.0, table.budget_ms)))

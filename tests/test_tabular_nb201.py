@@ -62,6 +62,11 @@ def test_known_cells_accuracy_and_cost() -> None:
     assert cheap.accuracy == pytest.approx(0.3763333) and cheap.epochs == 12
     assert cheap.column == "imagenet16_valid_acc_12ep"
     assert cifar10.answer(DISCONNECTED).accuracy == pytest.approx(0.10)  # as the data says: chance
+    # a cheaper fidelity on request: the longest recorded schedule within the epochs asked for
+    short = NB201Dataset("imagenet16").answer(BEST, epochs=22)
+    assert (short.accuracy, short.epochs, short.column) == (cheap.accuracy, 12, "imagenet16_valid_acc_12ep")
+    assert NB201Dataset("imagenet16").answer(BEST, epochs=3).epochs == 12  # the shortest when none is within
+    assert NB201Dataset("imagenet16", "12ep").answer(BEST, epochs=200).column == "imagenet16_test_acc"
 
 
 def test_known_cells_latency() -> None:
@@ -129,6 +134,21 @@ def test_a_trial_is_answered_not_trained() -> None:
     cut, _ = evaluate_candidate(Candidate(2, spec(DISCONNECTED)), data=data, train_config=TrainConfig(), table=model,
                                 objective=SearchObjective(7.95))
     assert cut.status == "failed" and "disconnected" in cut.reason
+    cheap, _ = evaluate_candidate(Candidate(3, spec(INDEX0), info={"epochs": 12}), data=data,
+                                  train_config=TrainConfig(), table=model, objective=SearchObjective(7.95))
+    assert (cheap.epochs, cheap.extra["observed"]) == (12, "cifar10_valid_acc_12ep")
+
+
+def test_successive_halving_promotes_the_best_cheap_third_to_200_epochs() -> None:
+    data = load_dataset("nb201:cifar10", 32, tabular=True)
+    model = open_latency_model("hwnasbench:pixel3")
+    space = get_space("nb201", resolution=32, num_classes=10)
+    trials = run_in_memory("successive-halving", space, SearchObjective(7.95), model, data, trials=12, seed=0,
+                           options={"inner": "random"})
+    assert [t.result.epochs for t in trials] == [12] * 9 + [200] * 3
+    cheap = sorted(trials[:9], key=lambda t: -t.result.accuracy)[:3]
+    assert [t.candidate.arch for t in trials[9:]] == [t.candidate.arch for t in cheap]
+    assert [t.result.accuracy for t in trials[9:]] == [data.answer(t.candidate.arch).accuracy for t in cheap]
 
 
 def test_in_memory_search_stays_feasible_and_reads_the_table() -> None:

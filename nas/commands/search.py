@@ -343,7 +343,7 @@ def demo(
                   f"random ones = {budget:.3f} ms")
     config = SearchConfig(
         space=DEMO_SPACE, latency_budget_ms=budget, lut_path=str(lut.resolve()), dataset="digits",
-        resolution=DEMO_RESOLUTION, space_options=DEMO_SPACE_OPTIONS, strategy="evolution", seed=0,
+        resolution=DEMO_RESOLUTION, space_options=DEMO_SPACE_OPTIONS, strategy=SearchConfig.strategy, seed=0,
         trials=trials, train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, seed=0),
         train_limit=DEMO_TRAIN_LIMIT,
     )

@@ -37,7 +37,10 @@ class SearchConfig:
     num_classes: int | None = None  # None: the dataset's; no flag, the dataset decides
     space_options: dict[str, Any] = setting("JSON keyword arguments of the space, e.g. '{\"ops\": [\"mbconv\"]}'.",
                                             default_factory=dict)
-    strategy: str = setting("random | evolution | mnas-rl | tpe | nsga2 | proxyless (one-shot).", "evolution")
+    # the default: what beat random search and the scaled zoo at equal wall time (BENCHMARKS.md)
+    strategy: str = setting("`nas strategies` lists them: band-screen (the default), random, evolution, mnas-rl, "
+                            "tpe, nsga2, local, bananas, proxy-warm, successive-halving; proxyless, once-for-all "
+                            "(one-shot).", "band-screen")
     strategy_options: dict[str, Any] = setting(
         "JSON keyword arguments of the strategy, e.g. '{\"epochs\": 20, \"derive\": \"target\"}' "
         "(proxyless: ProxylessConfig fields).", default_factory=dict)

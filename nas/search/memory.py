@@ -11,6 +11,7 @@ there is no resume (a benchmark re-runs a seed instead).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,12 @@ class MemoryTrial:
 
 def run_in_memory(strategy: str, space: SearchSpace, objective: SearchObjective, table: LatencyModel, data: Any,
                   *, trials: int, seed: int, options: dict[str, Any] | None = None,
-                  train_config: TrainConfig | None = None, score: Any = None) -> list[MemoryTrial]:
+                  train_config: TrainConfig | None = None, score: Any = None,
+                  until: Callable[[list[MemoryTrial]], bool] | None = None) -> list[MemoryTrial]:
     """`trials` trials of ask/tell strategy `strategy` (an Optuna strategy keeps its study in
     memory). `data` is what `run_search` would load: a tabular dataset answers each trial, image
-    splits train it with `train_config`. `score`: the cheap score of `StrategyContext.score`."""
+    splits train it with `train_config`. `score`: the cheap score of `StrategyContext.score`. `until`:
+    stop earlier, once it says so of the trials done (a cost budget for multi-fidelity runs)."""
     train_config = train_config or TrainConfig(seed=seed)
     searcher = build_searcher(strategy, space, objective, table, seed=seed, trials=trials, options=options,
                               data=data, train=train_config, score=score)
@@ -64,4 +67,6 @@ def run_in_memory(strategy: str, space: SearchSpace, objective: SearchObjective,
         told = clock()
         done.append(MemoryTrial(candidate, result, objective.feasible(result), asked - start, evaluated - asked,
                                 told - evaluated))
+        if until is not None and until(done):
+            break
     return done

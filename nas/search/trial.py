@@ -29,7 +29,7 @@ from torch import nn
 
 from nas.training.data import DataSplits
 from nas.rundir.model_files import load as load_model
-from nas.strategies.base import INITIAL_WEIGHTS, Candidate, Result, SearchObjective
+from nas.strategies.base import EPOCHS, INITIAL_WEIGHTS, Candidate, Result, SearchObjective
 from nas.training.train import EpochCallback, TrainConfig, train
 from predictors.latency import LatencyModel, Measurer, MissingEntriesError
 from predictors.tabular import TabularDataset
@@ -140,7 +140,9 @@ def train_candidate(
     start = time.perf_counter()
     try:
         model = _initial_model(candidate, train_config.seed)
-        report = train(model, data, train_config, on_epoch=on_epoch)
+        epochs = candidate.info.get(EPOCHS)
+        config = train_config if epochs is None else replace(train_config, epochs=int(epochs))
+        report = train(model, data, config, on_epoch=on_epoch)
     except Exception as error:
         logger.exception("trial %d failed", candidate.trial_id)
         return Result(status="failed", reason=failure_reason(error),
@@ -161,7 +163,7 @@ def answer_candidate(candidate: Candidate, checked: Precheck, data: TabularDatas
     """A candidate that passed `precheck`, answered from a tabular dataset (see the module doc)."""
     known = {"latency_ms": checked.latency_ms, "params": checked.params, "macs": checked.macs}
     try:
-        answer = data.answer(candidate.arch)
+        answer = data.answer(candidate.arch, epochs=candidate.info.get(EPOCHS))
     except Exception as error:  # not a cell of the table
         logger.exception("trial %d: %s cannot answer it", candidate.trial_id, data.name)
         return Result(status="failed", reason=failure_reason(error), **known)

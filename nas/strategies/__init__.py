@@ -4,7 +4,8 @@
 `nsga2` (Optuna samplers), `local` (local search around the incumbent), `bananas` (an MLP-ensemble
 predictor with Thompson sampling or expected improvement) `proxy-warm` (the top of many
 candidates ranked by a cheap score first, then evolution or local search) and `band-screen`
-(proxy-warm over the latency band just under the budget). Importing this package
+(proxy-warm over the latency band just under the budget); `successive-halving` runs any of them
+multi-fidelity (cheap short trainings first, the best trained in full). Importing this package
 registers them; nothing runs at import.
 """
 
@@ -17,7 +18,8 @@ from nas.strategies.mnas_rl import MnasRLSearcher
 from nas.strategies.optuna_search import NSGA2Searcher, OptunaSearcher, TPESearcher
 from nas.strategies.proxy_warm import ProxyWarmSearcher
 from nas.strategies.random_search import RandomSearcher
+from nas.strategies.successive_halving import SuccessiveHalvingSearcher
 
 __all__ = ["SEARCHERS", "BananasSearcher", "BandScreenSearcher", "Candidate", "EvolutionSearcher", "LocalSearcher", "MnasRLSearcher",
            "NSGA2Searcher", "OptunaSearcher", "ProxyWarmSearcher", "RandomSearcher", "Result", "SearchObjective",
-           "Searcher", "TPESearcher"]
+           "Searcher", "SuccessiveHalvingSearcher", "TPESearcher"]

@@ -29,6 +29,9 @@ STATUSES = ("ok", "failed", "infeasible")
 # `Candidate.info` key: a directory of model files (arch.json + weights.safetensors) the trial starts
 # from instead of a fresh initialisation -- a one-shot strategy's inherited weights (once-for-all)
 INITIAL_WEIGHTS = "initial_weights"
+# `Candidate.info` key: train this candidate for this many epochs instead of the run's (a tabular
+# dataset answers from its longest recorded schedule within it) -- the cheap rung of multi-fidelity
+EPOCHS = "epochs"
 
 
 @dataclass(frozen=True)

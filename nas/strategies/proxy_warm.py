@@ -56,10 +56,11 @@ class ProxyWarmOptions:
 
     def __post_init__(self) -> None:
         get_proxy(self.proxy)  # an unknown name is an UnknownNameError listing the registered ones
-        if self.pool_size < 1:
-            raise OptionError(f"pool_size={self.pool_size} must be >= 1")
-        if self.warm_start is not None and not 1 <= self.warm_start <= self.pool_size:
-            raise OptionError(f"warm_start={self.warm_start} must be in 1..pool_size ({self.pool_size})")
+        pool = self.pool_size  # None (band-screen's): sized once the run says what scoring costs
+        if pool is not None and pool < 1:
+            raise OptionError(f"pool_size={pool} must be >= 1")
+        if self.warm_start is not None and not 1 <= self.warm_start <= (pool or self.warm_start):
+            raise OptionError(f"warm_start={self.warm_start} must be in 1..pool_size ({pool})")
         if not 0.0 <= self.band < 1.0:
             raise OptionError(f"band={self.band} must be in [0, 1) (a fraction of the latency budget)")
         if self.then not in THEN:

@@ -38,7 +38,9 @@ class TabularDataset(ABC):
     in_channels: int = 3
 
     @abstractmethod
-    def answer(self, arch: ArchSpec) -> TabularAnswer: ...
+    def answer(self, arch: ArchSpec, epochs: int | None = None) -> TabularAnswer:
+        """The recorded result of `arch`: of the dataset's own schedule, or with `epochs`, of the
+        longest recorded schedule within that many epochs (the shortest when none is)."""
 
     @abstractmethod
     def cost(self, arch: ArchSpec) -> tuple[int, int]:

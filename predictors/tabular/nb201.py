@@ -172,10 +172,17 @@ class NB201Dataset(TabularDataset):
         self._params = self.table.column(f"params_{dataset}")
         self._flops = self.table.column(f"flops_{dataset}")
 
-    def answer(self, arch: ArchSpec | str | Sequence[str]) -> TabularAnswer:
+    def answer(self, arch: ArchSpec | str | Sequence[str], epochs: int | None = None) -> TabularAnswer:
         i = self.table.index_of(arch)
         params, macs = self._cost(i)
-        return TabularAnswer(float(self._accuracy[i]) / 100, self.epochs, None, params, macs, i, self.accuracy_column)
+        column, schedule, values = self.accuracy_column, self.epochs, self._accuracy
+        if epochs is not None and epochs != self.epochs:
+            within = [item for item in FIDELITIES.values() if item[1] <= epochs] or [min(FIDELITIES.values(),
+                                                                                         key=lambda f: f[1])]
+            pattern, schedule = max(within, key=lambda f: f[1])
+            column = pattern.format(ds=self.dataset)
+            values = self.table.column(column)
+        return TabularAnswer(float(values[i]) / 100, schedule, None, params, macs, i, column)
 
     def cost(self, arch: ArchSpec | str | Sequence[str]) -> tuple[int, int]:
         return self._cost(self.table.index_of(arch))
