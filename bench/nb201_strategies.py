@@ -201,15 +201,16 @@ def plot(summaries: dict[str, dict[str, Any]], facts: dict[str, Any], title: str
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    for strategy, summary in summaries.items():
+    for index, (strategy, summary) in enumerate(summaries.items()):
         mean, std = np.array(summary["mean_curve"]), np.array(summary["std_curve"])
         x = np.arange(1, len(mean) + 1)
         half = 1.96 * std / math.sqrt(summary["seeds"])  # 95% confidence band of the mean
-        ax.plot(x, mean, label=f"{strategy} ({summary['seeds']} seeds)")
+        style = "-" if index < 10 else "--"  # the colour cycle has 10 colours
+        ax.plot(x, mean, style, label=f"{strategy} ({summary['seeds']} seeds)")
         ax.fill_between(x, np.maximum(mean - half, 1e-3), mean + half, alpha=0.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("queries (trials)")
+    ax.set_xlabel("queries (full trainings; a 12-epoch answer counts 12/200)")
     ax.set_ylabel("regret (test-accuracy points)")
     ax.set_title(f"{title}: budget {facts['budget_ms']:.2f} ms, {facts['feasible']:,} feasible, "
                  f"best {facts['best']:.2f}%", fontsize=9)
