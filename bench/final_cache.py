@@ -22,7 +22,7 @@ from nas.rundir.atomic import write_json_atomic
 from nas.training.train import TrainConfig
 from search_spaces.spec import ArchSpec
 
-__all__ = ["cached_final", "recipe_hash"]
+__all__ = ["cache_path", "cached_final", "recipe_hash"]
 
 
 def recipe_hash(config: TrainConfig, dataset: str, limit: int | None) -> str:
@@ -30,11 +30,15 @@ def recipe_hash(config: TrainConfig, dataset: str, limit: int | None) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def cache_path(arch: ArchSpec, config: TrainConfig, dataset: str, cache: Path, limit: int | None = None) -> Path:
+    return cache / f"{arch.content_hash()[:16]}-{recipe_hash(config, dataset, limit)}-s{config.seed}.json"
+
+
 def cached_final(arch: ArchSpec, config: TrainConfig, dataset: str, cache: Path, *, resolution: int,
                  limit: int | None = None) -> dict[str, Any]:
     """Train `arch` from scratch with `config` (seed = its seed, for the initialisation and the
     data split too) and return its figures, or the cached ones of an identical earlier training."""
-    path = cache / f"{arch.content_hash()[:16]}-{recipe_hash(config, dataset, limit)}-s{config.seed}.json"
+    path = cache_path(arch, config, dataset, cache, limit)
     if path.is_file():
         return {**json.loads(path.read_text()), "cached": True}
     from nas.training import load_dataset, train

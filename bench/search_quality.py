@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--jobs", type=int, default=2, help="Parallel training subprocesses (1 thread each).")
     add("--out", type=Path, default=REPO / "runs/bench/search_quality")
     add("--no-write", action="store_true", help="Print only: do not touch BENCHMARKS.md or bench/results/.")
+    add("--cached-only", action="store_true",
+        help="Report what the caches hold; train nothing new (the short-training signal and measuring still run).")
     add("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -201,6 +203,24 @@ def pool_tasks(args: argparse.Namespace, settings: dict[str, Any], budget: float
     return tasks
 
 
+def is_cached(task: dict[str, Any]) -> bool:
+    """Whether a pool task's result is all in the caches (a search: its summary and final training)."""
+    from bench.final_cache import cache_path
+    from search_spaces.spec import ArchSpec
+
+    s = task["settings"]
+    if task["kind"] == "search":
+        summary = Path(task["summary"])
+        if not summary.is_file():
+            return False
+        arch = json.loads(summary.read_text()).get("arch")
+        return arch is None or cache_path(ArchSpec.from_dict(arch), final_config(s, task["seed"]), s["data"],
+                                          Path(s["out"]) / "finals", s["final_limit"]).is_file()
+    config = final_config(s, task["seed"], task.get("epochs"))
+    return cache_path(ArchSpec.from_dict(task["arch"]), config, s["data"], Path(s["out"]) / "finals",
+                      s["final_limit"]).is_file()
+
+
 def short_trainings(args: argparse.Namespace, settings: dict[str, Any], archs: dict[str, dict[str, Any]]
                     ) -> dict[str, Any]:
     """The search recipe (seed 0) on every final network: the 'short training' signal."""
@@ -242,8 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("budget %.4f ms: %s", budget, budget_how)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
     fits = timed("zoo_fit_s", lambda: zoo_widths(args, budget, measurer))
-    done = timed("train_s", lambda: run_pool("bench.search_quality", pool_tasks(args, settings, budget, fits),
-                                             args.jobs, args.out / "tasks"))
+    tasks = pool_tasks(args, settings, budget, fits)
+    if args.cached_only:
+        tasks = [task for task in tasks if is_cached(task)]
+        logger.info("cached only: %d tasks (%s)", len(tasks), ", ".join(task["name"] for task in tasks))
+    done = timed("train_s", lambda: run_pool("bench.search_quality", tasks, args.jobs, args.out / "tasks"))
     searches = {name: row for name, row in done.items() if not name.startswith(("zoo-", "curve-"))}
     archs = {name: row["arch"] for name, row in searches.items() if "arch" in row}
     archs.update({f"zoo-{name}": fit["arch"] for name, fit in fits.items()})
