@@ -127,7 +127,7 @@ def render(r: dict[str, Any]) -> str:
     modes = r["modes"]
     lines = [f"Batch 64, {r['threads']} torch thread(s), {r['steps']} timed steps per measurement after 3 warm-up "
              f"steps, {r['rounds']} rounds interleaved; median images/s (ratio to `before`). Load average at start "
-             f"{r['load_at_start']:.1f}."]
+             + ("not recorded." if r["load_at_start"] is None else f"{r['load_at_start']:.1f}.")]
     rows = []
     for name, per_mode in r["speed"].items():
         base = statistics.median(per_mode["before"])
@@ -137,6 +137,8 @@ def render(r: dict[str, Any]) -> str:
     if r["first_step_s"]:
         lines += ["", "First step with `torch.compile` (compile time included): " + ", ".join(
             f"{name} {statistics.median(v):.0f} s" for name, v in r["first_step_s"].items()) + "."]
+    if not r["accuracy"]:
+        return "\n".join(lines + ["", "Accuracy check: not run (see the reading)."])
     lines += ["", f"Accuracy unchanged? MobileNetV2 w0.7, final recipe for {r['accuracy_epochs']} epochs, seed 0, "
                   "whole training timed (val evaluations included):"]
     lines += md_table(["mode", "test acc", "val acc", "train wall", "images/s"],
