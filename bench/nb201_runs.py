@@ -109,11 +109,12 @@ def run_one(setting: tuple[str, str, float], strategy: str, seed: int, queries: 
     def cost(trial: Any) -> float:  # a 12-epoch answer costs 0.06 of a 200-epoch one
         return (trial.result.epochs or data.epochs) / data.epochs
 
-    spent = [0.0]
+    spent = 0.0
 
     def cost_reached(done: list[Any]) -> bool:
-        spent[0] += cost(done[-1])
-        return spent[0] >= queries - 1e-9
+        nonlocal spent
+        spent += cost(done[-1])
+        return spent >= queries - 1e-9
 
     # the trial budget sizes some strategies (evolution's population): only multi-fidelity ones get more
     cap = queries * MAX_TRIALS_PER_QUERY if name in MULTI_FIDELITY else queries

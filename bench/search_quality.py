@@ -92,6 +92,15 @@ def final_config(s: dict[str, Any], seed: int, epochs: int | None = None) -> Any
     return recipe("final", epochs=epochs or s["final_epochs"], seed=seed)
 
 
+def final_training(s: dict[str, Any], arch: dict[str, Any], seed: int, epochs: int | None = None
+                   ) -> tuple[Any, Any, dict[str, Any]]:
+    """(spec, config, keyword arguments) of `arch`'s final training, for `cached_final` and `cache_path`."""
+    from search_spaces.spec import ArchSpec
+
+    return (ArchSpec.from_dict(arch), final_config(s, seed, epochs),
+            {"dataset": s["data"], "cache": Path(s["out"]) / "finals", "limit": s["final_limit"]})
+
+
 def short_config(s: dict[str, Any], seed: int) -> Any:
     return recipe("proxy", epochs=s["epochs"], batch_size=s["batch_size"], seed=seed)
 
@@ -100,15 +109,12 @@ def short_config(s: dict[str, Any], seed: int) -> Any:
 
 def search_task(task: dict[str, Any]) -> dict[str, Any]:
     """One time-limited search (cached by strategy and seed), then its winner's final training."""
-    from search_spaces.spec import ArchSpec
-
-    s, seed = task["settings"], task["seed"]
     summary_path = Path(task["summary"])
     out = json.loads(summary_path.read_text()) if summary_path.is_file() else _search(task)
     write_json_atomic(summary_path, out)
     if "arch" in out:
-        out["final"] = cached_final(ArchSpec.from_dict(out["arch"]), final_config(s, seed), s["data"],
-                                    Path(s["out"]) / "finals", resolution=RESOLUTION, limit=s["final_limit"])
+        arch, config, where = final_training(task["settings"], out["arch"], task["seed"])
+        out["final"] = cached_final(arch, config, resolution=RESOLUTION, **where)
     return out
 
 
@@ -142,14 +148,11 @@ def _search(task: dict[str, Any]) -> dict[str, Any]:
 def train_task(task: dict[str, Any]) -> dict[str, Any]:
     """A cached training of a given architecture: a zoo network's final recipe, a curve length,
     or the short search recipe as a signal."""
-    from search_spaces.spec import ArchSpec
-
-    s, arch = task["settings"], ArchSpec.from_dict(task["arch"])
+    s = task["settings"]
+    arch, config, where = final_training(s, task["arch"], task["seed"], task.get("epochs"))
     if task["recipe"] == "short":
-        config, limit = short_config(s, task["seed"]), s["train_limit"]
-    else:
-        config, limit = final_config(s, task["seed"], task.get("epochs")), s["final_limit"]
-    return cached_final(arch, config, s["data"], Path(s["out"]) / "finals", resolution=RESOLUTION, limit=limit)
+        config, where["limit"] = short_config(s, task["seed"]), s["train_limit"]
+    return cached_final(arch, config, resolution=RESOLUTION, **where)
 
 
 # -- main-process phases ----------------------------------------------------------------------------
@@ -206,19 +209,17 @@ def pool_tasks(args: argparse.Namespace, settings: dict[str, Any], budget: float
 def is_cached(task: dict[str, Any]) -> bool:
     """Whether a pool task's result is all in the caches (a search: its summary and final training)."""
     from bench.final_cache import cache_path
-    from search_spaces.spec import ArchSpec
 
-    s = task["settings"]
+    arch = task.get("arch")
     if task["kind"] == "search":
         summary = Path(task["summary"])
         if not summary.is_file():
             return False
         arch = json.loads(summary.read_text()).get("arch")
-        return arch is None or cache_path(ArchSpec.from_dict(arch), final_config(s, task["seed"]), s["data"],
-                                          Path(s["out"]) / "finals", s["final_limit"]).is_file()
-    config = final_config(s, task["seed"], task.get("epochs"))
-    return cache_path(ArchSpec.from_dict(task["arch"]), config, s["data"], Path(s["out"]) / "finals",
-                      s["final_limit"]).is_file()
+        if arch is None:  # no feasible trial: nothing to train
+            return True
+    spec, config, where = final_training(task["settings"], arch, task["seed"], task.get("epochs"))
+    return cache_path(spec, config, **where).is_file()
 
 
 def short_trainings(args: argparse.Namespace, settings: dict[str, Any], archs: dict[str, dict[str, Any]]

@@ -94,8 +94,7 @@ def _tau(runs: list[dict[str, Any]], r: dict[str, Any]) -> list[dict[str, Any]]:
     signals["search trial val acc (searched nets only)"] = [run.get("search_val_acc") for run in done]
     for epoch in PARTIAL_EPOCHS:
         signals[f"final run's val acc after epoch {epoch}"] = [
-            (run["val_per_epoch"] or [None] * epoch)[epoch - 1] if run["val_per_epoch"] and
-            len(run["val_per_epoch"]) >= epoch else None for run in done]
+            run["val_per_epoch"][epoch - 1] if len(run["val_per_epoch"] or ()) >= epoch else None for run in done]
     names = [name for name in r["settings"]["proxies"]] + ["params", "macs"]
     for name in names:
         signals[name] = [r["signals"].get(run["key"], {}).get(name) for run in done]

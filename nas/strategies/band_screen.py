@@ -5,11 +5,10 @@ Under a hard latency budget the most accurate networks use most of it, and a sho
 (BENCHMARKS.md, search quality). So this strategy spends its first trials where the prior is
 strong: it draws feasible architectures, keeps 100 predicted at >= 90% of the budget, ranks them
 by NASWOT on one batch of the run's images (#params where the run has none; published scores on a
-tabular benchmark) and trains the top ones first; regularized evolution continues from them. On
-NAS-Bench-201 (CIFAR-10, Pixel 3, 30% budget, published NASWOT scores, 20 seeds) the band took
-the mean regret after 10 / 30 / 100 queries from 1.81 / 1.02 / 0.53 (proxy-warm:nwot) to 0.51 /
-0.36 / 0.29 points with a pool of 300 (random: 2.70 / 1.87 / 1.06). It is `proxy-warm` with other defaults, so options, state and resume are
-that strategy's.
+tabular benchmark) and trains the top ones first; regularized evolution continues from them
+(BENCHMARKS.md: on NAS-Bench-201 and on the CIFAR-10 subset against random search, with where it
+falls short). It is `proxy-warm` with other defaults, so options, state and resume are that
+strategy's.
 """
 
 from __future__ import annotations
